@@ -1,0 +1,287 @@
+//! The daemon: wires the kernel programs, the binding table, the route
+//! executor, the pinned map, the state store and the control socket.
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context as _, Result};
+use futures::TryStreamExt;
+use ipnet::Ipv6Net;
+use rtnetlink::packet_route::address::AddressAttribute;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tracing::{info, warn};
+
+use crate::{
+    binding::{Action, Ifaces, Table},
+    control::{self, Call, Request},
+    ebpf::{self, Counters, Programs},
+    maps::RouteMap,
+    route::Routes,
+    snoop::{self, Assembler},
+    state::Store,
+};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub downstream: Vec<String>,
+    pub upstream: Vec<String>,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub control: PathBuf,
+    pub proto: u8,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+struct Agent {
+    table: Table,
+    ifaces: Ifaces,
+    routes: Routes,
+    map: RouteMap,
+    store: Store,
+    counters: Counters,
+    route_errors: u64,
+    decode_errors: u64,
+}
+
+pub async fn run(cfg: Config) -> Result<()> {
+    if cfg.downstream.is_empty() {
+        bail!("no --downstream interface given");
+    }
+    let mut ifaces = Ifaces::default();
+    for name in &cfg.downstream {
+        ifaces.downstream.insert(ebpf::if_index(name)?, name.clone());
+    }
+    for name in &cfg.upstream {
+        let idx = ebpf::if_index(name)?;
+        if ifaces.downstream.contains_key(&idx) {
+            bail!("interface {name} is given as both --downstream and --upstream");
+        }
+        ifaces.upstream.insert(idx, name.clone());
+    }
+
+    let mut progs = Programs::load(&cfg.pin_dir)?;
+    let (xi, ti) = progs.verified_instructions();
+    info!(xdp_insns = xi, tc_insns = ti, pin_dir = %cfg.pin_dir.display(), "kernel programs loaded");
+    for name in cfg.downstream.iter().chain(&cfg.upstream) {
+        let mode = progs.attach_xdp(name)?;
+        info!(iface = %name, ?mode, "XDP attached");
+    }
+    for name in &cfg.downstream {
+        progs.attach_tc_egress(name)?;
+        info!(iface = %name, "TC egress attached");
+    }
+    let ring = progs.take_events()?;
+    let map = RouteMap::new(progs.take_routes()?);
+    let counters = progs.take_counters()?;
+
+    let routes = Routes::new(cfg.proto)?;
+    ifaces.downstream_prefixes = downstream_prefixes(&ifaces).await.unwrap_or_default();
+    let store = Store::open(&cfg.state_dir)?;
+
+    let mut agent = Agent {
+        table: Table::new(),
+        ifaces,
+        routes,
+        map,
+        store,
+        counters,
+        route_errors: 0,
+        decode_errors: 0,
+    };
+    agent.reconcile().await?;
+
+    let (call_tx, mut call_rx) = mpsc::channel::<Call>(16);
+    control::serve(&cfg.control, call_tx)?;
+    info!(control = %cfg.control.display(), "ready");
+
+    // SAFETY: the ring buffer owns its map fd, which stays open and the same
+    // for as long as the RingBuf lives inside the AsyncFd.
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from).context("ring buffer fd")?;
+    let mut asm = Assembler::default();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+
+    loop {
+        let sleep = match agent.table.next_deadline() {
+            Some(t) => Duration::from_millis(t.saturating_sub(now()) * 1000).max(Duration::from_millis(200)),
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let mut msgs = Vec::new();
+                while let Some(item) = guard.get_inner_mut().next() {
+                    match snoop::decode(&item) {
+                        Ok(ev) => msgs.extend(asm.push(&ev)),
+                        Err(e) => {
+                            agent.decode_errors += 1;
+                            warn!(error = %e, "bad ring buffer record");
+                        }
+                    }
+                }
+                guard.clear_ready();
+                let t = now();
+                let mut actions = Vec::new();
+                for m in &msgs {
+                    tracing::debug!(?m, "message");
+                    actions.extend(agent.table.handle(m, &agent.ifaces, t));
+                }
+                agent.apply(actions).await;
+            }
+            _ = tokio::time::sleep(sleep) => {
+                let actions = agent.table.expire(now());
+                agent.apply(actions).await;
+            }
+            Some((req, reply)) = call_rx.recv() => {
+                let _ = reply.send(agent.answer(req));
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!(bindings = agent.table.len(), "stopping; routes and state are kept");
+    let _ = std::fs::remove_file(&cfg.control);
+    Ok(())
+}
+
+/// On-link global prefixes of the downstream interfaces.
+async fn downstream_prefixes(ifaces: &Ifaces) -> Result<Vec<(u32, Ipv6Net)>> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    let mut out = Vec::new();
+    let mut s = handle.address().get().execute();
+    while let Some(m) = s.try_next().await? {
+        if !ifaces.downstream.contains_key(&m.header.index) {
+            continue;
+        }
+        for a in &m.attributes {
+            if let AddressAttribute::Address(IpAddr::V6(v6)) = a {
+                if let Ok(n) = Ipv6Net::new(*v6, m.header.prefix_len) {
+                    out.push((m.header.index, n.trunc()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Agent {
+    /// Start-up: put back what the store knows and is still valid, remove
+    /// routes of ours that nothing explains, rebuild the map.
+    async fn reconcile(&mut self) -> Result<()> {
+        let t = now();
+        let stored = self.store.load()?;
+        let (mut restored, mut expired) = (0, 0);
+        for mut b in stored {
+            if b.expires_at.is_some_and(|e| e <= t) {
+                expired += 1;
+                continue;
+            }
+            // Interface indexes change across reboots: trust the name.
+            match self.ifaces.downstream.iter().find(|(_, n)| **n == b.iface) {
+                Some((i, _)) => b.ifindex = *i,
+                None => {
+                    warn!(prefix = %b.prefix, iface = %b.iface, "stored binding on an interface we do not manage; dropped");
+                    continue;
+                }
+            }
+            self.table.restore(b);
+            restored += 1;
+        }
+        let mut stale = 0;
+        let live: HashSet<Ipv6Net> = self.table.iter().map(|b| b.prefix).collect();
+        for r in self.routes.dump_ours().await? {
+            if !live.contains(&r.prefix) {
+                self.routes.delete(r.prefix, r.next_hop, r.ifindex).await?;
+                stale += 1;
+            }
+        }
+        for (p, _, _) in self.map.entries() {
+            if !live.contains(&p) {
+                self.map.remove(p)?;
+            }
+        }
+        let all: Vec<_> = self.table.iter().cloned().collect();
+        for b in &all {
+            if let Err(e) = self.routes.replace(b.prefix, b.next_hop, b.ifindex).await {
+                self.route_errors += 1;
+                warn!(error = %e, "re-adding route");
+            }
+            self.map.insert(b)?;
+        }
+        self.store.save(self.table.iter())?;
+        info!(restored, expired, stale_routes_removed = stale, "reconciled with the kernel");
+        Ok(())
+    }
+
+    async fn apply(&mut self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        // The store first: a route is never ahead of the state that explains it.
+        if let Err(e) = self.store.save(self.table.iter()) {
+            warn!(error = %e, "saving state");
+        }
+        for a in actions {
+            match a {
+                Action::Install(b) => {
+                    info!(event = "delegated", prefix = %b.prefix, next_hop = %b.next_hop, iface = %b.iface,
+                        valid = b.valid_lifetime, preferred = b.preferred_lifetime, iaid = b.iaid,
+                        client_duid = %hex::encode(&b.client_duid), "binding");
+                    if let Err(e) = self.routes.replace(b.prefix, b.next_hop, b.ifindex).await {
+                        self.route_errors += 1;
+                        warn!(error = %e, "route");
+                    }
+                    if let Err(e) = self.map.insert(&b) {
+                        warn!(error = %e, "map");
+                    }
+                }
+                Action::Refresh(b) => {
+                    info!(event = "renewed", prefix = %b.prefix, next_hop = %b.next_hop, iface = %b.iface,
+                        valid = b.valid_lifetime, preferred = b.preferred_lifetime, "binding");
+                    if let Err(e) = self.map.insert(&b) {
+                        warn!(error = %e, "map");
+                    }
+                }
+                Action::Remove(b, why) => {
+                    info!(event = why.as_str(), prefix = %b.prefix, next_hop = %b.next_hop, iface = %b.iface, "binding");
+                    if let Err(e) = self.routes.delete(b.prefix, Some(b.next_hop), Some(b.ifindex)).await {
+                        self.route_errors += 1;
+                        warn!(error = %e, "route");
+                    }
+                    if let Err(e) = self.map.remove(b.prefix) {
+                        warn!(error = %e, "map");
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer(&self, req: Request) -> control::Reply {
+        match req {
+            Request::Bindings => serde_json::to_value(self.table.iter().collect::<Vec<_>>()).unwrap_or_default(),
+            Request::Stats => {
+                let kernel: serde_json::Map<String, serde_json::Value> =
+                    self.counters.read().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+                serde_json::json!({
+                    "kernel": kernel,
+                    "agent": self.table.stats,
+                    "bindings": self.table.len(),
+                    "route_errors": self.route_errors,
+                    "decode_errors": self.decode_errors,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,646 @@
+//! The binding table: the pure core of the agent.
+//!
+//! It takes [`Message`]s and the time, and returns [`Action`]s (install a
+//! route, refresh a binding's lifetimes, remove a route). It does no I/O, so
+//! every rule below is tested without sockets:
+//!
+//! - a Reply counts only travelling server -> client: TC egress on a
+//!   downstream interface, or a Relay-Reply arriving on an upstream one;
+//! - the next hop is the Reply's IPv6 destination (or, for a Relay-Reply
+//!   seen arriving upstream, the peer-address our relay forwards it to),
+//!   never derived from a DUID or MAC;
+//! - lifetimes are refreshed by every Reply; valid lifetime 0 withdraws
+//!   (RFC 8415 §18.2.10.1); a prefix missing from a Reply that renews its IA
+//!   is replaced;
+//! - a Release is remembered by (transaction id, client DUID) and takes
+//!   effect when the server's Reply with Success answers it (§18.3.7);
+//!   a Decline removes the prefixes it names at once.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv6Addr,
+};
+
+use ipnet::Ipv6Net;
+use pd_common::{hook, msg, status, INFINITY};
+use serde::{Deserialize, Serialize};
+
+use crate::snoop::Message;
+
+/// How long a client's Release waits for the server's Reply.
+pub const RELEASE_WINDOW_SECS: u64 = 120;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Delegated by a server to a client on one of our downstream links.
+    Delegated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BindingKey {
+    #[serde(with = "hex_bytes")]
+    pub client_duid: Vec<u8>,
+    pub iaid: u32,
+    pub prefix: Ipv6Net,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub prefix: Ipv6Net,
+    pub kind: Kind,
+    pub iface: String,
+    pub ifindex: u32,
+    pub next_hop: Ipv6Addr,
+    #[serde(with = "hex_bytes")]
+    pub client_duid: Vec<u8>,
+    pub iaid: u32,
+    pub t1: u32,
+    pub t2: u32,
+    pub preferred_lifetime: u32,
+    pub valid_lifetime: u32,
+    /// Unix seconds when the valid lifetime ends; `None` = infinite.
+    pub expires_at: Option<u64>,
+    /// Unix seconds of the Reply that created or last refreshed it.
+    pub updated_at: u64,
+}
+
+impl Binding {
+    pub fn key(&self) -> BindingKey {
+        BindingKey { client_duid: self.client_duid.clone(), iaid: self.iaid, prefix: self.prefix }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoveReason {
+    Expired,
+    /// A Reply gave valid lifetime 0.
+    Withdrawn,
+    Released,
+    Declined,
+    Replaced,
+    /// Removed by the operator.
+    Deleted,
+}
+
+impl RemoveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoveReason::Expired => "expired",
+            RemoveReason::Withdrawn => "withdrawn",
+            RemoveReason::Released => "released",
+            RemoveReason::Declined => "declined",
+            RemoveReason::Replaced => "replaced",
+            RemoveReason::Deleted => "deleted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// New binding, or its route (next hop / interface) changed.
+    Install(Binding),
+    /// Same route, new lifetimes.
+    Refresh(Binding),
+    Remove(Binding, RemoveReason),
+}
+
+/// What the table knows about our interfaces.
+#[derive(Debug, Clone, Default)]
+pub struct Ifaces {
+    pub downstream: BTreeMap<u32, String>,
+    pub upstream: BTreeMap<u32, String>,
+    /// On-link prefixes of downstream interfaces (to map a relay
+    /// link-address to the interface it names).
+    pub downstream_prefixes: Vec<(u32, Ipv6Net)>,
+}
+
+impl Ifaces {
+    fn downstream_for_link_addr(&self, a: Ipv6Addr) -> Option<u32> {
+        if self.downstream.len() == 1 && a.is_unspecified() {
+            return self.downstream.keys().next().copied();
+        }
+        self.downstream_prefixes.iter().find(|(_, p)| p.contains(&a)).map(|(i, _)| *i)
+    }
+}
+
+/// Why a message changed nothing: counted, shown by `pd-agent stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub messages: u64,
+    /// Replies seen arriving from a downstream link (rogue or misrouted).
+    pub untrusted_replies: u64,
+    /// Replies whose next hop was not a unicast address.
+    pub bad_next_hop: u64,
+    /// Replies with a top-level error status.
+    pub error_status: u64,
+    /// Replies without a Client Identifier.
+    pub no_client_id: u64,
+    /// Upstream Relay-Replies whose downstream link could not be found
+    /// (the TC egress copy of the same Reply still counts).
+    pub relay_reply_unmapped: u64,
+    /// Upstream Replies to this host (acquired prefixes, not routed here).
+    pub upstream_replies: u64,
+    pub releases_seen: u64,
+    pub releases_matched: u64,
+    pub declines: u64,
+    pub other: u64,
+}
+
+#[derive(Default)]
+pub struct Table {
+    bindings: BTreeMap<BindingKey, Binding>,
+    /// (xid, client DUID) -> (iaid, prefix) listed in the Release, seen at.
+    releases: HashMap<(u32, Vec<u8>), (Vec<(u32, Ipv6Net)>, u64)>,
+    pub stats: Stats,
+}
+
+fn is_error(st: u16) -> bool {
+    st != status::ABSENT && st != status::SUCCESS
+}
+
+fn net(prefix: Ipv6Addr, len: u8) -> Option<Ipv6Net> {
+    Ipv6Net::new(prefix, len).ok().map(|n| n.trunc())
+}
+
+fn expires(now: u64, valid: u32) -> Option<u64> {
+    (valid != INFINITY).then(|| now + valid as u64)
+}
+
+impl Table {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.bindings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bindings.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values()
+    }
+
+    /// Put back a binding from the state store (at start).
+    pub fn restore(&mut self, b: Binding) {
+        self.bindings.insert(b.key(), b);
+    }
+
+    /// Remove every binding for `prefix` (operator's `delete`).
+    pub fn delete_prefix(&mut self, prefix: Ipv6Net) -> Vec<Action> {
+        let keys: Vec<_> = self.bindings.keys().filter(|k| k.prefix == prefix).cloned().collect();
+        keys.into_iter()
+            .filter_map(|k| self.bindings.remove(&k))
+            .map(|b| Action::Remove(b, RemoveReason::Deleted))
+            .collect()
+    }
+
+    /// Earliest expiry among bindings and pending releases.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let b = self.bindings.values().filter_map(|b| b.expires_at).min();
+        let r = self.releases.values().map(|(_, t)| t + RELEASE_WINDOW_SECS).min();
+        match (b, r) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Remove what has run out by `now`.
+    pub fn expire(&mut self, now: u64) -> Vec<Action> {
+        self.releases.retain(|_, (_, t)| *t + RELEASE_WINDOW_SECS > now);
+        let gone: Vec<_> = self
+            .bindings
+            .iter()
+            .filter(|(_, b)| b.expires_at.is_some_and(|e| e <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        gone.into_iter()
+            .filter_map(|k| self.bindings.remove(&k))
+            .map(|b| Action::Remove(b, RemoveReason::Expired))
+            .collect()
+    }
+
+    /// Apply one message seen at `now` (unix seconds).
+    pub fn handle(&mut self, m: &Message, ifaces: &Ifaces, now: u64) -> Vec<Action> {
+        self.stats.messages += 1;
+        let down = ifaces.downstream.get(&m.ifindex);
+        let up = ifaces.upstream.contains_key(&m.ifindex);
+        match (m.hook, m.msg_type) {
+            (hook::XDP_INGRESS, msg::REPLY) if up => {
+                if m.outer_msg_type != msg::RELAY_REPL {
+                    self.stats.upstream_replies += 1;
+                    return vec![];
+                }
+                let Some(ifindex) = ifaces.downstream_for_link_addr(m.link_addr) else {
+                    self.stats.relay_reply_unmapped += 1;
+                    return vec![];
+                };
+                let iface = ifaces.downstream[&ifindex].clone();
+                self.reply(m, ifindex, iface, m.outer_peer_addr, now)
+            }
+            (hook::XDP_INGRESS, msg::REPLY) if down.is_some() => {
+                self.stats.untrusted_replies += 1;
+                vec![]
+            }
+            (hook::TC_EGRESS, msg::REPLY) if down.is_some() => {
+                // Relayed Replies leave downstream as Relay-Reply to a lower
+                // relay: the packet's destination is then that relay.
+                if m.relay_depth > 0 && m.outer_msg_type != msg::RELAY_REPL {
+                    self.stats.other += 1;
+                    return vec![];
+                }
+                let iface = down.unwrap().clone();
+                self.reply(m, m.ifindex, iface, m.dst, now)
+            }
+            (hook::XDP_INGRESS, msg::RELEASE) if down.is_some() => {
+                self.stats.releases_seen += 1;
+                let listed = m.prefixes.iter().filter_map(|p| Some((p.iaid, net(p.prefix, p.len)?))).collect();
+                self.releases.insert((m.xid, m.duid_key()), (listed, now));
+                vec![]
+            }
+            (hook::XDP_INGRESS, msg::DECLINE) if down.is_some() => {
+                self.stats.declines += 1;
+                let duid = m.duid_key();
+                m.prefixes
+                    .iter()
+                    .filter_map(|p| {
+                        let key = BindingKey { client_duid: duid.clone(), iaid: p.iaid, prefix: net(p.prefix, p.len)? };
+                        self.bindings.remove(&key)
+                    })
+                    .map(|b| Action::Remove(b, RemoveReason::Declined))
+                    .collect()
+            }
+            _ => {
+                self.stats.other += 1;
+                vec![]
+            }
+        }
+    }
+
+    fn reply(&mut self, m: &Message, ifindex: u32, iface: String, next_hop: Ipv6Addr, now: u64) -> Vec<Action> {
+        if !m.success() {
+            self.stats.error_status += 1;
+            return vec![];
+        }
+        let duid = m.duid_key();
+        if duid.is_empty() {
+            self.stats.no_client_id += 1;
+            return vec![];
+        }
+        if let Some((listed, _)) = self.releases.remove(&(m.xid, duid.clone())) {
+            self.stats.releases_matched += 1;
+            return listed
+                .into_iter()
+                .filter_map(|(iaid, prefix)| {
+                    self.bindings.remove(&BindingKey { client_duid: duid.clone(), iaid, prefix })
+                })
+                .map(|b| Action::Remove(b, RemoveReason::Released))
+                .collect();
+        }
+        if m.prefixes.is_empty() {
+            return vec![];
+        }
+        if next_hop.is_multicast() || next_hop.is_unspecified() || next_hop.is_loopback() {
+            self.stats.bad_next_hop += 1;
+            return vec![];
+        }
+        let mut actions = Vec::new();
+        let mut renewed: BTreeMap<u32, Vec<Ipv6Net>> = BTreeMap::new();
+        for p in &m.prefixes {
+            if is_error(p.ia_status) {
+                continue;
+            }
+            let Some(prefix) = net(p.prefix, p.len) else { continue };
+            let key = BindingKey { client_duid: duid.clone(), iaid: p.iaid, prefix };
+            if p.valid == 0 {
+                if let Some(b) = self.bindings.remove(&key) {
+                    actions.push(Action::Remove(b, RemoveReason::Withdrawn));
+                }
+                continue;
+            }
+            renewed.entry(p.iaid).or_default().push(prefix);
+            let b = Binding {
+                prefix,
+                kind: Kind::Delegated,
+                iface: iface.clone(),
+                ifindex,
+                next_hop,
+                client_duid: duid.clone(),
+                iaid: p.iaid,
+                t1: p.t1,
+                t2: p.t2,
+                preferred_lifetime: p.preferred,
+                valid_lifetime: p.valid,
+                expires_at: expires(now, p.valid),
+                updated_at: now,
+            };
+            let action = match self.bindings.get(&key) {
+                Some(old) if old.ifindex == ifindex && old.next_hop == next_hop => Action::Refresh(b.clone()),
+                _ => Action::Install(b.clone()),
+            };
+            // Another client's binding for the same prefix loses it: one
+            // prefix, one route.
+            let stale: Vec<_> = self
+                .bindings
+                .keys()
+                .filter(|k| k.prefix == prefix && **k != key)
+                .cloned()
+                .collect();
+            for k in stale {
+                if let Some(old) = self.bindings.remove(&k) {
+                    actions.push(Action::Remove(old, RemoveReason::Replaced));
+                }
+            }
+            self.bindings.insert(key, b);
+            actions.push(action);
+        }
+        // RFC 8415 §18.2.10.1: the Reply lists the IA's prefixes; one the
+        // client held that is missing has been replaced.
+        for (iaid, keep) in renewed {
+            let gone: Vec<_> = self
+                .bindings
+                .keys()
+                .filter(|k| k.client_duid == duid && k.iaid == iaid && !keep.contains(&k.prefix))
+                .cloned()
+                .collect();
+            for k in gone {
+                let b = self.bindings.remove(&k).unwrap();
+                // Remove before the new route goes in only matters when they
+                // overlap; order removals first so a shrinking prefix is clean.
+                actions.insert(0, Action::Remove(b, RemoveReason::Replaced));
+            }
+        }
+        actions
+    }
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snoop::PrefixInfo;
+
+    const DOWN: u32 = 5;
+    const UP: u32 = 2;
+
+    fn ifaces() -> Ifaces {
+        let mut i = Ifaces::default();
+        i.downstream.insert(DOWN, "lan0".into());
+        i.upstream.insert(UP, "wan0".into());
+        i.downstream_prefixes.push((DOWN, "2001:db8:ffff::/64".parse().unwrap()));
+        i
+    }
+
+    fn client() -> Ipv6Addr {
+        "fe80::1c2d:3eff:fe4f:5a6b".parse().unwrap()
+    }
+
+    fn pfx(p: &str, len: u8, valid: u32) -> PrefixInfo {
+        PrefixInfo {
+            iaid: 1,
+            t1: 100,
+            t2: 160,
+            ia_status: status::ABSENT,
+            prefix: p.parse().unwrap(),
+            len,
+            preferred: valid / 2,
+            valid,
+        }
+    }
+
+    fn message(hook_id: u8, ifindex: u32, t: u8, xid: u32, prefixes: Vec<PrefixInfo>) -> Message {
+        Message {
+            seq: 0,
+            hook: hook_id,
+            ifindex,
+            msg_type: t,
+            outer_msg_type: t,
+            xid,
+            relay_depth: 0,
+            flags: 0,
+            src: "fe80::1".parse().unwrap(),
+            dst: client(),
+            dst_mac: [0; 6],
+            peer_addr: Ipv6Addr::UNSPECIFIED,
+            link_addr: Ipv6Addr::UNSPECIFIED,
+            outer_peer_addr: Ipv6Addr::UNSPECIFIED,
+            status: status::ABSENT,
+            ia_status: status::ABSENT,
+            iaid: 1,
+            client_duid: vec![0, 1, 0, 1, 0xaa, 0xbb],
+            client_duid_len: 6,
+            server_duid: vec![],
+            prefixes,
+        }
+    }
+
+    fn reply(prefixes: Vec<PrefixInfo>) -> Message {
+        message(hook::TC_EGRESS, DOWN, msg::REPLY, 0x1234, prefixes)
+    }
+
+    fn installed(a: &[Action]) -> Vec<String> {
+        a.iter()
+            .map(|a| match a {
+                Action::Install(b) => format!("install {} via {} dev {}", b.prefix, b.next_hop, b.iface),
+                Action::Refresh(b) => format!("refresh {} valid {}", b.prefix, b.valid_lifetime),
+                Action::Remove(b, r) => format!("remove {} {}", b.prefix, r.as_str()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reply_on_downstream_egress_installs_route_to_its_destination() {
+        let mut t = Table::new();
+        let a = t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        assert_eq!(installed(&a), ["install 2001:db8:100::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"]);
+        let b = t.iter().next().unwrap();
+        assert_eq!(b.expires_at, Some(1060));
+        assert_eq!(b.kind, Kind::Delegated);
+    }
+
+    #[test]
+    fn renew_refreshes_lifetime_and_expiry_removes() {
+        let mut t = Table::new();
+        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        let a = t.handle(&reply(vec![pfx("2001:db8:100::", 56, 90)]), &ifaces(), 1030);
+        assert_eq!(installed(&a), ["refresh 2001:db8:100::/56 valid 90"]);
+        assert_eq!(t.next_deadline(), Some(1120));
+        assert!(t.expire(1119).is_empty());
+        assert_eq!(installed(&t.expire(1120)), ["remove 2001:db8:100::/56 expired"]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn infinite_lifetime_never_expires() {
+        let mut t = Table::new();
+        t.handle(&reply(vec![pfx("2001:db8:100::", 56, INFINITY)]), &ifaces(), 1000);
+        assert_eq!(t.next_deadline(), None);
+        assert!(t.expire(u64::MAX - 1).is_empty());
+    }
+
+    #[test]
+    fn zero_valid_lifetime_withdraws() {
+        let mut t = Table::new();
+        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        let a = t.handle(&reply(vec![pfx("2001:db8:100::", 56, 0)]), &ifaces(), 1010);
+        assert_eq!(installed(&a), ["remove 2001:db8:100::/56 withdrawn"]);
+    }
+
+    #[test]
+    fn release_is_matched_by_xid_and_duid() {
+        let mut t = Table::new();
+        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        let rel = message(hook::XDP_INGRESS, DOWN, msg::RELEASE, 0x777, vec![pfx("2001:db8:100::", 56, 0)]);
+        assert!(t.handle(&rel, &ifaces(), 1001).is_empty());
+        // A Reply with another xid does not match.
+        let mut other = reply(vec![]);
+        other.xid = 0x778;
+        assert!(t.handle(&other, &ifaces(), 1002).is_empty());
+        // Another client's Reply with the same xid does not match either.
+        let mut other = reply(vec![]);
+        other.xid = 0x777;
+        other.client_duid = vec![9, 9];
+        assert!(t.handle(&other, &ifaces(), 1002).is_empty());
+        assert_eq!(t.len(), 1);
+        let mut ok = reply(vec![]);
+        ok.xid = 0x777;
+        assert_eq!(installed(&t.handle(&ok, &ifaces(), 1002)), ["remove 2001:db8:100::/56 released"]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn release_answered_with_error_keeps_binding() {
+        let mut t = Table::new();
+        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        t.handle(&message(hook::XDP_INGRESS, DOWN, msg::RELEASE, 0x777, vec![pfx("2001:db8:100::", 56, 0)]), &ifaces(), 1001);
+        let mut r = reply(vec![]);
+        r.xid = 0x777;
+        r.status = 1; // UnspecFail
+        assert!(t.handle(&r, &ifaces(), 1002).is_empty());
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn decline_removes_at_once() {
+        let mut t = Table::new();
+        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        let d = message(hook::XDP_INGRESS, DOWN, msg::DECLINE, 0x9, vec![pfx("2001:db8:100::", 56, 0)]);
+        assert_eq!(installed(&t.handle(&d, &ifaces(), 1001)), ["remove 2001:db8:100::/56 declined"]);
+    }
+
+    #[test]
+    fn renewal_with_new_prefix_replaces_old() {
+        let mut t = Table::new();
+        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        let a = t.handle(&reply(vec![pfx("2001:db8:200::", 56, 60)]), &ifaces(), 1010);
+        assert_eq!(
+            installed(&a),
+            ["remove 2001:db8:100::/56 replaced", "install 2001:db8:200::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"]
+        );
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn other_ia_of_same_client_is_kept() {
+        let mut t = Table::new();
+        let mut p2 = pfx("2001:db8:200::", 56, 60);
+        p2.iaid = 2;
+        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60), p2]), &ifaces(), 1000);
+        let a = t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1010);
+        assert_eq!(installed(&a), ["refresh 2001:db8:100::/56 valid 60"]);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn next_hop_change_reinstalls() {
+        let mut t = Table::new();
+        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
+        r.dst = "fe80::99".parse().unwrap();
+        assert_eq!(installed(&t.handle(&r, &ifaces(), 1001)), ["install 2001:db8:100::/56 via fe80::99 dev lan0"]);
+    }
+
+    #[test]
+    fn reply_from_downstream_client_is_ignored() {
+        let mut t = Table::new();
+        let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
+        r.hook = hook::XDP_INGRESS;
+        assert!(t.handle(&r, &ifaces(), 1000).is_empty());
+        assert_eq!(t.stats.untrusted_replies, 1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn relay_reply_from_upstream_routes_to_outer_peer() {
+        let mut t = Table::new();
+        let mut r = message(hook::XDP_INGRESS, UP, msg::REPLY, 5, vec![pfx("2001:db8:c000::", 56, 60)]);
+        r.outer_msg_type = msg::RELAY_REPL;
+        r.relay_depth = 1;
+        r.link_addr = "2001:db8:ffff::1".parse().unwrap();
+        r.outer_peer_addr = "fe80::77".parse().unwrap();
+        assert_eq!(installed(&t.handle(&r, &ifaces(), 1)), ["install 2001:db8:c000::/56 via fe80::77 dev lan0"]);
+        // An unmapped link-address changes nothing.
+        r.link_addr = "2001:db8:eeee::1".parse().unwrap();
+        r.prefixes = vec![pfx("2001:db8:d000::", 56, 60)];
+        assert!(t.handle(&r, &ifaces(), 1).is_empty());
+        assert_eq!(t.stats.relay_reply_unmapped, 1);
+    }
+
+    #[test]
+    fn plain_reply_from_upstream_is_not_routed() {
+        let mut t = Table::new();
+        let r = message(hook::XDP_INGRESS, UP, msg::REPLY, 5, vec![pfx("2001:db8:c000::", 56, 60)]);
+        assert!(t.handle(&r, &ifaces(), 1).is_empty());
+        assert_eq!(t.stats.upstream_replies, 1);
+    }
+
+    #[test]
+    fn error_status_and_multicast_next_hop_are_ignored() {
+        let mut t = Table::new();
+        let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
+        r.status = 2;
+        assert!(t.handle(&r, &ifaces(), 1).is_empty());
+        let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
+        r.dst = "ff02::1:2".parse().unwrap();
+        assert!(t.handle(&r, &ifaces(), 1).is_empty());
+        let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
+        r.prefixes[0].ia_status = status::NO_PREFIX_AVAIL;
+        assert!(t.handle(&r, &ifaces(), 1).is_empty());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn host_bits_are_masked() {
+        let mut t = Table::new();
+        t.handle(&reply(vec![pfx("2001:db8:100::1", 56, 60)]), &ifaces(), 1);
+        assert_eq!(t.iter().next().unwrap().prefix.to_string(), "2001:db8:100::/56");
+    }
+
+    #[test]
+    fn same_prefix_to_new_client_replaces_old_owner() {
+        let mut t = Table::new();
+        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1);
+        let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
+        r.client_duid = vec![1, 2, 3];
+        r.dst = "fe80::2".parse().unwrap();
+        let a = installed(&t.handle(&r, &ifaces(), 2));
+        assert_eq!(a, ["remove 2001:db8:100::/56 replaced", "install 2001:db8:100::/56 via fe80::2 dev lan0"]);
+        assert_eq!(t.len(), 1);
+    }
+}

@@ -1,0 +1,216 @@
+//! Loading and attaching the kernel programs, and the handles to their maps.
+
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{tc, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use pd_common::{Counter, RouteValue, COUNTER_COUNT};
+
+/// The compiled `pd-ebpf` object (built by `build.rs`).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PD_EBPF_OBJ"));
+
+pub const XDP_PROGRAM: &str = "pd_xdp";
+pub const TC_PROGRAM: &str = "pd_tc_egress";
+pub const EVENTS_MAP: &str = "PD_EVENTS";
+pub const COUNTERS_MAP: &str = "PD_COUNTERS";
+/// Pinned LPM trie of delegated prefixes (name carries the layout version).
+pub const ROUTES_MAP: &str = "pd_routes_v1";
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("pin directory {path}: {source}")]
+    PinDir { path: PathBuf, #[source] source: std::io::Error },
+    #[error("pin directory {0} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)")]
+    NotBpffs(PathBuf),
+    #[error("parsing the BPF object: {0}")]
+    Object(#[source] EbpfError),
+    #[error("loading BPF program {program}: {reason}{hint}")]
+    Program { program: &'static str, reason: String, hint: &'static str },
+    #[error("attaching {program} to {iface}: {source}")]
+    Attach { program: &'static str, iface: String, #[source] source: ProgramError },
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    #[error("BPF map {0} missing or of the wrong type: {1}")]
+    Map(&'static str, String),
+}
+
+fn privilege_hint(e: &ProgramError) -> &'static str {
+    let s = e.to_string();
+    if s.contains("Operation not permitted") || s.contains("EPERM") {
+        " (loading BPF programs needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+    } else {
+        ""
+    }
+}
+
+/// First lines of a verifier log, for an error message an operator can read.
+fn verifier_head(e: &ProgramError) -> String {
+    let text = e.to_string();
+    let mut lines: Vec<&str> = text.lines().collect();
+    if lines.len() > 40 {
+        // Keep the head and the tail: the tail says why it failed.
+        let tail = lines.split_off(lines.len() - 15);
+        lines.truncate(20);
+        lines.push("...");
+        lines.extend(tail);
+    }
+    lines.join("\n")
+}
+
+/// Make sure `dir` exists on a bpffs, mounting /sys/fs/bpf if nothing is
+/// mounted there yet (as systemd does at boot on most distributions).
+pub fn ensure_pin_dir(dir: &Path) -> Result<(), LoadError> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
+        let src = CString::new("bpf").unwrap();
+        let target = CString::new(bpffs.as_os_str().as_bytes()).unwrap();
+        let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+        if r != 0 {
+            return Err(LoadError::PinDir { path: bpffs.into(), source: std::io::Error::last_os_error() });
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir { path: dir.into(), source })?;
+    if !is_bpffs(dir) {
+        return Err(LoadError::NotBpffs(dir.into()));
+    }
+    Ok(())
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else { return false };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+pub fn if_index(name: &str) -> Result<u32, LoadError> {
+    let c = CString::new(name).map_err(|_| LoadError::NoInterface(name.into()))?;
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(LoadError::NoInterface(name.into())),
+        i => Ok(i),
+    }
+}
+
+/// The loaded object: both programs verified, maps created (the routes map
+/// pinned under the pin directory).
+pub struct Programs {
+    ebpf: Ebpf,
+}
+
+impl Programs {
+    /// Load both programs into the kernel without attaching them.
+    pub fn load(pin_dir: &Path) -> Result<Self, LoadError> {
+        ensure_pin_dir(pin_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(OBJECT)
+            .map_err(LoadError::Object)?;
+        {
+            let xdp: &mut Xdp = ebpf
+                .program_mut(XDP_PROGRAM)
+                .ok_or(LoadError::Map(XDP_PROGRAM, "not in object".into()))?
+                .try_into()
+                .map_err(|e: ProgramError| LoadError::Map(XDP_PROGRAM, e.to_string()))?;
+            xdp.load().map_err(|e| LoadError::Program {
+                program: XDP_PROGRAM,
+                hint: privilege_hint(&e),
+                reason: verifier_head(&e),
+            })?;
+        }
+        {
+            let tc: &mut SchedClassifier = ebpf
+                .program_mut(TC_PROGRAM)
+                .ok_or(LoadError::Map(TC_PROGRAM, "not in object".into()))?
+                .try_into()
+                .map_err(|e: ProgramError| LoadError::Map(TC_PROGRAM, e.to_string()))?;
+            tc.load().map_err(|e| LoadError::Program {
+                program: TC_PROGRAM,
+                hint: privilege_hint(&e),
+                reason: verifier_head(&e),
+            })?;
+        }
+        Ok(Programs { ebpf })
+    }
+
+    pub fn xdp(&mut self) -> &mut Xdp {
+        self.ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap()
+    }
+
+    pub fn tc(&mut self) -> &mut SchedClassifier {
+        self.ebpf.program_mut(TC_PROGRAM).unwrap().try_into().unwrap()
+    }
+
+    /// Attach the XDP program in driver mode, falling back to generic (skb) mode.
+    pub fn attach_xdp(&mut self, iface: &str) -> Result<XdpMode, LoadError> {
+        if_index(iface)?;
+        let xdp = self.xdp();
+        match xdp.attach(iface, XdpMode::Driver) {
+            Ok(_) => Ok(XdpMode::Driver),
+            Err(_) => xdp
+                .attach(iface, XdpMode::Skb)
+                .map(|_| XdpMode::Skb)
+                .map_err(|source| LoadError::Attach { program: XDP_PROGRAM, iface: iface.into(), source }),
+        }
+    }
+
+    /// Attach the TC program on egress (tcx on kernels >= 6.6, else clsact).
+    pub fn attach_tc_egress(&mut self, iface: &str) -> Result<(), LoadError> {
+        if_index(iface)?;
+        // Only needed without tcx; an existing qdisc is fine.
+        let _ = tc::qdisc_add_clsact(iface);
+        self.tc()
+            .attach(iface, TcAttachType::Egress)
+            .map(|_| ())
+            .map_err(|source| LoadError::Attach { program: TC_PROGRAM, iface: iface.into(), source })
+    }
+
+    /// Verified instruction counts of (XDP, TC).
+    pub fn verified_instructions(&mut self) -> (Option<u32>, Option<u32>) {
+        let x = self.xdp().info().ok().and_then(|i| i.verified_instruction_count());
+        let t = self.tc().info().ok().and_then(|i| i.verified_instruction_count());
+        (x, t)
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let m = self.ebpf.take_map(EVENTS_MAP).ok_or(LoadError::Map(EVENTS_MAP, "not in object".into()))?;
+        RingBuf::try_from(m).map_err(|e| LoadError::Map(EVENTS_MAP, e.to_string()))
+    }
+
+    pub fn take_routes(&mut self) -> Result<LpmTrie<MapData, [u8; 16], RouteValue>, LoadError> {
+        let m = self.ebpf.take_map(ROUTES_MAP).ok_or(LoadError::Map(ROUTES_MAP, "not in object".into()))?;
+        LpmTrie::try_from(m).map_err(|e| LoadError::Map(ROUTES_MAP, e.to_string()))
+    }
+
+    pub fn take_counters(&mut self) -> Result<Counters, LoadError> {
+        let m = self.ebpf.take_map(COUNTERS_MAP).ok_or(LoadError::Map(COUNTERS_MAP, "not in object".into()))?;
+        PerCpuArray::try_from(m)
+            .map(Counters)
+            .map_err(|e| LoadError::Map(COUNTERS_MAP, e.to_string()))
+    }
+}
+
+/// The per-CPU outcome counters, summed over CPUs on read.
+pub struct Counters(PerCpuArray<MapData, u64>);
+
+impl Counters {
+    pub fn read(&self) -> Vec<(&'static str, u64)> {
+        (0..COUNTER_COUNT)
+            .map(|i| {
+                let v = self.0.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+                (Counter::ALL[i as usize].name(), v)
+            })
+            .collect()
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0.get(&(c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,119 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use pd_agent::{
+    agent::{self, Config},
+    binding::Binding,
+    control::{self, Request},
+    route::DEFAULT_PROTO,
+    state,
+};
+
+#[derive(Parser)]
+#[command(name = "pd-agent", version, about = "Routes DHCPv6-delegated prefixes seen on the wire")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent.
+    Run {
+        /// Interface facing delegated clients (repeatable).
+        #[arg(long, required = true, env = "PD_DOWNSTREAM", value_delimiter = ',')]
+        downstream: Vec<String>,
+        /// Interface facing the delegating server's side (repeatable).
+        #[arg(long, env = "PD_UPSTREAM", value_delimiter = ',')]
+        upstream: Vec<String>,
+        /// bpffs directory for pinned maps.
+        #[arg(long, env = "PD_PIN_DIR", default_value = "/sys/fs/bpf/pd-agent")]
+        pin_dir: PathBuf,
+        /// Directory of the binding store.
+        #[arg(long, env = "PD_STATE_DIR", default_value = "/var/lib/pd-agent")]
+        state_dir: PathBuf,
+        /// Control socket path.
+        #[arg(long, env = "PD_CONTROL", default_value = control::DEFAULT_PATH)]
+        control: PathBuf,
+        /// Route protocol number tagging our routes (see README: rt_protos.d).
+        #[arg(long, env = "PD_ROUTE_PROTO", default_value_t = DEFAULT_PROTO,
+              value_parser = clap::value_parser!(u8).range(5..=254))]
+        route_proto: u8,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// List bindings (from the running agent, else from the state directory).
+    Bindings {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "PD_CONTROL", default_value = control::DEFAULT_PATH)]
+        control: PathBuf,
+        #[arg(long, env = "PD_STATE_DIR", default_value = "/var/lib/pd-agent")]
+        state_dir: PathBuf,
+    },
+    /// Kernel and agent counters from the running agent (JSON).
+    Stats {
+        #[arg(long, env = "PD_CONTROL", default_value = control::DEFAULT_PATH)]
+        control: PathBuf,
+    },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("pd-agent: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn real_main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Run { downstream, upstream, pin_dir, state_dir, control, route_proto, log_json } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+            if log_json {
+                fmt.json().init();
+            } else {
+                fmt.init();
+            }
+            agent::run(Config { downstream, upstream, pin_dir, state_dir, control, proto: route_proto }).await
+        }
+        Cmd::Bindings { json, control, state_dir } => {
+            let list: Vec<Binding> = match control::request(&control, &Request::Bindings).await {
+                Ok(v) => serde_json::from_value(v).context("agent reply")?,
+                Err(e) => {
+                    let path = state_dir.join("bindings.json");
+                    eprintln!("pd-agent: no agent answers ({e}); showing the state store {}", path.display());
+                    state::load(&path)?
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print_table(&list);
+            }
+            Ok(())
+        }
+        Cmd::Stats { control } => {
+            let v = control::request(&control, &Request::Stats).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+    }
+}
+
+fn print_table(list: &[Binding]) {
+    let now = agent::now();
+    println!("{:<28} {:<9} {:<10} {:<28} {:>10} {:>8}", "PREFIX", "KIND", "IFACE", "NEXT HOP", "IAID", "EXPIRES");
+    for b in list {
+        let exp = match b.expires_at {
+            None => "never".to_string(),
+            Some(t) => format!("{}s", t.saturating_sub(now)),
+        };
+        let kind = serde_json::to_value(b.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        println!("{:<28} {:<9} {:<10} {:<28} {:>10} {:>8}", b.prefix.to_string(), kind, b.iface, b.next_hop.to_string(), b.iaid, exp);
+    }
+}

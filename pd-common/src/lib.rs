@@ -1,0 +1,340 @@
+//! Types and constants that the kernel programs (`pd-ebpf`) and the agent
+//! (`pd-agent`) agree on. Everything here is `#[repr(C)]` plain data: the
+//! kernel writes it into a ring buffer or a map, the agent reads the bytes.
+//!
+//! Bump [`LAYOUT_VERSION`] whenever a pinned map's key or value changes: the
+//! agent puts it in the pin path so a new agent never reuses an old layout.
+#![no_std]
+
+/// Version of the pinned-map layouts; part of the pin directory name.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// DHCPv6 UDP ports (RFC 8415 §7.2).
+pub const CLIENT_PORT: u16 = 546;
+pub const SERVER_PORT: u16 = 547;
+
+/// DHCPv6 message types (RFC 8415 §7.3).
+pub mod msg {
+    pub const SOLICIT: u8 = 1;
+    pub const ADVERTISE: u8 = 2;
+    pub const REQUEST: u8 = 3;
+    pub const CONFIRM: u8 = 4;
+    pub const RENEW: u8 = 5;
+    pub const REBIND: u8 = 6;
+    pub const REPLY: u8 = 7;
+    pub const RELEASE: u8 = 8;
+    pub const DECLINE: u8 = 9;
+    pub const RECONFIGURE: u8 = 10;
+    pub const INFORMATION_REQUEST: u8 = 11;
+    pub const RELAY_FORW: u8 = 12;
+    pub const RELAY_REPL: u8 = 13;
+}
+
+/// DHCPv6 option codes we read (RFC 8415 §21).
+pub mod opt {
+    pub const CLIENTID: u16 = 1;
+    pub const SERVERID: u16 = 2;
+    pub const RELAY_MSG: u16 = 9;
+    pub const STATUS_CODE: u16 = 13;
+    pub const RAPID_COMMIT: u16 = 14;
+    pub const INTERFACE_ID: u16 = 18;
+    pub const IA_PD: u16 = 25;
+    pub const IAPREFIX: u16 = 26;
+}
+
+/// Status codes (RFC 8415 §21.13).
+pub mod status {
+    pub const SUCCESS: u16 = 0;
+    pub const NO_BINDING: u16 = 3;
+    pub const NO_PREFIX_AVAIL: u16 = 6;
+    /// No Status Code option was present (which means Success).
+    pub const ABSENT: u16 = 0xffff;
+}
+
+/// RFC 8415 §7.6 HOP_COUNT_LIMIT: relay layers we follow.
+pub const MAX_RELAY_DEPTH: u8 = 8;
+/// Prefixes reported per packet; more are counted as `TooManyPrefixes`.
+pub const MAX_PREFIXES: usize = 16;
+/// Identity associations remembered per packet.
+pub const MAX_IAS: usize = 4;
+/// Bytes of the client DUID copied into an event (RFC 8415 §11.1 allows 130).
+pub const DUID_MAX: usize = 64;
+/// Bytes of the server DUID copied into an event.
+pub const SERVER_DUID_MAX: usize = 32;
+/// Largest DHCPv6 payload the kernel copies for parsing; longer ones are
+/// parsed up to this many bytes and flagged [`flags::TRUNCATED`].
+pub const PAYLOAD_MAX: usize = 2048;
+/// TLVs (options and sub-options) walked per packet.
+pub const MAX_TLV_STEPS: u32 = 512;
+/// Infinite lifetime (RFC 8415 §7.7).
+pub const INFINITY: u32 = 0xffff_ffff;
+
+/// Where the program saw the packet.
+pub mod hook {
+    /// XDP, ingress.
+    pub const XDP_INGRESS: u8 = 1;
+    /// TC (clsact/tcx), egress.
+    pub const TC_EGRESS: u8 = 2;
+}
+
+/// Bits of [`PdEvent::flags`].
+pub mod flags {
+    /// `prefix`/`plen`/lifetimes are valid. Without it the event stands for
+    /// a whole message that carried no usable prefix (a Reply to a Release,
+    /// or a Reply whose IA_PD only holds a status).
+    pub const HAS_PREFIX: u8 = 1 << 0;
+    /// The packet carried an 802.1Q tag.
+    pub const VLAN: u8 = 1 << 1;
+    /// The DHCPv6 payload was longer than [`super::PAYLOAD_MAX`].
+    pub const TRUNCATED: u8 = 1 << 2;
+    /// The message was carried in at least one relay layer.
+    pub const RELAYED: u8 = 1 << 3;
+    /// The message (or innermost message) carried Rapid Commit.
+    pub const RAPID_COMMIT: u8 = 1 << 4;
+    /// More than [`super::MAX_PREFIXES`] prefixes: some were not reported.
+    pub const PREFIXES_DROPPED: u8 = 1 << 5;
+}
+
+/// One delegated prefix seen in one DHCPv6 message, as pushed into the
+/// `PD_EVENTS` ring buffer. A message with `n` prefixes produces `n` events
+/// sharing `seq`, with `index` 0..n and `count` n; a message with none
+/// produces one event without [`flags::HAS_PREFIX`] and `count` 1.
+///
+/// Multi-byte integers are in host byte order; addresses are network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PdEvent {
+    /// Per-CPU message sequence number; the CPU is in the top 8 bits.
+    pub seq: u64,
+    pub ifindex: u32,
+    /// Transaction id (24 bits).
+    pub xid: u32,
+    /// One of [`hook`].
+    pub hook: u8,
+    /// Innermost message type ([`msg`]).
+    pub msg_type: u8,
+    /// Relay layers around the innermost message.
+    pub relay_depth: u8,
+    /// Bits of [`flags`].
+    pub flags: u8,
+    pub index: u8,
+    pub count: u8,
+    pub prefix_len: u8,
+    /// Outermost message type: RELAY_FORW/RELAY_REPL when relayed, else `msg_type`.
+    pub outer_msg_type: u8,
+    /// Top-level Status Code of the innermost message ([`status::ABSENT`] if none).
+    pub status: u16,
+    /// Status Code inside the IA_PD this prefix belongs to.
+    pub ia_status: u16,
+    /// 802.1Q VLAN id (when [`flags::VLAN`]).
+    pub vlan: u16,
+    /// True length of the client DUID (may exceed [`DUID_MAX`]); 0 = none.
+    pub client_duid_len: u16,
+    /// True length of the server DUID; 0 = none.
+    pub server_duid_len: u16,
+    pub _pad1: u16,
+    pub iaid: u32,
+    pub t1: u32,
+    pub t2: u32,
+    pub preferred: u32,
+    pub valid: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// Innermost relay layer's peer-address (the client or the lower relay).
+    pub peer_addr: [u8; 16],
+    /// Innermost relay layer's link-address.
+    pub link_addr: [u8; 16],
+    /// Outermost relay layer's peer-address: the node the relay that
+    /// receives this Relay-Reply sends it on to.
+    pub outer_peer_addr: [u8; 16],
+    pub prefix: [u8; 16],
+    pub client_duid: [u8; DUID_MAX],
+    pub server_duid: [u8; SERVER_DUID_MAX],
+    pub _pad2: u32,
+}
+
+impl PdEvent {
+    pub const fn zeroed() -> Self {
+        PdEvent {
+            seq: 0,
+            ifindex: 0,
+            xid: 0,
+            hook: 0,
+            msg_type: 0,
+            relay_depth: 0,
+            flags: 0,
+            index: 0,
+            count: 0,
+            prefix_len: 0,
+            outer_msg_type: 0,
+            status: status::ABSENT,
+            ia_status: status::ABSENT,
+            vlan: 0,
+            client_duid_len: 0,
+            server_duid_len: 0,
+            _pad1: 0,
+            iaid: 0,
+            t1: 0,
+            t2: 0,
+            preferred: 0,
+            valid: 0,
+            src: [0; 16],
+            dst: [0; 16],
+            dst_mac: [0; 6],
+            src_mac: [0; 6],
+            peer_addr: [0; 16],
+            link_addr: [0; 16],
+            outer_peer_addr: [0; 16],
+            prefix: [0; 16],
+            client_duid: [0; DUID_MAX],
+            server_duid: [0; SERVER_DUID_MAX],
+            _pad2: 0,
+        }
+    }
+}
+
+/// Indices of the per-CPU `PD_COUNTERS` array: one per outcome.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// IPv6/UDP packets to port 546 or 547.
+    Seen = 0,
+    /// DHCPv6 messages parsed to the end without a reject.
+    Parsed,
+    /// Events pushed into the ring buffer.
+    Events,
+    /// `bpf_ringbuf_output` failed (ring buffer full).
+    RingbufFull,
+    /// Messages of a type we do not report (Solicit, Advertise, ...).
+    IgnoredType,
+    // ---- reject reasons: the packet is passed on untouched ----
+    /// Ethernet, 802.1Q, IPv6 or extension header cut short.
+    TruncatedHeader,
+    /// Too many IPv6 extension headers, or a fragment.
+    ExtHeaders,
+    /// UDP length disagrees with the IPv6 payload length.
+    UdpLength,
+    /// DHCPv6 payload shorter than its fixed header.
+    ShortMessage,
+    /// An option's length runs past the end of its container.
+    OptionOverflow,
+    /// Relay nesting deeper than [`MAX_RELAY_DEPTH`].
+    RelayTooDeep,
+    /// A relay message without a Relay Message option.
+    RelayNoMessage,
+    /// More TLVs than [`MAX_TLV_STEPS`].
+    TooManyOptions,
+    /// An option shorter than its fixed fields (IA_PD < 12, IAPREFIX < 25, ...).
+    BadOptionLength,
+    /// IA_PD with T1 > T2 > 0 (RFC 8415 §21.21): its prefixes are ignored.
+    BadT1T2,
+    /// IAPREFIX with prefix length 0 or > 128.
+    BadPrefixLength,
+    /// IAPREFIX with preferred > valid lifetime (RFC 8415 §21.22).
+    BadLifetimes,
+    /// More than [`MAX_PREFIXES`] prefixes in one message.
+    TooManyPrefixes,
+    /// Internal: a helper failed (load_bytes, map lookup).
+    Internal,
+}
+
+pub const COUNTER_COUNT: u32 = Counter::Internal as u32 + 1;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
+        Counter::Seen,
+        Counter::Parsed,
+        Counter::Events,
+        Counter::RingbufFull,
+        Counter::IgnoredType,
+        Counter::TruncatedHeader,
+        Counter::ExtHeaders,
+        Counter::UdpLength,
+        Counter::ShortMessage,
+        Counter::OptionOverflow,
+        Counter::RelayTooDeep,
+        Counter::RelayNoMessage,
+        Counter::TooManyOptions,
+        Counter::BadOptionLength,
+        Counter::BadT1T2,
+        Counter::BadPrefixLength,
+        Counter::BadLifetimes,
+        Counter::TooManyPrefixes,
+        Counter::Internal,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Seen => "seen",
+            Counter::Parsed => "parsed",
+            Counter::Events => "events",
+            Counter::RingbufFull => "ringbuf_full",
+            Counter::IgnoredType => "ignored_type",
+            Counter::TruncatedHeader => "truncated_header",
+            Counter::ExtHeaders => "ext_headers",
+            Counter::UdpLength => "udp_length",
+            Counter::ShortMessage => "short_message",
+            Counter::OptionOverflow => "option_overflow",
+            Counter::RelayTooDeep => "relay_too_deep",
+            Counter::RelayNoMessage => "relay_no_message",
+            Counter::TooManyOptions => "too_many_options",
+            Counter::BadOptionLength => "bad_option_length",
+            Counter::BadT1T2 => "bad_t1_t2",
+            Counter::BadPrefixLength => "bad_prefix_length",
+            Counter::BadLifetimes => "bad_lifetimes",
+            Counter::TooManyPrefixes => "too_many_prefixes",
+            Counter::Internal => "internal",
+        }
+    }
+}
+
+/// Key of the pinned `pd_routes` LPM trie: what `LpmTrie` wants (prefix
+/// length first, then the address in network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteKey {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
+/// Value of the pinned `pd_routes` LPM trie: where a delegated prefix goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteValue {
+    pub next_hop: [u8; 16],
+    /// Valid-lifetime end, unix seconds (u64::MAX = infinite).
+    pub expires_at: u64,
+    pub ifindex: u32,
+    pub iaid: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::PdEvent {}
+    unsafe impl aya::Pod for super::RouteKey {}
+    unsafe impl aya::Pod for super::RouteValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_layout_has_no_implicit_padding() {
+        // Sum of field sizes equals the struct size: the kernel and the agent
+        // cannot disagree on offsets.
+        let fields = 8 + 4 + 4 + 8 * 1 + 2 * 6 + 4 * 5 + 16 * 2 + 6 * 2 + 16 * 4 + DUID_MAX + SERVER_DUID_MAX + 4;
+        assert_eq!(core::mem::size_of::<PdEvent>(), fields);
+        assert_eq!(core::mem::size_of::<RouteKey>(), 20);
+        assert_eq!(core::mem::size_of::<RouteValue>(), 16 + 8 + 4 + 4);
+    }
+
+    #[test]
+    fn counter_table_is_complete() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+}

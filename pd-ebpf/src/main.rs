@@ -1,0 +1,640 @@
+//! pd-agent's kernel programs.
+//!
+//! `pd_xdp` (XDP, ingress) and `pd_tc_egress` (TC, egress) share one parser:
+//! each finds the UDP payload of an IPv6 packet to port 546/547 with direct
+//! packet access, copies the payload into a per-CPU scratch buffer with
+//! `bpf_{xdp,skb}_load_bytes`, and walks the DHCPv6 TLVs there in a
+//! `bpf_loop` callback, which the verifier checks once rather than once per
+//! iteration. Every delegated prefix becomes a [`PdEvent`] in `PD_EVENTS`.
+//!
+//! Snooping never drops or changes a packet: both programs always pass it
+//! on. Non-DHCP packets cost a few header loads and no map access.
+#![no_std]
+#![no_main]
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{xdp_action, xdp_md},
+    helpers::{bpf_get_smp_processor_id, bpf_loop, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    macros::{classifier, map, xdp},
+    maps::{LpmTrie, PerCpuArray, RingBuf},
+    programs::{TcContext, XdpContext},
+};
+use pd_common::{
+    flags, hook, msg, opt, status, Counter, PdEvent, RouteValue, CLIENT_PORT, COUNTER_COUNT, DUID_MAX,
+    MAX_IAS, MAX_PREFIXES, MAX_RELAY_DEPTH, MAX_TLV_STEPS, PAYLOAD_MAX, SERVER_DUID_MAX, SERVER_PORT,
+};
+
+/// Delegated-prefix events for the agent.
+#[map(name = "PD_EVENTS")]
+static PD_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per-CPU outcome counters, indexed by [`Counter`].
+#[map(name = "PD_COUNTERS")]
+static PD_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Per-CPU parser state and payload copy (too big for the 512-byte stack).
+#[map(name = "PD_SCRATCH")]
+static PD_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Delegated prefixes, written by the agent and pinned under its pin
+/// directory. Read by the fast path (a later change); kept here so the
+/// agent's map and the programs' map are one object.
+#[map(name = "pd_routes_v1")]
+static PD_ROUTES: LpmTrie<[u8; 16], RouteValue> = LpmTrie::pinned(1 << 20, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPV6_HLEN: usize = 40;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_DSTOPTS: u8 = 60;
+const UDP_HLEN: usize = 8;
+/// Hop-by-hop / destination-options headers skipped before giving up.
+const MAX_EXT_HEADERS: usize = 4;
+
+/// TC: let the next program / the default action decide (tcx `TCX_NEXT`).
+const TC_ACT_UNSPEC: i32 = -1;
+
+const MASK: usize = PAYLOAD_MAX - 1;
+const _: () = assert!(PAYLOAD_MAX.is_power_of_two());
+
+const MODE_MSG: u32 = 0;
+const MODE_RELAY: u32 = 1;
+const MODE_TOP: u32 = 2;
+const MODE_IAPD: u32 = 3;
+const NO_REJECT: u32 = u32::MAX;
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Ia {
+    iaid: u32,
+    t1: u32,
+    t2: u32,
+    status: u16,
+    ok: u16,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Pfx {
+    prefix: [u8; 16],
+    preferred: u32,
+    valid: u32,
+    ia: u32,
+    plen: u32,
+}
+
+#[repr(C)]
+pub struct Scratch {
+    /// DHCPv6 payload; 64 spare bytes so a masked index plus a small
+    /// constant stays inside the value.
+    buf: [u8; PAYLOAD_MAX + 64],
+    len: u32,
+    cursor: u32,
+    end: u32,
+    top_end: u32,
+    mode: u32,
+    reject: u32,
+    done: u32,
+    depth: u32,
+    nia: u32,
+    cur_ia: u32,
+    nprefix: u32,
+    seq: u32,
+    ia: [Ia; MAX_IAS],
+    pfx: [Pfx; MAX_PREFIXES],
+    ev: PdEvent,
+}
+
+#[inline(always)]
+fn count(c: Counter) {
+    if let Some(p) = PD_COUNTERS.get_ptr_mut(c as u32) {
+        unsafe { *p += 1 };
+    }
+}
+
+impl Scratch {
+    #[inline(always)]
+    fn b(&self, off: u32) -> u8 {
+        // The mask keeps the verifier happy; callers have already checked
+        // `off < self.len <= PAYLOAD_MAX`, so it never changes the index.
+        unsafe { *self.buf.get_unchecked(off as usize & MASK) }
+    }
+
+    #[inline(always)]
+    fn u16(&self, off: u32) -> u16 {
+        (self.b(off) as u16) << 8 | self.b(off + 1) as u16
+    }
+
+    #[inline(always)]
+    fn u32(&self, off: u32) -> u32 {
+        (self.u16(off) as u32) << 16 | self.u16(off + 2) as u32
+    }
+
+    #[inline(always)]
+    fn addr(&self, off: u32) -> [u8; 16] {
+        let mut a = [0u8; 16];
+        let base = off as usize & MASK;
+        let mut i = 0;
+        while i < 16 {
+            a[i] = unsafe { *self.buf.get_unchecked(base + i) };
+            i += 1;
+        }
+        a
+    }
+
+    /// Stop parsing this message: it is counted under `c` and produces no event.
+    #[inline(always)]
+    fn reject(&mut self, c: Counter) -> i64 {
+        self.reject = c as u32;
+        1
+    }
+
+    /// One TLV (or one message header). Returns 0 to continue, 1 to stop.
+    #[inline(always)]
+    fn step(&mut self) -> i64 {
+        let c = self.cursor;
+        let end = self.end;
+        match self.mode {
+            MODE_MSG => {
+                if c + 4 > end {
+                    return self.reject(Counter::ShortMessage);
+                }
+                let t = self.b(c);
+                if self.depth == 0 {
+                    self.ev.outer_msg_type = t;
+                }
+                if t == msg::RELAY_FORW || t == msg::RELAY_REPL {
+                    // RFC 8415 §9: msg-type, hop-count, link-address, peer-address.
+                    if c + 34 > end {
+                        return self.reject(Counter::ShortMessage);
+                    }
+                    if self.depth >= MAX_RELAY_DEPTH as u32 {
+                        return self.reject(Counter::RelayTooDeep);
+                    }
+                    self.ev.link_addr = self.addr(c + 2);
+                    self.ev.peer_addr = self.addr(c + 18);
+                    if self.depth == 0 {
+                        self.ev.outer_peer_addr = self.ev.peer_addr;
+                    }
+                    self.depth += 1;
+                    self.ev.flags |= flags::RELAYED;
+                    self.cursor = c + 34;
+                    self.mode = MODE_RELAY;
+                    return 0;
+                }
+                self.ev.msg_type = t;
+                self.ev.xid = (self.b(c + 1) as u32) << 16 | self.u16(c + 2) as u32;
+                match t {
+                    msg::REPLY | msg::RENEW | msg::REBIND | msg::RELEASE | msg::DECLINE | msg::REQUEST
+                    | msg::SOLICIT => {}
+                    _ => return self.reject(Counter::IgnoredType),
+                }
+                self.cursor = c + 4;
+                self.mode = MODE_TOP;
+                0
+            }
+            MODE_RELAY => {
+                if c >= end {
+                    return self.reject(Counter::RelayNoMessage);
+                }
+                if c + 4 > end {
+                    return self.reject(Counter::OptionOverflow);
+                }
+                let code = self.u16(c);
+                let len = self.u16(c + 2) as u32;
+                let next = c + 4 + len;
+                if next > end {
+                    return self.reject(Counter::OptionOverflow);
+                }
+                if code == opt::RELAY_MSG {
+                    self.cursor = c + 4;
+                    self.end = next;
+                    self.mode = MODE_MSG;
+                } else {
+                    self.cursor = next;
+                }
+                0
+            }
+            MODE_TOP => {
+                if c == end {
+                    self.done = 1;
+                    return 1;
+                }
+                if c + 4 > end {
+                    return self.reject(Counter::OptionOverflow);
+                }
+                let code = self.u16(c);
+                let len = self.u16(c + 2) as u32;
+                let data = c + 4;
+                let next = data + len;
+                if next > end {
+                    return self.reject(Counter::OptionOverflow);
+                }
+                match code {
+                    opt::CLIENTID => {
+                        self.ev.client_duid_len = len as u16;
+                        let base = data as usize & MASK;
+                        let mut i = 0;
+                        while i < DUID_MAX {
+                            if i as u32 >= len {
+                                break;
+                            }
+                            self.ev.client_duid[i] = unsafe { *self.buf.get_unchecked(base + i) };
+                            i += 1;
+                        }
+                    }
+                    opt::SERVERID => {
+                        self.ev.server_duid_len = len as u16;
+                        let base = data as usize & MASK;
+                        let mut i = 0;
+                        while i < SERVER_DUID_MAX {
+                            if i as u32 >= len {
+                                break;
+                            }
+                            self.ev.server_duid[i] = unsafe { *self.buf.get_unchecked(base + i) };
+                            i += 1;
+                        }
+                    }
+                    opt::STATUS_CODE => {
+                        if len < 2 {
+                            return self.reject(Counter::BadOptionLength);
+                        }
+                        self.ev.status = self.u16(data);
+                    }
+                    opt::RAPID_COMMIT => self.ev.flags |= flags::RAPID_COMMIT,
+                    opt::IA_PD => {
+                        if len < 12 {
+                            return self.reject(Counter::BadOptionLength);
+                        }
+                        let n = self.nia;
+                        if n as usize >= MAX_IAS {
+                            // Walk it anyway so its prefixes are counted as dropped.
+                            self.cur_ia = u32::MAX;
+                        } else {
+                            let t1 = self.u32(data + 4);
+                            let t2 = self.u32(data + 8);
+                            // RFC 8415 §21.21: T1 > T2 > 0 means discard the IA_PD.
+                            let ok = !(t2 > 0 && t1 > t2);
+                            if !ok {
+                                count(Counter::BadT1T2);
+                            }
+                            let iaid = self.u32(data);
+                            let ia = unsafe { self.ia.get_unchecked_mut(n as usize & (MAX_IAS - 1)) };
+                            *ia = Ia { iaid, t1, t2, status: status::ABSENT, ok: ok as u16 };
+                            self.cur_ia = n;
+                            self.nia = n + 1;
+                        }
+                        self.top_end = end;
+                        self.end = next;
+                        self.cursor = data + 12;
+                        self.mode = MODE_IAPD;
+                        return 0;
+                    }
+                    _ => {}
+                }
+                self.cursor = next;
+                0
+            }
+            _ => {
+                // MODE_IAPD: sub-options of the current IA_PD.
+                if c == end {
+                    self.mode = MODE_TOP;
+                    self.end = self.top_end;
+                    return 0;
+                }
+                if c + 4 > end {
+                    return self.reject(Counter::OptionOverflow);
+                }
+                let code = self.u16(c);
+                let len = self.u16(c + 2) as u32;
+                let data = c + 4;
+                let next = data + len;
+                if next > end {
+                    return self.reject(Counter::OptionOverflow);
+                }
+                let ia = self.cur_ia;
+                if code == opt::IAPREFIX {
+                    // RFC 8415 §21.22: preferred, valid, prefix-length, prefix.
+                    if len < 25 {
+                        return self.reject(Counter::BadOptionLength);
+                    }
+                    let preferred = self.u32(data);
+                    let valid = self.u32(data + 4);
+                    let plen = self.b(data + 8) as u32;
+                    if plen == 0 || plen > 128 {
+                        count(Counter::BadPrefixLength);
+                    } else if preferred > valid {
+                        count(Counter::BadLifetimes);
+                    } else if ia as usize >= MAX_IAS {
+                        count(Counter::TooManyPrefixes);
+                        self.ev.flags |= flags::PREFIXES_DROPPED;
+                    } else if unsafe { self.ia.get_unchecked(ia as usize & (MAX_IAS - 1)) }.ok == 0 {
+                        // Counted once as BadT1T2 on the IA_PD.
+                    } else if self.nprefix as usize >= MAX_PREFIXES {
+                        count(Counter::TooManyPrefixes);
+                        self.ev.flags |= flags::PREFIXES_DROPPED;
+                    } else {
+                        let prefix = self.addr(data + 9);
+                        let slot = self.nprefix as usize & (MAX_PREFIXES - 1);
+                        let p = unsafe { self.pfx.get_unchecked_mut(slot) };
+                        p.prefix = prefix;
+                        p.preferred = preferred;
+                        p.valid = valid;
+                        p.plen = plen;
+                        p.ia = ia;
+                        self.nprefix += 1;
+                    }
+                } else if code == opt::STATUS_CODE && (ia as usize) < MAX_IAS {
+                    if len < 2 {
+                        return self.reject(Counter::BadOptionLength);
+                    }
+                    let st = self.u16(data);
+                    unsafe { self.ia.get_unchecked_mut(ia as usize & (MAX_IAS - 1)) }.status = st;
+                }
+                self.cursor = next;
+                0
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn step_cb(_index: u64, _ctx: *mut c_void) -> i64 {
+    match PD_SCRATCH.get_ptr_mut(0) {
+        Some(s) => unsafe { (*s).step() },
+        None => 1,
+    }
+}
+
+/// Where the DHCPv6 payload sits in a packet.
+struct Located {
+    /// Offset of the IPv6 header.
+    l3: usize,
+    /// Offset of the UDP payload.
+    payload: usize,
+    /// UDP payload length.
+    len: usize,
+    vlan: u16,
+    has_vlan: bool,
+}
+
+#[inline(always)]
+fn ld_u16(data: usize, end: usize, off: usize) -> Option<u16> {
+    let p = data + off;
+    if p + 2 > end {
+        return None;
+    }
+    Some(u16::from_be(unsafe { *(p as *const u16) }))
+}
+
+/// Find an IPv6/UDP packet to port 546 or 547. `Ok(None)`: not DHCPv6,
+/// pass it on without counting anything.
+#[inline(always)]
+fn locate(data: usize, end: usize) -> Result<Option<Located>, Counter> {
+    if data + ETH_HLEN > end {
+        return Ok(None);
+    }
+    let mut l3 = ETH_HLEN;
+    let mut proto = u16::from_be(unsafe { *((data + 12) as *const u16) });
+    let mut vlan = 0u16;
+    let mut has_vlan = false;
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        if data + ETH_HLEN + 4 > end {
+            return Ok(None);
+        }
+        vlan = u16::from_be(unsafe { *((data + 14) as *const u16) }) & 0x0fff;
+        proto = u16::from_be(unsafe { *((data + 16) as *const u16) });
+        has_vlan = true;
+        l3 = ETH_HLEN + 4;
+    }
+    if proto != ETH_P_IPV6 {
+        return Ok(None);
+    }
+    if data + l3 + IPV6_HLEN > end {
+        return Err(Counter::TruncatedHeader);
+    }
+    let ip = data + l3;
+    let ip_payload_len = u16::from_be(unsafe { *((ip + 4) as *const u16) }) as usize;
+    let mut nh = unsafe { *((ip + 6) as *const u8) };
+    let mut off = l3 + IPV6_HLEN;
+    let mut ext_len = 0usize;
+    let mut i = 0;
+    while i < MAX_EXT_HEADERS {
+        if nh != IPPROTO_HOPOPTS && nh != IPPROTO_DSTOPTS {
+            break;
+        }
+        // Next Header and Hdr Ext Len, read as one 2-byte window.
+        let w = match ld_u16(data, end, off) {
+            Some(w) => w,
+            None => return Err(Counter::TruncatedHeader),
+        };
+        nh = (w >> 8) as u8;
+        let hl = ((w & 0xff) as usize + 1) * 8;
+        off += hl;
+        ext_len += hl;
+        i += 1;
+    }
+    if nh != IPPROTO_UDP {
+        if nh == IPPROTO_HOPOPTS || nh == IPPROTO_DSTOPTS {
+            return Err(Counter::ExtHeaders);
+        }
+        return Ok(None);
+    }
+    if off > 256 {
+        return Err(Counter::ExtHeaders);
+    }
+    let udp = data + off;
+    if udp + UDP_HLEN > end {
+        return Err(Counter::TruncatedHeader);
+    }
+    let dport = u16::from_be(unsafe { *((udp + 2) as *const u16) });
+    if dport != CLIENT_PORT && dport != SERVER_PORT {
+        return Ok(None);
+    }
+    count(Counter::Seen);
+    let udp_len = u16::from_be(unsafe { *((udp + 4) as *const u16) }) as usize;
+    if udp_len < UDP_HLEN || ext_len + udp_len != ip_payload_len {
+        return Err(Counter::UdpLength);
+    }
+    let payload = off + UDP_HLEN;
+    let len = udp_len - UDP_HLEN;
+    // A packet shorter than its headers claim fails in load_bytes below.
+    Ok(Some(Located { l3, payload, len, vlan, has_vlan }))
+}
+
+/// Copy addresses and MACs into the event template, walk the payload,
+/// emit events. `load` copies `len` payload bytes into the scratch buffer.
+#[inline(always)]
+fn snoop(
+    data: usize,
+    end: usize,
+    ifindex: u32,
+    hook_id: u8,
+    load: impl FnOnce(&mut Scratch, u32, u32) -> bool,
+) {
+    let loc = match locate(data, end) {
+        Ok(Some(l)) => l,
+        Ok(None) => return,
+        Err(c) => {
+            count(c);
+            return;
+        }
+    };
+    let s = match PD_SCRATCH.get_ptr_mut(0) {
+        Some(s) => unsafe { &mut *s },
+        None => return count(Counter::Internal),
+    };
+    if loc.len < 4 {
+        return count(Counter::ShortMessage);
+    }
+    let mut len = loc.len;
+    s.ev = PdEvent::zeroed();
+    if len > PAYLOAD_MAX {
+        len = PAYLOAD_MAX;
+        s.ev.flags |= flags::TRUNCATED;
+    }
+    // Launder the length through memory so LLVM cannot fold the mask
+    // away: the verifier must see the range [1, PAYLOAD_MAX] on the very
+    // register passed to the helper. For 4..=PAYLOAD_MAX this is identity.
+    let len = unsafe { core::ptr::read_volatile(&(len as u32)) };
+    let len = ((len - 1) & MASK as u32) + 1;
+    if !load(s, loc.payload as u32, len) {
+        return count(Counter::TruncatedHeader);
+    }
+    // Addresses and MACs at fixed offsets from checked pointers.
+    let ip = data + loc.l3;
+    if ip + IPV6_HLEN > end {
+        return;
+    }
+    unsafe {
+        s.ev.src = *((ip + 8) as *const [u8; 16]);
+        s.ev.dst = *((ip + 24) as *const [u8; 16]);
+        s.ev.dst_mac = *(data as *const [u8; 6]);
+        s.ev.src_mac = *((data + 6) as *const [u8; 6]);
+    }
+    if loc.has_vlan {
+        s.ev.flags |= flags::VLAN;
+        s.ev.vlan = loc.vlan;
+    }
+    s.ev.ifindex = ifindex;
+    s.ev.hook = hook_id;
+    s.len = len;
+    s.cursor = 0;
+    s.end = len;
+    s.top_end = len;
+    s.mode = MODE_MSG;
+    s.reject = NO_REJECT;
+    s.done = 0;
+    s.depth = 0;
+    s.nia = 0;
+    s.cur_ia = 0;
+    s.nprefix = 0;
+
+    unsafe { bpf_loop(MAX_TLV_STEPS, step_cb as *mut c_void, core::ptr::null_mut(), 0) };
+
+    // bpf_loop's callback looked the scratch value up again; re-borrow.
+    let s = match PD_SCRATCH.get_ptr_mut(0) {
+        Some(s) => unsafe { &mut *s },
+        None => return count(Counter::Internal),
+    };
+    if s.reject != NO_REJECT {
+        if s.reject < COUNTER_COUNT {
+            if let Some(p) = PD_COUNTERS.get_ptr_mut(s.reject) {
+                unsafe { *p += 1 };
+            }
+        }
+        return;
+    }
+    if s.done == 0 {
+        return count(Counter::TooManyOptions);
+    }
+    if s.ev.msg_type == msg::SOLICIT && s.ev.flags & flags::RAPID_COMMIT == 0 {
+        return count(Counter::IgnoredType);
+    }
+    count(Counter::Parsed);
+    emit(s);
+}
+
+#[inline(always)]
+fn emit(s: &mut Scratch) {
+    s.seq = s.seq.wrapping_add(1);
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    s.ev.seq = cpu << 56 | s.seq as u64;
+    s.ev.relay_depth = s.depth as u8;
+    if s.nia > 0 {
+        let ia = s.ia[0];
+        s.ev.iaid = ia.iaid;
+        s.ev.t1 = ia.t1;
+        s.ev.t2 = ia.t2;
+        s.ev.ia_status = ia.status;
+    }
+    let n = s.nprefix as usize;
+    if n == 0 {
+        s.ev.count = 1;
+        s.ev.index = 0;
+        output(&s.ev);
+        return;
+    }
+    s.ev.count = n as u8;
+    s.ev.flags |= flags::HAS_PREFIX;
+    let mut i = 0;
+    while i < MAX_PREFIXES {
+        if i >= n {
+            break;
+        }
+        let p = s.pfx[i];
+        let ia = s.ia[p.ia as usize & (MAX_IAS - 1)];
+        s.ev.index = i as u8;
+        s.ev.prefix = p.prefix;
+        s.ev.prefix_len = p.plen as u8;
+        s.ev.preferred = p.preferred;
+        s.ev.valid = p.valid;
+        s.ev.iaid = ia.iaid;
+        s.ev.t1 = ia.t1;
+        s.ev.t2 = ia.t2;
+        s.ev.ia_status = ia.status;
+        output(&s.ev);
+        i += 1;
+    }
+}
+
+#[inline(always)]
+fn output(ev: &PdEvent) {
+    match PD_EVENTS.output::<PdEvent>(ev, 0) {
+        Ok(()) => count(Counter::Events),
+        Err(_) => count(Counter::RingbufFull),
+    }
+}
+
+#[xdp]
+pub fn pd_xdp(ctx: XdpContext) -> u32 {
+    let md = ctx.ctx;
+    snoop(ctx.data(), ctx.data_end(), ctx.ingress_ifindex() as u32, hook::XDP_INGRESS, |s, off, len| unsafe {
+        bpf_xdp_load_bytes(md as *mut xdp_md, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
+    });
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn pd_tc_egress(ctx: TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    let ifindex = unsafe { (*skb).ifindex };
+    snoop(ctx.data(), ctx.data_end(), ifindex, hook::TC_EGRESS, |s, off, len| unsafe {
+        bpf_skb_load_bytes(skb as *const c_void, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
+    });
+    TC_ACT_UNSPEC
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
