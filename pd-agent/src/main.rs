@@ -73,7 +73,8 @@ async fn real_main() -> Result<()> {
         Cmd::Run { downstream, upstream, pin_dir, state_dir, control, route_proto, log_json } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+            let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
             if log_json {
                 fmt.json().init();
             } else {

@@ -1,0 +1,528 @@
+//! Helpers for pd-agent's root tests: network namespaces and veth pairs
+//! that clean up on drop (even when a test panics), daemons started inside
+//! them and stopped on drop, and the real DHCP servers and clients.
+//!
+//! Every DHCP client runs with its own empty `/etc/netns/NS/resolv.conf` and
+//! with its resolver hooks off, so the host's resolver is never touched.
+
+use std::{
+    fs,
+    net::Ipv6Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique tag for names (interfaces are limited to 15 bytes).
+pub fn unique(tag: &str) -> String {
+    format!("pd{}{}{}", std::process::id() % 10000, SEQ.fetch_add(1, Ordering::SeqCst), tag)
+}
+
+/// Run a command; fail with its output if it fails.
+pub fn sh(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("spawning {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace, deleted on drop with everything running in it.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Result<Self> {
+        let name = unique(tag);
+        // The namespace's own resolv.conf, so no DHCP client can rewrite the host's.
+        let etc = Path::new("/etc/netns").join(&name);
+        fs::create_dir_all(&etc)?;
+        fs::write(etc.join("resolv.conf"), "")?;
+        sh(&["ip", "netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        for (k, v) in [
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv6.conf.default.accept_ra", "0"),
+        ] {
+            ns.exec(&["sysctl", "-qw", &format!("{k}={v}")])?;
+        }
+        Ok(ns)
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Start a long-running process in the namespace; its output goes to `log`.
+    pub fn spawn(&self, args: &[&str], log: &Path) -> Result<Daemon> {
+        let f = fs::File::create(log)?;
+        let child = self
+            .cmd(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("spawning {args:?} in {}", self.name))?;
+        Ok(Daemon { child: Some(child), log: log.into(), name: args[0].into() })
+    }
+
+    /// Start a process that enters only the network namespace, keeping the
+    /// host's mounts: `ip netns exec` remounts /sys, which hides the host's
+    /// bpffs at /sys/fs/bpf (and with it the agent's pinned maps).
+    pub fn spawn_net_only(&self, args: &[&str], log: &Path) -> Result<Daemon> {
+        let f = fs::File::create(log)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("spawning {args:?} in {}", self.name))?;
+        Ok(Daemon { child: Some(child), log: log.into(), name: args[0].into() })
+    }
+
+    /// The link-local address of `dev`.
+    pub fn link_local(&self, dev: &str) -> Result<Ipv6Addr> {
+        let out = self.exec(&["ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link"])?;
+        let a = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .context("no link-local address")?;
+        Ok(a.parse()?)
+    }
+
+    /// `ping -6` until it answers or `tries` run out.
+    pub fn ping(&self, addr: &str, tries: u32) -> bool {
+        for _ in 0..tries {
+            if self.exec(&["ping", "-6", "-c", "1", "-W", "1", addr]).is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn kill_all(&self) {
+        for sig in ["-TERM", "-KILL"] {
+            if let Ok(pids) = sh(&["ip", "netns", "pids", &self.name]) {
+                for pid in pids.split_whitespace() {
+                    let _ = Command::new("kill").args([sig, pid]).stderr(Stdio::null()).status();
+                }
+                if pids.trim().is_empty() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.kill_all();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
+    }
+}
+
+/// A veth pair between two namespaces, with the given names.
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+    a.exec(&["ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name])?;
+    a.exec(&["ip", "link", "set", a_if, "up"])?;
+    b.exec(&["ip", "link", "set", b_if, "up"])?;
+    Ok(())
+}
+
+/// A process stopped on drop (SIGTERM, then SIGKILL).
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fail if the process has already exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(c) = self.child.as_mut() {
+            if let Some(st) = c.try_wait()? {
+                bail!("{} exited ({st}); log:\n{}", self.name, self.log_text());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn kill(&mut self, sig: i32) {
+        if let Some(c) = self.child.as_ref() {
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(3) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Poll `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if t.elapsed() > timeout {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        let p = std::env::temp_dir().join(unique(tag));
+        fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("keeping {} for inspection", self.0.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The pd-agent binary under test (set by `cargo xtask test`).
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("PD_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pd-agent"))
+}
+
+/// A pd-agent running in a namespace with its own pin dir, state dir and
+/// control socket. The pin dir is removed on drop.
+pub struct Agent {
+    pub daemon: Daemon,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub control: PathBuf,
+}
+
+pub const PROTO: &str = "99";
+
+impl Agent {
+    pub fn start(ns: &Netns, dir: &TempDir, downstream: &[&str], upstream: &[&str]) -> Result<Agent> {
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("pin"));
+        Self::start_with(ns, dir, downstream, upstream, pin_dir)
+    }
+
+    pub fn start_with(ns: &Netns, dir: &TempDir, downstream: &[&str], upstream: &[&str], pin_dir: PathBuf) -> Result<Agent> {
+        let state_dir = dir.path("state");
+        let control = dir.path("control.sock");
+        let bin = agent_bin();
+        let mut args: Vec<String> = vec![bin.display().to_string(), "run".into()];
+        for d in downstream {
+            args.extend(["--downstream".into(), d.to_string()]);
+        }
+        for u in upstream {
+            args.extend(["--upstream".into(), u.to_string()]);
+        }
+        args.extend([
+            "--pin-dir".into(),
+            pin_dir.display().to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--control".into(),
+            control.display().to_string(),
+            "--route-proto".into(),
+            PROTO.into(),
+        ]);
+        let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let mut daemon = ns.spawn_net_only(&argv, &dir.path("agent.log"))?;
+        let ready = wait_for(Duration::from_secs(20), || {
+            let _ = daemon.check_alive();
+            daemon.log_text().contains("ready").then_some(())
+        });
+        daemon.check_alive()?;
+        if ready.is_none() {
+            bail!("pd-agent did not become ready; log:\n{}", daemon.log_text());
+        }
+        Ok(Agent { daemon, pin_dir, state_dir, control })
+    }
+
+    /// `pd-agent bindings --json`, parsed.
+    pub fn bindings(&self) -> Result<Vec<serde_json::Value>> {
+        let out = sh(&[
+            &agent_bin().display().to_string(),
+            "bindings",
+            "--json",
+            "--control",
+            &self.control.display().to_string(),
+            "--state-dir",
+            &self.state_dir.display().to_string(),
+        ])?;
+        Ok(serde_json::from_str::<Vec<serde_json::Value>>(&out)?)
+    }
+
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        let out = sh(&[
+            &agent_bin().display().to_string(),
+            "stats",
+            "--control",
+            &self.control.display().to_string(),
+        ])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Prefixes in the pinned LPM map, read with bpftool.
+    pub fn map_prefixes(&self) -> Result<Vec<String>> {
+        let path = self.pin_dir.join("pd_routes_v1");
+        let out = sh(&["bpftool", "-j", "map", "dump", "pinned", &path.display().to_string()])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let mut res = Vec::new();
+        for e in v.as_array().context("bpftool output")? {
+            let key: Vec<u8> = e["key"]
+                .as_array()
+                .context("key")?
+                .iter()
+                .map(|b| u8::from_str_radix(b.as_str().unwrap_or("0").trim_start_matches("0x"), 16).unwrap_or(0))
+                .collect();
+            if key.len() != 20 {
+                bail!("unexpected key length {}", key.len());
+            }
+            let plen = u32::from_le_bytes(key[0..4].try_into().unwrap());
+            let addr = Ipv6Addr::from(<[u8; 16]>::try_from(&key[4..20]).unwrap());
+            res.push(format!("{addr}/{plen}"));
+        }
+        Ok(res)
+    }
+
+    pub fn log(&self) -> String {
+        self.daemon.log_text()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.daemon.stop();
+        let _ = fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// Routes with our protocol in `ns`: (prefix, via, dev).
+pub fn our_routes(ns: &Netns) -> Result<Vec<(String, String, String)>> {
+    let out = ns.exec(&["ip", "-6", "-o", "route", "show", "proto", PROTO])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let via = w.iter().position(|x| *x == "via").map(|i| w[i + 1].to_string())?;
+            let dev = w.iter().position(|x| *x == "dev").map(|i| w[i + 1].to_string())?;
+            Some((w[0].to_string(), via, dev))
+        })
+        .collect())
+}
+
+/// Kea DHCPv6 server config delegating /`plen` prefixes from `pool`/`pool_len`
+/// to clients on `iface` (whose subnet is `subnet`).
+pub fn kea_config(
+    dir: &TempDir,
+    iface: &str,
+    subnet: &str,
+    pool: &str,
+    pool_len: u8,
+    plen: u8,
+    valid: u32,
+    relayed: bool,
+) -> Result<PathBuf> {
+    let sock = dir.path("kea.sock");
+    let lease = dir.path("kea.leases");
+    let iface_line = if relayed { String::new() } else { format!(r#""interface": "{iface}","#) };
+    let conf = format!(
+        r#"{{ "Dhcp6": {{
+  "interfaces-config": {{ "interfaces": [ "{iface}" ] }},
+  "lease-database": {{ "type": "memfile", "persist": false, "name": "{lease}" }},
+  "control-socket": {{ "socket-type": "unix", "socket-name": "{sock}" }},
+  "renew-timer": {t1}, "rebind-timer": {t2}, "preferred-lifetime": {pref}, "valid-lifetime": {valid},
+  "subnet6": [ {{ "id": 1, "subnet": "{subnet}", {iface_line}
+      "pd-pools": [ {{ "prefix": "{pool}", "prefix-len": {pool_len}, "delegated-len": {plen} }} ] }} ],
+  "loggers": [ {{ "name": "kea-dhcp6", "output_options": [ {{ "output": "stdout" }} ], "severity": "INFO" }} ]
+}} }}"#,
+        lease = lease.display(),
+        sock = sock.display(),
+        t1 = valid / 4,
+        t2 = valid / 2,
+        pref = valid * 3 / 4,
+    );
+    let p = dir.path("kea.json");
+    fs::write(&p, conf)?;
+    fs::create_dir_all("/run/kea")?;
+    fs::create_dir_all("/var/lib/kea")?;
+    Ok(p)
+}
+
+/// Start Kea in `ns` with `conf`.
+pub fn start_kea(ns: &Netns, dir: &TempDir, conf: &Path) -> Result<Daemon> {
+    let mut d = ns.spawn(&["kea-dhcp6", "-c", &conf.display().to_string()], &dir.path("kea.log"))?;
+    wait_for(Duration::from_secs(10), || d.log_text().contains("DHCP6_STARTED").then_some(()))
+        .with_context(|| format!("kea did not start: {}", d.log_text()))?;
+    d.check_alive()?;
+    Ok(d)
+}
+
+/// Start ISC dhcpd -6 in `ns` on `iface` with `conf` text.
+pub fn start_dhcpd(ns: &Netns, dir: &TempDir, iface: &str, conf: &str) -> Result<Daemon> {
+    let cf = dir.path("dhcpd.conf");
+    let lf = dir.path("dhcpd.leases");
+    let pf = dir.path("dhcpd.pid");
+    fs::write(&cf, conf)?;
+    fs::write(&lf, "")?;
+    let mut d = ns.spawn(
+        &["dhcpd", "-6", "-d", "-cf", &cf.display().to_string(), "-lf", &lf.display().to_string(), "-pf", &pf.display().to_string(), iface],
+        &dir.path("dhcpd.log"),
+    )?;
+    wait_for(Duration::from_secs(10), || d.log_text().contains("Sending on").then_some(()))
+        .with_context(|| format!("dhcpd did not start: {}", d.log_text()))?;
+    d.check_alive()?;
+    Ok(d)
+}
+
+/// A dhclient script that configures nothing (dhclient's default script
+/// would rewrite resolv.conf).
+pub fn null_script(dir: &TempDir) -> Result<PathBuf> {
+    let p = dir.path("dhclient-script");
+    fs::write(&p, "#!/bin/sh\nexit 0\n")?;
+    sh(&["chmod", "+x", &p.display().to_string()])?;
+    Ok(p)
+}
+
+/// dhclient -6 -P in the foreground; returns the daemon and its lease file.
+pub fn start_dhclient(ns: &Netns, dir: &TempDir, iface: &str) -> Result<Daemon> {
+    let script = null_script(dir)?;
+    ns.spawn(
+        &[
+            "dhclient",
+            "-6",
+            "-P",
+            "-d",
+            "-lf",
+            &dir.path("dhclient.leases").display().to_string(),
+            "-pf",
+            &dir.path("dhclient.pid").display().to_string(),
+            "-sf",
+            &script.display().to_string(),
+            iface,
+        ],
+        &dir.path("dhclient.log"),
+    )
+}
+
+/// `dhclient -6 -P -r`: release the prefix held in the lease file.
+pub fn dhclient_release(ns: &Netns, dir: &TempDir, iface: &str) -> Result<()> {
+    let script = null_script(dir)?;
+    ns.exec(&[
+        "dhclient",
+        "-6",
+        "-P",
+        "-r",
+        "-lf",
+        &dir.path("dhclient.leases").display().to_string(),
+        "-pf",
+        &dir.path("dhclient-release.pid").display().to_string(),
+        "-sf",
+        &script.display().to_string(),
+        iface,
+    ])?;
+    Ok(())
+}
+
+/// The delegated prefix in a dhclient lease file.
+pub fn dhclient_prefix(dir: &TempDir) -> Option<String> {
+    let text = fs::read_to_string(dir.path("dhclient.leases")).ok()?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("iaprefix "))
+        .filter_map(|l| l.split_whitespace().next())
+        .last()
+        .map(String::from)
+}
+
+/// dhcpcd config asking for one prefix, touching nothing outside the namespace.
+pub fn dhcpcd_config(dir: &TempDir, iface: &str) -> Result<PathBuf> {
+    let p = dir.path("dhcpcd.conf");
+    fs::write(
+        &p,
+        format!(
+            "nohook resolv.conf\nnoipv4\nipv6only\nnoipv6rs\nnooption domain_name_servers\nallowinterfaces {iface}\ninterface {iface}\n  ipv6rs\n  ia_pd 1\n"
+        ),
+    )?;
+    Ok(p)
+}
+
+pub fn start_dhcpcd(ns: &Netns, dir: &TempDir, iface: &str) -> Result<Daemon> {
+    let conf = dhcpcd_config(dir, iface)?;
+    ns.spawn(&["dhcpcd", "-f", &conf.display().to_string(), "-B", "-6", "-d", iface], &dir.path("dhcpcd.log"))
+}
+
+pub fn dhcpcd_release(ns: &Netns, dir: &TempDir, iface: &str) -> Result<()> {
+    let conf = dir.path("dhcpcd.conf");
+    ns.exec(&["dhcpcd", "-f", &conf.display().to_string(), "-6", "-k", iface])?;
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Root tests with real DHCPv6 servers, relays and clients from Debian's
+//! packages, each in fresh namespaces. Run with `cargo xtask test`.
+//!
+//! Every test asserts on what the kernel shows: the route and its next hop
+//! (`ip -6 route show proto 99`), the pinned map (`bpftool map dump
+//! pinned`), `pd-agent bindings --json`, and a ping from the upstream side
+//! to an address inside the delegated prefix.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use pd_tests::*;
+
+/// Router + client + upstream host:
+///
+/// ```text
+///  upstream eth0 ---- wan0 router lan0 ---- eth0 client
+///  2001:db8:feed::2/64    ::1     2001:db8:ffff::1/64
+/// ```
+struct Lab {
+    upstream: Netns,
+    router: Netns,
+    client: Netns,
+}
+
+fn lab() -> Result<Lab> {
+    let upstream = Netns::new("up")?;
+    let router = Netns::new("rt")?;
+    let client = Netns::new("cl")?;
+    veth(&router, "wan0", &upstream, "eth0")?;
+    veth(&router, "lan0", &client, "eth0")?;
+    router.exec(&["ip", "-6", "addr", "add", "2001:db8:feed::1/64", "dev", "wan0", "nodad"])?;
+    router.exec(&["ip", "-6", "addr", "add", "2001:db8:ffff::1/64", "dev", "lan0", "nodad"])?;
+    upstream.exec(&["ip", "-6", "addr", "add", "2001:db8:feed::2/64", "dev", "eth0", "nodad"])?;
+    upstream.exec(&["ip", "-6", "route", "add", "default", "via", "2001:db8:feed::1"])?;
+    client.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
+    let rll = router.link_local("lan0")?;
+    client.exec(&["ip", "-6", "route", "add", "default", "via", &rll.to_string(), "dev", "eth0"])?;
+    Ok(Lab { upstream, router, client })
+}
+
+/// Wait until the agent has a binding, then check route, map, JSON and ping.
+fn assert_delegated(lab: &Lab, agent: &Agent, prefix: &str, client_if: &str) -> Result<()> {
+    let client_ll = lab.client.link_local(client_if)?.to_string();
+    let routes = wait_for(Duration::from_secs(30), || {
+        let r = our_routes(&lab.router).ok()?;
+        r.iter().any(|(p, _, _)| p == prefix).then_some(r)
+    })
+    .with_context(|| format!("no route for {prefix}; agent log:\n{}", agent.log()))?;
+    let (_, via, dev) = routes.iter().find(|(p, _, _)| p == prefix).unwrap();
+    assert_eq!(via, &client_ll, "next hop is the client's address");
+    assert_eq!(dev, "lan0");
+
+    let map = agent.map_prefixes()?;
+    assert!(map.contains(&prefix.to_string()), "pinned map has {prefix}: {map:?}");
+
+    let b = agent.bindings()?;
+    let e = b.iter().find(|e| e["prefix"] == prefix).with_context(|| format!("binding for {prefix}: {b:?}"))?;
+    assert_eq!(e["iface"], "lan0");
+    assert_eq!(e["next_hop"], client_ll.as_str());
+    assert_eq!(e["kind"], "delegated");
+    assert!(e["client_duid"].as_str().is_some_and(|d| d.len() >= 8), "client DUID in hex: {e}");
+    assert!(e["iaid"].is_u64());
+    assert!(e["expires_at"].as_u64().is_some_and(|t| t > pd_agent::agent::now()));
+
+    // Traffic from upstream reaches an address inside the delegated prefix.
+    let host = prefix.split('/').next().unwrap().to_string() + "1";
+    lab.client.exec(&["ip", "-6", "addr", "add", &format!("{host}/128"), "dev", "lo"])?;
+    assert!(lab.upstream.ping(&host, 5), "ping {host} from upstream");
+    Ok(())
+}
+
+fn assert_no_route(lab: &Lab, agent: &Agent, prefix: &str, timeout: Duration) -> Result<()> {
+    let gone = wait_for(timeout, || {
+        let r = our_routes(&lab.router).ok()?;
+        (!r.iter().any(|(p, _, _)| p == prefix)).then_some(())
+    });
+    if gone.is_none() {
+        bail!("route for {prefix} still present; agent log:\n{}", agent.log());
+    }
+    assert!(!agent.map_prefixes()?.contains(&prefix.to_string()), "map entry removed");
+    assert!(agent.bindings()?.iter().all(|e| e["prefix"] != prefix), "binding removed");
+    Ok(())
+}
+
+/// Kea on the router delegates a /56 to dhclient on the client; the route
+/// appears (TC egress sees the Reply leave lan0). Then `dhclient -r`
+/// releases it and the route goes.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn kea_local_to_dhclient_then_release() -> Result<()> {
+    let lab = lab()?;
+    let dir = TempDir::new("kea")?;
+    let conf = kea_config(&dir, "lan0", "2001:db8:ffff::/64", "2001:db8:100::", 48, 56, 600, false)?;
+    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
+    let _kea = start_kea(&lab.router, &dir, &conf)?;
+    let cdir = TempDir::new("dhc")?;
+    let mut dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir))
+        .with_context(|| format!("dhclient got no prefix: {}", dhclient.log_text()))?;
+    assert!(prefix.ends_with("/56"), "{prefix}");
+    assert_delegated(&lab, &agent, &prefix, "eth0")?;
+
+    dhclient.stop();
+    dhclient_release(&lab.client, &cdir, "eth0")?;
+    assert_no_route(&lab, &agent, &prefix, Duration::from_secs(15))?;
+    assert!(agent.log().contains("event=\"released\""), "{}", agent.log());
+    Ok(())
+}
+
+/// Kea gives an 8 s valid lifetime; the client is killed without a Release:
+/// the route goes when the lifetime ends.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn unrenewed_lease_expires() -> Result<()> {
+    let lab = lab()?;
+    let dir = TempDir::new("kexp")?;
+    let conf = kea_config(&dir, "lan0", "2001:db8:ffff::/64", "2001:db8:300::", 48, 56, 8, false)?;
+    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
+    let _kea = start_kea(&lab.router, &dir, &conf)?;
+    let cdir = TempDir::new("dhc")?;
+    let mut dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    assert_delegated(&lab, &agent, &prefix, "eth0")?;
+    let b = agent.bindings()?;
+    assert_eq!(b[0]["valid_lifetime"], 8);
+    dhclient.kill(libc::SIGKILL);
+    assert_no_route(&lab, &agent, &prefix, Duration::from_secs(20))?;
+    assert!(agent.log().contains("expired"), "{}", agent.log());
+    Ok(())
+}
+
+/// ISC dhcpd -6 in a server namespace beyond the router, dhcrelay -6 on the
+/// router, dhcpcd as the client. Then `dhcpcd -k` releases.
+///
+/// ```text
+///  server eth0 ---- wan0 router(dhcrelay) lan0 ---- eth0 client(dhcpcd)
+/// ```
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn dhcpd_remote_via_dhcrelay_to_dhcpcd_then_release() -> Result<()> {
+    let lab = lab()?;
+    let dir = TempDir::new("isc")?;
+    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
+    let conf = "default-lease-time 600;\npreferred-lifetime 450;\n\
+        subnet6 2001:db8:feed::/64 { }\n\
+        subnet6 2001:db8:ffff::/64 { prefix6 2001:db8:200:: 2001:db8:2ff:: /56; }\n";
+    let _dhcpd = start_dhcpd(&lab.upstream, &dir, "eth0", conf)?;
+    let _relay = lab.router.spawn(
+        &["dhcrelay", "-6", "-d", "-pf", &dir.path("dhcrelay.pid").display().to_string(), "-l", "lan0", "-u", "2001:db8:feed::2%wan0"],
+        &dir.path("dhcrelay.log"),
+    )?;
+    let cdir = TempDir::new("dcd")?;
+    let dhcpcd = start_dhcpcd(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_for(Duration::from_secs(40), || {
+        our_routes(&lab.router).ok()?.into_iter().map(|(p, _, _)| p).find(|p| p.starts_with("2001:db8:2"))
+    })
+    .with_context(|| format!("no route; dhcpcd: {}\nagent: {}", dhcpcd.log_text(), agent.log()))?;
+    assert!(prefix.ends_with("/56"), "{prefix}");
+    assert_delegated(&lab, &agent, &prefix, "eth0")?;
+    assert!(dhcpcd.log_text().contains(prefix.split('/').next().unwrap()), "dhcpcd holds {prefix}: {}", dhcpcd.log_text());
+
+    dhcpcd_release(&lab.client, &cdir, "eth0")?;
+    assert_no_route(&lab, &agent, &prefix, Duration::from_secs(15))?;
+    Ok(())
+}
