@@ -133,12 +133,11 @@ fn parse_inner(frame: &[u8], hook: u8, ifindex: u32, side: &mut Vec<Counter>) ->
     if loc.len < 4 {
         return Err(Counter::ShortMessage);
     }
-    let mut ev = PdEvent::zeroed();
-    let mut len = loc.len;
-    if len > PAYLOAD_MAX {
-        len = PAYLOAD_MAX;
-        ev.flags |= flags::TRUNCATED;
+    if loc.len > PAYLOAD_MAX {
+        return Err(Counter::TooLong);
     }
+    let mut ev = PdEvent::zeroed();
+    let len = loc.len;
     let payload = frame.get(loc.payload..loc.payload + len).ok_or(Counter::TruncatedHeader)?;
     ev.src = frame[loc.l3 + 8..loc.l3 + 24].try_into().unwrap();
     ev.dst = frame[loc.l3 + 24..loc.l3 + 40].try_into().unwrap();

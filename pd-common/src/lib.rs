@@ -61,11 +61,13 @@ pub const MAX_IAS: usize = 4;
 pub const DUID_MAX: usize = 64;
 /// Bytes of the server DUID copied into an event.
 pub const SERVER_DUID_MAX: usize = 32;
-/// Largest DHCPv6 payload the kernel copies for parsing; longer ones are
-/// parsed up to this many bytes and flagged [`flags::TRUNCATED`].
+/// Largest DHCPv6 payload the kernel parses; longer ones (possible only
+/// with jumbo frames) are counted as [`Counter::TooLong`] and passed on.
 pub const PAYLOAD_MAX: usize = 2048;
-/// TLVs (options and sub-options) walked per packet.
-pub const MAX_TLV_STEPS: u32 = 512;
+/// TLV steps (options, sub-options, message headers) walked per packet: a
+/// 2048-byte payload holds at most ~70 IAPREFIX options, so only padding
+/// games reach this.
+pub const MAX_TLV_STEPS: u32 = 256;
 /// Infinite lifetime (RFC 8415 §7.7).
 pub const INFINITY: u32 = 0xffff_ffff;
 
@@ -85,8 +87,6 @@ pub mod flags {
     pub const HAS_PREFIX: u8 = 1 << 0;
     /// The packet carried an 802.1Q tag.
     pub const VLAN: u8 = 1 << 1;
-    /// The DHCPv6 payload was longer than [`super::PAYLOAD_MAX`].
-    pub const TRUNCATED: u8 = 1 << 2;
     /// The message was carried in at least one relay layer.
     pub const RELAYED: u8 = 1 << 3;
     /// The message (or innermost message) carried Rapid Commit.
@@ -218,6 +218,8 @@ pub enum Counter {
     UdpLength,
     /// DHCPv6 payload shorter than its fixed header.
     ShortMessage,
+    /// DHCPv6 payload longer than [`PAYLOAD_MAX`].
+    TooLong,
     /// An option's length runs past the end of its container.
     OptionOverflow,
     /// Relay nesting deeper than [`MAX_RELAY_DEPTH`].
@@ -253,6 +255,7 @@ impl Counter {
         Counter::ExtHeaders,
         Counter::UdpLength,
         Counter::ShortMessage,
+        Counter::TooLong,
         Counter::OptionOverflow,
         Counter::RelayTooDeep,
         Counter::RelayNoMessage,
@@ -276,6 +279,7 @@ impl Counter {
             Counter::ExtHeaders => "ext_headers",
             Counter::UdpLength => "udp_length",
             Counter::ShortMessage => "short_message",
+            Counter::TooLong => "too_long",
             Counter::OptionOverflow => "option_overflow",
             Counter::RelayTooDeep => "relay_too_deep",
             Counter::RelayNoMessage => "relay_no_message",

@@ -491,12 +491,11 @@ fn snoop(
     if loc.len < 4 {
         return count(Counter::ShortMessage);
     }
-    let mut len = loc.len;
-    s.ev = PdEvent::zeroed();
-    if len > PAYLOAD_MAX {
-        len = PAYLOAD_MAX;
-        s.ev.flags |= flags::TRUNCATED;
+    if loc.len > PAYLOAD_MAX {
+        return count(Counter::TooLong);
     }
+    let len = loc.len;
+    s.ev = PdEvent::zeroed();
     // Launder the length through memory so LLVM cannot fold the mask
     // away: the verifier must see the range [1, PAYLOAD_MAX] on the very
     // register passed to the helper. For 4..=PAYLOAD_MAX this is identity.

@@ -526,3 +526,5 @@ pub fn dhcpcd_release(ns: &Netns, dir: &TempDir, iface: &str) -> Result<()> {
     ns.exec(&["dhcpcd", "-f", &conf.display().to_string(), "-6", "-k", iface])?;
     Ok(())
 }
+
+pub mod corpus;
