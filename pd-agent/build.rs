@@ -16,7 +16,8 @@ fn main() {
     let obj = if let Ok(obj) = env::var("PD_EBPF_OBJ") {
         PathBuf::from(obj)
     } else {
-        let target_dir = PathBuf::from(env::var("OUT_DIR").unwrap()).join("pd-ebpf-target");
+        // Shared with `cargo xtask build-ebpf`, so the BPF build is done once.
+        let target_dir = root.join("target/bpf");
         let mut cmd = Command::new("cargo");
         cmd.current_dir(&ebpf)
             .args(["+nightly", "build", "--release", "--target-dir"])

@@ -27,11 +27,11 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("pin directory {path}: {source}")]
+    #[error("pin directory {path}: {source}{}", perm_hint(.source))]
     PinDir { path: PathBuf, #[source] source: std::io::Error },
     #[error("pin directory {0} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)")]
     NotBpffs(PathBuf),
-    #[error("parsing the BPF object: {0}")]
+    #[error("loading the BPF object{}", chain_hint(.0))]
     Object(#[source] EbpfError),
     #[error("loading BPF program {program}: {reason}{hint}")]
     Program { program: &'static str, reason: String, hint: &'static str },
@@ -43,9 +43,31 @@ pub enum LoadError {
     Map(&'static str, String),
 }
 
+fn perm_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => " (pd-agent needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)",
+        _ => "",
+    }
+}
+
 fn privilege_hint(e: &ProgramError) -> &'static str {
-    let s = e.to_string();
-    if s.contains("Operation not permitted") || s.contains("EPERM") {
+    text_hint(&e.to_string())
+}
+
+/// The privilege hint, if any error in `e`'s source chain says EPERM.
+fn chain_hint(e: &dyn std::error::Error) -> &'static str {
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        if !text_hint(&err.to_string()).is_empty() {
+            return text_hint(&err.to_string());
+        }
+        cur = err.source();
+    }
+    ""
+}
+
+fn text_hint(s: &str) -> &'static str {
+    if s.contains("Operation not permitted") || s.contains("os error 1)") {
         " (loading BPF programs needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
     } else {
         ""

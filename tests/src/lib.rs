@@ -52,16 +52,34 @@ impl Netns {
         fs::write(etc.join("resolv.conf"), "")?;
         sh(&["ip", "netns", "add", &name])?;
         let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        ns.setup()?;
+        Ok(ns)
+    }
+
+    /// A namespace with a fixed name (the demo's), removing a leftover of
+    /// an earlier interrupted run first.
+    pub fn fixed(name: &str) -> Result<Self> {
+        remove_netns(name);
+        let etc = Path::new("/etc/netns").join(name);
+        fs::create_dir_all(&etc)?;
+        fs::write(etc.join("resolv.conf"), "")?;
+        sh(&["ip", "netns", "add", name])?;
+        let ns = Netns { name: name.into() };
+        ns.setup()?;
+        Ok(ns)
+    }
+
+    fn setup(&self) -> Result<()> {
+        self.exec(&["ip", "link", "set", "lo", "up"])?;
         for (k, v) in [
             ("net.ipv6.conf.all.accept_dad", "0"),
             ("net.ipv6.conf.default.accept_dad", "0"),
             ("net.ipv6.conf.all.forwarding", "1"),
             ("net.ipv6.conf.default.accept_ra", "0"),
         ] {
-            ns.exec(&["sysctl", "-qw", &format!("{k}={v}")])?;
+            self.exec(&["sysctl", "-qw", &format!("{k}={v}")])?;
         }
-        Ok(ns)
+        Ok(())
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
@@ -127,26 +145,29 @@ impl Netns {
         false
     }
 
-    fn kill_all(&self) {
-        for sig in ["-TERM", "-KILL"] {
-            if let Ok(pids) = sh(&["ip", "netns", "pids", &self.name]) {
+}
+
+/// Kill every process in namespace `name` (dhcpcd's privilege-separation
+/// helpers outlive their parent), then delete it and its /etc/netns files.
+pub fn remove_netns(name: &str) {
+    for sig in ["-TERM", "-KILL"] {
+        match sh(&["ip", "netns", "pids", name]) {
+            Ok(pids) if !pids.trim().is_empty() => {
                 for pid in pids.split_whitespace() {
                     let _ = Command::new("kill").args([sig, pid]).stderr(Stdio::null()).status();
                 }
-                if pids.trim().is_empty() {
-                    break;
-                }
                 thread::sleep(Duration::from_millis(200));
             }
+            _ => break,
         }
     }
+    let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+    let _ = fs::remove_dir_all(Path::new("/etc/netns").join(name));
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        self.kill_all();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-        let _ = fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
+        remove_netns(&self.name);
     }
 }
 
@@ -381,31 +402,51 @@ pub fn our_routes(ns: &Netns) -> Result<Vec<(String, String, String)>> {
         .collect())
 }
 
-/// Kea DHCPv6 server config delegating /`plen` prefixes from `pool`/`pool_len`
-/// to clients on `iface` (whose subnet is `subnet`).
-pub fn kea_config(
-    dir: &TempDir,
-    iface: &str,
-    subnet: &str,
-    pool: &str,
-    pool_len: u8,
-    plen: u8,
-    valid: u32,
-    relayed: bool,
-) -> Result<PathBuf> {
+/// One Kea subnet: clients on `iface` (on-link `subnet`) get /`plen`
+/// prefixes out of `pool`/`pool_len`. `relayed`: reached through a relay,
+/// so not bound to an interface.
+pub struct KeaSubnet<'a> {
+    pub iface: &'a str,
+    pub subnet: &'a str,
+    pub pool: &'a str,
+    pub pool_len: u8,
+    pub plen: u8,
+    pub relayed: bool,
+}
+
+/// Kea DHCPv6 server config for `subnets`, with valid lifetime `valid`
+/// (T1 = valid/4, T2 = valid/2, preferred = 3/4 valid).
+pub fn kea_config(dir: &TempDir, subnets: &[KeaSubnet], valid: u32) -> Result<PathBuf> {
     let sock = dir.path("kea.sock");
     let lease = dir.path("kea.leases");
-    let iface_line = if relayed { String::new() } else { format!(r#""interface": "{iface}","#) };
+    let ifaces: Vec<String> = subnets.iter().filter(|s| !s.relayed).map(|s| format!("\"{}\"", s.iface)).collect();
+    let subs: Vec<String> = subnets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let iface = if s.relayed { String::new() } else { format!(r#""interface": "{}","#, s.iface) };
+            format!(
+                r#"{{ "id": {id}, "subnet": "{subnet}", {iface}
+      "pd-pools": [ {{ "prefix": "{pool}", "prefix-len": {pool_len}, "delegated-len": {plen} }} ] }}"#,
+                id = i + 1,
+                subnet = s.subnet,
+                pool = s.pool,
+                pool_len = s.pool_len,
+                plen = s.plen
+            )
+        })
+        .collect();
     let conf = format!(
         r#"{{ "Dhcp6": {{
-  "interfaces-config": {{ "interfaces": [ "{iface}" ] }},
+  "interfaces-config": {{ "interfaces": [ {ifaces} ] }},
   "lease-database": {{ "type": "memfile", "persist": false, "name": "{lease}" }},
   "control-socket": {{ "socket-type": "unix", "socket-name": "{sock}" }},
   "renew-timer": {t1}, "rebind-timer": {t2}, "preferred-lifetime": {pref}, "valid-lifetime": {valid},
-  "subnet6": [ {{ "id": 1, "subnet": "{subnet}", {iface_line}
-      "pd-pools": [ {{ "prefix": "{pool}", "prefix-len": {pool_len}, "delegated-len": {plen} }} ] }} ],
+  "subnet6": [ {subs} ],
   "loggers": [ {{ "name": "kea-dhcp6", "output_options": [ {{ "output": "stdout" }} ], "severity": "INFO" }} ]
 }} }}"#,
+        ifaces = ifaces.join(", "),
+        subs = subs.join(",\n    "),
         lease = lease.display(),
         sock = sock.display(),
         t1 = valid / 4,

@@ -39,6 +39,10 @@ fn lab() -> Result<Lab> {
     Ok(Lab { upstream, router, client })
 }
 
+fn lan0_subnet(pool: &str) -> KeaSubnet<'_> {
+    KeaSubnet { iface: "lan0", subnet: "2001:db8:ffff::/64", pool, pool_len: 48, plen: 56, relayed: false }
+}
+
 /// Wait until the agent has a binding, then check route, map, JSON and ping.
 fn assert_delegated(lab: &Lab, agent: &Agent, prefix: &str, client_if: &str) -> Result<()> {
     let client_ll = lab.client.link_local(client_if)?.to_string();
@@ -91,7 +95,7 @@ fn assert_no_route(lab: &Lab, agent: &Agent, prefix: &str, timeout: Duration) ->
 fn kea_local_to_dhclient_then_release() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("kea")?;
-    let conf = kea_config(&dir, "lan0", "2001:db8:ffff::/64", "2001:db8:100::", 48, 56, 600, false)?;
+    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:100::")], 600)?;
     let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
     let _kea = start_kea(&lab.router, &dir, &conf)?;
     let cdir = TempDir::new("dhc")?;
@@ -115,7 +119,7 @@ fn kea_local_to_dhclient_then_release() -> Result<()> {
 fn unrenewed_lease_expires() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("kexp")?;
-    let conf = kea_config(&dir, "lan0", "2001:db8:ffff::/64", "2001:db8:300::", 48, 56, 8, false)?;
+    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:300::")], 8)?;
     let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
     let _kea = start_kea(&lab.router, &dir, &conf)?;
     let cdir = TempDir::new("dhc")?;

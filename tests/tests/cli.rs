@@ -1,0 +1,70 @@
+//! Operator-facing errors: each names what is wrong and exits non-zero.
+
+use std::process::Command;
+
+use pd_tests::{agent_bin, Netns, TempDir};
+
+fn run_agent(ns: &Netns, pre: &[&str], args: &[&str]) -> (i32, String) {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", ns.name)).args(pre).arg(agent_bin()).args(args);
+    let out = cmd.output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A namespace with only `lo`: asking for lan0 fails, naming lan0.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn missing_interface_is_named() {
+    let ns = Netns::new("cli").unwrap();
+    let dir = TempDir::new("cli").unwrap();
+    let state = dir.path("state").display().to_string();
+    let (code, err) = run_agent(&ns, &[], &["run", "--downstream", "lan0", "--state-dir", &state]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("interface lan0 does not exist"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Without privileges the agent says it needs root instead of failing obscurely.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn unprivileged_run_says_it_needs_root() {
+    let ns = Netns::new("cli").unwrap();
+    ns.exec(&["ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p"]).unwrap();
+    let dir = TempDir::new("cli").unwrap();
+    let state = dir.path("state").display().to_string();
+    let pin = format!("/sys/fs/bpf/{}", pd_tests::unique("nopriv"));
+    let (code, err) = run_agent(
+        &ns,
+        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"],
+        &["run", "--downstream", "lan0", "--state-dir", &state, "--pin-dir", &pin],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("needs root"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `bindings` without a running agent reads the state directory and says so.
+#[test]
+fn bindings_without_agent_reads_state_dir() {
+    let dir = TempDir::new("cli").unwrap();
+    std::fs::create_dir_all(dir.path("state")).unwrap();
+    std::fs::write(
+        dir.path("state/bindings.json"),
+        r#"{"version":1,"bindings":[{"prefix":"2001:db8:100::/56","kind":"delegated","iface":"lan0","ifindex":3,
+        "next_hop":"fe80::1","client_duid":"000100aa","iaid":1,"t1":10,"t2":20,"preferred_lifetime":30,
+        "valid_lifetime":60,"expires_at":4000000000,"updated_at":1}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(agent_bin())
+        .args(["bindings", "--json", "--control"])
+        .arg(dir.path("nope.sock"))
+        .arg("--state-dir")
+        .arg(dir.path("state"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("showing the state store"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["prefix"], "2001:db8:100::/56");
+    assert_eq!(v[0]["client_duid"], "000100aa");
+}
