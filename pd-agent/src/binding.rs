@@ -137,6 +137,8 @@ pub struct Stats {
     pub error_status: u64,
     /// Replies without a Client Identifier.
     pub no_client_id: u64,
+    /// Relay-Replies arriving upstream that were applied.
+    pub upstream_relay_replies: u64,
     /// Upstream Relay-Replies whose downstream link could not be found
     /// (the TC egress copy of the same Reply still counts).
     pub relay_reply_unmapped: u64,
@@ -240,6 +242,7 @@ impl Table {
                     return vec![];
                 };
                 let iface = ifaces.downstream[&ifindex].clone();
+                self.stats.upstream_relay_replies += 1;
                 self.reply(m, ifindex, iface, m.outer_peer_addr, now)
             }
             (hook::XDP_INGRESS, msg::REPLY) if down.is_some() => {

@@ -164,6 +164,14 @@ fn dhcpd_remote_via_dhcrelay_to_dhcpcd_then_release() -> Result<()> {
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     assert!(dhcpcd.log_text().contains(prefix.split('/').next().unwrap()), "dhcpcd holds {prefix}: {}", dhcpcd.log_text());
 
+    // The Relay-Reply arriving on wan0 (from the wire) was applied, not
+    // only its copy leaving lan0.
+    let stats = agent.stats()?;
+    assert!(stats["agent"]["upstream_relay_replies"].as_u64() >= Some(1), "{stats}");
+    assert_eq!(stats["agent"]["relay_reply_unmapped"], 0, "{stats}");
+    // Request in, Relay-Reply in on wan0, Reply out on lan0.
+    assert!(stats["kernel"]["parsed"].as_u64() >= Some(3), "{stats}");
+
     dhcpcd_release(&lab.client, &cdir, "eth0")?;
     assert_no_route(&lab, &agent, &prefix, Duration::from_secs(15))?;
     Ok(())
