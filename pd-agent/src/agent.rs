@@ -3,15 +3,12 @@
 
 use std::{
     collections::HashSet,
-    net::IpAddr,
     path::PathBuf,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context as _, Result};
-use futures::TryStreamExt;
 use ipnet::Ipv6Net;
-use rtnetlink::packet_route::address::AddressAttribute;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -20,7 +17,8 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    binding::{Action, Ifaces, Table},
+    binding::{Action, Ifaces, Kind, Table},
+    hooks::{HookEvent, Hooks},
     control::{self, Call, Request},
     ebpf::{self, Counters, Programs},
     maps::RouteMap,
@@ -37,6 +35,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub control: PathBuf,
     pub proto: u8,
+    pub hooks: Vec<PathBuf>,
+    pub hook_timeout: Duration,
 }
 
 pub fn now() -> u64 {
@@ -50,13 +50,14 @@ struct Agent {
     map: RouteMap,
     store: Store,
     counters: Counters,
+    hooks: Hooks,
     route_errors: u64,
     decode_errors: u64,
 }
 
 pub async fn run(cfg: Config) -> Result<()> {
-    if cfg.downstream.is_empty() {
-        bail!("no --downstream interface given");
+    if cfg.downstream.is_empty() && cfg.upstream.is_empty() {
+        bail!("no interface given: use --downstream (and --upstream)");
     }
     let mut ifaces = Ifaces::default();
     for name in &cfg.downstream {
@@ -77,7 +78,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         let mode = progs.attach_xdp(name)?;
         info!(iface = %name, ?mode, "XDP attached");
     }
-    for name in &cfg.downstream {
+    // Downstream egress carries Replies to clients; upstream egress this
+    // host's own Release/Decline (for acquired prefixes).
+    for name in cfg.downstream.iter().chain(&cfg.upstream) {
         progs.attach_tc_egress(name)?;
         info!(iface = %name, "TC egress attached");
     }
@@ -86,8 +89,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     let counters = progs.take_counters()?;
 
     let routes = Routes::new(cfg.proto)?;
-    ifaces.downstream_prefixes = downstream_prefixes(&ifaces).await.unwrap_or_default();
     let store = Store::open(&cfg.state_dir)?;
+    let hooks = Hooks::start(cfg.hooks.clone(), cfg.hook_timeout);
 
     let mut agent = Agent {
         table: Table::new(),
@@ -96,9 +99,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         map,
         store,
         counters,
+        hooks,
         route_errors: 0,
         decode_errors: 0,
     };
+    agent.refresh_addresses().await;
     agent.reconcile().await?;
 
     let (call_tx, mut call_rx) = mpsc::channel::<Call>(16);
@@ -131,6 +136,9 @@ pub async fn run(cfg: Config) -> Result<()> {
                     }
                 }
                 guard.clear_ready();
+                if msgs.iter().any(|m| agent.needs_addresses(m)) {
+                    agent.refresh_addresses().await;
+                }
                 let t = now();
                 let mut actions = Vec::new();
                 for m in &msgs {
@@ -155,28 +163,30 @@ pub async fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
-/// On-link global prefixes of the downstream interfaces.
-async fn downstream_prefixes(ifaces: &Ifaces) -> Result<Vec<(u32, Ipv6Net)>> {
-    let (conn, handle, _) = rtnetlink::new_connection()?;
-    tokio::spawn(conn);
-    let mut out = Vec::new();
-    let mut s = handle.address().get().execute();
-    while let Some(m) = s.try_next().await? {
-        if !ifaces.downstream.contains_key(&m.header.index) {
-            continue;
-        }
-        for a in &m.attributes {
-            if let AddressAttribute::Address(IpAddr::V6(v6)) = a {
-                if let Ok(n) = Ipv6Net::new(*v6, m.header.prefix_len) {
-                    out.push((m.header.index, n.trunc()));
-                }
+impl Agent {
+    /// A Reply arriving upstream for an address we have not seen yet (the
+    /// link-local of an interface that came up after the last refresh).
+    fn needs_addresses(&self, m: &snoop::Message) -> bool {
+        m.hook == pd_common::hook::XDP_INGRESS
+            && m.msg_type == pd_common::msg::REPLY
+            && self.ifaces.upstream.contains_key(&m.ifindex)
+            && !self.ifaces.local_addrs.contains(&m.dst)
+    }
+
+    async fn refresh_addresses(&mut self) {
+        match self.routes.addresses().await {
+            Ok(addrs) => {
+                self.ifaces.local_addrs = addrs.iter().map(|(_, a, _)| *a).collect();
+                self.ifaces.downstream_prefixes = addrs
+                    .iter()
+                    .filter(|(i, a, _)| self.ifaces.downstream.contains_key(i) && !a.is_unicast_link_local())
+                    .filter_map(|(i, a, l)| Some((*i, Ipv6Net::new(*a, *l).ok()?.trunc())))
+                    .collect();
             }
+            Err(e) => warn!(error = %e, "reading this host's addresses"),
         }
     }
-    Ok(out)
-}
 
-impl Agent {
     /// Start-up: put back what the store knows and is still valid, remove
     /// routes of ours that nothing explains, rebuild the map.
     async fn reconcile(&mut self) -> Result<()> {
@@ -189,7 +199,11 @@ impl Agent {
                 continue;
             }
             // Interface indexes change across reboots: trust the name.
-            match self.ifaces.downstream.iter().find(|(_, n)| **n == b.iface) {
+            let side = match b.kind {
+                Kind::Delegated => &self.ifaces.downstream,
+                Kind::Acquired => &self.ifaces.upstream,
+            };
+            match side.iter().find(|(_, n)| **n == b.iface) {
                 Some((i, _)) => b.ifindex = *i,
                 None => {
                     warn!(prefix = %b.prefix, iface = %b.iface, "stored binding on an interface we do not manage; dropped");
@@ -200,7 +214,7 @@ impl Agent {
             restored += 1;
         }
         let mut stale = 0;
-        let live: HashSet<Ipv6Net> = self.table.iter().map(|b| b.prefix).collect();
+        let live: HashSet<Ipv6Net> = self.table.iter().filter(|b| b.kind == Kind::Delegated).map(|b| b.prefix).collect();
         for r in self.routes.dump_ours().await? {
             if !live.contains(&r.prefix) {
                 self.routes.delete(r.prefix, r.next_hop, r.ifindex).await?;
@@ -212,7 +226,7 @@ impl Agent {
                 self.map.remove(p)?;
             }
         }
-        let all: Vec<_> = self.table.iter().cloned().collect();
+        let all: Vec<_> = self.table.iter().filter(|b| b.kind == Kind::Delegated).cloned().collect();
         for b in &all {
             if let Err(e) = self.routes.replace(b.prefix, b.next_hop, b.ifindex).await {
                 self.route_errors += 1;
@@ -234,6 +248,17 @@ impl Agent {
             warn!(error = %e, "saving state");
         }
         for a in actions {
+            self.hooks.send(HookEvent::from_action(&a));
+            let routed = match &a {
+                Action::Install(b) | Action::Refresh(b) | Action::Remove(b, _) => b.kind == Kind::Delegated,
+            };
+            if !routed {
+                let ev = HookEvent::from_action(&a);
+                let b = &ev.binding;
+                info!(event = ev.event, kind = "acquired", prefix = %b.prefix, from = %b.next_hop, iface = %b.iface,
+                    valid = b.valid_lifetime, preferred = b.preferred_lifetime, "binding");
+                continue;
+            }
             match a {
                 Action::Install(b) => {
                     info!(event = "delegated", prefix = %b.prefix, next_hop = %b.next_hop, iface = %b.iface,
@@ -279,6 +304,7 @@ impl Agent {
                     "agent": self.table.stats,
                     "bindings": self.table.len(),
                     "route_errors": self.route_errors,
+                    "hooks": &*self.hooks.stats,
                     "decode_errors": self.decode_errors,
                 })
             }

@@ -14,7 +14,10 @@
 //!   is replaced;
 //! - a Release is remembered by (transaction id, client DUID) and takes
 //!   effect when the server's Reply with Success answers it (§18.3.7);
-//!   a Decline removes the prefixes it names at once.
+//!   a Decline removes the prefixes it names at once;
+//! - a plain Reply arriving upstream addressed to one of this host's own
+//!   addresses delegates to this host: an `acquired` binding (no route);
+//!   this host's own Release/Decline are seen leaving upstream.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -33,8 +36,21 @@ pub const RELEASE_WINDOW_SECS: u64 = 120;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
-    /// Delegated by a server to a client on one of our downstream links.
+    /// Delegated by a server to a client on one of our downstream links:
+    /// routed via the client.
     Delegated,
+    /// Delegated to this host by a server on an upstream link: recorded
+    /// (and passed to hooks), never routed.
+    Acquired,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Delegated => "delegated",
+            Kind::Acquired => "acquired",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -114,6 +130,8 @@ pub struct Ifaces {
     /// On-link prefixes of downstream interfaces (to map a relay
     /// link-address to the interface it names).
     pub downstream_prefixes: Vec<(u32, Ipv6Net)>,
+    /// This host's own addresses (a Reply to one of them is acquired).
+    pub local_addrs: std::collections::HashSet<Ipv6Addr>,
 }
 
 impl Ifaces {
@@ -142,8 +160,10 @@ pub struct Stats {
     /// Upstream Relay-Replies whose downstream link could not be found
     /// (the TC egress copy of the same Reply still counts).
     pub relay_reply_unmapped: u64,
-    /// Upstream Replies to this host (acquired prefixes, not routed here).
+    /// Plain Replies arriving upstream for another host (not ours to act on).
     pub upstream_replies: u64,
+    /// Replies arriving upstream for this host (acquired prefixes).
+    pub acquired_replies: u64,
     pub releases_seen: u64,
     pub releases_matched: u64,
     pub declines: u64,
@@ -234,8 +254,13 @@ impl Table {
         match (m.hook, m.msg_type) {
             (hook::XDP_INGRESS, msg::REPLY) if up => {
                 if m.outer_msg_type != msg::RELAY_REPL {
-                    self.stats.upstream_replies += 1;
-                    return vec![];
+                    if !ifaces.local_addrs.contains(&m.dst) {
+                        self.stats.upstream_replies += 1;
+                        return vec![];
+                    }
+                    self.stats.acquired_replies += 1;
+                    let iface = ifaces.upstream[&m.ifindex].clone();
+                    return self.reply(m, Kind::Acquired, m.ifindex, iface, m.src, now);
                 }
                 let Some(ifindex) = ifaces.downstream_for_link_addr(m.link_addr) else {
                     self.stats.relay_reply_unmapped += 1;
@@ -243,7 +268,7 @@ impl Table {
                 };
                 let iface = ifaces.downstream[&ifindex].clone();
                 self.stats.upstream_relay_replies += 1;
-                self.reply(m, ifindex, iface, m.outer_peer_addr, now)
+                self.reply(m, Kind::Delegated, ifindex, iface, m.outer_peer_addr, now)
             }
             (hook::XDP_INGRESS, msg::REPLY) if down.is_some() => {
                 self.stats.untrusted_replies += 1;
@@ -257,15 +282,21 @@ impl Table {
                     return vec![];
                 }
                 let iface = down.unwrap().clone();
-                self.reply(m, m.ifindex, iface, m.dst, now)
+                self.reply(m, Kind::Delegated, m.ifindex, iface, m.dst, now)
             }
-            (hook::XDP_INGRESS, msg::RELEASE) if down.is_some() => {
+            // A client's Release/Decline: from a downstream client coming
+            // in, or from this host's own client going out upstream.
+            (hook::XDP_INGRESS, msg::RELEASE) | (hook::TC_EGRESS, msg::RELEASE)
+                if (m.hook == hook::XDP_INGRESS && down.is_some()) || (m.hook == hook::TC_EGRESS && up) =>
+            {
                 self.stats.releases_seen += 1;
                 let listed = m.prefixes.iter().filter_map(|p| Some((p.iaid, net(p.prefix, p.len)?))).collect();
                 self.releases.insert((m.xid, m.duid_key()), (listed, now));
                 vec![]
             }
-            (hook::XDP_INGRESS, msg::DECLINE) if down.is_some() => {
+            (hook::XDP_INGRESS, msg::DECLINE) | (hook::TC_EGRESS, msg::DECLINE)
+                if (m.hook == hook::XDP_INGRESS && down.is_some()) || (m.hook == hook::TC_EGRESS && up) =>
+            {
                 self.stats.declines += 1;
                 let duid = m.duid_key();
                 m.prefixes
@@ -284,7 +315,7 @@ impl Table {
         }
     }
 
-    fn reply(&mut self, m: &Message, ifindex: u32, iface: String, next_hop: Ipv6Addr, now: u64) -> Vec<Action> {
+    fn reply(&mut self, m: &Message, kind: Kind, ifindex: u32, iface: String, next_hop: Ipv6Addr, now: u64) -> Vec<Action> {
         if !m.success() {
             self.stats.error_status += 1;
             return vec![];
@@ -307,7 +338,7 @@ impl Table {
         if m.prefixes.is_empty() {
             return vec![];
         }
-        if next_hop.is_multicast() || next_hop.is_unspecified() || next_hop.is_loopback() {
+        if kind == Kind::Delegated && (next_hop.is_multicast() || next_hop.is_unspecified() || next_hop.is_loopback()) {
             self.stats.bad_next_hop += 1;
             return vec![];
         }
@@ -328,7 +359,7 @@ impl Table {
             renewed.entry(p.iaid).or_default().push(prefix);
             let b = Binding {
                 prefix,
-                kind: Kind::Delegated,
+                kind,
                 iface: iface.clone(),
                 ifindex,
                 next_hop,
@@ -606,11 +637,48 @@ mod tests {
     }
 
     #[test]
-    fn plain_reply_from_upstream_is_not_routed() {
+    fn plain_reply_from_upstream_to_another_host_is_ignored() {
         let mut t = Table::new();
         let r = message(hook::XDP_INGRESS, UP, msg::REPLY, 5, vec![pfx("2001:db8:c000::", 56, 60)]);
         assert!(t.handle(&r, &ifaces(), 1).is_empty());
         assert_eq!(t.stats.upstream_replies, 1);
+    }
+
+    fn acquired_reply(prefixes: Vec<PrefixInfo>) -> (Message, Ifaces) {
+        let mut i = ifaces();
+        let me: Ipv6Addr = "fe80::b0:1".parse().unwrap();
+        i.local_addrs.insert(me);
+        let mut r = message(hook::XDP_INGRESS, UP, msg::REPLY, 5, prefixes);
+        r.dst = me;
+        r.src = "fe80::15b".parse().unwrap();
+        (r, i)
+    }
+
+    #[test]
+    fn reply_to_this_host_is_acquired() {
+        let mut t = Table::new();
+        let (r, i) = acquired_reply(vec![pfx("2001:db8:1000::", 56, 60)]);
+        let a = t.handle(&r, &i, 1);
+        assert_eq!(installed(&a), ["install 2001:db8:1000::/56 via fe80::15b dev wan0"]);
+        let b = t.iter().next().unwrap();
+        assert_eq!((b.kind, b.expires_at), (Kind::Acquired, Some(61)));
+        assert_eq!(t.stats.acquired_replies, 1);
+        // Renewed like any binding, and expires like one.
+        let a = t.handle(&r, &i, 30);
+        assert_eq!(installed(&a), ["refresh 2001:db8:1000::/56 valid 60"]);
+        assert_eq!(installed(&t.expire(90)), ["remove 2001:db8:1000::/56 expired"]);
+    }
+
+    #[test]
+    fn own_release_going_upstream_releases_acquired() {
+        let mut t = Table::new();
+        let (r, i) = acquired_reply(vec![pfx("2001:db8:1000::", 56, 60)]);
+        t.handle(&r, &i, 1);
+        let rel = message(hook::TC_EGRESS, UP, msg::RELEASE, 0x42, vec![pfx("2001:db8:1000::", 56, 0)]);
+        assert!(t.handle(&rel, &i, 2).is_empty());
+        let (mut ok, _) = acquired_reply(vec![]);
+        ok.xid = 0x42;
+        assert_eq!(installed(&t.handle(&ok, &i, 3)), ["remove 2001:db8:1000::/56 released"]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod binding;
 pub mod control;
 pub mod dhcp;
 pub mod ebpf;
+pub mod hooks;
 pub mod maps;
 pub mod route;
 pub mod snoop;

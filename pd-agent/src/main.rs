@@ -22,7 +22,7 @@ enum Cmd {
     /// Run the agent.
     Run {
         /// Interface facing delegated clients (repeatable).
-        #[arg(long, required = true, env = "PD_DOWNSTREAM", value_delimiter = ',')]
+        #[arg(long, env = "PD_DOWNSTREAM", value_delimiter = ',')]
         downstream: Vec<String>,
         /// Interface facing the delegating server's side (repeatable).
         #[arg(long, env = "PD_UPSTREAM", value_delimiter = ',')]
@@ -40,6 +40,12 @@ enum Cmd {
         #[arg(long, env = "PD_ROUTE_PROTO", default_value_t = DEFAULT_PROTO,
               value_parser = clap::value_parser!(u8).range(5..=254))]
         route_proto: u8,
+        /// Executable run on every binding change (repeatable, run in order).
+        #[arg(long = "hook", env = "PD_HOOKS", value_delimiter = ',')]
+        hooks: Vec<PathBuf>,
+        /// Seconds a hook may run before it is killed.
+        #[arg(long, env = "PD_HOOK_TIMEOUT", default_value_t = 30)]
+        hook_timeout: u64,
         /// Log as JSON lines.
         #[arg(long)]
         log_json: bool,
@@ -70,7 +76,7 @@ fn main() {
 #[tokio::main(flavor = "current_thread")]
 async fn real_main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Run { downstream, upstream, pin_dir, state_dir, control, route_proto, log_json } => {
+        Cmd::Run { downstream, upstream, pin_dir, state_dir, control, route_proto, hooks, hook_timeout, log_json } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
             let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
@@ -80,7 +86,8 @@ async fn real_main() -> Result<()> {
             } else {
                 fmt.init();
             }
-            agent::run(Config { downstream, upstream, pin_dir, state_dir, control, proto: route_proto }).await
+            let hook_timeout = std::time::Duration::from_secs(hook_timeout);
+            agent::run(Config { downstream, upstream, pin_dir, state_dir, control, proto: route_proto, hooks, hook_timeout }).await
         }
         Cmd::Bindings { json, control, state_dir } => {
             let list: Vec<Binding> = match control::request(&control, &Request::Bindings).await {

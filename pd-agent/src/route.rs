@@ -2,12 +2,15 @@
 //! installed with replace semantics and always tagged with our protocol
 //! number, so we can find (and only ever touch) our own routes.
 
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::Ipv6Net;
 use rtnetlink::{
-    packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
+    packet_route::{
+        address::AddressAttribute,
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
+    },
     Handle, RouteMessageBuilder,
 };
 
@@ -90,6 +93,20 @@ impl Routes {
             }
             Err(source) => Err(RouteError::Del { prefix, source }),
         }
+    }
+
+    /// Every IPv6 address on this host: (ifindex, address, prefix length).
+    pub async fn addresses(&self) -> Result<Vec<(u32, Ipv6Addr, u8)>, RouteError> {
+        let mut out = Vec::new();
+        let mut s = self.handle.address().get().execute();
+        while let Some(m) = s.try_next().await.map_err(RouteError::Dump)? {
+            for a in &m.attributes {
+                if let AddressAttribute::Address(IpAddr::V6(v6)) = a {
+                    out.push((m.header.index, *v6, m.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every IPv6 route in the main table carrying our protocol number.

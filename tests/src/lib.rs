@@ -289,22 +289,56 @@ pub struct Agent {
 
 pub const PROTO: &str = "99";
 
+/// How to run one pd-agent.
+#[derive(Default, Clone)]
+pub struct AgentOpts {
+    pub downstream: Vec<String>,
+    pub upstream: Vec<String>,
+    /// Defaults to a unique directory under /sys/fs/bpf.
+    pub pin_dir: Option<PathBuf>,
+    pub hooks: Vec<PathBuf>,
+    /// Extra environment (hook settings).
+    pub env: Vec<(String, String)>,
+}
+
+impl AgentOpts {
+    pub fn new(downstream: &[&str], upstream: &[&str]) -> Self {
+        AgentOpts {
+            downstream: downstream.iter().map(|s| s.to_string()).collect(),
+            upstream: upstream.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The repository's example hooks.
+pub fn hook_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../hooks").join(name)
+}
+
 impl Agent {
     pub fn start(ns: &Netns, dir: &TempDir, downstream: &[&str], upstream: &[&str]) -> Result<Agent> {
-        let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("pin"));
-        Self::start_with(ns, dir, downstream, upstream, pin_dir)
+        Self::start_opts(ns, dir, AgentOpts::new(downstream, upstream))
     }
 
     pub fn start_with(ns: &Netns, dir: &TempDir, downstream: &[&str], upstream: &[&str], pin_dir: PathBuf) -> Result<Agent> {
+        Self::start_opts(ns, dir, AgentOpts { pin_dir: Some(pin_dir), ..AgentOpts::new(downstream, upstream) })
+    }
+
+    pub fn start_opts(ns: &Netns, dir: &TempDir, o: AgentOpts) -> Result<Agent> {
+        let pin_dir = o.pin_dir.clone().unwrap_or_else(|| PathBuf::from("/sys/fs/bpf").join(unique("pin")));
         let state_dir = dir.path("state");
         let control = dir.path("control.sock");
         let bin = agent_bin();
         let mut args: Vec<String> = vec![bin.display().to_string(), "run".into()];
-        for d in downstream {
+        for d in &o.downstream {
             args.extend(["--downstream".into(), d.to_string()]);
         }
-        for u in upstream {
+        for u in &o.upstream {
             args.extend(["--upstream".into(), u.to_string()]);
+        }
+        for h in &o.hooks {
+            args.extend(["--hook".into(), h.display().to_string()]);
         }
         args.extend([
             "--pin-dir".into(),
@@ -316,8 +350,18 @@ impl Agent {
             "--route-proto".into(),
             PROTO.into(),
         ]);
-        let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let mut daemon = ns.spawn_net_only(&argv, &dir.path("agent.log"))?;
+        let log = dir.path("agent.log");
+        let f = fs::File::create(&log)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .args(&args)
+            .envs(o.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("spawning pd-agent in {}", ns.name))?;
+        let mut daemon = Daemon { child: Some(child), log, name: format!("pd-agent({})", ns.name) };
         let ready = wait_for(Duration::from_secs(20), || {
             let _ = daemon.check_alive();
             daemon.log_text().contains("ready").then_some(())
@@ -425,15 +469,13 @@ pub fn kea_config(dir: &TempDir, subnets: &[KeaSubnet], valid: u32) -> Result<Pa
         .enumerate()
         .map(|(i, s)| {
             let iface = if s.relayed { String::new() } else { format!(r#""interface": "{}","#, s.iface) };
-            format!(
-                r#"{{ "id": {id}, "subnet": "{subnet}", {iface}
-      "pd-pools": [ {{ "prefix": "{pool}", "prefix-len": {pool_len}, "delegated-len": {plen} }} ] }}"#,
-                id = i + 1,
-                subnet = s.subnet,
-                pool = s.pool,
-                pool_len = s.pool_len,
-                plen = s.plen
-            )
+            // An empty pool: the subnet delegates nothing (until a hook fills it).
+            let pools = if s.pool.is_empty() {
+                String::new()
+            } else {
+                format!(r#"{{ "prefix": "{}", "prefix-len": {}, "delegated-len": {} }}"#, s.pool, s.pool_len, s.plen)
+            };
+            format!(r#"{{ "id": {id}, "subnet": "{subnet}", {iface} "pd-pools": [ {pools} ] }}"#, id = i + 1, subnet = s.subnet)
         })
         .collect();
     let conf = format!(
@@ -462,7 +504,11 @@ pub fn kea_config(dir: &TempDir, subnets: &[KeaSubnet], valid: u32) -> Result<Pa
 
 /// Start Kea in `ns` with `conf`.
 pub fn start_kea(ns: &Netns, dir: &TempDir, conf: &Path) -> Result<Daemon> {
-    let mut d = ns.spawn(&["kea-dhcp6", "-c", &conf.display().to_string()], &dir.path("kea.log"))?;
+    // Each Kea gets its own pid and lock files: Kea refuses to start when
+    // another instance's pid file (same config file name) is live.
+    let pid_dir = format!("KEA_PIDFILE_DIR={}", dir.0.display());
+    let lock_dir = format!("KEA_LOCKFILE_DIR={}", dir.0.display());
+    let mut d = ns.spawn(&["env", &pid_dir, &lock_dir, "kea-dhcp6", "-c", &conf.display().to_string()], &dir.path("kea.log"))?;
     wait_for(Duration::from_secs(10), || d.log_text().contains("DHCP6_STARTED").then_some(()))
         .with_context(|| format!("kea did not start: {}", d.log_text()))?;
     d.check_alive()?;
@@ -569,3 +615,4 @@ pub fn dhcpcd_release(ns: &Netns, dir: &TempDir, iface: &str) -> Result<()> {
 }
 
 pub mod corpus;
+pub mod lab;

@@ -176,3 +176,32 @@ fn dhcpd_remote_via_dhcrelay_to_dhcpcd_then_release() -> Result<()> {
     assert_no_route(&lab, &agent, &prefix, Duration::from_secs(15))?;
     Ok(())
 }
+
+/// The nftables example hook keeps the set of delegated prefixes: the
+/// prefix is added when Kea delegates it and removed on release.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn nft_hook_tracks_delegated_prefixes() -> Result<()> {
+    let lab = lab()?;
+    lab.router.exec(&["nft", "add", "table", "inet", "pd"])?;
+    lab.router.exec(&["nft", "add", "set", "inet", "pd", "delegated", "{ type ipv6_addr; flags interval; }"])?;
+    let dir = TempDir::new("nft")?;
+    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:400::")], 600)?;
+    let opts = AgentOpts { hooks: vec![hook_path("nft-set.sh")], ..AgentOpts::new(&["lan0"], &["wan0"]) };
+    let agent = Agent::start_opts(&lab.router, &dir, opts)?;
+    let _kea = start_kea(&lab.router, &dir, &conf)?;
+    let cdir = TempDir::new("dhc")?;
+    let mut dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    let set = || lab.router.exec(&["nft", "list", "set", "inet", "pd", "delegated"]).unwrap_or_default();
+    wait_for(Duration::from_secs(15), || set().contains(&prefix).then_some(()))
+        .with_context(|| format!("{prefix} not in the set: {}\n{}", set(), agent.log()))?;
+    dhclient.stop();
+    dhclient_release(&lab.client, &cdir, "eth0")?;
+    wait_for(Duration::from_secs(15), || (!set().contains(&prefix)).then_some(()))
+        .with_context(|| format!("{prefix} still in the set: {}", set()))?;
+    let stats = agent.stats()?;
+    assert_eq!(stats["hooks"]["failures"], 0, "{stats}");
+    assert!(stats["hooks"]["runs"].as_u64() >= Some(2), "{stats}");
+    Ok(())
+}

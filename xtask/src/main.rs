@@ -57,6 +57,9 @@ const APT_PACKAGES: &[&str] = &[
     "isc-dhcp-client",
     "isc-dhcp-relay",
     "dhcpcd-base",
+    "radvd",
+    "nftables",
+    "python3",
     "tcpdump",
 ];
 

@@ -1,0 +1,399 @@
+//! The seed scenario as a lab: delegation four levels deep.
+//!
+//! ```text
+//!  internet --- isp ----------- border ---------- laptop ----------- vm ---- br0 --- container1
+//!   eth0     eth0  down0     up0     down0     up0    down0      up0                 container2
+//!           Kea: /56s out of  dhclient -P      dhcpcd             dhclient -P
+//!           2001:db8:1000::/48 acquires a /56  acquires a /60     acquires a /64
+//!                             ISC dhcpd: /60s  Kea: /64s          radvd on br0
+//! ```
+//!
+//! pd-agent runs on isp, border, laptop and vm. The isp's agent routes the
+//! /56 to border (an ISP's router would do this in real life). Each lower
+//! server's pool is written by the agent's hooks from what that host
+//! acquired (`hooks/dhcpd-prefix6.py`, `hooks/kea-pd-pool.py`); the vm's hook
+//! (`hooks/bridge-radvd.sh`) puts its /64 on br0 and advertises it. The only
+//! static routes are each level's default route towards its upstream.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::*;
+
+/// The internet host's address, beyond the isp.
+pub const INTERNET: &str = "2001:db8:ff00::2";
+/// The isp's pool.
+pub const ISP_POOL: &str = "2001:db8:1000::/48";
+
+/// Namespace names: `prefix` + role.
+pub struct Names {
+    pub prefix: String,
+}
+
+impl Names {
+    pub fn unique() -> Names {
+        Names { prefix: unique("") }
+    }
+    pub fn fixed(prefix: &str) -> Names {
+        Names { prefix: prefix.into() }
+    }
+    pub fn get(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+    pub const ROLES: [&'static str; 7] = ["internet", "isp", "border", "laptop", "vm", "container1", "container2"];
+}
+
+#[derive(Clone, Copy)]
+pub struct Lifetimes {
+    /// Valid lifetime of the isp's /56s.
+    pub isp: u32,
+    /// Valid lifetime of border's /60s (ISC dhcpd default-lease-time).
+    pub border: u32,
+    /// Valid lifetime of laptop's /64s.
+    pub laptop: u32,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Lifetimes { isp: 600, border: 600, laptop: 600 }
+    }
+}
+
+/// One router level: its namespace, agent, DHCP client and work directory.
+pub struct Level {
+    pub ns: Netns,
+    pub agent: Agent,
+    pub client: Option<Daemon>,
+    pub dir: TempDir,
+}
+
+pub struct SeedLab {
+    pub internet: Netns,
+    pub isp: Level,
+    pub border: Level,
+    pub laptop: Level,
+    pub vm: Level,
+    pub containers: [Netns; 2],
+    pub isp_kea: Daemon,
+    pub laptop_kea: Daemon,
+    /// Seconds from the first DHCP client starting until every level was routed.
+    pub routed_after: f64,
+}
+
+fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+    veth(a, a_if, b, b_if)
+}
+
+fn default_via(ns: &Netns, dev: &str, upstream: &Netns, up_dev: &str) -> Result<()> {
+    let ll = upstream.link_local(up_dev)?.to_string();
+    ns.exec(&["ip", "-6", "route", "add", "default", "via", &ll, "dev", dev])?;
+    Ok(())
+}
+
+fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+impl SeedLab {
+    /// Build the whole lab and wait until every level is routed.
+    pub fn build(names: &Names, lt: Lifetimes, pin_root: Option<&str>) -> Result<SeedLab> {
+        let pin = |role: &str| pin_root.map(|r| PathBuf::from(format!("{r}-{role}")));
+        let ns = |role: &str| -> Result<Netns> {
+            if names.prefix.starts_with("pd-") {
+                Netns::fixed(&names.get(role))
+            } else {
+                Netns::new(role)
+            }
+        };
+        let internet = ns("internet")?;
+        let isp_ns = ns("isp")?;
+        let border_ns = ns("border")?;
+        let laptop_ns = ns("laptop")?;
+        let vm_ns = ns("vm")?;
+        let c1 = ns("container1")?;
+        let c2 = ns("container2")?;
+
+        // Links.
+        link(&isp_ns, "eth0", &internet, "eth0")?;
+        link(&isp_ns, "down0", &border_ns, "up0")?;
+        link(&border_ns, "down0", &laptop_ns, "up0")?;
+        link(&laptop_ns, "down0", &vm_ns, "up0")?;
+        vm_ns.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        vm_ns.exec(&["ip", "link", "set", "br0", "up"])?;
+        for (i, c) in [&c1, &c2].into_iter().enumerate() {
+            // Containers are hosts: they take the RA's prefix and default route.
+            c.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
+            c.exec(&["sysctl", "-qw", "net.ipv6.conf.default.accept_ra=1"])?;
+            let port = format!("c{}", i + 1);
+            link(&vm_ns, &port, c, "eth0")?;
+            c.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.accept_ra=1"])?;
+            c.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.autoconf=1"])?;
+            vm_ns.exec(&["ip", "link", "set", &port, "master", "br0"])?;
+        }
+
+        // Link addresses (not routes): the internet edge, and the subnets
+        // each server is bound to.
+        isp_ns.exec(&["ip", "-6", "addr", "add", "2001:db8:ff00::1/64", "dev", "eth0", "nodad"])?;
+        isp_ns.exec(&["ip", "-6", "addr", "add", "2001:db8:ff01::1/64", "dev", "down0", "nodad"])?;
+        internet.exec(&["ip", "-6", "addr", "add", &format!("{INTERNET}/64"), "dev", "eth0", "nodad"])?;
+        border_ns.exec(&["ip", "-6", "addr", "add", "fd00:0:0:b::1/64", "dev", "down0", "nodad"])?;
+        laptop_ns.exec(&["ip", "-6", "addr", "add", "fd00:0:0:c::1/64", "dev", "down0", "nodad"])?;
+
+        // The only static routes: each level's default towards its upstream.
+        internet.exec(&["ip", "-6", "route", "add", "default", "via", "2001:db8:ff00::1"])?;
+        default_via(&border_ns, "up0", &isp_ns, "down0")?;
+        default_via(&laptop_ns, "up0", &border_ns, "down0")?;
+        default_via(&vm_ns, "up0", &laptop_ns, "down0")?;
+
+        // isp: Kea delegating /56s, an agent routing them.
+        let isp_dir = TempDir::new("isp")?;
+        let isp_agent = Agent::start_opts(
+            &isp_ns,
+            &isp_dir,
+            AgentOpts { pin_dir: pin("isp"), ..AgentOpts::new(&["down0"], &["eth0"]) },
+        )?;
+        let isp_conf = kea_config(
+            &isp_dir,
+            &[KeaSubnet { iface: "down0", subnet: "2001:db8:ff01::/64", pool: "2001:db8:1000::", pool_len: 48, plen: 56, relayed: false }],
+            lt.isp,
+        )?;
+        let isp_kea = start_kea(&isp_ns, &isp_dir, &isp_conf)?;
+
+        // border: ISC dhcpd, configured and started by the agent's hook.
+        let border_dir = TempDir::new("border")?;
+        let dconf = border_dir.path("dhcpd.conf");
+        std::fs::write(
+            &dconf,
+            format!(
+                "default-lease-time {v};\nmax-lease-time {v};\npreferred-lifetime {p};\n\
+                 subnet6 fd00:0:0:b::/64 {{\n  # pd-agent:prefix6\n}}\n",
+                v = lt.border,
+                p = lt.border * 3 / 4
+            ),
+        )?;
+        let border_agent = Agent::start_opts(
+            &border_ns,
+            &border_dir,
+            AgentOpts {
+                pin_dir: pin("border"),
+                hooks: vec![hook_path("dhcpd-prefix6.py")],
+                env: env(&[
+                    ("PD_DHCPD_CONF", dconf.display().to_string()),
+                    ("PD_DHCPD_DELEGATED_LEN", "60".into()),
+                    ("PD_DHCPD_PIDFILE", border_dir.path("dhcpd.pid").display().to_string()),
+                    ("PD_DHCPD_LEASES", border_dir.path("dhcpd.leases").display().to_string()),
+                    ("PD_DHCPD_IFACE", "down0".into()),
+                ]),
+                ..AgentOpts::new(&["down0"], &["up0"])
+            },
+        )?;
+
+        // laptop: Kea with no pool until the hook writes one.
+        let laptop_dir = TempDir::new("laptop")?;
+        let lconf = kea_config(
+            &laptop_dir,
+            &[KeaSubnet { iface: "down0", subnet: "fd00:0:0:c::/64", pool: "", pool_len: 0, plen: 0, relayed: false }],
+            lt.laptop,
+        )?;
+        let laptop_kea = start_kea(&laptop_ns, &laptop_dir, &lconf)?;
+        let laptop_agent = Agent::start_opts(
+            &laptop_ns,
+            &laptop_dir,
+            AgentOpts {
+                pin_dir: pin("laptop"),
+                hooks: vec![hook_path("kea-pd-pool.py")],
+                env: env(&[
+                    ("PD_KEA_CONF", lconf.display().to_string()),
+                    ("PD_KEA_PID", laptop_kea.pid().to_string()),
+                    ("PD_KEA_DELEGATED_LEN", "64".into()),
+                ]),
+                ..AgentOpts::new(&["down0"], &["up0"])
+            },
+        )?;
+
+        // vm: acquires a /64; its hook puts it on br0 and runs radvd.
+        let vm_dir = TempDir::new("vm")?;
+        let vm_agent = Agent::start_opts(
+            &vm_ns,
+            &vm_dir,
+            AgentOpts {
+                pin_dir: pin("vm"),
+                hooks: vec![hook_path("bridge-radvd.sh")],
+                env: env(&[("PD_BRIDGE", "br0".into()), ("PD_RADVD_DIR", vm_dir.path("radvd").display().to_string())]),
+                ..AgentOpts::new(&[], &["up0"])
+            },
+        )?;
+
+        let mut lab = SeedLab {
+            internet,
+            isp: Level { ns: isp_ns, agent: isp_agent, client: None, dir: isp_dir },
+            border: Level { ns: border_ns, agent: border_agent, client: None, dir: border_dir },
+            laptop: Level { ns: laptop_ns, agent: laptop_agent, client: None, dir: laptop_dir },
+            vm: Level { ns: vm_ns, agent: vm_agent, client: None, dir: vm_dir },
+            containers: [c1, c2],
+            isp_kea,
+            laptop_kea,
+            routed_after: 0.0,
+        };
+
+        // Clients, top down: each starts once the level above can serve it.
+        let t0 = Instant::now();
+        lab.border.client = Some(start_dhclient(&lab.border.ns, &lab.border.dir, "up0")?);
+        lab.wait_acquired("border", &lab.border, 56)?;
+        wait_for(Duration::from_secs(20), || lab.border.dir.path("dhcpd.pid").exists().then_some(()))
+            .with_context(|| format!("the dhcpd hook did not start dhcpd; agent log:\n{}", lab.border.agent.log()))?;
+        lab.laptop.client = Some(start_dhcpcd(&lab.laptop.ns, &lab.laptop.dir, "up0")?);
+        lab.wait_acquired("laptop", &lab.laptop, 60)?;
+        lab.vm.client = Some(start_dhclient(&lab.vm.ns, &lab.vm.dir, "up0")?);
+        lab.wait_acquired("vm", &lab.vm, 64)?;
+        lab.wait_routed(Duration::from_secs(30))?;
+        lab.routed_after = t0.elapsed().as_secs_f64();
+        Ok(lab)
+    }
+
+    fn wait_acquired(&self, name: &str, level: &Level, len: u8) -> Result<String> {
+        wait_for(Duration::from_secs(60), || {
+            level
+                .agent
+                .bindings()
+                .ok()?
+                .iter()
+                .find(|b| b["kind"] == "acquired" && b["prefix"].as_str().is_some_and(|p| p.ends_with(&format!("/{len}"))))
+                .map(|b| b["prefix"].as_str().unwrap().to_string())
+        })
+        .with_context(|| {
+            format!(
+                "{name} acquired no /{len}; agent log:\n{}\nclient log:\n{}",
+                level.agent.log(),
+                level.client.as_ref().map(|c| c.log_text()).unwrap_or_default()
+            )
+        })
+    }
+
+    /// The prefix `level` holds as acquired, if any.
+    pub fn acquired(level: &Level) -> Option<String> {
+        level.agent.bindings().ok()?.iter().find(|b| b["kind"] == "acquired").map(|b| b["prefix"].as_str().unwrap().to_string())
+    }
+
+    /// Every level has its route, and each container an address in the vm's /64.
+    pub fn wait_routed(&self, timeout: Duration) -> Result<()> {
+        let ok = wait_for(timeout, || {
+            let e = self.expected_routes().ok()?;
+            (self.routes().ok()? == e && e[..3].iter().all(|r| r.len() == 1) && self.container_addrs().ok()?.len() == 2).then_some(())
+        });
+        if ok.is_none() {
+            bail!("not every level got routed: routes {:?}, expected {:?}", self.routes()?, self.expected_routes()?);
+        }
+        Ok(())
+    }
+
+    /// Our routes at isp, border, laptop, vm: prefixes and next hops.
+    pub fn routes(&self) -> Result<[Vec<(String, String)>; 4]> {
+        let r = |l: &Level| -> Result<Vec<(String, String)>> {
+            let mut v: Vec<_> = our_routes(&l.ns)?.into_iter().map(|(p, via, _)| (p, via)).collect();
+            v.sort();
+            Ok(v)
+        };
+        Ok([r(&self.isp)?, r(&self.border)?, r(&self.laptop)?, r(&self.vm)?])
+    }
+
+    /// What each level should route: the prefix the level below acquired,
+    /// via that level's upstream link-local address.
+    pub fn expected_routes(&self) -> Result<[Vec<(String, String)>; 4]> {
+        let below = |l: &Level| -> Result<Vec<(String, String)>> {
+            Ok(match Self::acquired(l) {
+                Some(p) => vec![(p, l.ns.link_local("up0")?.to_string())],
+                None => vec![],
+            })
+        };
+        Ok([below(&self.border)?, below(&self.laptop)?, below(&self.vm)?, vec![]])
+    }
+
+    /// Global addresses of the containers (from the vm's RA).
+    pub fn container_addrs(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for c in &self.containers {
+            let o = c.exec(&["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"])?;
+            if let Some(a) = o.split_whitespace().skip_while(|w| *w != "inet6").nth(1) {
+                out.push(a.split('/').next().unwrap().to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn levels(&self) -> [(&'static str, &Level); 4] {
+        [("isp", &self.isp), ("border", &self.border), ("laptop", &self.laptop), ("vm", &self.vm)]
+    }
+
+    /// Bindings and routes of every level, as a table.
+    pub fn table(&self) -> Result<String> {
+        let mut s = String::new();
+        s += &format!("{:<8} {:<9} {:<24} {:<7} {:<26} {:>6}\n", "LEVEL", "KIND", "PREFIX", "IFACE", "NEXT HOP / FROM", "VALID");
+        for (name, l) in self.levels() {
+            let mut b = l.agent.bindings()?;
+            b.sort_by_key(|b| b["kind"].as_str().unwrap_or("").to_string());
+            for b in b {
+                s += &format!(
+                    "{:<8} {:<9} {:<24} {:<7} {:<26} {:>5}s\n",
+                    name,
+                    b["kind"].as_str().unwrap_or(""),
+                    b["prefix"].as_str().unwrap_or(""),
+                    b["iface"].as_str().unwrap_or(""),
+                    b["next_hop"].as_str().unwrap_or(""),
+                    b["valid_lifetime"]
+                );
+            }
+        }
+        s += "\nroutes (ip -6 route show proto 99):\n";
+        for (name, l) in self.levels() {
+            let r = our_routes(&l.ns)?;
+            if r.is_empty() {
+                s += &format!("  {name:<8} (none)\n");
+            }
+            for (p, via, dev) in r {
+                s += &format!("  {name:<8} {p} via {via} dev {dev}\n");
+            }
+        }
+        Ok(s)
+    }
+
+    /// Ping from each container to the internet host, and back.
+    pub fn pings(&self) -> Result<Vec<(String, bool, bool)>> {
+        let addrs = self.container_addrs()?;
+        let mut out = Vec::new();
+        for (c, a) in self.containers.iter().zip(addrs) {
+            let there = c.ping(INTERNET, 5);
+            let back = self.internet.ping(&a, 5);
+            out.push((a, there, back));
+        }
+        Ok(out)
+    }
+
+    /// The vm releases its /64 (`dhclient -r`).
+    pub fn vm_release(&mut self) -> Result<()> {
+        if let Some(mut c) = self.vm.client.take() {
+            c.stop();
+        }
+        dhclient_release(&self.vm.ns, &self.vm.dir, "up0")
+    }
+
+    /// The laptop's DHCP client dies without a Release (kill -9 of every
+    /// dhcpcd process there): its /60 runs out at border.
+    pub fn laptop_client_dies(&mut self) -> Result<()> {
+        if let Some(mut c) = self.laptop.client.take() {
+            c.kill(libc::SIGKILL);
+        }
+        let pids = sh(&["ip", "netns", "pids", &self.laptop.ns.name])?;
+        for pid in pids.split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "dhcpcd" {
+                let _ = sh(&["kill", "-9", pid]);
+            }
+        }
+        Ok(())
+    }
+}
