@@ -17,11 +17,11 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    binding::{Action, Ifaces, Kind, Table},
+    binding::{Action, BindingView, Ifaces, Kind, Table},
     hooks::{HookEvent, Hooks},
     control::{self, Call, Request},
-    ebpf::{self, Counters, Programs},
-    maps::RouteMap,
+    ebpf::{self, Counters, LoadOptions, Programs},
+    maps::{RouteMap, SavMaps},
     route::Routes,
     snoop::{self, Assembler},
     state::Store,
@@ -37,6 +37,34 @@ pub struct Config {
     pub proto: u8,
     pub hooks: Vec<PathBuf>,
     pub hook_timeout: Duration,
+    /// Forward delegated prefixes in XDP.
+    pub fast_path: bool,
+    /// Source-address validation for downstream interfaces without an override.
+    pub sav: SavMode,
+    /// Per-interface overrides.
+    pub sav_iface: Vec<(String, SavMode)>,
+}
+
+/// Source-address validation on a downstream interface (RFC 8987 §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SavMode {
+    /// No validation.
+    Off,
+    /// Drop sources inside a prefix delegated on another interface.
+    On,
+    /// Also drop sources neither delegated nor on-link on this interface.
+    Strict,
+}
+
+impl SavMode {
+    fn flags(self) -> u32 {
+        match self {
+            SavMode::Off => 0,
+            SavMode::On => pd_common::ifflags::SAV,
+            SavMode::Strict => pd_common::ifflags::SAV | pd_common::ifflags::SAV_STRICT,
+        }
+    }
 }
 
 pub fn now() -> u64 {
@@ -48,6 +76,7 @@ struct Agent {
     ifaces: Ifaces,
     routes: Routes,
     map: RouteMap,
+    sav: SavMaps,
     store: Store,
     counters: Counters,
     hooks: Hooks,
@@ -71,7 +100,14 @@ pub async fn run(cfg: Config) -> Result<()> {
         ifaces.upstream.insert(idx, name.clone());
     }
 
-    let mut progs = Programs::load(&cfg.pin_dir)?;
+    let sav_of = |name: &str| cfg.sav_iface.iter().rev().find(|(n, _)| n == name).map(|(_, m)| *m).unwrap_or(cfg.sav);
+    for (n, _) in &cfg.sav_iface {
+        if !cfg.downstream.contains(n) {
+            bail!("--sav-iface {n}: not a --downstream interface");
+        }
+    }
+    let any_sav = cfg.downstream.iter().any(|n| sav_of(n) != SavMode::Off);
+    let mut progs = Programs::load_with(&cfg.pin_dir, LoadOptions { fast_path: cfg.fast_path, sav: any_sav })?;
     let (xi, ti) = progs.verified_instructions();
     info!(xdp_insns = xi, tc_insns = ti, pin_dir = %cfg.pin_dir.display(), "kernel programs loaded");
     for name in cfg.downstream.iter().chain(&cfg.upstream) {
@@ -85,7 +121,13 @@ pub async fn run(cfg: Config) -> Result<()> {
         info!(iface = %name, "TC egress attached");
     }
     let ring = progs.take_events()?;
-    let map = RouteMap::new(progs.take_routes()?);
+    let map = RouteMap::new(progs.take_routes()?, progs.take_fwd_stats()?);
+    let mut sav = SavMaps { ifaces: progs.take_ifaces()?, onlink: progs.take_onlink()? };
+    for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
+        let mode = if ifaces.downstream.contains_key(idx) { sav_of(name) } else { SavMode::Off };
+        sav.set_iface(*idx, mode.flags())?;
+    }
+    info!(fast_path = cfg.fast_path, sav = ?cfg.sav, "data path options");
     let counters = progs.take_counters()?;
 
     let routes = Routes::new(cfg.proto)?;
@@ -97,6 +139,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         ifaces,
         routes,
         map,
+        sav,
         store,
         counters,
         hooks,
@@ -182,6 +225,9 @@ impl Agent {
                     .filter(|(i, a, _)| self.ifaces.downstream.contains_key(i) && !a.is_unicast_link_local())
                     .filter_map(|(i, a, l)| Some((*i, Ipv6Net::new(*a, *l).ok()?.trunc())))
                     .collect();
+                if let Err(e) = self.sav.set_onlink(&self.ifaces.downstream_prefixes) {
+                    warn!(error = %e, "on-link prefixes");
+                }
             }
             Err(e) => warn!(error = %e, "reading this host's addresses"),
         }
@@ -295,7 +341,17 @@ impl Agent {
 
     fn answer(&self, req: Request) -> control::Reply {
         match req {
-            Request::Bindings => serde_json::to_value(self.table.iter().collect::<Vec<_>>()).unwrap_or_default(),
+            Request::Bindings => {
+                let views: Vec<BindingView> = self
+                    .table
+                    .iter()
+                    .map(|b| {
+                        let c = (b.kind == Kind::Delegated).then(|| self.map.counters(b.prefix)).flatten();
+                        BindingView { binding: b.clone(), rx_packets: c.map(|c| c.0), rx_bytes: c.map(|c| c.1) }
+                    })
+                    .collect();
+                serde_json::to_value(views).unwrap_or_default()
+            }
             Request::Stats => {
                 let kernel: serde_json::Map<String, serde_json::Value> =
                     self.counters.read().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();

@@ -81,6 +81,18 @@ pub struct Binding {
     pub updated_at: u64,
 }
 
+/// A binding as `pd-agent bindings` shows it: with the fast path's
+/// counters for delegated prefixes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindingView {
+    #[serde(flatten)]
+    pub binding: Binding,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_packets: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_bytes: Option<u64>,
+}
+
 impl Binding {
     pub fn key(&self) -> BindingKey {
         BindingKey { client_duid: self.client_duid.clone(), iaid: self.iaid, prefix: self.prefix }

@@ -7,11 +7,11 @@ use std::{
 };
 
 use aya::{
-    maps::{LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{tc, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
-use pd_common::{Counter, RouteValue, COUNTER_COUNT};
+use pd_common::{Counter, FwdStats, RouteValue, COUNTER_COUNT};
 
 /// The compiled `pd-ebpf` object (built by `build.rs`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PD_EBPF_OBJ"));
@@ -22,6 +22,9 @@ pub const EVENTS_MAP: &str = "PD_EVENTS";
 pub const COUNTERS_MAP: &str = "PD_COUNTERS";
 /// Pinned LPM trie of delegated prefixes (name carries the layout version).
 pub const ROUTES_MAP: &str = "pd_routes_v1";
+pub const FWD_STATS_MAP: &str = "pd_fwd_stats_v1";
+pub const IFACES_MAP: &str = "pd_ifaces_v1";
+pub const ONLINK_MAP: &str = "pd_onlink_v1";
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -121,18 +124,43 @@ pub fn if_index(name: &str) -> Result<u32, LoadError> {
     }
 }
 
-/// The loaded object: both programs verified, maps created (the routes map
-/// pinned under the pin directory).
+/// Switches compiled into the programs at load time (read-only globals, so
+/// the verifier prunes what is off).
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Forward delegated prefixes in XDP.
+    pub fast_path: bool,
+    /// Some interface validates source addresses.
+    pub sav: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { fast_path: true, sav: true }
+    }
+}
+
+/// The loaded object: both programs verified, maps created (the agent's
+/// maps pinned under the pin directory).
 pub struct Programs {
     ebpf: Ebpf,
 }
 
 impl Programs {
-    /// Load both programs into the kernel without attaching them.
+    /// Load both programs into the kernel without attaching them, with the
+    /// fast path and source-address validation on.
     pub fn load(pin_dir: &Path) -> Result<Self, LoadError> {
+        Self::load_with(pin_dir, LoadOptions::default())
+    }
+
+    pub fn load_with(pin_dir: &Path, opts: LoadOptions) -> Result<Self, LoadError> {
         ensure_pin_dir(pin_dir)?;
+        let fast_path = opts.fast_path as u8;
+        let sav = opts.sav as u8;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .override_global("FAST_PATH", &fast_path, true)
+            .override_global("SAV", &sav, true)
             .load(OBJECT)
             .map_err(LoadError::Object)?;
         {
@@ -209,6 +237,21 @@ impl Programs {
     pub fn take_routes(&mut self) -> Result<LpmTrie<MapData, [u8; 16], RouteValue>, LoadError> {
         let m = self.ebpf.take_map(ROUTES_MAP).ok_or(LoadError::Map(ROUTES_MAP, "not in object".into()))?;
         LpmTrie::try_from(m).map_err(|e| LoadError::Map(ROUTES_MAP, e.to_string()))
+    }
+
+    pub fn take_fwd_stats(&mut self) -> Result<PerCpuArray<MapData, FwdStats>, LoadError> {
+        let m = self.ebpf.take_map(FWD_STATS_MAP).ok_or(LoadError::Map(FWD_STATS_MAP, "not in object".into()))?;
+        PerCpuArray::try_from(m).map_err(|e| LoadError::Map(FWD_STATS_MAP, e.to_string()))
+    }
+
+    pub fn take_ifaces(&mut self) -> Result<HashMap<MapData, u32, u32>, LoadError> {
+        let m = self.ebpf.take_map(IFACES_MAP).ok_or(LoadError::Map(IFACES_MAP, "not in object".into()))?;
+        HashMap::try_from(m).map_err(|e| LoadError::Map(IFACES_MAP, e.to_string()))
+    }
+
+    pub fn take_onlink(&mut self) -> Result<LpmTrie<MapData, [u8; 16], u32>, LoadError> {
+        let m = self.ebpf.take_map(ONLINK_MAP).ok_or(LoadError::Map(ONLINK_MAP, "not in object".into()))?;
+        LpmTrie::try_from(m).map_err(|e| LoadError::Map(ONLINK_MAP, e.to_string()))
     }
 
     pub fn take_counters(&mut self) -> Result<Counters, LoadError> {

@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pd_agent::{
-    agent::{self, Config},
-    binding::Binding,
+    agent::{self, Config, SavMode},
+    binding::BindingView,
     control::{self, Request},
     route::DEFAULT_PROTO,
     state,
@@ -46,6 +46,15 @@ enum Cmd {
         /// Seconds a hook may run before it is killed.
         #[arg(long, env = "PD_HOOK_TIMEOUT", default_value_t = 30)]
         hook_timeout: u64,
+        /// Forward traffic to delegated prefixes in XDP (the kernel route stays the source of truth).
+        #[arg(long, env = "PD_FAST_PATH", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+        fast_path: bool,
+        /// Source-address validation on downstream interfaces.
+        #[arg(long, env = "PD_SAV", value_enum, default_value = "on")]
+        sav: SavMode,
+        /// Per-interface source-address validation, IFACE=off|on|strict (repeatable).
+        #[arg(long = "sav-iface", value_parser = parse_sav_iface)]
+        sav_iface: Vec<(String, SavMode)>,
         /// Log as JSON lines.
         #[arg(long)]
         log_json: bool,
@@ -76,7 +85,20 @@ fn main() {
 #[tokio::main(flavor = "current_thread")]
 async fn real_main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Run { downstream, upstream, pin_dir, state_dir, control, route_proto, hooks, hook_timeout, log_json } => {
+        Cmd::Run {
+            downstream,
+            upstream,
+            pin_dir,
+            state_dir,
+            control,
+            route_proto,
+            hooks,
+            hook_timeout,
+            fast_path,
+            sav,
+            sav_iface,
+            log_json,
+        } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
             let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
@@ -87,15 +109,31 @@ async fn real_main() -> Result<()> {
                 fmt.init();
             }
             let hook_timeout = std::time::Duration::from_secs(hook_timeout);
-            agent::run(Config { downstream, upstream, pin_dir, state_dir, control, proto: route_proto, hooks, hook_timeout }).await
+            agent::run(Config {
+                downstream,
+                upstream,
+                pin_dir,
+                state_dir,
+                control,
+                proto: route_proto,
+                hooks,
+                hook_timeout,
+                fast_path,
+                sav,
+                sav_iface,
+            })
+            .await
         }
         Cmd::Bindings { json, control, state_dir } => {
-            let list: Vec<Binding> = match control::request(&control, &Request::Bindings).await {
+            let list: Vec<BindingView> = match control::request(&control, &Request::Bindings).await {
                 Ok(v) => serde_json::from_value(v).context("agent reply")?,
                 Err(e) => {
                     let path = state_dir.join("bindings.json");
                     eprintln!("pd-agent: no agent answers ({e}); showing the state store {}", path.display());
                     state::load(&path)?
+                        .into_iter()
+                        .map(|binding| BindingView { binding, rx_packets: None, rx_bytes: None })
+                        .collect()
                 }
             };
             if json {
@@ -113,15 +151,44 @@ async fn real_main() -> Result<()> {
     }
 }
 
-fn print_table(list: &[Binding]) {
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(format!("expected on or off, got {s}")),
+    }
+}
+
+fn parse_sav_iface(s: &str) -> Result<(String, SavMode), String> {
+    let (iface, mode) = s.split_once('=').ok_or_else(|| format!("expected IFACE=off|on|strict, got {s}"))?;
+    let mode = <SavMode as clap::ValueEnum>::from_str(mode, true)?;
+    Ok((iface.to_string(), mode))
+}
+
+fn print_table(list: &[BindingView]) {
     let now = agent::now();
-    println!("{:<28} {:<9} {:<10} {:<28} {:>10} {:>8}", "PREFIX", "KIND", "IFACE", "NEXT HOP", "IAID", "EXPIRES");
-    for b in list {
+    println!(
+        "{:<28} {:<9} {:<10} {:<28} {:>10} {:>8} {:>10} {:>12}",
+        "PREFIX", "KIND", "IFACE", "NEXT HOP", "IAID", "EXPIRES", "RX PKTS", "RX BYTES"
+    );
+    for v in list {
+        let b = &v.binding;
         let exp = match b.expires_at {
             None => "never".to_string(),
             Some(t) => format!("{}s", t.saturating_sub(now)),
         };
         let kind = serde_json::to_value(b.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-        println!("{:<28} {:<9} {:<10} {:<28} {:>10} {:>8}", b.prefix.to_string(), kind, b.iface, b.next_hop.to_string(), b.iaid, exp);
+        let n = |x: Option<u64>| x.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<28} {:<9} {:<10} {:<28} {:>10} {:>8} {:>10} {:>12}",
+            b.prefix.to_string(),
+            kind,
+            b.iface,
+            b.next_hop.to_string(),
+            b.iaid,
+            exp,
+            n(v.rx_packets),
+            n(v.rx_bytes)
+        );
     }
 }

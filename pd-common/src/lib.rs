@@ -240,9 +240,25 @@ pub enum Counter {
     TooManyPrefixes,
     /// Internal: a helper failed (load_bytes, map lookup).
     Internal,
+    // ---- fast path (non-DHCP IPv6 to a delegated prefix) ----
+    /// Forwarded in XDP (rewritten and redirected).
+    FwdRedirected,
+    /// Hop limit <= 1: left to the kernel (ICMPv6 Time Exceeded).
+    FwdHopLimit,
+    /// No neighbour entry for the next hop yet: left to the kernel.
+    FwdNoNeigh,
+    /// FIB lookup failed or said "not forwarded": left to the kernel.
+    FwdFibOther,
+    /// Extension headers, fragments or another protocol: left to the kernel.
+    FwdNotHandled,
+    // ---- source-address validation (RFC 8987 §3.1, BCP 38) ----
+    /// Dropped: source inside a prefix delegated on another interface.
+    SavDropped,
+    /// Dropped (strict mode): source neither delegated nor on-link here.
+    SavStrictDropped,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::Internal as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::SavStrictDropped as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -266,6 +282,13 @@ impl Counter {
         Counter::BadLifetimes,
         Counter::TooManyPrefixes,
         Counter::Internal,
+        Counter::FwdRedirected,
+        Counter::FwdHopLimit,
+        Counter::FwdNoNeigh,
+        Counter::FwdFibOther,
+        Counter::FwdNotHandled,
+        Counter::SavDropped,
+        Counter::SavStrictDropped,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -290,6 +313,13 @@ impl Counter {
             Counter::BadLifetimes => "bad_lifetimes",
             Counter::TooManyPrefixes => "too_many_prefixes",
             Counter::Internal => "internal",
+            Counter::FwdRedirected => "fwd_redirected",
+            Counter::FwdHopLimit => "fwd_hop_limit",
+            Counter::FwdNoNeigh => "fwd_no_neigh",
+            Counter::FwdFibOther => "fwd_fib_other",
+            Counter::FwdNotHandled => "fwd_not_handled",
+            Counter::SavDropped => "sav_dropped",
+            Counter::SavStrictDropped => "sav_strict_dropped",
         }
     }
 }
@@ -303,15 +333,40 @@ pub struct RouteKey {
     pub addr: [u8; 16],
 }
 
-/// Value of the pinned `pd_routes` LPM trie: where a delegated prefix goes.
+/// Value of the pinned `pd_routes_v1` LPM trie: where a delegated prefix goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteValue {
     pub next_hop: [u8; 16],
     /// Valid-lifetime end, unix seconds (u64::MAX = infinite).
     pub expires_at: u64,
+    /// Interface the prefix is delegated on.
     pub ifindex: u32,
     pub iaid: u32,
+    /// Index into `pd_fwd_stats_v1` ([`NO_SLOT`]: not counted).
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+/// [`RouteValue::slot`] of a binding without forwarding counters.
+pub const NO_SLOT: u32 = u32::MAX;
+/// Entries of the per-binding forwarding counters.
+pub const FWD_STATS_SLOTS: u32 = 1 << 18;
+
+/// Per-binding, per-CPU forwarding counters (`pd_fwd_stats_v1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwdStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Bits of the `pd_ifaces_v1` hash (ifindex -> flags).
+pub mod ifflags {
+    /// Source-address validation on this (downstream) interface.
+    pub const SAV: u32 = 1 << 0;
+    /// Strict mode: also drop sources neither delegated nor on-link here.
+    pub const SAV_STRICT: u32 = 1 << 1;
 }
 
 #[cfg(feature = "user")]
@@ -319,6 +374,7 @@ mod pod {
     unsafe impl aya::Pod for super::PdEvent {}
     unsafe impl aya::Pod for super::RouteKey {}
     unsafe impl aya::Pod for super::RouteValue {}
+    unsafe impl aya::Pod for super::FwdStats {}
 }
 
 #[cfg(test)]
@@ -332,7 +388,8 @@ mod tests {
         let fields = 8 + 4 + 4 + 8 * 1 + 2 * 6 + 4 * 5 + 16 * 2 + 6 * 2 + 16 * 4 + DUID_MAX + SERVER_DUID_MAX + 4;
         assert_eq!(core::mem::size_of::<PdEvent>(), fields);
         assert_eq!(core::mem::size_of::<RouteKey>(), 20);
-        assert_eq!(core::mem::size_of::<RouteValue>(), 16 + 8 + 4 + 4);
+        assert_eq!(core::mem::size_of::<RouteValue>(), 16 + 8 + 4 * 4);
+        assert_eq!(core::mem::size_of::<FwdStats>(), 16);
     }
 
     #[test]

@@ -7,24 +7,39 @@
 //! `bpf_loop` callback, which the verifier checks once rather than once per
 //! iteration. Every delegated prefix becomes a [`PdEvent`] in `PD_EVENTS`.
 //!
-//! Snooping never drops or changes a packet: both programs always pass it
-//! on. Non-DHCP packets cost a few header loads and no map access.
+//! Snooping never drops or changes a packet. Non-DHCP IPv6 packets then
+//! meet the XDP fast path: source-address validation on downstream
+//! interfaces (the only place a packet is ever dropped), and, for a
+//! destination inside a delegated prefix (`pd_routes_v1`), forwarding with
+//! `bpf_fib_lookup` + MAC rewrite + redirect. Anything unusual goes to the
+//! kernel untouched, and the kernel's FIB decides the egress either way, so
+//! the fast path never changes where a packet goes.
 #![no_std]
 #![no_main]
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{xdp_action, xdp_md},
-    helpers::{bpf_get_smp_processor_id, bpf_loop, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    bindings::{bpf_fib_lookup as FibParams, xdp_action, xdp_md, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    helpers::{
+        bpf_fib_lookup, bpf_get_smp_processor_id, bpf_loop, bpf_redirect, bpf_skb_load_bytes, bpf_xdp_load_bytes,
+    },
     macros::{classifier, map, xdp},
-    maps::{LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use pd_common::{
-    flags, hook, msg, opt, status, Counter, PdEvent, RouteValue, CLIENT_PORT, COUNTER_COUNT, DUID_MAX,
-    MAX_IAS, MAX_PREFIXES, MAX_RELAY_DEPTH, MAX_TLV_STEPS, PAYLOAD_MAX, SERVER_DUID_MAX, SERVER_PORT,
+    flags, hook, ifflags, msg, opt, status, Counter, FwdStats, PdEvent, RouteValue, CLIENT_PORT, COUNTER_COUNT,
+    DUID_MAX, FWD_STATS_SLOTS, MAX_IAS, MAX_PREFIXES, MAX_RELAY_DEPTH, MAX_TLV_STEPS, NO_SLOT, PAYLOAD_MAX,
+    SERVER_DUID_MAX, SERVER_PORT,
 };
+
+/// Set by the loader (`--fast-path on|off`): forward delegated prefixes in XDP.
+#[unsafe(no_mangle)]
+static FAST_PATH: u8 = 1;
+/// Set by the loader: some interface has source-address validation on.
+#[unsafe(no_mangle)]
+static SAV: u8 = 1;
 
 /// Delegated-prefix events for the agent.
 #[map(name = "PD_EVENTS")]
@@ -43,6 +58,18 @@ static PD_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// agent's map and the programs' map are one object.
 #[map(name = "pd_routes_v1")]
 static PD_ROUTES: LpmTrie<[u8; 16], RouteValue> = LpmTrie::pinned(1 << 20, 0);
+
+/// Per-binding forwarding counters, indexed by `RouteValue::slot`.
+#[map(name = "pd_fwd_stats_v1")]
+static PD_FWD_STATS: PerCpuArray<FwdStats> = PerCpuArray::pinned(FWD_STATS_SLOTS, 0);
+
+/// Per-interface flags ([`ifflags`]), written by the agent.
+#[map(name = "pd_ifaces_v1")]
+static PD_IFACES: HashMap<u32, u32> = HashMap::pinned(1024, 0);
+
+/// On-link prefixes of downstream interfaces -> ifindex (strict SAV).
+#[map(name = "pd_onlink_v1")]
+static PD_ONLINK: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(4096, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -466,8 +493,9 @@ fn locate(data: usize, end: usize) -> Result<Option<Located>, Counter> {
     Ok(Some(Located { l3, payload, len, vlan, has_vlan }))
 }
 
-/// Copy addresses and MACs into the event template, walk the payload,
-/// emit events. `load` copies `len` payload bytes into the scratch buffer.
+/// If the packet is DHCPv6 (or a mangled candidate), snoop it and return
+/// true: it then passes untouched. `load` copies payload bytes into the
+/// scratch buffer.
 #[inline(always)]
 fn snoop(
     data: usize,
@@ -475,15 +503,29 @@ fn snoop(
     ifindex: u32,
     hook_id: u8,
     load: impl FnOnce(&mut Scratch, u32, u32) -> bool,
-) {
+) -> bool {
     let loc = match locate(data, end) {
         Ok(Some(l)) => l,
-        Ok(None) => return,
+        Ok(None) => return false,
         Err(c) => {
             count(c);
-            return;
+            return true;
         }
     };
+    dhcp(data, end, loc, ifindex, hook_id, load);
+    true
+}
+
+/// Parse one DHCPv6 message found by [`locate`] and emit its events.
+#[inline(always)]
+fn dhcp(
+    data: usize,
+    end: usize,
+    loc: Located,
+    ifindex: u32,
+    hook_id: u8,
+    load: impl FnOnce(&mut Scratch, u32, u32) -> bool,
+) {
     let s = match PD_SCRATCH.get_ptr_mut(0) {
         Some(s) => unsafe { &mut *s },
         None => return count(Counter::Internal),
@@ -612,17 +654,143 @@ fn output(ev: &PdEvent) {
 #[xdp]
 pub fn pd_xdp(ctx: XdpContext) -> u32 {
     let md = ctx.ctx;
-    snoop(ctx.data(), ctx.data_end(), ctx.ingress_ifindex() as u32, hook::XDP_INGRESS, |s, off, len| unsafe {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let handled = snoop(ctx.data(), ctx.data_end(), ifindex, hook::XDP_INGRESS, |s, off, len| unsafe {
         bpf_xdp_load_bytes(md as *mut xdp_md, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
     });
-    xdp_action::XDP_PASS
+    if handled {
+        return xdp_action::XDP_PASS;
+    }
+    fast_path(&ctx, ifindex)
+}
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ICMPV6: u8 = 58;
+const AF_INET6: u8 = 10;
+
+#[inline(always)]
+fn addr_at(p: usize) -> [u8; 16] {
+    unsafe { *(p as *const [u8; 16]) }
+}
+
+/// Source-address validation (RFC 8987 §3.1). Returns false to drop.
+#[inline(always)]
+fn source_ok(ip: usize, end: usize, ifindex: u32, ifl: u32) -> bool {
+    let src = addr_at(ip + 8);
+    // Link-local (fe80::/10) and unspecified (DAD) sources always pass.
+    if src[0] == 0xfe && src[1] & 0xc0 == 0x80 {
+        return true;
+    }
+    if src == [0u8; 16] {
+        return true;
+    }
+    let nh = unsafe { *((ip + 6) as *const u8) };
+    if nh == IPPROTO_ICMPV6 && ip + IPV6_HLEN + 1 <= end {
+        // MLD (130-132, 143) and ND (133-137) always pass.
+        let t = unsafe { *((ip + IPV6_HLEN) as *const u8) };
+        if (130..=137).contains(&t) || t == 143 {
+            return true;
+        }
+    }
+    match PD_ROUTES.get(Key::new(128, src)) {
+        Some(v) => {
+            if v.ifindex != ifindex {
+                count(Counter::SavDropped);
+                return false;
+            }
+            true
+        }
+        None => {
+            if ifl & ifflags::SAV_STRICT == 0 {
+                return true;
+            }
+            match PD_ONLINK.get(Key::new(128, src)) {
+                Some(i) if *i == ifindex => true,
+                _ => {
+                    count(Counter::SavStrictDropped);
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// Validation, then forwarding for delegated destinations.
+#[inline(always)]
+fn fast_path(ctx: &XdpContext, ifindex: u32) -> u32 {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    // Untagged IPv6 only; everything else is the kernel's.
+    if data + ETH_HLEN + IPV6_HLEN > end {
+        return xdp_action::XDP_PASS;
+    }
+    if u16::from_be(unsafe { *((data + 12) as *const u16) }) != ETH_P_IPV6 {
+        return xdp_action::XDP_PASS;
+    }
+    let ip = data + ETH_HLEN;
+    if unsafe { core::ptr::read_volatile(&SAV) } != 0 {
+        if let Some(ifl) = unsafe { PD_IFACES.get(&ifindex) } {
+            if *ifl & ifflags::SAV != 0 && !source_ok(ip, end, ifindex, *ifl) {
+                return xdp_action::XDP_DROP;
+            }
+        }
+    }
+    if unsafe { core::ptr::read_volatile(&FAST_PATH) } == 0 {
+        return xdp_action::XDP_PASS;
+    }
+    let dst = addr_at(ip + 24);
+    let Some(route) = PD_ROUTES.get(Key::new(128, dst)) else {
+        return xdp_action::XDP_PASS;
+    };
+    let slot = route.slot;
+    let nh = unsafe { *((ip + 6) as *const u8) };
+    if nh != IPPROTO_TCP && nh != IPPROTO_UDP && nh != IPPROTO_ICMPV6 {
+        count(Counter::FwdNotHandled);
+        return xdp_action::XDP_PASS;
+    }
+    let hop_limit = unsafe { *((ip + 7) as *const u8) };
+    if hop_limit <= 1 {
+        count(Counter::FwdHopLimit);
+        return xdp_action::XDP_PASS;
+    }
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = AF_INET6;
+    p.l4_protocol = nh;
+    p.__bindgen_anon_1.tot_len = (u16::from_be(unsafe { *((ip + 4) as *const u16) }) as usize + IPV6_HLEN) as u16;
+    p.ifindex = ifindex;
+    // Flow label (the 20 low bits of the first word), network order.
+    p.__bindgen_anon_2.flowinfo = unsafe { *(ip as *const u32) } & u32::to_be(0x000f_ffff);
+    p.__bindgen_anon_3.ipv6_src = unsafe { *((ip + 8) as *const [u32; 4]) };
+    p.__bindgen_anon_4.ipv6_dst = unsafe { *((ip + 24) as *const [u32; 4]) };
+    let rc = unsafe {
+        bpf_fib_lookup(ctx.ctx as *mut c_void, &mut p, core::mem::size_of::<FibParams>() as i32, 0)
+    } as u32;
+    if rc != BPF_FIB_LKUP_RET_SUCCESS {
+        count(if rc == BPF_FIB_LKUP_RET_NO_NEIGH { Counter::FwdNoNeigh } else { Counter::FwdFibOther });
+        return xdp_action::XDP_PASS;
+    }
+    unsafe {
+        *(data as *mut [u8; 6]) = p.dmac;
+        *((data + 6) as *mut [u8; 6]) = p.smac;
+        *((ip + 7) as *mut u8) = hop_limit - 1;
+    }
+    if slot != NO_SLOT {
+        if let Some(st) = PD_FWD_STATS.get_ptr_mut(slot) {
+            unsafe {
+                (*st).packets += 1;
+                (*st).bytes += (end - data) as u64;
+            }
+        }
+    }
+    count(Counter::FwdRedirected);
+    unsafe { bpf_redirect(p.ifindex, 0) as u32 }
 }
 
 #[classifier]
 pub fn pd_tc_egress(ctx: TcContext) -> i32 {
     let skb = ctx.skb.skb;
     let ifindex = unsafe { (*skb).ifindex };
-    snoop(ctx.data(), ctx.data_end(), ifindex, hook::TC_EGRESS, |s, off, len| unsafe {
+    let _ = snoop(ctx.data(), ctx.data_end(), ifindex, hook::TC_EGRESS, |s, off, len| unsafe {
         bpf_skb_load_bytes(skb as *const c_void, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
     });
     TC_ACT_UNSPEC

@@ -299,6 +299,8 @@ pub struct AgentOpts {
     pub hooks: Vec<PathBuf>,
     /// Extra environment (hook settings).
     pub env: Vec<(String, String)>,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
 }
 
 impl AgentOpts {
@@ -350,6 +352,7 @@ impl Agent {
             "--route-proto".into(),
             PROTO.into(),
         ]);
+        args.extend(o.args.iter().cloned());
         let log = dir.path("agent.log");
         let f = fs::File::create(&log)?;
         let child = Command::new("nsenter")

@@ -38,6 +38,7 @@ fn unprivileged_run_says_it_needs_root() {
         &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"],
         &["run", "--downstream", "lan0", "--state-dir", &state, "--pin-dir", &pin],
     );
+    let _ = std::fs::remove_dir_all(&pin);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("needs root"), "{err}");
     assert!(!err.contains("panicked"), "{err}");

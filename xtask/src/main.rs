@@ -58,6 +58,7 @@ const APT_PACKAGES: &[&str] = &[
     "isc-dhcp-relay",
     "dhcpcd-base",
     "radvd",
+    "ethtool",
     "nftables",
     "python3",
     "tcpdump",
