@@ -24,7 +24,7 @@ use crate::{
     maps::{RouteMap, SavMaps},
     route::Routes,
     snoop::{self, Assembler},
-    state::Store,
+    state::{Change, Store},
 };
 
 #[derive(Debug, Clone)]
@@ -261,26 +261,26 @@ impl Agent {
         }
         let mut stale = 0;
         let live: HashSet<Ipv6Net> = self.table.iter().filter(|b| b.kind == Kind::Delegated).map(|b| b.prefix).collect();
+        let mut ops = Vec::new();
         for r in self.routes.dump_ours().await? {
             if !live.contains(&r.prefix) {
-                self.routes.delete(r.prefix, r.next_hop, r.ifindex).await?;
+                ops.push(RouteOp::Delete(r.prefix, r.next_hop.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED), r.ifindex.unwrap_or(0)));
                 stale += 1;
             }
         }
+        self.route_errors += run_route_ops(&self.routes, ops).await;
         for (p, _, _) in self.map.entries() {
             if !live.contains(&p) {
                 self.map.remove(p)?;
             }
         }
         let all: Vec<_> = self.table.iter().filter(|b| b.kind == Kind::Delegated).cloned().collect();
+        let ops = all.iter().map(|b| RouteOp::Replace(b.prefix, b.next_hop, b.ifindex)).collect();
+        self.route_errors += run_route_ops(&self.routes, ops).await;
         for b in &all {
-            if let Err(e) = self.routes.replace(b.prefix, b.next_hop, b.ifindex).await {
-                self.route_errors += 1;
-                warn!(error = %e, "re-adding route");
-            }
             self.map.insert(b)?;
         }
-        self.store.save(self.table.iter())?;
+        self.store.compact(self.table.iter())?;
         info!(restored, expired, stale_routes_removed = stale, "reconciled with the kernel");
         Ok(())
     }
@@ -290,51 +290,63 @@ impl Agent {
             return;
         }
         // The store first: a route is never ahead of the state that explains it.
-        if let Err(e) = self.store.save(self.table.iter()) {
-            warn!(error = %e, "saving state");
+        let changes: Vec<Change> = actions
+            .iter()
+            .map(|a| match a {
+                Action::Install(b) | Action::Refresh(b) => Change::Put { binding: b.clone() },
+                Action::Remove(b, _) => Change::Del { key: b.key() },
+            })
+            .collect();
+        if let Err(e) = self.store.append(&changes) {
+            warn!(error = %e, "writing the state journal");
         }
+        if self.store.needs_compaction(self.table.len()) {
+            if let Err(e) = self.store.compact(self.table.iter()) {
+                warn!(error = %e, "compacting the state store");
+            }
+        }
+        // Map removals first, then the routes (independent prefixes in
+        // parallel, each prefix's operations in order), then map inserts:
+        // the fast path never points at a route that is not there yet.
+        let mut ops = Vec::new();
+        let mut inserts = Vec::new();
         for a in actions {
-            self.hooks.send(HookEvent::from_action(&a));
-            let routed = match &a {
-                Action::Install(b) | Action::Refresh(b) | Action::Remove(b, _) => b.kind == Kind::Delegated,
-            };
-            if !routed {
-                let ev = HookEvent::from_action(&a);
-                let b = &ev.binding;
+            let ev = HookEvent::from_action(&a);
+            let b = &ev.binding;
+            if b.kind == Kind::Acquired {
                 info!(event = ev.event, kind = "acquired", prefix = %b.prefix, from = %b.next_hop, iface = %b.iface,
                     valid = b.valid_lifetime, preferred = b.preferred_lifetime, "binding");
+                self.hooks.send(ev);
                 continue;
             }
-            match a {
+            match &a {
                 Action::Install(b) => {
                     info!(event = "delegated", prefix = %b.prefix, next_hop = %b.next_hop, iface = %b.iface,
                         valid = b.valid_lifetime, preferred = b.preferred_lifetime, iaid = b.iaid,
                         client_duid = %hex::encode(&b.client_duid), "binding");
-                    if let Err(e) = self.routes.replace(b.prefix, b.next_hop, b.ifindex).await {
-                        self.route_errors += 1;
-                        warn!(error = %e, "route");
-                    }
-                    if let Err(e) = self.map.insert(&b) {
-                        warn!(error = %e, "map");
-                    }
+                    ops.push(RouteOp::Replace(b.prefix, b.next_hop, b.ifindex));
+                    inserts.push(b.clone());
                 }
                 Action::Refresh(b) => {
                     info!(event = "renewed", prefix = %b.prefix, next_hop = %b.next_hop, iface = %b.iface,
                         valid = b.valid_lifetime, preferred = b.preferred_lifetime, "binding");
-                    if let Err(e) = self.map.insert(&b) {
-                        warn!(error = %e, "map");
-                    }
+                    inserts.push(b.clone());
                 }
                 Action::Remove(b, why) => {
                     info!(event = why.as_str(), prefix = %b.prefix, next_hop = %b.next_hop, iface = %b.iface, "binding");
-                    if let Err(e) = self.routes.delete(b.prefix, Some(b.next_hop), Some(b.ifindex)).await {
-                        self.route_errors += 1;
-                        warn!(error = %e, "route");
-                    }
                     if let Err(e) = self.map.remove(b.prefix) {
                         warn!(error = %e, "map");
                     }
+                    inserts.retain(|i| i.prefix != b.prefix);
+                    ops.push(RouteOp::Delete(b.prefix, b.next_hop, b.ifindex));
                 }
+            }
+            self.hooks.send(ev);
+        }
+        self.route_errors += run_route_ops(&self.routes, ops).await;
+        for b in inserts {
+            if let Err(e) = self.map.insert(&b) {
+                warn!(error = %e, "map");
             }
         }
     }
@@ -366,4 +378,69 @@ impl Agent {
             }
         }
     }
+}
+
+/// A kernel route change.
+#[derive(Debug, Clone, Copy)]
+enum RouteOp {
+    Replace(Ipv6Net, std::net::Ipv6Addr, u32),
+    Delete(Ipv6Net, std::net::Ipv6Addr, u32),
+}
+
+impl RouteOp {
+    fn prefix(&self) -> Ipv6Net {
+        match self {
+            RouteOp::Replace(p, ..) | RouteOp::Delete(p, ..) => *p,
+        }
+    }
+}
+
+/// Netlink requests in flight at once.
+const ROUTE_PARALLELISM: usize = 64;
+
+/// Carry out `ops`: in waves of distinct prefixes, each wave with up to
+/// [`ROUTE_PARALLELISM`] requests in flight; a prefix seen again starts a
+/// new wave, so its operations keep their order. Returns the failures.
+async fn run_route_ops(routes: &Routes, ops: Vec<RouteOp>) -> u64 {
+    use futures::StreamExt;
+    let mut failures = 0;
+    let mut wave: Vec<RouteOp> = Vec::new();
+    let mut seen: HashSet<Ipv6Net> = HashSet::new();
+    let mut ops = ops.into_iter().peekable();
+    loop {
+        let next = ops.next();
+        let flush = match &next {
+            None => true,
+            Some(op) => seen.contains(&op.prefix()),
+        };
+        if flush && !wave.is_empty() {
+            let results: Vec<_> = futures::stream::iter(wave.drain(..))
+                .map(|op| async move {
+                    let r = match op {
+                        RouteOp::Replace(p, nh, i) => routes.replace(p, nh, i).await,
+                        RouteOp::Delete(p, nh, i) => {
+                            let nh = (!nh.is_unspecified()).then_some(nh);
+                            routes.delete(p, nh, (i != 0).then_some(i)).await
+                        }
+                    };
+                    r.err()
+                })
+                .buffer_unordered(ROUTE_PARALLELISM)
+                .collect()
+                .await;
+            for e in results.into_iter().flatten() {
+                failures += 1;
+                warn!(error = %e, "route");
+            }
+            seen.clear();
+        }
+        match next {
+            Some(op) => {
+                seen.insert(op.prefix());
+                wave.push(op);
+            }
+            None => break,
+        }
+    }
+    failures
 }

@@ -194,6 +194,20 @@ impl Programs {
         self.ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap()
     }
 
+    /// The empty XDP program (benchmark baseline), loaded on first use.
+    pub fn baseline(&mut self) -> Result<&mut Xdp, LoadError> {
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut("pd_xdp_pass")
+            .ok_or(LoadError::Map("pd_xdp_pass", "not in object".into()))?
+            .try_into()
+            .map_err(|e: ProgramError| LoadError::Map("pd_xdp_pass", e.to_string()))?;
+        if p.fd().is_err() {
+            p.load().map_err(|e| LoadError::Program { program: "pd_xdp_pass", hint: "", reason: e.to_string() })?;
+        }
+        Ok(p)
+    }
+
     pub fn tc(&mut self) -> &mut SchedClassifier {
         self.ebpf.program_mut(TC_PROGRAM).unwrap().try_into().unwrap()
     }

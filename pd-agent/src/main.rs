@@ -128,9 +128,8 @@ async fn real_main() -> Result<()> {
             let list: Vec<BindingView> = match control::request(&control, &Request::Bindings).await {
                 Ok(v) => serde_json::from_value(v).context("agent reply")?,
                 Err(e) => {
-                    let path = state_dir.join("bindings.json");
-                    eprintln!("pd-agent: no agent answers ({e}); showing the state store {}", path.display());
-                    state::load(&path)?
+                    eprintln!("pd-agent: no agent answers ({e}); showing the state store {}", state_dir.display());
+                    state::load_dir(&state_dir)?
                         .into_iter()
                         .map(|binding| BindingView { binding, rx_packets: None, rx_bytes: None })
                         .collect()

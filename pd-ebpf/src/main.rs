@@ -43,7 +43,7 @@ static SAV: u8 = 1;
 
 /// Delegated-prefix events for the agent.
 #[map(name = "PD_EVENTS")]
-static PD_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+static PD_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// Per-CPU outcome counters, indexed by [`Counter`].
 #[map(name = "PD_COUNTERS")]
@@ -784,6 +784,12 @@ fn fast_path(ctx: &XdpContext, ifindex: u32) -> u32 {
     }
     count(Counter::FwdRedirected);
     unsafe { bpf_redirect(p.ifindex, 0) as u32 }
+}
+
+/// An empty program: the baseline the benchmarks compare `pd_xdp` against.
+#[xdp]
+pub fn pd_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 #[classifier]
