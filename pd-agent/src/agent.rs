@@ -349,6 +349,9 @@ impl Agent {
                 warn!(error = %e, "map");
             }
         }
+        if let Err(e) = self.store.sync() {
+            warn!(error = %e, "syncing the state journal");
+        }
     }
 
     fn answer(&self, req: Request) -> control::Reply {

@@ -20,7 +20,7 @@
 //!   this host's own Release/Decline are seen leaving upstream.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv6Addr,
 };
 
@@ -182,9 +182,75 @@ pub struct Stats {
     pub other: u64,
 }
 
+/// Bindings with the indexes the rules need, so that no rule scans the
+/// whole table: by prefix (one owner per prefix), by (DUID, IAID) (a range
+/// of the key order) and by expiry.
+#[derive(Default)]
+struct Index {
+    map: BTreeMap<BindingKey, Binding>,
+    by_prefix: HashMap<Ipv6Net, Vec<BindingKey>>,
+    by_expiry: BTreeSet<(u64, BindingKey)>,
+}
+
+impl Index {
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn get(&self, k: &BindingKey) -> Option<&Binding> {
+        self.map.get(k)
+    }
+
+    fn insert(&mut self, b: Binding) {
+        let k = b.key();
+        self.remove(&k);
+        self.by_prefix.entry(k.prefix).or_default().push(k.clone());
+        if let Some(e) = b.expires_at {
+            self.by_expiry.insert((e, k.clone()));
+        }
+        self.map.insert(k, b);
+    }
+
+    fn remove(&mut self, k: &BindingKey) -> Option<Binding> {
+        let b = self.map.remove(k)?;
+        if let Some(v) = self.by_prefix.get_mut(&k.prefix) {
+            v.retain(|x| x != k);
+            if v.is_empty() {
+                self.by_prefix.remove(&k.prefix);
+            }
+        }
+        if let Some(e) = b.expires_at {
+            self.by_expiry.remove(&(e, k.clone()));
+        }
+        Some(b)
+    }
+
+    fn keys_for_prefix(&self, p: Ipv6Net) -> Vec<BindingKey> {
+        self.by_prefix.get(&p).cloned().unwrap_or_default()
+    }
+
+    fn keys_for_ia(&self, duid: &[u8], iaid: u32) -> Vec<BindingKey> {
+        let start = BindingKey { client_duid: duid.to_vec(), iaid, prefix: Ipv6Net::default() };
+        self.map
+            .range(start..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.client_duid == duid && k.iaid == iaid)
+            .cloned()
+            .collect()
+    }
+
+    fn next_expiry(&self) -> Option<u64> {
+        self.by_expiry.first().map(|(e, _)| *e)
+    }
+
+    fn expired(&self, now: u64) -> Vec<BindingKey> {
+        self.by_expiry.iter().take_while(|(e, _)| *e <= now).map(|(_, k)| k.clone()).collect()
+    }
+}
+
 #[derive(Default)]
 pub struct Table {
-    bindings: BTreeMap<BindingKey, Binding>,
+    bindings: Index,
     /// (xid, client DUID) -> (iaid, prefix) listed in the Release, seen at.
     releases: HashMap<(u32, Vec<u8>), (Vec<(u32, Ipv6Net)>, u64)>,
     pub stats: Stats,
@@ -212,21 +278,21 @@ impl Table {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bindings.is_empty()
+        self.bindings.len() == 0
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Binding> {
-        self.bindings.values()
+        self.bindings.map.values()
     }
 
     /// Put back a binding from the state store (at start).
     pub fn restore(&mut self, b: Binding) {
-        self.bindings.insert(b.key(), b);
+        self.bindings.insert(b);
     }
 
     /// Remove every binding for `prefix` (operator's `delete`).
     pub fn delete_prefix(&mut self, prefix: Ipv6Net) -> Vec<Action> {
-        let keys: Vec<_> = self.bindings.keys().filter(|k| k.prefix == prefix).cloned().collect();
+        let keys = self.bindings.keys_for_prefix(prefix);
         keys.into_iter()
             .filter_map(|k| self.bindings.remove(&k))
             .map(|b| Action::Remove(b, RemoveReason::Deleted))
@@ -235,7 +301,7 @@ impl Table {
 
     /// Earliest expiry among bindings and pending releases.
     pub fn next_deadline(&self) -> Option<u64> {
-        let b = self.bindings.values().filter_map(|b| b.expires_at).min();
+        let b = self.bindings.next_expiry();
         let r = self.releases.values().map(|(_, t)| t + RELEASE_WINDOW_SECS).min();
         match (b, r) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -246,12 +312,7 @@ impl Table {
     /// Remove what has run out by `now`.
     pub fn expire(&mut self, now: u64) -> Vec<Action> {
         self.releases.retain(|_, (_, t)| *t + RELEASE_WINDOW_SECS > now);
-        let gone: Vec<_> = self
-            .bindings
-            .iter()
-            .filter(|(_, b)| b.expires_at.is_some_and(|e| e <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let gone = self.bindings.expired(now);
         gone.into_iter()
             .filter_map(|k| self.bindings.remove(&k))
             .map(|b| Action::Remove(b, RemoveReason::Expired))
@@ -390,29 +451,21 @@ impl Table {
             };
             // Another client's binding for the same prefix loses it: one
             // prefix, one route.
-            let stale: Vec<_> = self
-                .bindings
-                .keys()
-                .filter(|k| k.prefix == prefix && **k != key)
-                .cloned()
-                .collect();
-            for k in stale {
-                if let Some(old) = self.bindings.remove(&k) {
-                    actions.push(Action::Remove(old, RemoveReason::Replaced));
+            for k in self.bindings.keys_for_prefix(prefix) {
+                if k != key {
+                    if let Some(old) = self.bindings.remove(&k) {
+                        actions.push(Action::Remove(old, RemoveReason::Replaced));
+                    }
                 }
             }
-            self.bindings.insert(key, b);
+            self.bindings.insert(b);
             actions.push(action);
         }
         // RFC 8415 §18.2.10.1: the Reply lists the IA's prefixes; one the
         // client held that is missing has been replaced.
         for (iaid, keep) in renewed {
-            let gone: Vec<_> = self
-                .bindings
-                .keys()
-                .filter(|k| k.client_duid == duid && k.iaid == iaid && !keep.contains(&k.prefix))
-                .cloned()
-                .collect();
+            let gone: Vec<_> =
+                self.bindings.keys_for_ia(&duid, iaid).into_iter().filter(|k| !keep.contains(&k.prefix)).collect();
             for k in gone {
                 let b = self.bindings.remove(&k).unwrap();
                 // Remove before the new route goes in only matters when they
@@ -706,6 +759,28 @@ mod tests {
         r.prefixes[0].ia_status = status::NO_PREFIX_AVAIL;
         assert!(t.handle(&r, &ifaces(), 1).is_empty());
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn replacement_only_looks_at_the_same_duid_and_iaid() {
+        // DUIDs where one is a prefix of the other sort next to each other.
+        let mut t = Table::new();
+        let mut a = reply(vec![pfx("2001:db8:100::", 56, 60)]);
+        a.client_duid = vec![1, 2];
+        let mut b = reply(vec![pfx("2001:db8:200::", 56, 60)]);
+        b.client_duid = vec![1, 2, 3];
+        b.dst = "fe80::2".parse().unwrap();
+        t.handle(&a, &ifaces(), 1);
+        t.handle(&b, &ifaces(), 1);
+        let mut a2 = reply(vec![pfx("2001:db8:300::", 56, 60)]);
+        a2.client_duid = vec![1, 2];
+        let acts = installed(&t.handle(&a2, &ifaces(), 2));
+        assert_eq!(acts, ["remove 2001:db8:100::/56 replaced", "install 2001:db8:300::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"]);
+        assert_eq!(t.len(), 2);
+        // Expiry order follows the index.
+        assert_eq!(t.next_deadline(), Some(61));
+        assert_eq!(installed(&t.expire(61)), ["remove 2001:db8:200::/56 expired"]);
+        assert_eq!(t.next_deadline(), Some(62));
     }
 
     #[test]

@@ -196,14 +196,23 @@ impl Programs {
 
     /// The empty XDP program (benchmark baseline), loaded on first use.
     pub fn baseline(&mut self) -> Result<&mut Xdp, LoadError> {
+        self.extra("pd_xdp_pass")
+    }
+
+    /// The XDP_TX program (benchmark traffic generator), loaded on first use.
+    pub fn generator(&mut self) -> Result<&mut Xdp, LoadError> {
+        self.extra("pd_xdp_tx")
+    }
+
+    fn extra(&mut self, name: &'static str) -> Result<&mut Xdp, LoadError> {
         let p: &mut Xdp = self
             .ebpf
-            .program_mut("pd_xdp_pass")
-            .ok_or(LoadError::Map("pd_xdp_pass", "not in object".into()))?
+            .program_mut(name)
+            .ok_or(LoadError::Map(name, "not in object".into()))?
             .try_into()
-            .map_err(|e: ProgramError| LoadError::Map("pd_xdp_pass", e.to_string()))?;
+            .map_err(|e: ProgramError| LoadError::Map(name, e.to_string()))?;
         if p.fd().is_err() {
-            p.load().map_err(|e| LoadError::Program { program: "pd_xdp_pass", hint: "", reason: e.to_string() })?;
+            p.load().map_err(|e| LoadError::Program { program: name, hint: "", reason: e.to_string() })?;
         }
         Ok(p)
     }

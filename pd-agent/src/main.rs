@@ -101,7 +101,14 @@ async fn real_main() -> Result<()> {
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+            // Log lines are written by a thread of their own: one line per
+            // binding change must not slow the event loop down.
+            let (writer, _guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(false)
+                .finish(std::io::stderr());
+            let fmt = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(writer)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
             if log_json {
                 fmt.json().init();

@@ -4,9 +4,12 @@
 //! - `bindings.json`: every binding at the last compaction (written to a
 //!   temporary file, fsynced, renamed, directory fsynced);
 //! - `journal.jsonl`: one line per change since (`put` a binding, `del` a
-//!   key), appended and fsynced once per batch *before* the routes of that
-//!   batch change, so a crash never leaves a route the store does not
-//!   explain.
+//!   key), written once per batch *before* the routes of that batch change
+//!   and fsynced right after them. A crash of the agent never leaves a
+//!   route the store does not explain (the written lines are in the page
+//!   cache, which outlives the process); a crash of the machine loses at
+//!   most the batch whose routes were being written, and those routes die
+//!   with the machine too.
 //!
 //! Why a journal and not an embedded database: the store is written on
 //! every binding change and read only at start; an append of a few hundred
@@ -79,7 +82,8 @@ impl Store {
         load_dir(&self.dir)
     }
 
-    /// Append `changes` and fsync: call before acting on them.
+    /// Append `changes` (no fsync yet): call before acting on them, then
+    /// [`Store::sync`] after.
     pub fn append(&mut self, changes: &[Change]) -> Result<(), StateError> {
         if changes.is_empty() {
             return Ok(());
@@ -91,9 +95,14 @@ impl Store {
             buf.push(b'\n');
         }
         self.journal.write_all(&buf).map_err(io_err(&jp))?;
-        self.journal.sync_data().map_err(io_err(&jp))?;
         self.records += changes.len();
         Ok(())
+    }
+
+    /// Make what was appended durable.
+    pub fn sync(&mut self) -> Result<(), StateError> {
+        let jp = self.dir.join(JOURNAL);
+        self.journal.sync_data().map_err(io_err(&jp))
     }
 
     /// Compact when the journal has grown past the live set (and a floor).

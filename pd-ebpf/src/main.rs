@@ -43,7 +43,7 @@ static SAV: u8 = 1;
 
 /// Delegated-prefix events for the agent.
 #[map(name = "PD_EVENTS")]
-static PD_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+static PD_EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
 /// Per-CPU outcome counters, indexed by [`Counter`].
 #[map(name = "PD_COUNTERS")]
@@ -790,6 +790,13 @@ fn fast_path(ctx: &XdpContext, ifindex: u32) -> u32 {
 #[xdp]
 pub fn pd_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Sends every frame back out (XDP_TX): the benchmarks' traffic generator,
+/// run in BPF_PROG_TEST_RUN's live-frames mode.
+#[xdp]
+pub fn pd_xdp_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
 }
 
 #[classifier]

@@ -171,6 +171,32 @@ impl Drop for Netns {
     }
 }
 
+/// Moves the current thread into a namespace until dropped. Sockets and
+/// BPF test runs made meanwhile belong to that namespace; children spawned
+/// meanwhile start in it.
+pub struct InNetns {
+    home: fs::File,
+}
+
+impl InNetns {
+    pub fn enter(ns: &Netns) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        let home = fs::File::open("/proc/thread-self/ns/net")?;
+        let target = fs::File::open(format!("/run/netns/{}", ns.name))?;
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns into {}: {}", ns.name, std::io::Error::last_os_error());
+        }
+        Ok(InNetns { home })
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
 /// A veth pair between two namespaces, with the given names.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
     a.exec(&["ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name])?;

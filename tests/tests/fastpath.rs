@@ -10,7 +10,7 @@
 //! sent; a client on another downstream link spoofing a source inside that
 //! prefix is dropped and counted.
 
-use std::{collections::BTreeMap, net::Ipv6Addr, os::fd::AsRawFd, time::Duration};
+use std::{collections::BTreeMap, net::Ipv6Addr, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
@@ -25,28 +25,6 @@ use pd_tests::*;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
-
-/// Moves the current thread into a namespace; back on drop.
-struct InNetns {
-    home: std::fs::File,
-}
-
-impl InNetns {
-    fn enter(ns: &Netns) -> Result<Self> {
-        let home = std::fs::File::open("/proc/thread-self/ns/net")?;
-        let target = std::fs::File::open(format!("/run/netns/{}", ns.name))?;
-        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            anyhow::bail!("setns: {}", std::io::Error::last_os_error());
-        }
-        Ok(InNetns { home })
-    }
-}
-
-impl Drop for InNetns {
-    fn drop(&mut self) {
-        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
-    }
-}
 
 fn mac(ns: &Netns, dev: &str) -> [u8; 6] {
     let out = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]).unwrap();

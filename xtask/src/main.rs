@@ -36,6 +36,15 @@ enum Cmd {
         /// Extra filter passed to the root tests.
         filter: Option<String>,
     },
+    /// The performance table (needs root); writes target/bench/results.json.
+    Bench {
+        /// A reduced set that runs in under two minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Only this row.
+        #[arg(long)]
+        row: Option<u32>,
+    },
     /// Run the live demo in network namespaces (needs root).
     Demo {
         /// Leave the lab running and print how to look around.
@@ -80,6 +89,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         Cmd::Test { unit, filter } => test(unit, filter),
+        Cmd::Bench { quick, row } => bench(quick, row),
         Cmd::Demo { keep } => {
             deps()?;
             let bin = build_agent()?;
@@ -175,6 +185,28 @@ fn build_agent() -> Result<PathBuf> {
     let obj = build_ebpf()?;
     status(Command::new("cargo").current_dir(root_dir()).args(["build", "-p", "pd-agent"]).env("PD_EBPF_OBJ", &obj))?;
     Ok(root_dir().join("target/debug/pd-agent"))
+}
+
+fn bench(quick: bool, row: Option<u32>) -> Result<()> {
+    deps()?;
+    if !is_root() {
+        bail!("the benchmarks need root (namespaces, BPF): run `sudo -E cargo xtask bench`");
+    }
+    let obj = build_ebpf()?;
+    // The agent under test is the release build.
+    status(Command::new("cargo").current_dir(root_dir()).args(["build", "--release", "-p", "pd-agent"]).env("PD_EBPF_OBJ", &obj))?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root_dir())
+        .args(["bench", "-p", "pd-tests", "--bench", "pd", "--"])
+        .env("PD_AGENT_BIN", root_dir().join("target/release/pd-agent"))
+        .env("PD_EBPF_OBJ", &obj);
+    if quick {
+        cmd.arg("--quick");
+    }
+    if let Some(r) = row {
+        cmd.args(["--row", &r.to_string()]);
+    }
+    status(&mut cmd)
 }
 
 fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
