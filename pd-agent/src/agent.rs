@@ -174,7 +174,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                         Ok(ev) => msgs.extend(asm.push(&ev)),
                         Err(e) => {
                             agent.decode_errors += 1;
-                            warn!(error = %e, "bad ring buffer record");
+                            warn!(error = %crate::chain(&e), "bad ring buffer record");
                         }
                     }
                 }
@@ -226,10 +226,10 @@ impl Agent {
                     .filter_map(|(i, a, l)| Some((*i, Ipv6Net::new(*a, *l).ok()?.trunc())))
                     .collect();
                 if let Err(e) = self.sav.set_onlink(&self.ifaces.downstream_prefixes) {
-                    warn!(error = %e, "on-link prefixes");
+                    warn!(error = %crate::chain(&e), "on-link prefixes");
                 }
             }
-            Err(e) => warn!(error = %e, "reading this host's addresses"),
+            Err(e) => warn!(error = %crate::chain(&e), "reading this host's addresses"),
         }
     }
 
@@ -298,11 +298,11 @@ impl Agent {
             })
             .collect();
         if let Err(e) = self.store.append(&changes) {
-            warn!(error = %e, "writing the state journal");
+            warn!(error = %crate::chain(&e), "writing the state journal");
         }
         if self.store.needs_compaction(self.table.len()) {
             if let Err(e) = self.store.compact(self.table.iter()) {
-                warn!(error = %e, "compacting the state store");
+                warn!(error = %crate::chain(&e), "compacting the state store");
             }
         }
         // Map removals first, then the routes (independent prefixes in
@@ -335,7 +335,7 @@ impl Agent {
                 Action::Remove(b, why) => {
                     info!(event = why.as_str(), prefix = %b.prefix, next_hop = %b.next_hop, iface = %b.iface, "binding");
                     if let Err(e) = self.map.remove(b.prefix) {
-                        warn!(error = %e, "map");
+                        warn!(error = %crate::chain(&e), "map");
                     }
                     inserts.retain(|i| i.prefix != b.prefix);
                     ops.push(RouteOp::Delete(b.prefix, b.next_hop, b.ifindex));
@@ -346,11 +346,11 @@ impl Agent {
         self.route_errors += run_route_ops(&self.routes, ops).await;
         for b in inserts {
             if let Err(e) = self.map.insert(&b) {
-                warn!(error = %e, "map");
+                warn!(error = %crate::chain(&e), "map");
             }
         }
         if let Err(e) = self.store.sync() {
-            warn!(error = %e, "syncing the state journal");
+            warn!(error = %crate::chain(&e), "syncing the state journal");
         }
     }
 
@@ -433,7 +433,7 @@ async fn run_route_ops(routes: &Routes, ops: Vec<RouteOp>) -> u64 {
                 .await;
             for e in results.into_iter().flatten() {
                 failures += 1;
-                warn!(error = %e, "route");
+                warn!(error = %crate::chain(&e), "route");
             }
             seen.clear();
         }

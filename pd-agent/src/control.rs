@@ -27,9 +27,9 @@ pub type Call = (Request, oneshot::Sender<Reply>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("control socket {path}: {source}")]
+    #[error("control socket {path}")]
     Io { path: PathBuf, #[source] source: std::io::Error },
-    #[error("control socket {path}: bad reply: {source}")]
+    #[error("control socket {path}: bad reply")]
     Reply { path: PathBuf, #[source] source: serde_json::Error },
 }
 
@@ -52,7 +52,7 @@ pub fn serve(path: &Path, calls: mpsc::Sender<Call>) -> Result<(), ControlError>
             let calls = calls.clone();
             tokio::spawn(async move {
                 if let Err(e) = handle(stream, calls).await {
-                    tracing::debug!(error = %e, "control connection");
+                    tracing::debug!(error = %crate::chain(&e), "control connection");
                 }
             });
         }

@@ -30,7 +30,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("pin directory {path}: {source}{}", perm_hint(.source))]
+    #[error("pin directory {path}{}", perm_hint(.source))]
     PinDir { path: PathBuf, #[source] source: std::io::Error },
     #[error("pin directory {0} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)")]
     NotBpffs(PathBuf),
@@ -38,7 +38,7 @@ pub enum LoadError {
     Object(#[source] EbpfError),
     #[error("loading BPF program {program}: {reason}{hint}")]
     Program { program: &'static str, reason: String, hint: &'static str },
-    #[error("attaching {program} to {iface}: {source}")]
+    #[error("attaching {program} to {iface}")]
     Attach { program: &'static str, iface: String, #[source] source: ProgramError },
     #[error("interface {0} does not exist")]
     NoInterface(String),

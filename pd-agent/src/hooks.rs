@@ -111,7 +111,7 @@ async fn run_one(path: &PathBuf, ev: &HookEvent, timeout: Duration, st: &HookSta
         Ok(c) => c,
         Err(e) => {
             st.failures.fetch_add(1, Ordering::Relaxed);
-            warn!(hook = %path.display(), event = ev.event, %prefix, error = %e, "hook could not start");
+            warn!(hook = %path.display(), event = ev.event, %prefix, error = %crate::chain(&e), "hook could not start");
             return;
         }
     };
@@ -123,7 +123,7 @@ async fn run_one(path: &PathBuf, ev: &HookEvent, timeout: Duration, st: &HookSta
         }
         Ok(Err(e)) => {
             st.failures.fetch_add(1, Ordering::Relaxed);
-            warn!(hook = %path.display(), event = ev.event, %prefix, error = %e, "hook failed");
+            warn!(hook = %path.display(), event = ev.event, %prefix, error = %crate::chain(&e), "hook failed");
         }
         Err(_) => {
             st.timeouts.fetch_add(1, Ordering::Relaxed);

@@ -7,6 +7,7 @@
 //! programs are tested against.
 pub mod agent;
 pub mod binding;
+pub mod config;
 pub mod control;
 pub mod dhcp;
 pub mod ebpf;
@@ -15,3 +16,15 @@ pub mod maps;
 pub mod route;
 pub mod snoop;
 pub mod state;
+
+/// An error and its causes on one line (`a: b: c`), for log fields.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

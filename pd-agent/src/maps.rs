@@ -19,7 +19,7 @@ use pd_common::{FwdStats, RouteValue, FWD_STATS_SLOTS, NO_SLOT};
 use crate::binding::Binding;
 
 #[derive(Debug, thiserror::Error)]
-#[error("BPF map {map}, {what}: {source}")]
+#[error("BPF map {map}, {what}")]
 pub struct MapOpError {
     pub map: &'static str,
     pub what: String,

@@ -20,13 +20,13 @@ const MAIN_TABLE: u32 = 254;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    #[error("netlink socket: {0}")]
+    #[error("netlink socket")]
     Socket(#[source] std::io::Error),
-    #[error("adding route {prefix} via {next_hop} dev ifindex {ifindex}: {source}")]
+    #[error("adding route {prefix} via {next_hop} dev ifindex {ifindex}")]
     Add { prefix: Ipv6Net, next_hop: Ipv6Addr, ifindex: u32, #[source] source: rtnetlink::Error },
-    #[error("deleting route {prefix}: {source}")]
+    #[error("deleting route {prefix}")]
     Del { prefix: Ipv6Net, #[source] source: rtnetlink::Error },
-    #[error("dumping routes: {0}")]
+    #[error("dumping routes")]
     Dump(#[source] rtnetlink::Error),
 }
 

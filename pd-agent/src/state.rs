@@ -34,9 +34,9 @@ const VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state file {path}: {source}")]
+    #[error("state file {path}")]
     Io { path: PathBuf, #[source] source: std::io::Error },
-    #[error("state file {path} is not valid: {source}")]
+    #[error("state file {path} is not valid")]
     Parse { path: PathBuf, #[source] source: serde_json::Error },
 }
 

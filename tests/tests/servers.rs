@@ -181,7 +181,8 @@ fn dhcpd_remote_via_dhcrelay_to_dhcpcd_then_release() -> Result<()> {
 }
 
 /// The nftables example hook keeps the set of delegated prefixes: the
-/// prefix is added when Kea delegates it and removed on release.
+/// prefix is added when Kea delegates it and removed on release. The agent
+/// takes its interfaces and the hook from a TOML config file.
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
 fn nft_hook_tracks_delegated_prefixes() -> Result<()> {
@@ -190,7 +191,17 @@ fn nft_hook_tracks_delegated_prefixes() -> Result<()> {
     lab.router.exec(&["nft", "add", "set", "inet", "pd", "delegated", "{ type ipv6_addr; flags interval; }"])?;
     let dir = TempDir::new("nft")?;
     let conf = kea_config(&dir, &[lan0_subnet("2001:db8:400::")], 600)?;
-    let opts = AgentOpts { hooks: vec![hook_path("nft-set.sh")], ..AgentOpts::new(&["lan0"], &["wan0"]) };
+    // Interfaces and the hook come from a config file this time.
+    let conf_file = dir.path("pd-agent.toml");
+    std::fs::write(
+        &conf_file,
+        format!(
+            "hooks = [\"{}\"]\nhook_timeout = 10\n\n[[interface]]\nname = \"lan0\"\nrole = \"downstream\"\n\n\
+             [[interface]]\nname = \"wan0\"\nrole = \"upstream\"\n",
+            hook_path("nft-set.sh").display()
+        ),
+    )?;
+    let opts = AgentOpts { args: vec!["--config".into(), conf_file.display().to_string()], ..AgentOpts::new(&[], &[]) };
     let agent = Agent::start_opts(&lab.router, &dir, opts)?;
     let _kea = start_kea(&lab.router, &dir, &conf)?;
     let cdir = TempDir::new("dhc")?;

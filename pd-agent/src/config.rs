@@ -1,0 +1,311 @@
+//! Configuration: `pd-agent run` flags (with environment fallbacks) and the
+//! TOML file given by `--config`. The file is parsed into "wire" structs
+//! with `deny_unknown_fields` (so a typo is an error naming the key and
+//! line), then merged with the flags into the checked runtime
+//! [`agent::Config`]: a flag given on the command line (or in the
+//! environment) overrides the file; the file overrides the defaults.
+//!
+//! ```toml
+//! pin_dir = "/sys/fs/bpf/pd-agent"
+//! state_dir = "/var/lib/pd-agent"
+//! control = "/run/pd-agent/control.sock"
+//! route_proto = 99
+//! fast_path = true
+//! sav = "on"                 # default for downstream interfaces
+//! hooks = ["/etc/pd-agent/hooks/nft-set.sh"]
+//! hook_timeout = 30
+//! log_json = false
+//!
+//! [[interface]]
+//! name = "lan0"
+//! role = "downstream"
+//! sav = "strict"             # per-interface override
+//!
+//! [[interface]]
+//! name = "wan0"
+//! role = "upstream"
+//! ```
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::{
+    agent::{Config, SavMode},
+    control,
+    route::DEFAULT_PROTO,
+};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pd-agent";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/pd-agent";
+pub const DEFAULT_HOOK_TIMEOUT: u64 = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}")]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("config file {path}")]
+    Parse { path: PathBuf, #[source] source: toml::de::Error },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Downstream,
+    Upstream,
+}
+
+/// One `[[interface]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileInterface {
+    pub name: String,
+    pub role: Role,
+    /// Source-address validation (downstream only).
+    pub sav: Option<SavMode>,
+}
+
+/// The file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default, rename = "interface")]
+    pub interfaces: Vec<FileInterface>,
+    pub pin_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub control: Option<PathBuf>,
+    pub route_proto: Option<u8>,
+    pub fast_path: Option<bool>,
+    pub sav: Option<SavMode>,
+    #[serde(default)]
+    pub hooks: Vec<PathBuf>,
+    pub hook_timeout: Option<u64>,
+    pub log_json: Option<bool>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+/// `pd-agent run` flags. Every field is optional so that "not given" can
+/// fall back to the file, then to the default.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// TOML configuration file (flags override it).
+    #[arg(long, env = "PD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Interface facing delegated clients (repeatable).
+    #[arg(long, env = "PD_DOWNSTREAM", value_delimiter = ',')]
+    pub downstream: Vec<String>,
+    /// Interface facing the delegating server's side (repeatable).
+    #[arg(long, env = "PD_UPSTREAM", value_delimiter = ',')]
+    pub upstream: Vec<String>,
+    /// bpffs directory for pinned maps [default: /sys/fs/bpf/pd-agent].
+    #[arg(long, env = "PD_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Directory of the binding store [default: /var/lib/pd-agent].
+    #[arg(long, env = "PD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Control socket path [default: /run/pd-agent/control.sock].
+    #[arg(long, env = "PD_CONTROL")]
+    pub control: Option<PathBuf>,
+    /// Route protocol number tagging our routes [default: 99] (see README: rt_protos.d).
+    #[arg(long, env = "PD_ROUTE_PROTO", value_parser = clap::value_parser!(u8).range(5..=254))]
+    pub route_proto: Option<u8>,
+    /// Executable run on every binding change (repeatable, run in order).
+    #[arg(long = "hook", env = "PD_HOOKS", value_delimiter = ',')]
+    pub hooks: Vec<PathBuf>,
+    /// Seconds a hook may run before it is killed [default: 30].
+    #[arg(long, env = "PD_HOOK_TIMEOUT")]
+    pub hook_timeout: Option<u64>,
+    /// Forward traffic to delegated prefixes in XDP [default: on].
+    #[arg(long, env = "PD_FAST_PATH", value_parser = on_off)]
+    pub fast_path: Option<bool>,
+    /// Source-address validation on downstream interfaces [default: on].
+    #[arg(long, env = "PD_SAV", value_enum)]
+    pub sav: Option<SavMode>,
+    /// Per-interface source-address validation, IFACE=off|on|strict (repeatable).
+    #[arg(long = "sav-iface", value_parser = parse_sav_iface)]
+    pub sav_iface: Vec<(String, SavMode)>,
+    /// Log as JSON lines.
+    #[arg(long, env = "PD_LOG_JSON", value_parser = on_off, num_args = 0..=1, default_missing_value = "on")]
+    pub log_json: Option<bool>,
+}
+
+pub fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, got {s}")),
+    }
+}
+
+pub fn parse_sav_iface(s: &str) -> Result<(String, SavMode), String> {
+    let (iface, mode) = s.split_once('=').ok_or_else(|| format!("expected IFACE=off|on|strict, got {s}"))?;
+    let mode = <SavMode as clap::ValueEnum>::from_str(mode, true)?;
+    Ok((iface.to_string(), mode))
+}
+
+/// The resolved settings plus the logging choice (not part of the agent).
+#[derive(Debug)]
+pub struct Resolved {
+    pub config: Config,
+    pub log_json: bool,
+}
+
+/// Flags over file over defaults, then checked.
+pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, ConfigError> {
+    let file = file.unwrap_or_default();
+    let role = |r: Role| -> Vec<String> {
+        file.interfaces.iter().filter(|i| i.role == r).map(|i| i.name.clone()).collect()
+    };
+    // Interface lists from the flags replace the file's as a whole.
+    let (downstream, upstream) = if args.downstream.is_empty() && args.upstream.is_empty() {
+        (role(Role::Downstream), role(Role::Upstream))
+    } else {
+        (args.downstream, args.upstream)
+    };
+    let mut sav_iface: Vec<(String, SavMode)> = file
+        .interfaces
+        .iter()
+        .filter_map(|i| i.sav.map(|s| (i.name.clone(), s)))
+        .collect();
+    for i in &file.interfaces {
+        if i.sav.is_some() && i.role == Role::Upstream {
+            return Err(ConfigError::Invalid(format!("interface {}: sav applies to downstream interfaces only", i.name)));
+        }
+    }
+    sav_iface.extend(args.sav_iface);
+    let mut seen = std::collections::HashSet::new();
+    for n in downstream.iter().chain(&upstream) {
+        if !seen.insert(n) {
+            return Err(ConfigError::Invalid(format!("interface {n} is listed twice (or as both downstream and upstream)")));
+        }
+    }
+    if downstream.is_empty() && upstream.is_empty() {
+        return Err(ConfigError::Invalid("no interface: give --downstream/--upstream or [[interface]] tables".into()));
+    }
+    for (n, _) in &sav_iface {
+        if !downstream.contains(n) {
+            return Err(ConfigError::Invalid(format!("sav for {n}: not a downstream interface")));
+        }
+    }
+    let route_proto = args.route_proto.or(file.route_proto).unwrap_or(DEFAULT_PROTO);
+    if !(5..=254).contains(&route_proto) {
+        return Err(ConfigError::Invalid(format!("route_proto {route_proto}: use 5-254 (0-4 belong to the kernel)")));
+    }
+    let hooks = if args.hooks.is_empty() { file.hooks } else { args.hooks };
+    Ok(Resolved {
+        config: Config {
+            downstream,
+            upstream,
+            pin_dir: args.pin_dir.or(file.pin_dir).unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+            state_dir: args.state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            control: args.control.or(file.control).unwrap_or_else(|| control::DEFAULT_PATH.into()),
+            proto: route_proto,
+            hooks,
+            hook_timeout: Duration::from_secs(args.hook_timeout.or(file.hook_timeout).unwrap_or(DEFAULT_HOOK_TIMEOUT)),
+            fast_path: args.fast_path.or(file.fast_path).unwrap_or(true),
+            sav: args.sav.or(file.sav).unwrap_or(SavMode::On),
+            sav_iface,
+        },
+        log_json: args.log_json.or(file.log_json).unwrap_or(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/config")
+    }
+
+    #[test]
+    fn shipped_samples_load_and_resolve() {
+        let mut n = 0;
+        for e in std::fs::read_dir(samples()).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if !name.ends_with(".toml") || name.starts_with("bad-") {
+                continue;
+            }
+            let f = FileConfig::load(&p).unwrap_or_else(|e| panic!("{e}"));
+            resolve(RunArgs::default(), Some(f)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            n += 1;
+        }
+        assert!(n >= 2, "found {n} good samples");
+    }
+
+    #[test]
+    fn router_sample_resolves_as_documented() {
+        let f = FileConfig::load(&samples().join("pd-agent.toml")).unwrap();
+        let r = resolve(RunArgs::default(), Some(f)).unwrap().config;
+        assert_eq!(r.downstream, ["lan0", "lan1"]);
+        assert_eq!(r.upstream, ["wan0"]);
+        assert_eq!(r.sav_iface, [("lan1".to_string(), SavMode::Strict)]);
+        assert_eq!(r.proto, 99);
+        assert_eq!(r.hooks, [PathBuf::from("/etc/pd-agent/hooks/nft-set.sh")]);
+        assert_eq!(r.hook_timeout, Duration::from_secs(20));
+        assert!(r.fast_path);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let f = FileConfig::load(&samples().join("pd-agent.toml")).unwrap();
+        let args = RunArgs {
+            downstream: vec!["lan9".into()],
+            route_proto: Some(120),
+            fast_path: Some(false),
+            hooks: vec!["/bin/true".into()],
+            ..Default::default()
+        };
+        let r = resolve(args, Some(f)).unwrap_err();
+        // lan1's sav override from the file no longer names a downstream interface.
+        assert!(r.to_string().contains("sav for lan1"), "{r}");
+        let f = FileConfig::parse("[[interface]]\nname = \"lan0\"\nrole = \"downstream\"\n").unwrap();
+        let args = RunArgs { route_proto: Some(120), fast_path: Some(false), ..Default::default() };
+        let r = resolve(args, Some(f)).unwrap().config;
+        assert_eq!((r.proto, r.fast_path, r.downstream.clone()), (120, false, vec!["lan0".to_string()]));
+    }
+
+    /// Every `bad-*.toml` sample fails with an error naming its key and line,
+    /// as written in its first line (`# error: ...`).
+    #[test]
+    fn bad_samples_name_the_key_and_line() {
+        let mut n = 0;
+        for e in std::fs::read_dir(samples()).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if !name.starts_with("bad-") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            let want: Vec<&str> = text.lines().next().unwrap().trim_start_matches("# error:").split('|').map(str::trim).collect();
+            let err = match FileConfig::load(&p) {
+                Err(e) => crate::chain(&e),
+                Ok(f) => match resolve(RunArgs::default(), Some(f)) {
+                    Err(e) => e.to_string(),
+                    Ok(_) => panic!("{name} was accepted"),
+                },
+            };
+            for w in want {
+                assert!(err.contains(w), "{name}: error {err:?} lacks {w:?}");
+            }
+            n += 1;
+        }
+        assert!(n >= 4, "found {n} bad samples");
+    }
+}
