@@ -613,7 +613,7 @@ fn row5_scale(b: &mut Bench) -> Result<()> {
         write!(f, "]}}")?;
         drop(f);
         let t = Instant::now();
-        let opts = AgentOpts::new(&["lan0"], &["wan0"]);
+        let opts = AgentOpts { ready_timeout: Some(Duration::from_secs(600)), ..AgentOpts::new(&["lan0"], &["wan0"]) };
         let agent = Agent::start_opts(&rig.router, &dir, opts)?;
         let reconcile = t.elapsed().as_secs_f64();
         let routes = our_routes(&rig.router)?.len();

@@ -327,6 +327,8 @@ pub struct AgentOpts {
     pub env: Vec<(String, String)>,
     /// Extra command-line arguments.
     pub args: Vec<String>,
+    /// How long to wait for "ready" (default 20 s; a big state store takes longer).
+    pub ready_timeout: Option<Duration>,
 }
 
 impl AgentOpts {
@@ -391,7 +393,7 @@ impl Agent {
             .spawn()
             .with_context(|| format!("spawning pd-agent in {}", ns.name))?;
         let mut daemon = Daemon { child: Some(child), log, name: format!("pd-agent({})", ns.name) };
-        let ready = wait_for(Duration::from_secs(20), || {
+        let ready = wait_for(o.ready_timeout.unwrap_or(Duration::from_secs(20)), || {
             let _ = daemon.check_alive();
             daemon.log_text().contains("ready").then_some(())
         });
