@@ -261,11 +261,16 @@ impl Agent {
         }
         let mut stale = 0;
         let live: HashSet<Ipv6Net> = self.table.iter().filter(|b| b.kind == Kind::Delegated).map(|b| b.prefix).collect();
+        // Routes of ours the kernel already has, exactly as a binding wants
+        // them, are left alone (a restart without a reboot touches nothing).
+        let mut present: HashSet<(Ipv6Net, std::net::Ipv6Addr, u32)> = HashSet::new();
         let mut ops = Vec::new();
         for r in self.routes.dump_ours().await? {
             if !live.contains(&r.prefix) {
                 ops.push(RouteOp::Delete(r.prefix, r.next_hop.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED), r.ifindex.unwrap_or(0)));
                 stale += 1;
+            } else if let (Some(nh), Some(i)) = (r.next_hop, r.ifindex) {
+                present.insert((r.prefix, nh, i));
             }
         }
         self.route_errors += run_route_ops(&self.routes, ops).await;
@@ -275,13 +280,18 @@ impl Agent {
             }
         }
         let all: Vec<_> = self.table.iter().filter(|b| b.kind == Kind::Delegated).cloned().collect();
-        let ops = all.iter().map(|b| RouteOp::Replace(b.prefix, b.next_hop, b.ifindex)).collect();
+        let ops: Vec<RouteOp> = all
+            .iter()
+            .filter(|b| !present.contains(&(b.prefix, b.next_hop, b.ifindex)))
+            .map(|b| RouteOp::Replace(b.prefix, b.next_hop, b.ifindex))
+            .collect();
+        let readded = ops.len();
         self.route_errors += run_route_ops(&self.routes, ops).await;
         for b in &all {
             self.map.insert(b)?;
         }
         self.store.compact(self.table.iter())?;
-        info!(restored, expired, stale_routes_removed = stale, "reconciled with the kernel");
+        info!(restored, expired, routes_readded = readded, stale_routes_removed = stale, "reconciled with the kernel");
         Ok(())
     }
 

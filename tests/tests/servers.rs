@@ -240,3 +240,36 @@ fn fast_path_off_still_routes() -> Result<()> {
     assert_eq!(stats["kernel"]["fwd_redirected"], 0, "{stats}");
     Ok(())
 }
+
+/// `kill -9` the agent; meanwhile one of its routes is lost and a stale
+/// route with its protocol appears. The restarted agent re-adds the lost
+/// route, removes the stale one, leaves other protocols' routes alone and
+/// rebuilds the pinned map.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn restart_after_kill_reconciles() -> Result<()> {
+    let lab = lab()?;
+    let dir = TempDir::new("rst")?;
+    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:600::")], 600)?;
+    let mut agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
+    let _kea = start_kea(&lab.router, &dir, &conf)?;
+    let cdir = TempDir::new("dhc")?;
+    let _dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    assert_delegated(&lab, &agent, &prefix, "eth0")?;
+
+    agent.daemon.kill(libc::SIGKILL);
+    drop(agent); // also removes its pin directory: the maps must be rebuilt
+    lab.router.exec(&["ip", "-6", "route", "del", &prefix])?;
+    lab.router.exec(&["ip", "-6", "route", "add", "2001:db8:dead::/48", "via", "fe80::99", "dev", "lan0", "proto", PROTO])?;
+    lab.router.exec(&["ip", "-6", "route", "add", "2001:db8:beef::/48", "via", "fe80::99", "dev", "lan0", "proto", "static"])?;
+
+    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
+    let routes = our_routes(&lab.router)?;
+    assert_eq!(routes.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), [prefix.as_str()], "{routes:?}");
+    assert!(agent.log().contains("routes_readded=1 stale_routes_removed=1"), "{}", agent.log());
+    assert!(lab.router.exec(&["ip", "-6", "route", "show", "2001:db8:beef::/48"])?.contains("static"), "other protocols untouched");
+    assert_eq!(agent.map_prefixes()?, [prefix.clone()]);
+    assert_eq!(agent.bindings()?.len(), 1);
+    Ok(())
+}
