@@ -17,7 +17,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    binding::{Action, BindingView, Ifaces, Kind, Table},
+    binding::{Action, BindingView, Ifaces, Kind, Policy, Table},
     hooks::{HookEvent, Hooks},
     control::{self, Call, Request},
     ebpf::{self, Counters, LoadOptions, Programs},
@@ -43,6 +43,10 @@ pub struct Config {
     pub sav: SavMode,
     /// Per-interface overrides.
     pub sav_iface: Vec<(String, SavMode)>,
+    /// Delegations must lie inside one of these (empty: anything).
+    pub allow: Vec<Ipv6Net>,
+    /// Most bindings one interface may hold.
+    pub max_bindings_per_iface: Option<usize>,
 }
 
 /// Source-address validation on a downstream interface (RFC 8987 §3.1).
@@ -134,8 +138,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     let store = Store::open(&cfg.state_dir)?;
     let hooks = Hooks::start(cfg.hooks.clone(), cfg.hook_timeout);
 
+    let mut table = Table::new();
+    table.policy = Policy { allow: cfg.allow.clone(), max_bindings_per_iface: cfg.max_bindings_per_iface };
     let mut agent = Agent {
-        table: Table::new(),
+        table,
         ifaces,
         routes,
         map,
@@ -187,6 +193,10 @@ pub async fn run(cfg: Config) -> Result<()> {
                 for m in &msgs {
                     tracing::debug!(?m, "message");
                     actions.extend(agent.table.handle(m, &agent.ifaces, t));
+                    for (prefix, why) in agent.table.take_refusals() {
+                        let iface = agent.ifaces.downstream.get(&m.ifindex).or(agent.ifaces.upstream.get(&m.ifindex));
+                        warn!(%prefix, iface = iface.map(String::as_str).unwrap_or("?"), next_hop = %m.dst, reason = why, "delegation ignored");
+                    }
                 }
                 agent.apply(actions).await;
             }

@@ -180,6 +180,26 @@ pub struct Stats {
     pub releases_matched: u64,
     pub declines: u64,
     pub other: u64,
+    /// Prefixes outside `--allow` (RFC 8987 §3.2 trust boundary).
+    pub not_allowed: u64,
+    /// Delegations refused by `--max-bindings-per-iface`.
+    pub limit_reached: u64,
+}
+
+/// What the operator allows (RFC 8987 §3.2, §3.3).
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Delegated or acquired prefixes must lie inside one of these (empty:
+    /// anything).
+    pub allow: Vec<Ipv6Net>,
+    /// Most bindings one interface may hold.
+    pub max_bindings_per_iface: Option<usize>,
+}
+
+impl Policy {
+    fn allows(&self, p: Ipv6Net) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|a| a.contains(&p))
+    }
 }
 
 /// Bindings with the indexes the rules need, so that no rule scans the
@@ -190,6 +210,7 @@ struct Index {
     map: BTreeMap<BindingKey, Binding>,
     by_prefix: HashMap<Ipv6Net, Vec<BindingKey>>,
     by_expiry: BTreeSet<(u64, BindingKey)>,
+    per_iface: HashMap<u32, usize>,
 }
 
 impl Index {
@@ -204,6 +225,7 @@ impl Index {
     fn insert(&mut self, b: Binding) {
         let k = b.key();
         self.remove(&k);
+        *self.per_iface.entry(b.ifindex).or_default() += 1;
         self.by_prefix.entry(k.prefix).or_default().push(k.clone());
         if let Some(e) = b.expires_at {
             self.by_expiry.insert((e, k.clone()));
@@ -213,6 +235,9 @@ impl Index {
 
     fn remove(&mut self, k: &BindingKey) -> Option<Binding> {
         let b = self.map.remove(k)?;
+        if let Some(n) = self.per_iface.get_mut(&b.ifindex) {
+            *n -= 1;
+        }
         if let Some(v) = self.by_prefix.get_mut(&k.prefix) {
             v.retain(|x| x != k);
             if v.is_empty() {
@@ -254,6 +279,10 @@ pub struct Table {
     /// (xid, client DUID) -> (iaid, prefix) listed in the Release, seen at.
     releases: HashMap<(u32, Vec<u8>), (Vec<(u32, Ipv6Net)>, u64)>,
     pub stats: Stats,
+    pub policy: Policy,
+    /// Why delegations were refused since the last [`Table::take_refusals`]
+    /// (the agent logs them).
+    refusals: Vec<(Ipv6Net, &'static str)>,
 }
 
 fn is_error(st: u16) -> bool {
@@ -275,6 +304,11 @@ impl Table {
 
     pub fn len(&self) -> usize {
         self.bindings.len()
+    }
+
+    /// Refused delegations since the last call: (prefix, reason).
+    pub fn take_refusals(&mut self) -> Vec<(Ipv6Net, &'static str)> {
+        std::mem::take(&mut self.refusals)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -333,7 +367,7 @@ impl Table {
                     }
                     self.stats.acquired_replies += 1;
                     let iface = ifaces.upstream[&m.ifindex].clone();
-                    return self.reply(m, Kind::Acquired, m.ifindex, iface, m.src, now);
+                    return self.reply(m, ifaces, Kind::Acquired, m.ifindex, iface, m.src, now);
                 }
                 let Some(ifindex) = ifaces.downstream_for_link_addr(m.link_addr) else {
                     self.stats.relay_reply_unmapped += 1;
@@ -341,7 +375,7 @@ impl Table {
                 };
                 let iface = ifaces.downstream[&ifindex].clone();
                 self.stats.upstream_relay_replies += 1;
-                self.reply(m, Kind::Delegated, ifindex, iface, m.outer_peer_addr, now)
+                self.reply(m, ifaces, Kind::Delegated, ifindex, iface, m.outer_peer_addr, now)
             }
             (hook::XDP_INGRESS, msg::REPLY) if down.is_some() => {
                 self.stats.untrusted_replies += 1;
@@ -355,7 +389,7 @@ impl Table {
                     return vec![];
                 }
                 let iface = down.unwrap().clone();
-                self.reply(m, Kind::Delegated, m.ifindex, iface, m.dst, now)
+                self.reply(m, ifaces, Kind::Delegated, m.ifindex, iface, m.dst, now)
             }
             // A client's Release/Decline: from a downstream client coming
             // in, or from this host's own client going out upstream.
@@ -388,7 +422,17 @@ impl Table {
         }
     }
 
-    fn reply(&mut self, m: &Message, kind: Kind, ifindex: u32, iface: String, next_hop: Ipv6Addr, now: u64) -> Vec<Action> {
+    #[allow(clippy::too_many_arguments)]
+    fn reply(
+        &mut self,
+        m: &Message,
+        ifaces: &Ifaces,
+        kind: Kind,
+        ifindex: u32,
+        iface: String,
+        next_hop: Ipv6Addr,
+        now: u64,
+    ) -> Vec<Action> {
         if !m.success() {
             self.stats.error_status += 1;
             return vec![];
@@ -411,8 +455,15 @@ impl Table {
         if m.prefixes.is_empty() {
             return vec![];
         }
-        if kind == Kind::Delegated && (next_hop.is_multicast() || next_hop.is_unspecified() || next_hop.is_loopback()) {
+        // A next hop must be the client itself: link-local, or an address
+        // on-link on the interface the prefix is delegated on.
+        let on_link = next_hop.is_unicast_link_local()
+            || ifaces.downstream_prefixes.iter().any(|(i, p)| *i == ifindex && p.contains(&next_hop));
+        if kind == Kind::Delegated && !on_link {
             self.stats.bad_next_hop += 1;
+            if let Some(p) = m.prefixes.first().and_then(|p| net(p.prefix, p.len)) {
+                self.refusals.push((p, "next hop is neither link-local nor on-link"));
+            }
             return vec![];
         }
         let mut actions = Vec::new();
@@ -422,7 +473,21 @@ impl Table {
                 continue;
             }
             let Some(prefix) = net(p.prefix, p.len) else { continue };
+            if !self.policy.allows(prefix) {
+                self.stats.not_allowed += 1;
+                self.refusals.push((prefix, "outside --allow"));
+                continue;
+            }
             let key = BindingKey { client_duid: duid.clone(), iaid: p.iaid, prefix };
+            if p.valid > 0 && self.bindings.get(&key).is_none() {
+                if let Some(max) = self.policy.max_bindings_per_iface {
+                    if self.bindings.per_iface.get(&ifindex).copied().unwrap_or(0) >= max {
+                        self.stats.limit_reached += 1;
+                        self.refusals.push((prefix, "--max-bindings-per-iface reached"));
+                        continue;
+                    }
+                }
+            }
             if p.valid == 0 {
                 if let Some(b) = self.bindings.remove(&key) {
                     actions.push(Action::Remove(b, RemoveReason::Withdrawn));
@@ -781,6 +846,45 @@ mod tests {
         assert_eq!(t.next_deadline(), Some(61));
         assert_eq!(installed(&t.expire(61)), ["remove 2001:db8:200::/56 expired"]);
         assert_eq!(t.next_deadline(), Some(62));
+    }
+
+    #[test]
+    fn prefixes_outside_allow_are_refused() {
+        let mut t = Table::new();
+        t.policy.allow = vec!["2001:db8:100::/40".parse().unwrap()];
+        let a = t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60), pfx("2001:db8:9900::", 56, 60)]), &ifaces(), 1);
+        assert_eq!(installed(&a), ["install 2001:db8:100::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"]);
+        assert_eq!(t.stats.not_allowed, 1);
+        assert_eq!(t.take_refusals(), [("2001:db8:9900::/56".parse().unwrap(), "outside --allow")]);
+    }
+
+    #[test]
+    fn max_bindings_per_iface_caps_new_ones_but_renews_old_ones() {
+        let mut t = Table::new();
+        t.policy.max_bindings_per_iface = Some(1);
+        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1);
+        let mut other = reply(vec![pfx("2001:db8:200::", 56, 60)]);
+        other.client_duid = vec![7];
+        other.dst = "fe80::7".parse().unwrap();
+        assert!(t.handle(&other, &ifaces(), 2).is_empty());
+        assert_eq!(t.stats.limit_reached, 1);
+        // The existing binding still renews.
+        assert_eq!(installed(&t.handle(&reply(vec![pfx("2001:db8:100::", 56, 90)]), &ifaces(), 3)), ["refresh 2001:db8:100::/56 valid 90"]);
+        // After it is gone, there is room again.
+        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 0)]), &ifaces(), 4);
+        assert_eq!(t.handle(&other, &ifaces(), 5).len(), 1);
+    }
+
+    #[test]
+    fn next_hop_must_be_link_local_or_on_link() {
+        let mut t = Table::new();
+        let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
+        r.dst = "2001:db8:ffff::77".parse().unwrap(); // on-link on lan0
+        assert_eq!(t.handle(&r, &ifaces(), 1).len(), 1);
+        let mut r = reply(vec![pfx("2001:db8:200::", 56, 60)]);
+        r.dst = "2001:db8:5555::1".parse().unwrap(); // nowhere near lan0
+        assert!(t.handle(&r, &ifaces(), 1).is_empty());
+        assert_eq!(t.stats.bad_next_hop, 1);
     }
 
     #[test]

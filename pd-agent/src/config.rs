@@ -15,6 +15,8 @@
 //! hooks = ["/etc/pd-agent/hooks/nft-set.sh"]
 //! hook_timeout = 30
 //! log_json = false
+//! allow = ["2001:db8::/32"]  # delegations outside are ignored and logged
+//! max_bindings_per_iface = 4096
 //!
 //! [[interface]]
 //! name = "lan0"
@@ -86,6 +88,9 @@ pub struct FileConfig {
     pub hooks: Vec<PathBuf>,
     pub hook_timeout: Option<u64>,
     pub log_json: Option<bool>,
+    #[serde(default)]
+    pub allow: Vec<ipnet::Ipv6Net>,
+    pub max_bindings_per_iface: Option<usize>,
 }
 
 impl FileConfig {
@@ -139,6 +144,12 @@ pub struct RunArgs {
     /// Per-interface source-address validation, IFACE=off|on|strict (repeatable).
     #[arg(long = "sav-iface", value_parser = parse_sav_iface)]
     pub sav_iface: Vec<(String, SavMode)>,
+    /// Only delegations inside this prefix count (repeatable; default: any).
+    #[arg(long = "allow", env = "PD_ALLOW", value_delimiter = ',')]
+    pub allow: Vec<ipnet::Ipv6Net>,
+    /// Most bindings one interface may hold (RFC 8987 asks for a limit).
+    #[arg(long, env = "PD_MAX_BINDINGS_PER_IFACE")]
+    pub max_bindings_per_iface: Option<usize>,
     /// Log as JSON lines.
     #[arg(long, env = "PD_LOG_JSON", value_parser = on_off, num_args = 0..=1, default_missing_value = "on")]
     pub log_json: Option<bool>,
@@ -220,6 +231,8 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
             fast_path: args.fast_path.or(file.fast_path).unwrap_or(true),
             sav: args.sav.or(file.sav).unwrap_or(SavMode::On),
             sav_iface,
+            allow: if args.allow.is_empty() { file.allow } else { args.allow },
+            max_bindings_per_iface: args.max_bindings_per_iface.or(file.max_bindings_per_iface),
         },
         log_json: args.log_json.or(file.log_json).unwrap_or(false),
     })
@@ -260,6 +273,8 @@ mod tests {
         assert_eq!(r.hooks, [PathBuf::from("/etc/pd-agent/hooks/nft-set.sh")]);
         assert_eq!(r.hook_timeout, Duration::from_secs(20));
         assert!(r.fast_path);
+        assert_eq!(r.allow, ["2001:db8::/32".parse::<ipnet::Ipv6Net>().unwrap()]);
+        assert_eq!(r.max_bindings_per_iface, Some(4096));
     }
 
     #[test]

@@ -81,52 +81,160 @@ fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<PdEvent> {
     out
 }
 
+/// Run `frame` through both programs and compare with the reference
+/// parser; returns how many program runs were compared.
+fn check(l: &mut Loaded, name: &str, frame: &[u8]) -> usize {
+    let mut checked = 0;
+    for (h, want_ret) in [(hook::XDP_INGRESS, XDP_PASS), (hook::TC_EGRESS, TC_ACT_UNSPEC)] {
+        let before = snapshot(&l.counters);
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
+        let res = if h == hook::XDP_INGRESS { l.progs.xdp().test_run(opts) } else { l.progs.tc().test_run(opts) };
+        let res = match res {
+            Ok(r) => r,
+            // The kernel refuses test frames shorter than an Ethernet
+            // header, and (for skb programs) IPv6 frames shorter than an
+            // IPv6 header: such frames never reach a program. Its skb test
+            // runs are also limited to one page.
+            Err(_) if frame.len() < 14 || (h == hook::TC_EGRESS && (frame.len() < 54 || frame.len() > 3500)) => continue,
+            Err(e) => panic!("{name} ({h}): test run: {e}"),
+        };
+        assert_eq!(res.return_value, want_ret, "{name} ({h}): action");
+        assert_eq!(&out[..res.data_size_out as usize], frame, "{name} ({h}): packet unchanged");
+
+        let got = drain(&mut l.ring);
+        let p = parse_frame(frame, h, got.first().map(|e| e.ifindex).unwrap_or(0));
+        let want: Vec<PdEvent> = match &p.outcome {
+            Outcome::Events(e) => e.clone(),
+            _ => vec![],
+        };
+        let strip = |v: &[PdEvent]| v.iter().map(|e| PdEvent { seq: 0, ..*e }).collect::<Vec<_>>();
+        assert_eq!(strip(&got), strip(&want), "{name} ({h}): events; frame {}", hex(frame));
+        if got.len() > 1 {
+            assert!(got.iter().all(|e| e.seq == got[0].seq), "{name}: one seq per message");
+        }
+        assert_eq!(
+            delta(&before, &snapshot(&l.counters)),
+            expected_counters(&p.outcome, &p.side),
+            "{name} ({h}): counters; frame {}",
+            hex(frame)
+        );
+        checked += 1;
+    }
+    checked
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
 fn kernel_matches_reference_parser_on_corpus() {
     let mut l = load();
     let cases = corpus::all();
     assert!(cases.len() > 90, "corpus has {} cases", cases.len());
-    let mut checked = 0;
-    for c in &cases {
-        for (h, want_ret) in [(hook::XDP_INGRESS, XDP_PASS), (hook::TC_EGRESS, TC_ACT_UNSPEC)] {
-            let before = snapshot(&l.counters);
-            let mut out = vec![0u8; c.frame.len() + 256];
-            let opts = TestRunOptions { data_in: Some(&c.frame), data_out: Some(&mut out), ..Default::default() };
-            let res = if h == hook::XDP_INGRESS { l.progs.xdp().test_run(opts) } else { l.progs.tc().test_run(opts) };
-            let res = match res {
-                Ok(r) => r,
-                // The kernel refuses test frames shorter than an Ethernet
-                // header, and (for skb programs) IPv6 frames shorter than
-                // an IPv6 header: such frames never reach a program. Its
-                // skb test runs are also limited to one page.
-                Err(_) if c.frame.len() < 14 || (h == hook::TC_EGRESS && (c.frame.len() < 54 || c.frame.len() > 3500)) => continue,
-                Err(e) => panic!("{} ({h}): test run: {e}", c.name),
-            };
-            assert_eq!(res.return_value, want_ret, "{} ({h}): action", c.name);
-            assert_eq!(&out[..res.data_size_out as usize], &c.frame[..], "{} ({h}): packet unchanged", c.name);
+    let checked: usize = cases.iter().map(|c| check(&mut l, &c.name, &c.frame)).sum();
+    eprintln!("{checked} frame/program runs agree");
+}
 
-            let got = drain(&mut l.ring);
-            let p = parse_frame(&c.frame, h, got.first().map(|e| e.ifindex).unwrap_or(0));
-            let want: Vec<PdEvent> = match &p.outcome {
-                Outcome::Events(e) => e.clone(),
-                _ => vec![],
-            };
-            let strip = |v: &[PdEvent]| v.iter().map(|e| PdEvent { seq: 0, ..*e }).collect::<Vec<_>>();
-            assert_eq!(strip(&got), strip(&want), "{} ({h}): events", c.name);
-            if got.len() > 1 {
-                assert!(got.iter().all(|e| e.seq == got[0].seq), "{}: one seq per message", c.name);
+/// A small deterministic PRNG (xorshift64*): the same mutants every run.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Mutate the DHCPv6 payload of a corpus frame (flip, overwrite with
+/// interesting values, truncate, insert, duplicate), then, most of the
+/// time, fix the IPv6 and UDP lengths so the mutant reaches the parser.
+fn mutate(rng: &mut Rng, frame: &[u8]) -> Vec<u8> {
+    const PAYLOAD: usize = 14 + 40 + 8;
+    let mut f = frame.to_vec();
+    if f.len() <= PAYLOAD || f[12..14] != [0x86, 0xdd] || f[20] != 17 {
+        // Not a plain IPv6/UDP frame: mutate anywhere, keep lengths.
+        let i = rng.below(f.len());
+        f[i] ^= 1 << rng.below(8);
+        return f;
+    }
+    let mut p = f.split_off(PAYLOAD);
+    for _ in 0..1 + rng.below(4) {
+        let len = p.len().max(1);
+        match rng.below(6) {
+            0 => {
+                let i = rng.below(len);
+                if i < p.len() {
+                    p[i] ^= 1 << rng.below(8);
+                }
             }
-            assert_eq!(
-                delta(&before, &snapshot(&l.counters)),
-                expected_counters(&p.outcome, &p.side),
-                "{} ({h}): counters",
-                c.name
-            );
-            checked += 1;
+            1 => {
+                let i = rng.below(len);
+                let v = [0u8, 1, 0x7f, 0x80, 0xff, 9, 13, 25, 26, 12, 13][rng.below(11)];
+                if i < p.len() {
+                    p[i] = v;
+                }
+            }
+            2 => p.truncate(rng.below(len)),
+            3 => {
+                let i = rng.below(len);
+                let n = 1 + rng.below(8);
+                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let at = i.min(p.len());
+                p.splice(at..at, bytes);
+            }
+            4 => {
+                let a = rng.below(len).min(p.len());
+                let b = (a + rng.below(40)).min(p.len());
+                let seg = p[a..b].to_vec();
+                p.splice(b..b, seg);
+            }
+            _ => {
+                // An option length field set to something odd.
+                if p.len() > 8 {
+                    let i = 4 + 2 * rng.below((p.len() - 6) / 2);
+                    let v = [0u16, 1, 2, 3, 11, 12, 24, 25, 0xffff][rng.below(9)];
+                    p[i..i + 2].copy_from_slice(&v.to_be_bytes());
+                }
+            }
         }
     }
-    eprintln!("{checked} frame/program runs agree");
+    if rng.below(8) != 0 {
+        let udp_len = (8 + p.len()) as u16;
+        f[18..20].copy_from_slice(&udp_len.to_be_bytes());
+        f[58..60].copy_from_slice(&udp_len.to_be_bytes());
+    }
+    f.extend(p);
+    f
+}
+
+/// A few thousand mutants of the corpus, generated with a fixed seed, agree
+/// between the kernel programs and the reference parser.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn kernel_matches_reference_parser_on_mutants() {
+    let mut l = load();
+    let cases = corpus::all();
+    let mut rng = Rng(0x5eed_0f_9d_2026);
+    let mut checked = 0;
+    let mut with_events = 0;
+    for i in 0..4000 {
+        let c = &cases[rng.below(cases.len())];
+        let m = mutate(&mut rng, &c.frame);
+        let before = snapshot(&l.counters)[Counter::Events.name()];
+        checked += check(&mut l, &format!("mutant {i} of {}", c.name), &m);
+        if snapshot(&l.counters)[Counter::Events.name()] > before {
+            with_events += 1;
+        }
+    }
+    eprintln!("{checked} mutant runs agree ({with_events} mutants still produced events)");
+    assert!(with_events > 400, "mutants should still reach the event path: {with_events}");
 }
 
 #[test]

@@ -273,3 +273,26 @@ fn restart_after_kill_reconciles() -> Result<()> {
     assert_eq!(agent.bindings()?.len(), 1);
     Ok(())
 }
+
+/// A delegation outside `--allow` is ignored and logged: no route, no
+/// binding, counted.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn prefix_outside_allow_is_ignored() -> Result<()> {
+    let lab = lab()?;
+    let dir = TempDir::new("allow")?;
+    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:700::")], 600)?;
+    let opts = AgentOpts { args: vec!["--allow".into(), "2001:db8:f000::/36".into()], ..AgentOpts::new(&["lan0"], &["wan0"]) };
+    let agent = Agent::start_opts(&lab.router, &dir, opts)?;
+    let _kea = start_kea(&lab.router, &dir, &conf)?;
+    let cdir = TempDir::new("dhc")?;
+    let _dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    wait_for(Duration::from_secs(10), || agent.log().contains("delegation ignored").then_some(()))
+        .with_context(|| format!("no refusal logged: {}", agent.log()))?;
+    assert!(agent.log().contains(&prefix) && agent.log().contains("outside --allow"), "{}", agent.log());
+    assert!(our_routes(&lab.router)?.is_empty());
+    assert!(agent.bindings()?.is_empty());
+    assert!(agent.stats()?["agent"]["not_allowed"].as_u64() >= Some(1));
+    Ok(())
+}
