@@ -47,6 +47,9 @@ pub struct Config {
     pub allow: Vec<Ipv6Net>,
     /// Most bindings one interface may hold.
     pub max_bindings_per_iface: Option<usize>,
+    /// On SIGTERM/SIGINT remove every route and map entry the agent added
+    /// (and the bindings), instead of keeping them for a seamless restart.
+    pub flush_on_exit: bool,
 }
 
 /// Source-address validation on a downstream interface (RFC 8987 §3.1).
@@ -205,13 +208,39 @@ pub async fn run(cfg: Config) -> Result<()> {
                 agent.apply(actions).await;
             }
             Some((req, reply)) = call_rx.recv() => {
-                let _ = reply.send(agent.answer(req));
+                let answer = match req {
+                    Request::Delete { prefix } => {
+                        let actions = agent.table.delete_prefix(prefix.trunc());
+                        let deleted: Vec<String> = actions.iter().map(|a| match a {
+                            Action::Install(b) | Action::Refresh(b) | Action::Remove(b, _) => b.prefix.to_string(),
+                        }).collect();
+                        agent.apply(actions).await;
+                        if deleted.is_empty() {
+                            serde_json::json!({"error": format!("no binding for {prefix}")})
+                        } else {
+                            serde_json::json!({"deleted": deleted})
+                        }
+                    }
+                    req => agent.answer(req),
+                };
+                let _ = reply.send(answer);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    info!(bindings = agent.table.len(), "stopping; routes and state are kept");
+    if cfg.flush_on_exit {
+        let all: Vec<Ipv6Net> = agent.table.iter().map(|b| b.prefix).collect();
+        let mut actions = Vec::new();
+        for p in all {
+            actions.extend(agent.table.delete_prefix(p));
+        }
+        let n = actions.len();
+        agent.apply(actions).await;
+        info!(removed = n, "stopping; --flush-on-exit removed every binding, route and map entry");
+    } else {
+        info!(bindings = agent.table.len(), "stopping; routes and state are kept");
+    }
     let _ = std::fs::remove_file(&cfg.control);
     Ok(())
 }
@@ -374,19 +403,32 @@ impl Agent {
         }
     }
 
+    /// Bindings as shown to operators (with forwarding counters), all or
+    /// those of one prefix.
+    fn views(&self, prefix: Option<Ipv6Net>) -> Vec<BindingView> {
+        self.table
+            .iter()
+            .filter(|b| prefix.is_none_or(|p| b.prefix == p))
+            .map(|b| {
+                let c = (b.kind == Kind::Delegated).then(|| self.map.counters(b.prefix)).flatten();
+                BindingView { binding: b.clone(), rx_packets: c.map(|c| c.0), rx_bytes: c.map(|c| c.1) }
+            })
+            .collect()
+    }
+
     fn answer(&self, req: Request) -> control::Reply {
         match req {
-            Request::Bindings => {
-                let views: Vec<BindingView> = self
-                    .table
-                    .iter()
-                    .map(|b| {
-                        let c = (b.kind == Kind::Delegated).then(|| self.map.counters(b.prefix)).flatten();
-                        BindingView { binding: b.clone(), rx_packets: c.map(|c| c.0), rx_bytes: c.map(|c| c.1) }
-                    })
-                    .collect();
-                serde_json::to_value(views).unwrap_or_default()
+            Request::Show { prefix } => {
+                let views = self.views(Some(prefix.trunc()));
+                if views.is_empty() {
+                    serde_json::json!({"error": format!("no binding for {prefix}")})
+                } else {
+                    serde_json::to_value(views).unwrap_or_default()
+                }
             }
+            Request::Delete { .. } => serde_json::json!({"error": "handled by the event loop"}),
+            Request::Bindings => serde_json::to_value(self.views(None)).unwrap_or_default(),
+
             Request::Stats => {
                 let kernel: serde_json::Map<String, serde_json::Value> =
                     self.counters.read().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();

@@ -91,6 +91,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub allow: Vec<ipnet::Ipv6Net>,
     pub max_bindings_per_iface: Option<usize>,
+    pub flush_on_exit: Option<bool>,
 }
 
 impl FileConfig {
@@ -150,6 +151,9 @@ pub struct RunArgs {
     /// Most bindings one interface may hold (RFC 8987 asks for a limit).
     #[arg(long, env = "PD_MAX_BINDINGS_PER_IFACE")]
     pub max_bindings_per_iface: Option<usize>,
+    /// On stop, remove every route and map entry the agent added (default: keep them).
+    #[arg(long, env = "PD_FLUSH_ON_EXIT", value_parser = on_off, num_args = 0..=1, default_missing_value = "on")]
+    pub flush_on_exit: Option<bool>,
     /// Log as JSON lines.
     #[arg(long, env = "PD_LOG_JSON", value_parser = on_off, num_args = 0..=1, default_missing_value = "on")]
     pub log_json: Option<bool>,
@@ -233,6 +237,7 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
             sav_iface,
             allow: if args.allow.is_empty() { file.allow } else { args.allow },
             max_bindings_per_iface: args.max_bindings_per_iface.or(file.max_bindings_per_iface),
+            flush_on_exit: args.flush_on_exit.or(file.flush_on_exit).unwrap_or(false),
         },
         log_json: args.log_json.or(file.log_json).unwrap_or(false),
     })

@@ -20,6 +20,10 @@ pub const DEFAULT_PATH: &str = "/run/pd-agent/control.sock";
 pub enum Request {
     Bindings,
     Stats,
+    /// The bindings of one prefix.
+    Show { prefix: ipnet::Ipv6Net },
+    /// Remove a prefix's bindings and routes on purpose (RFC 8987 §3.3).
+    Delete { prefix: ipnet::Ipv6Net },
 }
 
 pub type Reply = serde_json::Value;

@@ -30,6 +30,18 @@ enum Cmd {
         #[arg(long, env = "PD_STATE_DIR", default_value = "/var/lib/pd-agent")]
         state_dir: PathBuf,
     },
+    /// The bindings of one prefix (JSON).
+    Show {
+        prefix: ipnet::Ipv6Net,
+        #[arg(long, env = "PD_CONTROL", default_value = control::DEFAULT_PATH)]
+        control: PathBuf,
+    },
+    /// Remove a prefix's bindings, routes and map entries on purpose.
+    Delete {
+        prefix: ipnet::Ipv6Net,
+        #[arg(long, env = "PD_CONTROL", default_value = control::DEFAULT_PATH)]
+        control: PathBuf,
+    },
     /// Kernel and agent counters from the running agent (JSON).
     Stats {
         #[arg(long, env = "PD_CONTROL", default_value = control::DEFAULT_PATH)]
@@ -89,12 +101,23 @@ async fn real_main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Show { prefix, control } => reply(control::request(&control, &Request::Show { prefix }).await?),
+        Cmd::Delete { prefix, control } => reply(control::request(&control, &Request::Delete { prefix }).await?),
         Cmd::Stats { control } => {
             let v = control::request(&control, &Request::Stats).await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
     }
+}
+
+/// Print an agent's reply; an `{"error": ...}` reply exits non-zero.
+fn reply(v: serde_json::Value) -> Result<()> {
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("{e}");
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
 }
 
 fn print_table(list: &[BindingView]) {

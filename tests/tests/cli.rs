@@ -69,3 +69,17 @@ fn bindings_without_agent_reads_state_dir() {
     assert_eq!(v[0]["prefix"], "2001:db8:100::/56");
     assert_eq!(v[0]["client_duid"], "000100aa");
 }
+
+/// The shipped systemd unit is valid (`systemd-analyze verify`, with
+/// ExecStart pointed at the binary under test).
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/systemd/pd-agent.service")).unwrap();
+    assert!(unit.contains("CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN"));
+    let dir = TempDir::new("unit").unwrap();
+    let path = dir.path("pd-agent.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/pd-agent", &agent_bin().display().to_string())).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("systemd-analyze");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+}

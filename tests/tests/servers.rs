@@ -296,3 +296,52 @@ fn prefix_outside_allow_is_ignored() -> Result<()> {
     assert!(agent.stats()?["agent"]["not_allowed"].as_u64() >= Some(1));
     Ok(())
 }
+
+/// `pd-agent show` and `delete` over the control socket; SIGTERM keeps
+/// routes and state by default; `--flush-on-exit` removes them.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn control_socket_and_stop_behaviour() -> Result<()> {
+    let lab = lab()?;
+    let dir = TempDir::new("ctl")?;
+    // Valid 12 s: the client renews every 3 s.
+    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:800::")], 12)?;
+    let mut agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
+    let _kea = start_kea(&lab.router, &dir, &conf)?;
+    let cdir = TempDir::new("dhc")?;
+    let mut dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    assert_delegated(&lab, &agent, &prefix, "eth0")?;
+    let ctl = agent.control.display().to_string();
+    let bin = agent_bin().display().to_string();
+
+    let shown: serde_json::Value = serde_json::from_str(&sh(&[&bin, "show", &prefix, "--control", &ctl])?)?;
+    assert_eq!(shown[0]["prefix"], prefix.as_str());
+    assert!(shown[0]["rx_packets"].is_u64(), "{shown}");
+    let err = std::process::Command::new(&bin).args(["show", "2001:db8:eeee::/56", "--control", &ctl]).output()?;
+    assert!(!err.status.success() && String::from_utf8_lossy(&err.stderr).contains("no binding for 2001:db8:eeee::/56"));
+
+    // delete: the binding, route and map entry go at once...
+    let out: serde_json::Value = serde_json::from_str(&sh(&[&bin, "delete", &prefix, "--control", &ctl])?)?;
+    assert_eq!(out["deleted"][0], prefix.as_str());
+    assert!(agent.log().contains("event=\"deleted\""), "{}", agent.log());
+    // ...and the server's next Reply to the client's Renew brings them back.
+    wait_for(Duration::from_secs(10), || agent.map_prefixes().ok()?.contains(&prefix).then_some(()))
+        .context("re-created on renewal")?;
+
+    // SIGTERM keeps routes and state.
+    dhclient.kill(libc::SIGKILL);
+    agent.daemon.stop();
+    assert!(our_routes(&lab.router)?.iter().any(|r| r.0 == prefix), "route kept on SIGTERM");
+    drop(agent);
+
+    // --flush-on-exit: the restarted agent restores the binding, and on
+    // SIGTERM removes it with its route.
+    let opts = AgentOpts { args: vec!["--flush-on-exit".into()], ..AgentOpts::new(&["lan0"], &["wan0"]) };
+    let mut agent = Agent::start_opts(&lab.router, &dir, opts)?;
+    assert_eq!(agent.bindings()?.len(), 1);
+    agent.daemon.stop();
+    assert!(our_routes(&lab.router)?.is_empty(), "route removed by --flush-on-exit: {}", agent.log());
+    assert!(agent.log().contains("--flush-on-exit removed"), "{}", agent.log());
+    Ok(())
+}
