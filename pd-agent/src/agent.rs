@@ -22,6 +22,7 @@ use crate::{
     control::{self, Call, Request},
     ebpf::{self, Counters, LoadOptions, Programs},
     maps::{RouteMap, SavMaps},
+    metrics::{self, Metrics},
     route::Routes,
     snoop::{self, Assembler},
     state::{Change, Store},
@@ -50,6 +51,8 @@ pub struct Config {
     /// On SIGTERM/SIGINT remove every route and map entry the agent added
     /// (and the bindings), instead of keeping them for a seamless restart.
     pub flush_on_exit: bool,
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Source-address validation on a downstream interface (RFC 8987 §3.1).
@@ -87,6 +90,7 @@ struct Agent {
     store: Store,
     counters: Counters,
     hooks: Hooks,
+    metrics: Metrics,
     route_errors: u64,
     decode_errors: u64,
 }
@@ -152,6 +156,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         store,
         counters,
         hooks,
+        metrics: Metrics::new(),
         route_errors: 0,
         decode_errors: 0,
     };
@@ -159,6 +164,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     agent.reconcile().await?;
 
     let (call_tx, mut call_rx) = mpsc::channel::<Call>(16);
+    if let Some(addr) = cfg.metrics {
+        metrics::serve(addr, call_tx.clone()).await.with_context(|| format!("metrics listener on {addr}"))?;
+        info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     control::serve(&cfg.control, call_tx)?;
     info!(control = %cfg.control.display(), "ready");
 
@@ -312,7 +321,7 @@ impl Agent {
                 present.insert((r.prefix, nh, i));
             }
         }
-        self.route_errors += run_route_ops(&self.routes, ops).await;
+        self.route_errors += run_route_ops(&self.routes, &self.metrics, ops).await;
         for (p, _, _) in self.map.entries() {
             if !live.contains(&p) {
                 self.map.remove(p)?;
@@ -325,7 +334,7 @@ impl Agent {
             .map(|b| RouteOp::Replace(b.prefix, b.next_hop, b.ifindex))
             .collect();
         let readded = ops.len();
-        self.route_errors += run_route_ops(&self.routes, ops).await;
+        self.route_errors += run_route_ops(&self.routes, &self.metrics, ops).await;
         for b in &all {
             self.map.insert(b)?;
         }
@@ -361,6 +370,7 @@ impl Agent {
         let mut inserts = Vec::new();
         for a in actions {
             let ev = HookEvent::from_action(&a);
+            self.metrics.events.get_or_create(&Metrics::label("event", ev.event)).inc();
             let b = &ev.binding;
             if b.kind == Kind::Acquired {
                 info!(event = ev.event, kind = "acquired", prefix = %b.prefix, from = %b.next_hop, iface = %b.iface,
@@ -392,7 +402,7 @@ impl Agent {
             }
             self.hooks.send(ev);
         }
-        self.route_errors += run_route_ops(&self.routes, ops).await;
+        self.route_errors += run_route_ops(&self.routes, &self.metrics, ops).await;
         for b in inserts {
             if let Err(e) = self.map.insert(&b) {
                 warn!(error = %crate::chain(&e), "map");
@@ -416,6 +426,44 @@ impl Agent {
             .collect()
     }
 
+    /// Copy the values that live elsewhere into the registry, encode it.
+    fn scrape(&self) -> String {
+        let m = &self.metrics;
+        m.bindings.clear();
+        m.forwarded_packets.clear();
+        m.forwarded_bytes.clear();
+        let mut fwd: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for b in self.table.iter() {
+            m.bindings.get_or_create(&vec![("iface".into(), b.iface.clone()), ("kind".into(), b.kind.as_str().into())]).inc();
+            if b.kind == Kind::Delegated {
+                let e = fwd.entry(b.iface.as_str()).or_default();
+                if let Some((p, by)) = self.map.counters(b.prefix) {
+                    e.0 += p;
+                    e.1 += by;
+                }
+            }
+        }
+        for (iface, (p, by)) in fwd {
+            Metrics::set(&m.forwarded_packets.get_or_create(&Metrics::label("iface", iface)), p);
+            Metrics::set(&m.forwarded_bytes.get_or_create(&Metrics::label("iface", iface)), by);
+        }
+        for (name, v) in self.counters.read() {
+            Metrics::set(&m.kernel.get_or_create(&Metrics::label("outcome", name)), v);
+            if name == pd_common::Counter::RingbufFull.name() {
+                Metrics::set(&m.ringbuf_drops, v);
+            }
+        }
+        if let Ok(serde_json::Value::Object(st)) = serde_json::to_value(&self.table.stats) {
+            for (k, v) in st {
+                Metrics::set(&m.agent.get_or_create(&Metrics::label("outcome", &k)), v.as_u64().unwrap_or(0));
+            }
+        }
+        Metrics::set(&m.route_errors, self.route_errors);
+        Metrics::set(&m.hook_runs, self.hooks.stats.runs.load(std::sync::atomic::Ordering::Relaxed));
+        Metrics::set(&m.hook_failures, self.hooks.stats.failures.load(std::sync::atomic::Ordering::Relaxed));
+        m.encode()
+    }
+
     fn answer(&self, req: Request) -> control::Reply {
         match req {
             Request::Show { prefix } => {
@@ -427,6 +475,7 @@ impl Agent {
                 }
             }
             Request::Delete { .. } => serde_json::json!({"error": "handled by the event loop"}),
+            Request::Metrics => serde_json::Value::String(self.scrape()),
             Request::Bindings => serde_json::to_value(self.views(None)).unwrap_or_default(),
 
             Request::Stats => {
@@ -466,7 +515,7 @@ const ROUTE_PARALLELISM: usize = 64;
 /// Carry out `ops`: in waves of distinct prefixes, each wave with up to
 /// [`ROUTE_PARALLELISM`] requests in flight; a prefix seen again starts a
 /// new wave, so its operations keep their order. Returns the failures.
-async fn run_route_ops(routes: &Routes, ops: Vec<RouteOp>) -> u64 {
+async fn run_route_ops(routes: &Routes, metrics: &Metrics, ops: Vec<RouteOp>) -> u64 {
     use futures::StreamExt;
     let mut failures = 0;
     let mut wave: Vec<RouteOp> = Vec::new();
@@ -481,6 +530,7 @@ async fn run_route_ops(routes: &Routes, ops: Vec<RouteOp>) -> u64 {
         if flush && !wave.is_empty() {
             let results: Vec<_> = futures::stream::iter(wave.drain(..))
                 .map(|op| async move {
+                    let t = std::time::Instant::now();
                     let r = match op {
                         RouteOp::Replace(p, nh, i) => routes.replace(p, nh, i).await,
                         RouteOp::Delete(p, nh, i) => {
@@ -488,6 +538,7 @@ async fn run_route_ops(routes: &Routes, ops: Vec<RouteOp>) -> u64 {
                             routes.delete(p, nh, (i != 0).then_some(i)).await
                         }
                     };
+                    metrics.observe_route_op(t.elapsed());
                     r.err()
                 })
                 .buffer_unordered(ROUTE_PARALLELISM)

@@ -92,6 +92,7 @@ pub struct FileConfig {
     pub allow: Vec<ipnet::Ipv6Net>,
     pub max_bindings_per_iface: Option<usize>,
     pub flush_on_exit: Option<bool>,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl FileConfig {
@@ -154,6 +155,9 @@ pub struct RunArgs {
     /// On stop, remove every route and map entry the agent added (default: keep them).
     #[arg(long, env = "PD_FLUSH_ON_EXIT", value_parser = on_off, num_args = 0..=1, default_missing_value = "on")]
     pub flush_on_exit: Option<bool>,
+    /// Serve Prometheus metrics on ADDR:PORT (GET /metrics), e.g. [::1]:9431.
+    #[arg(long, env = "PD_METRICS")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Log as JSON lines.
     #[arg(long, env = "PD_LOG_JSON", value_parser = on_off, num_args = 0..=1, default_missing_value = "on")]
     pub log_json: Option<bool>,
@@ -238,6 +242,7 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
             allow: if args.allow.is_empty() { file.allow } else { args.allow },
             max_bindings_per_iface: args.max_bindings_per_iface.or(file.max_bindings_per_iface),
             flush_on_exit: args.flush_on_exit.or(file.flush_on_exit).unwrap_or(false),
+            metrics: args.metrics.or(file.metrics),
         },
         log_json: args.log_json.or(file.log_json).unwrap_or(false),
     })
@@ -280,6 +285,7 @@ mod tests {
         assert!(r.fast_path);
         assert_eq!(r.allow, ["2001:db8::/32".parse::<ipnet::Ipv6Net>().unwrap()]);
         assert_eq!(r.max_bindings_per_iface, Some(4096));
+        assert_eq!(r.metrics, Some("[::1]:9431".parse().unwrap()));
     }
 
     #[test]

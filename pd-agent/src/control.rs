@@ -24,6 +24,8 @@ pub enum Request {
     Show { prefix: ipnet::Ipv6Net },
     /// Remove a prefix's bindings and routes on purpose (RFC 8987 §3.3).
     Delete { prefix: ipnet::Ipv6Net },
+    /// The Prometheus exposition text (as a JSON string).
+    Metrics,
 }
 
 pub type Reply = serde_json::Value;

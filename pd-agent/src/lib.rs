@@ -13,6 +13,7 @@ pub mod dhcp;
 pub mod ebpf;
 pub mod hooks;
 pub mod maps;
+pub mod metrics;
 pub mod route;
 pub mod snoop;
 pub mod state;

@@ -345,3 +345,42 @@ fn control_socket_and_stop_behaviour() -> Result<()> {
     assert!(agent.log().contains("--flush-on-exit removed"), "{}", agent.log());
     Ok(())
 }
+
+/// Prometheus metrics: scraped over HTTP inside the router's namespace
+/// after a delegation and some forwarded traffic.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn metrics_scrape() -> Result<()> {
+    use std::io::{Read, Write};
+    let lab = lab()?;
+    let dir = TempDir::new("met")?;
+    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:900::")], 600)?;
+    let opts = AgentOpts { args: vec!["--metrics".into(), "[::1]:9431".into()], ..AgentOpts::new(&["lan0"], &["wan0"]) };
+    let agent = Agent::start_opts(&lab.router, &dir, opts)?;
+    let _kea = start_kea(&lab.router, &dir, &conf)?;
+    let cdir = TempDir::new("dhc")?;
+    let _dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    assert_delegated(&lab, &agent, &prefix, "eth0")?; // also pings into the prefix
+    let body = {
+        let _in = InNetns::enter(&lab.router)?;
+        let mut s = std::net::TcpStream::connect("[::1]:9431")?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        out
+    };
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    let value = |series: &str| -> Option<f64> {
+        body.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    };
+    assert_eq!(value("pd_bindings{iface=\"lan0\",kind=\"delegated\"}"), Some(1.0), "{body}");
+    assert!(value("pd_binding_events_total{event=\"delegated\"}") >= Some(1.0), "{body}");
+    assert!(value("pd_kernel_packets_total{outcome=\"parsed\"}") >= Some(2.0), "{body}");
+    assert_eq!(value("pd_ringbuf_drops_total"), Some(0.0), "{body}");
+    assert!(value("pd_route_op_seconds_count") >= Some(1.0), "{body}");
+    assert!(value("pd_forwarded_packets_total{iface=\"lan0\"}").is_some(), "{body}");
+    assert_eq!(value("pd_hook_failures_total"), Some(0.0), "{body}");
+    assert!(body.contains("# EOF"), "OpenMetrics text ends with # EOF");
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Prometheus metrics (`--metrics ADDR:PORT`, `GET /metrics`), encoded by
+//! the `prometheus-client` crate in the OpenMetrics text format.
+//!
+//! Counters the agent owns (binding events, route-operation latency) are
+//! updated as things happen; values that live elsewhere (kernel counters,
+//! the binding table, hook and forwarding counters) are copied in when a
+//! scrape asks, by the event loop that owns them.
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+};
+
+use crate::control::{Call, Request};
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub bindings: Family<Labels, Gauge>,
+    pub events: Family<Labels, Counter>,
+    pub kernel: Family<Labels, Counter>,
+    pub agent: Family<Labels, Counter>,
+    pub ringbuf_drops: Counter,
+    pub route_op_seconds: Histogram,
+    pub route_errors: Counter,
+    pub hook_runs: Counter,
+    pub hook_failures: Counter,
+    pub forwarded_packets: Family<Labels, Counter>,
+    pub forwarded_bytes: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("pd");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            bindings: Family::default(),
+            events: Family::default(),
+            kernel: Family::default(),
+            agent: Family::default(),
+            ringbuf_drops: Counter::default(),
+            // 10 us .. ~1.3 s
+            route_op_seconds: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 18)),
+            route_errors: Counter::default(),
+            hook_runs: Counter::default(),
+            hook_failures: Counter::default(),
+            forwarded_packets: Family::default(),
+            forwarded_bytes: Family::default(),
+        };
+        r.register("bindings", "Bindings by interface and kind", m.bindings.clone());
+        r.register("binding_events", "Binding changes by event", m.events.clone());
+        r.register("kernel_packets", "Kernel program outcomes by reason (seen, parsed, rejects, forwarding)", m.kernel.clone());
+        r.register("agent_messages", "DHCPv6 messages the binding table saw, by what became of them", m.agent.clone());
+        r.register("ringbuf_drops", "Events lost because the ring buffer was full", m.ringbuf_drops.clone());
+        r.register("route_op_seconds", "Latency of one netlink route operation", m.route_op_seconds.clone());
+        r.register("route_errors", "Failed netlink route operations", m.route_errors.clone());
+        r.register("hook_runs", "Hook executions", m.hook_runs.clone());
+        r.register("hook_failures", "Hooks that failed or timed out", m.hook_failures.clone());
+        r.register("forwarded_packets", "Packets forwarded by the XDP fast path, by interface", m.forwarded_packets.clone());
+        r.register("forwarded_bytes", "Bytes forwarded by the XDP fast path, by interface", m.forwarded_bytes.clone());
+        Metrics { registry: Arc::new(r), ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = encode(&mut s, &self.registry);
+        s
+    }
+
+    pub fn observe_route_op(&self, d: Duration) {
+        self.route_op_seconds.observe(d.as_secs_f64());
+    }
+
+    /// Set a counter to a value kept elsewhere (monotonic at the source).
+    pub fn set(c: &Counter, v: u64) {
+        c.inner().store(v, Ordering::Relaxed);
+    }
+
+    pub fn label(k: &str, v: &str) -> Labels {
+        vec![(k.to_string(), v.to_string())]
+    }
+}
+
+/// Serve `GET /metrics` on `addr`; each scrape asks the event loop.
+pub async fn serve(addr: SocketAddr, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut n = 0;
+                while n < buf.len() {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if req.starts_with("GET /metrics ") || req.starts_with("GET / ") {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = calls.send((Request::Metrics, tx)).await;
+                    match rx.await {
+                        Ok(serde_json::Value::String(text)) => ("200 OK", text),
+                        _ => ("503 Service Unavailable", "agent not answering\n".to_string()),
+                    }
+                } else {
+                    ("404 Not Found", "try /metrics\n".to_string())
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}
