@@ -384,3 +384,71 @@ fn metrics_scrape() -> Result<()> {
     assert!(body.contains("# EOF"), "OpenMetrics text ends with # EOF");
     Ok(())
 }
+
+/// Redistribution: BIRD on the router learns pd-agent's routes from the
+/// kernel by protocol number (packaging/bird/pd-agent-bgp.conf) and
+/// announces them over BGP to BIRD on the upstream router, which installs
+/// them. When the client releases, the upstream router withdraws the route.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn bird_redistributes_delegated_prefixes() -> Result<()> {
+    let lab = lab()?;
+    let dir = TempDir::new("bird")?;
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/bird/pd-agent-bgp.conf"))?;
+    let router_conf = example
+        .replace("@ROUTER_ID@", "10.0.0.1")
+        .replace("@PROTO@", PROTO)
+        .replace("@LOCAL@", "2001:db8:feed::1")
+        .replace("@LOCAL_AS@", "65001")
+        .replace("@NEIGHBOR@", "2001:db8:feed::2")
+        .replace("@NEIGHBOR_AS@", "65000");
+    assert!(!router_conf.lines().any(|l| !l.trim_start().starts_with('#') && l.contains('@')), "every placeholder replaced");
+    let upstream_conf = "router id 10.0.0.2;\nprotocol device { }\n\
+        protocol bgp downstream {\n  local 2001:db8:feed::2 as 65000;\n  neighbor 2001:db8:feed::1 as 65001;\n\
+          connect delay time 1;\n  connect retry time 2;\n  ipv6 { import all; export none; };\n}\n\
+        protocol kernel {\n  ipv6 { import none; export all; };\n}\n";
+    std::fs::write(dir.path("router-bird.conf"), router_conf)?;
+    std::fs::write(dir.path("upstream-bird.conf"), upstream_conf)?;
+    let bird = |ns: &Netns, name: &str| {
+        ns.spawn(
+            &[
+                "bird",
+                "-f",
+                "-c",
+                &dir.path(&format!("{name}-bird.conf")).display().to_string(),
+                "-s",
+                &dir.path(&format!("{name}-bird.ctl")).display().to_string(),
+                "-P",
+                &dir.path(&format!("{name}-bird.pid")).display().to_string(),
+            ],
+            &dir.path(&format!("{name}-bird.log")),
+        )
+    };
+    let _bird_up = bird(&lab.upstream, "upstream")?;
+    let _bird_rt = bird(&lab.router, "router")?;
+    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
+    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:a00::")], 600)?;
+    let _kea = start_kea(&lab.router, &dir, &conf)?;
+    let cdir = TempDir::new("dhc")?;
+    let mut dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    assert_delegated(&lab, &agent, &prefix, "eth0")?;
+
+    let learned = || lab.upstream.exec(&["ip", "-6", "route", "show", &prefix]).unwrap_or_default();
+    wait_for(Duration::from_secs(30), || learned().contains("proto bird").then_some(())).with_context(|| {
+        format!(
+            "upstream did not learn {prefix}: {}\nbirdc: {}",
+            learned(),
+            lab.router
+                .exec(&["birdc", "-s", &dir.path("router-bird.ctl").display().to_string(), "show", "route", "all"])
+                .unwrap_or_default()
+        )
+    })?;
+    assert!(learned().contains("via 2001:db8:feed::1"), "next hop is the router: {}", learned());
+
+    dhclient.stop();
+    dhclient_release(&lab.client, &cdir, "eth0")?;
+    wait_for(Duration::from_secs(30), || (!learned().contains("proto bird")).then_some(()))
+        .with_context(|| format!("upstream still routes {prefix}: {}", learned()))?;
+    Ok(())
+}

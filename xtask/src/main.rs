@@ -70,6 +70,7 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "nftables",
     "python3",
+    "bird2",
     "systemd",
     "tcpdump",
 ];
