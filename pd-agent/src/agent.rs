@@ -485,6 +485,7 @@ impl Agent {
                     "kernel": kernel,
                     "agent": self.table.stats,
                     "bindings": self.table.len(),
+                    "route_ops": self.metrics.route_ops.get(),
                     "route_errors": self.route_errors,
                     "hooks": &*self.hooks.stats,
                     "decode_errors": self.decode_errors,

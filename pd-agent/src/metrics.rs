@@ -36,6 +36,7 @@ pub struct Metrics {
     pub agent: Family<Labels, Counter>,
     pub ringbuf_drops: Counter,
     pub route_op_seconds: Histogram,
+    pub route_ops: Counter,
     pub route_errors: Counter,
     pub hook_runs: Counter,
     pub hook_failures: Counter,
@@ -61,6 +62,7 @@ impl Metrics {
             ringbuf_drops: Counter::default(),
             // 10 us .. ~1.3 s
             route_op_seconds: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 18)),
+            route_ops: Counter::default(),
             route_errors: Counter::default(),
             hook_runs: Counter::default(),
             hook_failures: Counter::default(),
@@ -73,6 +75,7 @@ impl Metrics {
         r.register("agent_messages", "DHCPv6 messages the binding table saw, by what became of them", m.agent.clone());
         r.register("ringbuf_drops", "Events lost because the ring buffer was full", m.ringbuf_drops.clone());
         r.register("route_op_seconds", "Latency of one netlink route operation", m.route_op_seconds.clone());
+        r.register("route_ops", "Netlink route operations", m.route_ops.clone());
         r.register("route_errors", "Failed netlink route operations", m.route_errors.clone());
         r.register("hook_runs", "Hook executions", m.hook_runs.clone());
         r.register("hook_failures", "Hooks that failed or timed out", m.hook_failures.clone());
@@ -89,6 +92,7 @@ impl Metrics {
 
     pub fn observe_route_op(&self, d: Duration) {
         self.route_op_seconds.observe(d.as_secs_f64());
+        self.route_ops.inc();
     }
 
     /// Set a counter to a value kept elsewhere (monotonic at the source).

@@ -355,7 +355,10 @@ fn metrics_scrape() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("met")?;
     let conf = kea_config(&dir, &[lan0_subnet("2001:db8:900::")], 600)?;
-    let opts = AgentOpts { args: vec!["--metrics".into(), "[::1]:9431".into()], ..AgentOpts::new(&["lan0"], &["wan0"]) };
+    let opts = AgentOpts {
+        args: vec!["--metrics".into(), "[::1]:9431".into(), "--log-json".into()],
+        ..AgentOpts::new(&["lan0"], &["wan0"])
+    };
     let agent = Agent::start_opts(&lab.router, &dir, opts)?;
     let _kea = start_kea(&lab.router, &dir, &conf)?;
     let cdir = TempDir::new("dhc")?;
@@ -382,6 +385,13 @@ fn metrics_scrape() -> Result<()> {
     assert!(value("pd_forwarded_packets_total{iface=\"lan0\"}").is_some(), "{body}");
     assert_eq!(value("pd_hook_failures_total"), Some(0.0), "{body}");
     assert!(body.contains("# EOF"), "OpenMetrics text ends with # EOF");
+    // --log-json: one JSON object per line; the binding change carries its fields.
+    let lines: Vec<serde_json::Value> = agent.log().lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let change = lines.iter().find(|l| l["fields"]["event"] == "delegated").context("a delegated line")?;
+    assert_eq!(change["fields"]["prefix"], prefix.as_str());
+    assert_eq!(change["fields"]["iface"], "lan0");
+    assert!(change["fields"]["next_hop"].is_string() && change["fields"]["valid"].is_u64(), "{change}");
+    assert!(agent.stats()?["route_ops"].as_u64() >= Some(1));
     Ok(())
 }
 
