@@ -53,6 +53,8 @@ pub struct Config {
     pub flush_on_exit: bool,
     /// Serve Prometheus metrics here.
     pub metrics: Option<std::net::SocketAddr>,
+    /// A Reply must answer a client message seen with its xid and Client-ID.
+    pub require_client_message: bool,
 }
 
 /// Source-address validation on a downstream interface (RFC 8987 §3.1).
@@ -146,7 +148,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     let hooks = Hooks::start(cfg.hooks.clone(), cfg.hook_timeout);
 
     let mut table = Table::new();
-    table.policy = Policy { allow: cfg.allow.clone(), max_bindings_per_iface: cfg.max_bindings_per_iface };
+    table.policy = Policy {
+        allow: cfg.allow.clone(),
+        max_bindings_per_iface: cfg.max_bindings_per_iface,
+        require_client_message: cfg.require_client_message,
+    };
     let mut agent = Agent {
         table,
         ifaces,

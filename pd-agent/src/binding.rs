@@ -184,6 +184,10 @@ pub struct Stats {
     pub not_allowed: u64,
     /// Delegations refused by `--max-bindings-per-iface`.
     pub limit_reached: u64,
+    /// Replies answering no client message seen (forged or replayed).
+    pub unsolicited_replies: u64,
+    /// Releases/Declines from an address other than the binding's client.
+    pub foreign_releases: u64,
 }
 
 /// What the operator allows (RFC 8987 §3.2, §3.3).
@@ -194,7 +198,14 @@ pub struct Policy {
     pub allow: Vec<Ipv6Net>,
     /// Most bindings one interface may hold.
     pub max_bindings_per_iface: Option<usize>,
+    /// A Reply counts only if it answers a client message (Request, Renew,
+    /// Rebind, Solicit with Rapid Commit, Release) seen with the same
+    /// transaction id and Client-ID within [`CLIENT_MESSAGE_WINDOW_SECS`].
+    pub require_client_message: bool,
 }
+
+/// How long a client message waits for the Reply that answers it.
+pub const CLIENT_MESSAGE_WINDOW_SECS: u64 = 60;
 
 impl Policy {
     fn allows(&self, p: Ipv6Net) -> bool {
@@ -276,8 +287,11 @@ impl Index {
 #[derive(Default)]
 pub struct Table {
     bindings: Index,
-    /// (xid, client DUID) -> (iaid, prefix) listed in the Release, seen at.
-    releases: HashMap<(u32, Vec<u8>), (Vec<(u32, Ipv6Net)>, u64)>,
+    /// (xid, client DUID) -> (iaid, prefix) listed in the Release, the
+    /// address it came from (None: this host's own), seen at.
+    releases: HashMap<(u32, Vec<u8>), (Vec<(u32, Ipv6Net)>, Option<Ipv6Addr>, u64)>,
+    /// (xid, client DUID) of client messages awaiting a Reply -> seen at.
+    asked: HashMap<(u32, Vec<u8>), u64>,
     pub stats: Stats,
     pub policy: Policy,
     /// Why delegations were refused since the last [`Table::take_refusals`]
@@ -287,6 +301,16 @@ pub struct Table {
 
 fn is_error(st: u16) -> bool {
     st != status::ABSENT && st != status::SUCCESS
+}
+
+/// Where a client message came from: the innermost relay layer's
+/// peer-address when relayed, else the packet's source.
+fn client_address(m: &Message) -> Ipv6Addr {
+    if m.relay_depth > 0 {
+        m.peer_addr
+    } else {
+        m.src
+    }
 }
 
 fn net(prefix: Ipv6Addr, len: u8) -> Option<Ipv6Net> {
@@ -336,7 +360,7 @@ impl Table {
     /// Earliest expiry among bindings and pending releases.
     pub fn next_deadline(&self) -> Option<u64> {
         let b = self.bindings.next_expiry();
-        let r = self.releases.values().map(|(_, t)| t + RELEASE_WINDOW_SECS).min();
+        let r = self.releases.values().map(|(_, _, t)| t + RELEASE_WINDOW_SECS).min();
         match (b, r) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -345,7 +369,8 @@ impl Table {
 
     /// Remove what has run out by `now`.
     pub fn expire(&mut self, now: u64) -> Vec<Action> {
-        self.releases.retain(|_, (_, t)| *t + RELEASE_WINDOW_SECS > now);
+        self.releases.retain(|_, (_, _, t)| *t + RELEASE_WINDOW_SECS > now);
+        self.asked.retain(|_, t| *t + CLIENT_MESSAGE_WINDOW_SECS > now);
         let gone = self.bindings.expired(now);
         gone.into_iter()
             .filter_map(|k| self.bindings.remove(&k))
@@ -393,12 +418,24 @@ impl Table {
             }
             // A client's Release/Decline: from a downstream client coming
             // in, or from this host's own client going out upstream.
+            // Client messages a Reply may answer: from a downstream client
+            // coming in, or from this host's own client going out upstream.
+            (hook::XDP_INGRESS, msg::REQUEST | msg::RENEW | msg::REBIND | msg::SOLICIT)
+            | (hook::TC_EGRESS, msg::REQUEST | msg::RENEW | msg::REBIND | msg::SOLICIT)
+                if (m.hook == hook::XDP_INGRESS && down.is_some()) || (m.hook == hook::TC_EGRESS && up) =>
+            {
+                if self.asked.len() < 1_000_000 {
+                    self.asked.insert((m.xid, m.duid_key()), now);
+                }
+                vec![]
+            }
             (hook::XDP_INGRESS, msg::RELEASE) | (hook::TC_EGRESS, msg::RELEASE)
                 if (m.hook == hook::XDP_INGRESS && down.is_some()) || (m.hook == hook::TC_EGRESS && up) =>
             {
                 self.stats.releases_seen += 1;
                 let listed = m.prefixes.iter().filter_map(|p| Some((p.iaid, net(p.prefix, p.len)?))).collect();
-                self.releases.insert((m.xid, m.duid_key()), (listed, now));
+                let from = (m.hook == hook::XDP_INGRESS).then(|| client_address(m));
+                self.releases.insert((m.xid, m.duid_key()), (listed, from, now));
                 vec![]
             }
             (hook::XDP_INGRESS, msg::DECLINE) | (hook::TC_EGRESS, msg::DECLINE)
@@ -406,14 +443,21 @@ impl Table {
             {
                 self.stats.declines += 1;
                 let duid = m.duid_key();
-                m.prefixes
-                    .iter()
-                    .filter_map(|p| {
-                        let key = BindingKey { client_duid: duid.clone(), iaid: p.iaid, prefix: net(p.prefix, p.len)? };
-                        self.bindings.remove(&key)
-                    })
-                    .map(|b| Action::Remove(b, RemoveReason::Declined))
-                    .collect()
+                let from = (m.hook == hook::XDP_INGRESS).then(|| client_address(m));
+                let mut out = Vec::new();
+                for p in &m.prefixes {
+                    let Some(prefix) = net(p.prefix, p.len) else { continue };
+                    let key = BindingKey { client_duid: duid.clone(), iaid: p.iaid, prefix };
+                    match self.bindings.get(&key) {
+                        Some(b) if from.is_some_and(|f| f != b.next_hop) => {
+                            self.stats.foreign_releases += 1;
+                            self.refusals.push((prefix, "Decline from an address other than the client's"));
+                        }
+                        Some(_) => out.extend(self.bindings.remove(&key).map(|b| Action::Remove(b, RemoveReason::Declined))),
+                        None => {}
+                    }
+                }
+                out
             }
             _ => {
                 self.stats.other += 1;
@@ -442,15 +486,36 @@ impl Table {
             self.stats.no_client_id += 1;
             return vec![];
         }
-        if let Some((listed, _)) = self.releases.remove(&(m.xid, duid.clone())) {
+        if let Some((listed, from, _)) = self.releases.remove(&(m.xid, duid.clone())) {
             self.stats.releases_matched += 1;
-            return listed
-                .into_iter()
-                .filter_map(|(iaid, prefix)| {
-                    self.bindings.remove(&BindingKey { client_duid: duid.clone(), iaid, prefix })
-                })
-                .map(|b| Action::Remove(b, RemoveReason::Released))
-                .collect();
+            let mut out = Vec::new();
+            for (iaid, prefix) in listed {
+                let key = BindingKey { client_duid: duid.clone(), iaid, prefix };
+                match self.bindings.get(&key) {
+                    // Only the client itself (its address is the next hop)
+                    // releases its binding: a rogue host claiming its DUID
+                    // on the same link does not.
+                    Some(b) if from.is_some_and(|f| f != b.next_hop) => {
+                        self.stats.foreign_releases += 1;
+                        self.refusals.push((prefix, "Release from an address other than the client's"));
+                    }
+                    Some(_) => out.extend(self.bindings.remove(&key).map(|b| Action::Remove(b, RemoveReason::Released))),
+                    None => {}
+                }
+            }
+            return out;
+        }
+        if self.policy.require_client_message && self.asked.remove(&(m.xid, duid.clone())).is_none() {
+            // Keep a retransmitted Reply working: the entry is consumed by
+            // the first Reply, so note it again until the window ends.
+            self.stats.unsolicited_replies += 1;
+            if let Some(p) = m.prefixes.first().and_then(|p| net(p.prefix, p.len)) {
+                self.refusals.push((p, "Reply answers no client message seen"));
+            }
+            return vec![];
+        }
+        if self.policy.require_client_message {
+            self.asked.insert((m.xid, duid.clone()), now);
         }
         if m.prefixes.is_empty() {
             return vec![];
@@ -670,7 +735,8 @@ mod tests {
     fn release_is_matched_by_xid_and_duid() {
         let mut t = Table::new();
         t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
-        let rel = message(hook::XDP_INGRESS, DOWN, msg::RELEASE, 0x777, vec![pfx("2001:db8:100::", 56, 0)]);
+        let mut rel = message(hook::XDP_INGRESS, DOWN, msg::RELEASE, 0x777, vec![pfx("2001:db8:100::", 56, 0)]);
+        rel.src = client();
         assert!(t.handle(&rel, &ifaces(), 1001).is_empty());
         // A Reply with another xid does not match.
         let mut other = reply(vec![]);
@@ -692,7 +758,9 @@ mod tests {
     fn release_answered_with_error_keeps_binding() {
         let mut t = Table::new();
         t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
-        t.handle(&message(hook::XDP_INGRESS, DOWN, msg::RELEASE, 0x777, vec![pfx("2001:db8:100::", 56, 0)]), &ifaces(), 1001);
+        let mut rel = message(hook::XDP_INGRESS, DOWN, msg::RELEASE, 0x777, vec![pfx("2001:db8:100::", 56, 0)]);
+        rel.src = client();
+        t.handle(&rel, &ifaces(), 1001);
         let mut r = reply(vec![]);
         r.xid = 0x777;
         r.status = 1; // UnspecFail
@@ -704,7 +772,11 @@ mod tests {
     fn decline_removes_at_once() {
         let mut t = Table::new();
         t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
-        let d = message(hook::XDP_INGRESS, DOWN, msg::DECLINE, 0x9, vec![pfx("2001:db8:100::", 56, 0)]);
+        let mut d = message(hook::XDP_INGRESS, DOWN, msg::DECLINE, 0x9, vec![pfx("2001:db8:100::", 56, 0)]);
+        d.src = "fe80::bad".parse().unwrap();
+        assert!(t.handle(&d, &ifaces(), 1001).is_empty(), "a Decline from another host changes nothing");
+        assert_eq!(t.stats.foreign_releases, 1);
+        d.src = client();
         assert_eq!(installed(&t.handle(&d, &ifaces(), 1001)), ["remove 2001:db8:100::/56 declined"]);
     }
 
@@ -846,6 +918,51 @@ mod tests {
         assert_eq!(t.next_deadline(), Some(61));
         assert_eq!(installed(&t.expire(61)), ["remove 2001:db8:200::/56 expired"]);
         assert_eq!(t.next_deadline(), Some(62));
+    }
+
+    #[test]
+    fn forged_release_from_another_host_removes_nothing() {
+        let mut t = Table::new();
+        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1);
+        let mut rel = message(hook::XDP_INGRESS, DOWN, msg::RELEASE, 0x31, vec![pfx("2001:db8:100::", 56, 0)]);
+        rel.src = "fe80::bad".parse().unwrap(); // same DUID, another host
+        t.handle(&rel, &ifaces(), 2);
+        let mut ok = reply(vec![]);
+        ok.xid = 0x31;
+        assert!(t.handle(&ok, &ifaces(), 3).is_empty());
+        assert_eq!((t.len(), t.stats.foreign_releases), (1, 1));
+        // Relayed: the innermost peer-address is the client.
+        let mut rel = message(hook::XDP_INGRESS, DOWN, msg::RELEASE, 0x32, vec![pfx("2001:db8:100::", 56, 0)]);
+        rel.relay_depth = 1;
+        rel.peer_addr = client();
+        t.handle(&rel, &ifaces(), 4);
+        let mut ok = reply(vec![]);
+        ok.xid = 0x32;
+        assert_eq!(installed(&t.handle(&ok, &ifaces(), 5)), ["remove 2001:db8:100::/56 released"]);
+    }
+
+    #[test]
+    fn reply_must_answer_a_client_message_when_required() {
+        let mut t = Table::new();
+        t.policy.require_client_message = true;
+        // Unsolicited (forged or replayed): nothing.
+        assert!(t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1).is_empty());
+        assert_eq!(t.stats.unsolicited_replies, 1);
+        // A Request with that xid and Client-ID, then the Reply: installed.
+        let mut req = message(hook::XDP_INGRESS, DOWN, msg::REQUEST, 0x1234, vec![]);
+        req.src = client();
+        assert!(t.handle(&req, &ifaces(), 2).is_empty());
+        assert_eq!(t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 3).len(), 1);
+        // A retransmitted Reply within the window still counts.
+        assert_eq!(t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 4).len(), 1);
+        // Once the window has passed, a replay does not.
+        t.expire(3 + CLIENT_MESSAGE_WINDOW_SECS + 1);
+        assert!(t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 3 + CLIENT_MESSAGE_WINDOW_SECS + 1).is_empty());
+        // Another client's xid does not open the door.
+        let mut req = message(hook::XDP_INGRESS, DOWN, msg::RENEW, 0x1234, vec![]);
+        req.client_duid = vec![9];
+        t.handle(&req, &ifaces(), 100);
+        assert!(t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 101).is_empty());
     }
 
     #[test]

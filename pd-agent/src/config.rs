@@ -93,6 +93,7 @@ pub struct FileConfig {
     pub max_bindings_per_iface: Option<usize>,
     pub flush_on_exit: Option<bool>,
     pub metrics: Option<std::net::SocketAddr>,
+    pub require_client_message: Option<bool>,
 }
 
 impl FileConfig {
@@ -155,6 +156,10 @@ pub struct RunArgs {
     /// On stop, remove every route and map entry the agent added (default: keep them).
     #[arg(long, env = "PD_FLUSH_ON_EXIT", value_parser = on_off, num_args = 0..=1, default_missing_value = "on")]
     pub flush_on_exit: Option<bool>,
+    /// A Reply counts only if it answers a client message (Request, Renew, Rebind, Solicit with
+    /// Rapid Commit) seen with the same transaction id and Client-ID within 60 s [default: on].
+    #[arg(long, env = "PD_REQUIRE_CLIENT_MESSAGE", value_parser = on_off)]
+    pub require_client_message: Option<bool>,
     /// Serve Prometheus metrics on ADDR:PORT (GET /metrics), e.g. [::1]:9431.
     #[arg(long, env = "PD_METRICS")]
     pub metrics: Option<std::net::SocketAddr>,
@@ -243,6 +248,7 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
             max_bindings_per_iface: args.max_bindings_per_iface.or(file.max_bindings_per_iface),
             flush_on_exit: args.flush_on_exit.or(file.flush_on_exit).unwrap_or(false),
             metrics: args.metrics.or(file.metrics),
+            require_client_message: args.require_client_message.or(file.require_client_message).unwrap_or(true),
         },
         log_json: args.log_json.or(file.log_json).unwrap_or(false),
     })

@@ -449,9 +449,13 @@ impl Drop for Monitor {
     }
 }
 
+/// An agent on the rig's router. The benchmark's Replies are synthetic
+/// (no client sent a Request), so Reply-to-client-message matching is off.
 fn start_agent(rig: &Rig, tag: &str, extra: &[&str]) -> Result<(Agent, TempDir)> {
     let dir = TempDir::new(tag)?;
-    let opts = AgentOpts { args: extra.iter().map(|s| s.to_string()).collect(), ..AgentOpts::new(&["lan0"], &["wan0"]) };
+    let mut args: Vec<String> = vec!["--require-client-message".into(), "off".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let opts = AgentOpts { args, ..AgentOpts::new(&["lan0"], &["wan0"]) };
     Ok((Agent::start_opts(&rig.router, &dir, opts)?, dir))
 }
 

@@ -462,3 +462,48 @@ fn bird_redistributes_delegated_prefixes() -> Result<()> {
         .with_context(|| format!("upstream still routes {prefix}: {}", learned()))?;
     Ok(())
 }
+
+/// A rogue host on the client's link sends a Release with the client's
+/// DUID, IAID and prefix (and Kea, believing it, answers Success): the
+/// route stays, because the Release did not come from the client's address.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn forged_release_from_another_host_removes_nothing() -> Result<()> {
+    let lab = lab()?;
+    let dir = TempDir::new("forge")?;
+    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:b00::")], 600)?;
+    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
+    let _kea = start_kea(&lab.router, &dir, &conf)?;
+    let cdir = TempDir::new("dhc")?;
+    let _dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    assert_delegated(&lab, &agent, &prefix, "eth0")?;
+    let b = agent.bindings()?;
+    let duid = b[0]["client_duid"].as_str().unwrap().to_string();
+    let iaid = b[0]["iaid"].as_u64().unwrap();
+    let server_duid: String = std::fs::read_to_string("/var/lib/kea/kea-dhcp6-serverid")?.trim().replace(':', "");
+
+    // The rogue: another address on the same link, crafting the Release by hand.
+    lab.client.exec(&["ip", "-6", "addr", "add", "fe80::bad/64", "dev", "eth0", "nodad"])?;
+    let (net, len) = prefix.split_once('/').unwrap();
+    let script = format!(
+        r#"
+import ipaddress, socket, struct
+def opt(code, data): return struct.pack("!HH", code, len(data)) + data
+iaprefix = opt(26, struct.pack("!IIB", 0, 0, {len}) + ipaddress.IPv6Address("{net}").packed)
+msg = bytes([8, 0x42, 0x42, 0x42]) + opt(1, bytes.fromhex("{duid}")) + opt(2, bytes.fromhex("{server_duid}")) \
+    + opt(25, struct.pack("!III", {iaid}, 0, 0) + iaprefix)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+idx = socket.if_nametoindex("eth0")
+s.bind(("fe80::bad", 546, 0, idx))
+s.sendto(msg, ("ff02::1:2", 547, 0, idx))
+"#
+    );
+    lab.client.exec(&["/usr/bin/python3", "-c", &script])?;
+    wait_for(Duration::from_secs(10), || (agent.stats().ok()?["agent"]["foreign_releases"].as_u64()? >= 1).then_some(()))
+        .with_context(|| format!("the forged Release was not seen answered: {}", agent.log()))?;
+    assert!(agent.log().contains("Release from an address other than the client's"), "{}", agent.log());
+    assert!(our_routes(&lab.router)?.iter().any(|r| r.0 == prefix), "the route stays");
+    assert_eq!(agent.bindings()?.len(), 1);
+    Ok(())
+}
