@@ -397,9 +397,15 @@ impl Agent {
             let _ = daemon.check_alive();
             daemon.log_text().contains("ready").then_some(())
         });
-        daemon.check_alive()?;
-        if ready.is_none() {
-            bail!("pd-agent did not become ready; log:\n{}", daemon.log_text());
+        let failed = match daemon.check_alive() {
+            Err(e) => Some(e),
+            Ok(()) if ready.is_none() => Some(anyhow::anyhow!("pd-agent did not become ready; log:\n{}", daemon.log_text())),
+            Ok(()) => None,
+        };
+        if let Some(e) = failed {
+            daemon.stop();
+            let _ = fs::remove_dir_all(&pin_dir);
+            return Err(e);
         }
         Ok(Agent { daemon, pin_dir, state_dir, control })
     }

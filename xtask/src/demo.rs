@@ -21,6 +21,8 @@ use pd_tests::{
 
 const PREFIX: &str = "pd-";
 const PIN_ROOT: &str = "/sys/fs/bpf/pd-demo";
+/// The lab's files (configs, leases, logs, state), removed with the lab.
+const WORK_DIR: &str = "/tmp/pd-demo";
 
 fn cleanup_all() {
     let names = Names::fixed(PREFIX);
@@ -30,6 +32,7 @@ fn cleanup_all() {
     for role in ["isp", "border", "laptop", "vm"] {
         let _ = std::fs::remove_dir_all(format!("{PIN_ROOT}-{role}"));
     }
+    let _ = std::fs::remove_dir_all(WORK_DIR);
 }
 
 fn step(s: &str) {
@@ -48,6 +51,8 @@ pub fn run(bin: &Path, keep: bool) -> Result<()> {
     std::env::set_var("PD_AGENT_BIN", bin);
     step("removing leftovers of an earlier run");
     cleanup_all();
+    std::fs::create_dir_all(WORK_DIR)?;
+    std::env::set_var("TMPDIR", WORK_DIR);
     let started = Instant::now();
     let res = demo(keep);
     if res.is_err() || !keep {
