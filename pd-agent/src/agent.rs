@@ -93,6 +93,8 @@ struct Agent {
     counters: Counters,
     hooks: Hooks,
     metrics: Metrics,
+    /// Routes whose installation failed, retried with backoff.
+    retries: std::collections::BTreeMap<Ipv6Net, Retry>,
     route_errors: u64,
     decode_errors: u64,
 }
@@ -163,6 +165,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         counters,
         hooks,
         metrics: Metrics::new(),
+        retries: Default::default(),
         route_errors: 0,
         decode_errors: 0,
     };
@@ -181,6 +184,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     // for as long as the RingBuf lives inside the AsyncFd.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from).context("ring buffer fd")?;
     let mut asm = Assembler::default();
+    let mut links = crate::route::link_events()?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
 
@@ -189,7 +193,21 @@ pub async fn run(cfg: Config) -> Result<()> {
             Some(t) => Duration::from_millis(t.saturating_sub(now()) * 1000).max(Duration::from_millis(200)),
             None => Duration::from_secs(3600),
         };
+        let retry_in = agent
+            .retries
+            .values()
+            .map(|r| r.at.saturating_duration_since(std::time::Instant::now()))
+            .min()
+            .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
+            _ = tokio::time::sleep(retry_in) => agent.retry_routes(None).await,
+            Some((ifindex, up)) = links.recv() => {
+                if up && agent.ifaces.downstream.contains_key(&ifindex) {
+                    // The kernel drops IPv6 routes through a link that goes
+                    // down; put ours back when it returns.
+                    agent.retry_routes(Some(ifindex)).await;
+                }
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let mut msgs = Vec::new();
@@ -327,7 +345,8 @@ impl Agent {
                 present.insert((r.prefix, nh, i));
             }
         }
-        self.route_errors += run_route_ops(&self.routes, &self.metrics, ops).await;
+        let failed = run_route_ops(&self.routes, &self.metrics, ops).await;
+        self.note_failures(failed);
         for (p, _, _) in self.map.entries() {
             if !live.contains(&p) {
                 self.map.remove(p)?;
@@ -340,7 +359,8 @@ impl Agent {
             .map(|b| RouteOp::Replace(b.prefix, b.next_hop, b.ifindex))
             .collect();
         let readded = ops.len();
-        self.route_errors += run_route_ops(&self.routes, &self.metrics, ops).await;
+        let failed = run_route_ops(&self.routes, &self.metrics, ops).await;
+        self.note_failures(failed);
         for b in &all {
             self.map.insert(b)?;
         }
@@ -408,7 +428,8 @@ impl Agent {
             }
             self.hooks.send(ev);
         }
-        self.route_errors += run_route_ops(&self.routes, &self.metrics, ops).await;
+        let failed = run_route_ops(&self.routes, &self.metrics, ops).await;
+        self.note_failures(failed);
         for b in inserts {
             if let Err(e) = self.map.insert(&b) {
                 warn!(error = %crate::chain(&e), "map");
@@ -427,7 +448,16 @@ impl Agent {
             .filter(|b| prefix.is_none_or(|p| b.prefix == p))
             .map(|b| {
                 let c = (b.kind == Kind::Delegated).then(|| self.map.counters(b.prefix)).flatten();
-                BindingView { binding: b.clone(), rx_packets: c.map(|c| c.0), rx_bytes: c.map(|c| c.1) }
+                let status = (b.kind == Kind::Delegated).then(|| match self.retries.get(&b.prefix) {
+                    None => "installed".to_string(),
+                    Some(r) => format!(
+                        "route failed ({}), attempt {}, next in {}s",
+                        r.error,
+                        r.attempts,
+                        r.at.saturating_duration_since(std::time::Instant::now()).as_secs()
+                    ),
+                });
+                BindingView { binding: b.clone(), rx_packets: c.map(|c| c.0), rx_bytes: c.map(|c| c.1), status }
             })
             .collect()
     }
@@ -501,6 +531,62 @@ impl Agent {
     }
 }
 
+/// A route that could not be installed, and when to try again.
+#[derive(Debug, Clone)]
+struct Retry {
+    attempts: u32,
+    at: std::time::Instant,
+    error: String,
+}
+
+/// Longest wait between attempts to install a route.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+
+impl Agent {
+    /// Count failed route operations; failed installs are retried.
+    fn note_failures(&mut self, failed: Vec<(RouteOp, String)>) {
+        for (op, error) in failed {
+            self.route_errors += 1;
+            if let RouteOp::Replace(p, ..) = op {
+                let attempts = self.retries.get(&p).map(|r| r.attempts + 1).unwrap_or(1);
+                let backoff = Duration::from_secs(1u64 << attempts.min(6)).min(MAX_RETRY_BACKOFF);
+                self.retries.insert(p, Retry { attempts, at: std::time::Instant::now() + backoff, error });
+            }
+        }
+    }
+
+    /// Install again the routes that are due for a retry, or (when a link
+    /// came back) every route through `ifindex`.
+    async fn retry_routes(&mut self, ifindex: Option<u32>) {
+        let now = std::time::Instant::now();
+        let prefixes: Vec<Ipv6Net> = match ifindex {
+            Some(i) => self.table.iter().filter(|b| b.kind == Kind::Delegated && b.ifindex == i).map(|b| b.prefix).collect(),
+            None => self.retries.iter().filter(|(_, r)| r.at <= now).map(|(p, _)| *p).collect(),
+        };
+        let mut ops = Vec::new();
+        for p in prefixes {
+            match self.table.by_prefix(p).into_iter().find(|b| b.kind == Kind::Delegated) {
+                Some(b) => ops.push(RouteOp::Replace(b.prefix, b.next_hop, b.ifindex)),
+                None => {
+                    self.retries.remove(&p);
+                }
+            }
+        }
+        if ops.is_empty() {
+            return;
+        }
+        let tried: Vec<Ipv6Net> = ops.iter().map(|o| o.prefix()).collect();
+        let failed = run_route_ops(&self.routes, &self.metrics, ops).await;
+        let failed_set: HashSet<Ipv6Net> = failed.iter().map(|(o, _)| o.prefix()).collect();
+        for p in tried {
+            if !failed_set.contains(&p) && self.retries.remove(&p).is_some() {
+                info!(prefix = %p, "route installed after retry");
+            }
+        }
+        self.note_failures(failed);
+    }
+}
+
 /// A kernel route change.
 #[derive(Debug, Clone, Copy)]
 enum RouteOp {
@@ -522,9 +608,9 @@ const ROUTE_PARALLELISM: usize = 64;
 /// Carry out `ops`: in waves of distinct prefixes, each wave with up to
 /// [`ROUTE_PARALLELISM`] requests in flight; a prefix seen again starts a
 /// new wave, so its operations keep their order. Returns the failures.
-async fn run_route_ops(routes: &Routes, metrics: &Metrics, ops: Vec<RouteOp>) -> u64 {
+async fn run_route_ops(routes: &Routes, metrics: &Metrics, ops: Vec<RouteOp>) -> Vec<(RouteOp, String)> {
     use futures::StreamExt;
-    let mut failures = 0;
+    let mut failures = Vec::new();
     let mut wave: Vec<RouteOp> = Vec::new();
     let mut seen: HashSet<Ipv6Net> = HashSet::new();
     let mut ops = ops.into_iter().peekable();
@@ -546,14 +632,14 @@ async fn run_route_ops(routes: &Routes, metrics: &Metrics, ops: Vec<RouteOp>) ->
                         }
                     };
                     metrics.observe_route_op(t.elapsed());
-                    r.err()
+                    r.err().map(|e| (op, crate::chain(&e)))
                 })
                 .buffer_unordered(ROUTE_PARALLELISM)
                 .collect()
                 .await;
-            for e in results.into_iter().flatten() {
-                failures += 1;
-                warn!(error = %crate::chain(&e), "route");
+            for (op, e) in results.into_iter().flatten() {
+                warn!(prefix = %op.prefix(), error = %e, "route");
+                failures.push((op, e));
             }
             seen.clear();
         }

@@ -91,6 +91,9 @@ pub struct BindingView {
     pub rx_packets: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_bytes: Option<u64>,
+    /// Route state of a delegated binding: "installed", or why not yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 impl Binding {
@@ -328,6 +331,11 @@ impl Table {
 
     pub fn len(&self) -> usize {
         self.bindings.len()
+    }
+
+    /// The bindings of `prefix` (normally one).
+    pub fn by_prefix(&self, prefix: Ipv6Net) -> Vec<Binding> {
+        self.bindings.keys_for_prefix(prefix).iter().filter_map(|k| self.bindings.get(k).cloned()).collect()
     }
 
     /// Refused delegations since the last call: (prefix, reason).

@@ -90,7 +90,7 @@ async fn real_main() -> Result<()> {
                     eprintln!("pd-agent: no agent answers ({e}); showing the state store {}", state_dir.display());
                     state::load_dir(&state_dir)?
                         .into_iter()
-                        .map(|binding| BindingView { binding, rx_packets: None, rx_bytes: None })
+                        .map(|binding| BindingView { binding, rx_packets: None, rx_bytes: None, status: None })
                         .collect()
                 }
             };

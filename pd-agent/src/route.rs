@@ -146,3 +146,36 @@ impl Routes {
         Some(KernelRoute { prefix, next_hop, ifindex })
     }
 }
+
+/// Up/down changes of interfaces: (ifindex, up). A link counts as up when
+/// it is administratively up and running.
+pub fn link_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<(u32, bool)>, RouteError> {
+    use futures::StreamExt;
+    use rtnetlink::{
+        packet_core::NetlinkPayload,
+        packet_route::{link::LinkFlags, RouteNetlinkMessage},
+        MulticastGroup,
+    };
+    let (conn, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(RouteError::Socket)?;
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((m, _)) = messages.next().await {
+            let ev = match m.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                    let f = l.header.flags;
+                    Some((l.header.index, f.contains(LinkFlags::Up) && f.contains(LinkFlags::Running)))
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => Some((l.header.index, false)),
+                _ => None,
+            };
+            if let Some(ev) = ev {
+                if tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -507,3 +507,44 @@ s.sendto(msg, ("ff02::1:2", 547, 0, idx))
     assert_eq!(agent.bindings()?.len(), 1);
     Ok(())
 }
+
+/// The kernel drops IPv6 routes through a link that goes down. The agent
+/// puts its route back when lan0 returns; and an agent started while lan0
+/// is down shows the failed install in `bindings` and retries until the
+/// link is back.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn routes_come_back_with_the_link() -> Result<()> {
+    let lab = lab()?;
+    let dir = TempDir::new("link")?;
+    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:c00::")], 600)?;
+    let mut agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
+    let _kea = start_kea(&lab.router, &dir, &conf)?;
+    let cdir = TempDir::new("dhc")?;
+    let mut dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    assert_delegated(&lab, &agent, &prefix, "eth0")?;
+    assert_eq!(agent.bindings()?[0]["status"], "installed");
+    dhclient.kill(libc::SIGKILL);
+    let has_route = || our_routes(&lab.router).map(|r| r.iter().any(|r| r.0 == prefix)).unwrap_or(false);
+
+    lab.router.exec(&["ip", "link", "set", "lan0", "down"])?;
+    wait_for(Duration::from_secs(5), || (!has_route()).then_some(())).context("the kernel keeps routes over a down link?")?;
+    lab.router.exec(&["ip", "link", "set", "lan0", "up"])?;
+    wait_for(Duration::from_secs(10), || has_route().then_some(()))
+        .with_context(|| format!("route not re-installed when lan0 came back: {}", agent.log()))?;
+
+    // Restart while lan0 is down: the install fails, is shown, and retried.
+    agent.daemon.stop();
+    lab.router.exec(&["ip", "link", "set", "lan0", "down"])?;
+    drop(agent);
+    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
+    let status = agent.bindings()?[0]["status"].as_str().unwrap_or_default().to_string();
+    assert!(status.starts_with("route failed"), "{status}");
+    assert!(!has_route());
+    lab.router.exec(&["ip", "link", "set", "lan0", "up"])?;
+    wait_for(Duration::from_secs(10), || has_route().then_some(()))
+        .with_context(|| format!("route not installed after the link came back: {}", agent.log()))?;
+    assert_eq!(agent.bindings()?[0]["status"], "installed");
+    Ok(())
+}
