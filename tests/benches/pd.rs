@@ -181,17 +181,8 @@ fn udp_frame(total: usize) -> Vec<u8> {
 }
 
 /// Like `wait_for`, polling every 20 us (the latency row needs it).
-fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if t.elapsed() > timeout {
-            return None;
-        }
-        thread::sleep(Duration::from_micros(20));
-    }
+fn poll<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    wait_for_every(timeout, Duration::from_micros(20), f)
 }
 
 /// Wait until `count` reaches `n` or stops moving for `idle`.

@@ -259,8 +259,13 @@ impl Drop for Daemon {
     }
 }
 
-/// Poll `f` until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+/// Poll `f` every 100 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    wait_for_every(timeout, Duration::from_millis(100), f)
+}
+
+/// Poll `f` every `interval` until it returns `Some` or `timeout` passes.
+pub fn wait_for_every<T>(timeout: Duration, interval: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let t = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -269,7 +274,7 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         if t.elapsed() > timeout {
             return None;
         }
-        thread::sleep(Duration::from_millis(100));
+        thread::sleep(interval);
     }
 }
 

@@ -46,6 +46,32 @@ fn lan0_subnet(pool: &str) -> KeaSubnet<'_> {
     KeaSubnet { iface: "lan0", subnet: "2001:db8:ffff::/64", pool, pool_len: 48, plen: 56, relayed: false }
 }
 
+/// Kea on the router delegating /56s out of `pool` (valid lifetime
+/// `valid`) to dhclient on the client, with an agent started with `opts`
+/// watching. Returns once the client holds its prefix.
+struct Delegation {
+    agent: Agent,
+    kea: Daemon,
+    dhclient: Daemon,
+    cdir: TempDir,
+    prefix: String,
+}
+
+fn delegate(lab: &Lab, dir: &TempDir, pool: &str, valid: u32, opts: AgentOpts) -> Result<Delegation> {
+    let conf = kea_config(dir, &[lan0_subnet(pool)], valid)?;
+    let agent = Agent::start_opts(&lab.router, dir, opts)?;
+    let kea = start_kea(&lab.router, dir, &conf)?;
+    let cdir = TempDir::new("dhc")?;
+    let dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir))
+        .with_context(|| format!("dhclient got no prefix: {}", dhclient.log_text()))?;
+    Ok(Delegation { agent, kea, dhclient, cdir, prefix })
+}
+
+fn lan_opts() -> AgentOpts {
+    AgentOpts::new(&["lan0"], &["wan0"])
+}
+
 /// Wait until the agent has a binding, then check route, map, JSON and ping.
 fn assert_delegated(lab: &Lab, agent: &Agent, prefix: &str, client_if: &str) -> Result<()> {
     let client_ll = lab.client.link_local(client_if)?.to_string();
@@ -98,13 +124,8 @@ fn assert_no_route(lab: &Lab, agent: &Agent, prefix: &str, timeout: Duration) ->
 fn kea_local_to_dhclient_then_release() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("kea")?;
-    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:100::")], 600)?;
-    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
-    let _kea = start_kea(&lab.router, &dir, &conf)?;
-    let cdir = TempDir::new("dhc")?;
-    let mut dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
-    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir))
-        .with_context(|| format!("dhclient got no prefix: {}", dhclient.log_text()))?;
+    let Delegation { agent, kea: _kea, mut dhclient, cdir, prefix } =
+        delegate(&lab, &dir, "2001:db8:100::", 600, lan_opts())?;
     assert!(prefix.ends_with("/56"), "{prefix}");
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
 
@@ -122,12 +143,8 @@ fn kea_local_to_dhclient_then_release() -> Result<()> {
 fn unrenewed_lease_expires() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("kexp")?;
-    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:300::")], 8)?;
-    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
-    let _kea = start_kea(&lab.router, &dir, &conf)?;
-    let cdir = TempDir::new("dhc")?;
-    let mut dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
-    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    let Delegation { agent, kea: _kea, mut dhclient, cdir: _cdir, prefix } =
+        delegate(&lab, &dir, "2001:db8:300::", 8, lan_opts())?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     let b = agent.bindings()?;
     assert_eq!(b[0]["valid_lifetime"], 8);
@@ -190,7 +207,6 @@ fn nft_hook_tracks_delegated_prefixes() -> Result<()> {
     lab.router.exec(&["nft", "add", "table", "inet", "pd"])?;
     lab.router.exec(&["nft", "add", "set", "inet", "pd", "delegated", "{ type ipv6_addr; flags interval; }"])?;
     let dir = TempDir::new("nft")?;
-    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:400::")], 600)?;
     // Interfaces and the hook come from a config file this time.
     let conf_file = dir.path("pd-agent.toml");
     std::fs::write(
@@ -202,11 +218,8 @@ fn nft_hook_tracks_delegated_prefixes() -> Result<()> {
         ),
     )?;
     let opts = AgentOpts { args: vec!["--config".into(), conf_file.display().to_string()], ..AgentOpts::new(&[], &[]) };
-    let agent = Agent::start_opts(&lab.router, &dir, opts)?;
-    let _kea = start_kea(&lab.router, &dir, &conf)?;
-    let cdir = TempDir::new("dhc")?;
-    let mut dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
-    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    let Delegation { agent, kea: _kea, mut dhclient, cdir, prefix } =
+        delegate(&lab, &dir, "2001:db8:400::", 600, opts)?;
     let set = || lab.router.exec(&["nft", "list", "set", "inet", "pd", "delegated"]).unwrap_or_default();
     wait_for(Duration::from_secs(15), || set().contains(&prefix).then_some(()))
         .with_context(|| format!("{prefix} not in the set: {}\n{}", set(), agent.log()))?;
@@ -227,13 +240,9 @@ fn nft_hook_tracks_delegated_prefixes() -> Result<()> {
 fn fast_path_off_still_routes() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("nofp")?;
-    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:500::")], 600)?;
     let opts = AgentOpts { args: vec!["--fast-path".into(), "off".into()], ..AgentOpts::new(&["lan0"], &["wan0"]) };
-    let agent = Agent::start_opts(&lab.router, &dir, opts)?;
-    let _kea = start_kea(&lab.router, &dir, &conf)?;
-    let cdir = TempDir::new("dhc")?;
-    let _dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
-    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    let Delegation { agent, kea: _kea, dhclient: _dhclient, cdir: _cdir, prefix } =
+        delegate(&lab, &dir, "2001:db8:500::", 600, opts)?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     lab.upstream.exec(&["ping", "-6", "-c", "10", "-i", "0.01", "-W", "1", &format!("{}1", prefix.split('/').next().unwrap())])?;
     let stats = agent.stats()?;
@@ -250,12 +259,8 @@ fn fast_path_off_still_routes() -> Result<()> {
 fn restart_after_kill_reconciles() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("rst")?;
-    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:600::")], 600)?;
-    let mut agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
-    let _kea = start_kea(&lab.router, &dir, &conf)?;
-    let cdir = TempDir::new("dhc")?;
-    let _dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
-    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    let Delegation { mut agent, kea: _kea, dhclient: _dhclient, cdir: _cdir, prefix } =
+        delegate(&lab, &dir, "2001:db8:600::", 600, lan_opts())?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
 
     agent.daemon.kill(libc::SIGKILL);
@@ -281,13 +286,9 @@ fn restart_after_kill_reconciles() -> Result<()> {
 fn prefix_outside_allow_is_ignored() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("allow")?;
-    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:700::")], 600)?;
     let opts = AgentOpts { args: vec!["--allow".into(), "2001:db8:f000::/36".into()], ..AgentOpts::new(&["lan0"], &["wan0"]) };
-    let agent = Agent::start_opts(&lab.router, &dir, opts)?;
-    let _kea = start_kea(&lab.router, &dir, &conf)?;
-    let cdir = TempDir::new("dhc")?;
-    let _dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
-    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    let Delegation { agent, kea: _kea, dhclient: _dhclient, cdir: _cdir, prefix } =
+        delegate(&lab, &dir, "2001:db8:700::", 600, opts)?;
     wait_for(Duration::from_secs(10), || agent.log().contains("delegation ignored").then_some(()))
         .with_context(|| format!("no refusal logged: {}", agent.log()))?;
     assert!(agent.log().contains(&prefix) && agent.log().contains("outside --allow"), "{}", agent.log());
@@ -305,12 +306,8 @@ fn control_socket_and_stop_behaviour() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("ctl")?;
     // Valid 12 s: the client renews every 3 s.
-    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:800::")], 12)?;
-    let mut agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
-    let _kea = start_kea(&lab.router, &dir, &conf)?;
-    let cdir = TempDir::new("dhc")?;
-    let mut dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
-    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    let Delegation { mut agent, kea: _kea, mut dhclient, cdir: _cdir, prefix } =
+        delegate(&lab, &dir, "2001:db8:800::", 12, lan_opts())?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     let ctl = agent.control.display().to_string();
     let bin = agent_bin().display().to_string();
@@ -354,16 +351,12 @@ fn metrics_scrape() -> Result<()> {
     use std::io::{Read, Write};
     let lab = lab()?;
     let dir = TempDir::new("met")?;
-    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:900::")], 600)?;
     let opts = AgentOpts {
         args: vec!["--metrics".into(), "[::1]:9431".into(), "--log-json".into()],
         ..AgentOpts::new(&["lan0"], &["wan0"])
     };
-    let agent = Agent::start_opts(&lab.router, &dir, opts)?;
-    let _kea = start_kea(&lab.router, &dir, &conf)?;
-    let cdir = TempDir::new("dhc")?;
-    let _dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
-    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    let Delegation { agent, kea: _kea, dhclient: _dhclient, cdir: _cdir, prefix } =
+        delegate(&lab, &dir, "2001:db8:900::", 600, opts)?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?; // also pings into the prefix
     let body = {
         let _in = InNetns::enter(&lab.router)?;
@@ -436,12 +429,8 @@ fn bird_redistributes_delegated_prefixes() -> Result<()> {
     };
     let _bird_up = bird(&lab.upstream, "upstream")?;
     let _bird_rt = bird(&lab.router, "router")?;
-    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
-    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:a00::")], 600)?;
-    let _kea = start_kea(&lab.router, &dir, &conf)?;
-    let cdir = TempDir::new("dhc")?;
-    let mut dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
-    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    let Delegation { agent, kea: _kea, mut dhclient, cdir, prefix } =
+        delegate(&lab, &dir, "2001:db8:a00::", 600, lan_opts())?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
 
     let learned = || lab.upstream.exec(&["ip", "-6", "route", "show", &prefix]).unwrap_or_default();
@@ -471,12 +460,8 @@ fn bird_redistributes_delegated_prefixes() -> Result<()> {
 fn forged_release_from_another_host_removes_nothing() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("forge")?;
-    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:b00::")], 600)?;
-    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
-    let _kea = start_kea(&lab.router, &dir, &conf)?;
-    let cdir = TempDir::new("dhc")?;
-    let _dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
-    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    let Delegation { agent, kea: _kea, dhclient: _dhclient, cdir: _cdir, prefix } =
+        delegate(&lab, &dir, "2001:db8:b00::", 600, lan_opts())?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     let b = agent.bindings()?;
     let duid = b[0]["client_duid"].as_str().unwrap().to_string();
@@ -517,12 +502,8 @@ s.sendto(msg, ("ff02::1:2", 547, 0, idx))
 fn routes_come_back_with_the_link() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("link")?;
-    let conf = kea_config(&dir, &[lan0_subnet("2001:db8:c00::")], 600)?;
-    let mut agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
-    let _kea = start_kea(&lab.router, &dir, &conf)?;
-    let cdir = TempDir::new("dhc")?;
-    let mut dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
-    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    let Delegation { mut agent, kea: _kea, mut dhclient, cdir: _cdir, prefix } =
+        delegate(&lab, &dir, "2001:db8:c00::", 600, lan_opts())?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     assert_eq!(agent.bindings()?[0]["status"], "installed");
     dhclient.kill(libc::SIGKILL);
