@@ -252,36 +252,37 @@ impl Programs {
         (x, t)
     }
 
+    /// Take a map out of the object as its typed handle.
+    fn take<T>(&mut self, name: &'static str) -> Result<T, LoadError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let m = self.ebpf.take_map(name).ok_or(LoadError::Map(name, "not in object".into()))?;
+        T::try_from(m).map_err(|e| LoadError::Map(name, e.to_string()))
+    }
+
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let m = self.ebpf.take_map(EVENTS_MAP).ok_or(LoadError::Map(EVENTS_MAP, "not in object".into()))?;
-        RingBuf::try_from(m).map_err(|e| LoadError::Map(EVENTS_MAP, e.to_string()))
+        self.take(EVENTS_MAP)
     }
 
     pub fn take_routes(&mut self) -> Result<LpmTrie<MapData, [u8; 16], RouteValue>, LoadError> {
-        let m = self.ebpf.take_map(ROUTES_MAP).ok_or(LoadError::Map(ROUTES_MAP, "not in object".into()))?;
-        LpmTrie::try_from(m).map_err(|e| LoadError::Map(ROUTES_MAP, e.to_string()))
+        self.take(ROUTES_MAP)
     }
 
     pub fn take_fwd_stats(&mut self) -> Result<PerCpuArray<MapData, FwdStats>, LoadError> {
-        let m = self.ebpf.take_map(FWD_STATS_MAP).ok_or(LoadError::Map(FWD_STATS_MAP, "not in object".into()))?;
-        PerCpuArray::try_from(m).map_err(|e| LoadError::Map(FWD_STATS_MAP, e.to_string()))
+        self.take(FWD_STATS_MAP)
     }
 
     pub fn take_ifaces(&mut self) -> Result<HashMap<MapData, u32, u32>, LoadError> {
-        let m = self.ebpf.take_map(IFACES_MAP).ok_or(LoadError::Map(IFACES_MAP, "not in object".into()))?;
-        HashMap::try_from(m).map_err(|e| LoadError::Map(IFACES_MAP, e.to_string()))
+        self.take(IFACES_MAP)
     }
 
     pub fn take_onlink(&mut self) -> Result<LpmTrie<MapData, [u8; 16], u32>, LoadError> {
-        let m = self.ebpf.take_map(ONLINK_MAP).ok_or(LoadError::Map(ONLINK_MAP, "not in object".into()))?;
-        LpmTrie::try_from(m).map_err(|e| LoadError::Map(ONLINK_MAP, e.to_string()))
+        self.take(ONLINK_MAP)
     }
 
     pub fn take_counters(&mut self) -> Result<Counters, LoadError> {
-        let m = self.ebpf.take_map(COUNTERS_MAP).ok_or(LoadError::Map(COUNTERS_MAP, "not in object".into()))?;
-        PerCpuArray::try_from(m)
-            .map(Counters)
-            .map_err(|e| LoadError::Map(COUNTERS_MAP, e.to_string()))
+        self.take(COUNTERS_MAP).map(Counters)
     }
 }
 

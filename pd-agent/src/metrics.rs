@@ -53,8 +53,8 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("pd");
-        let m = Metrics {
-            registry: Arc::new(Registry::default()),
+        let mut m = Metrics {
+            registry: Arc::default(),
             bindings: Family::default(),
             events: Family::default(),
             kernel: Family::default(),
@@ -81,7 +81,8 @@ impl Metrics {
         r.register("hook_failures", "Hooks that failed or timed out", m.hook_failures.clone());
         r.register("forwarded_packets", "Packets forwarded by the XDP fast path, by interface", m.forwarded_packets.clone());
         r.register("forwarded_bytes", "Bytes forwarded by the XDP fast path, by interface", m.forwarded_bytes.clone());
-        Metrics { registry: Arc::new(r), ..m }
+        m.registry = Arc::new(r);
+        m
     }
 
     pub fn encode(&self) -> String {

@@ -108,9 +108,8 @@ impl Message {
         self.status == status::ABSENT || self.status == status::SUCCESS
     }
 
-    /// The client DUID as the binding key: the copied bytes, plus the true
-    /// length when the copy was cut short (so two long DUIDs sharing a
-    /// prefix do not collide silently into one without notice).
+    /// The client DUID as the binding key: the bytes the kernel copied
+    /// (the first [`pd_common::DUID_MAX`] of a longer DUID).
     pub fn duid_key(&self) -> Vec<u8> {
         self.client_duid.clone()
     }

@@ -718,6 +718,13 @@ fn source_ok(ip: usize, end: usize, ifindex: u32, ifl: u32) -> bool {
 /// Validation, then forwarding for delegated destinations.
 #[inline(always)]
 fn fast_path(ctx: &XdpContext, ifindex: u32) -> u32 {
+    // Both switches are load-time constants: with both off the verifier
+    // prunes everything below and snooping is all that runs.
+    let sav = unsafe { core::ptr::read_volatile(&SAV) } != 0;
+    let fast_path = unsafe { core::ptr::read_volatile(&FAST_PATH) } != 0;
+    if !sav && !fast_path {
+        return xdp_action::XDP_PASS;
+    }
     let data = ctx.data();
     let end = ctx.data_end();
     // Untagged IPv6 only; everything else is the kernel's.
@@ -728,14 +735,14 @@ fn fast_path(ctx: &XdpContext, ifindex: u32) -> u32 {
         return xdp_action::XDP_PASS;
     }
     let ip = data + ETH_HLEN;
-    if unsafe { core::ptr::read_volatile(&SAV) } != 0 {
+    if sav {
         if let Some(ifl) = unsafe { PD_IFACES.get(&ifindex) } {
             if *ifl & ifflags::SAV != 0 && !source_ok(ip, end, ifindex, *ifl) {
                 return xdp_action::XDP_DROP;
             }
         }
     }
-    if unsafe { core::ptr::read_volatile(&FAST_PATH) } == 0 {
+    if !fast_path {
         return xdp_action::XDP_PASS;
     }
     let dst = addr_at(ip + 24);

@@ -279,9 +279,9 @@ fn row2_parse_cost(b: &mut Bench) -> Result<()> {
 
 // ---------------------------------------------------------------- rig
 
-/// gen eth0 -- wan0 router lan0 -- eth0 sink. The sink's eth0 has GRO on
-/// (XDP_REDIRECT into a veth needs NAPI there); the router has a permanent
-/// neighbour fe80::c for the sink's MAC, the next hop of every binding.
+/// [`RouterLab`]: gen (its upstream) -- router -- sink (its client). The
+/// router has a permanent neighbour fe80::c for the sink's MAC, the next
+/// hop of every binding.
 struct Rig {
     gen: Netns,
     router: Netns,
@@ -293,16 +293,7 @@ struct Rig {
 const NEXT_HOP: &str = "fe80::c";
 
 fn rig() -> Result<Rig> {
-    let gen = Netns::new("bg")?;
-    let router = Netns::new("br")?;
-    let sink = Netns::new("bs")?;
-    veth(&router, "wan0", &gen, "eth0")?;
-    veth(&router, "lan0", &sink, "eth0")?;
-    router.exec(&["ip", "-6", "addr", "add", "2001:db8:feed::1/64", "dev", "wan0", "nodad"])?;
-    gen.exec(&["ip", "-6", "addr", "add", "2001:db8:feed::2/64", "dev", "eth0", "nodad"])?;
-    gen.exec(&["ip", "-6", "route", "add", "default", "via", "2001:db8:feed::1"])?;
-    sink.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
-    sink.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
+    let RouterLab { upstream: gen, router, client: sink } = RouterLab::new()?;
     let mac = sink.exec(&["cat", "/sys/class/net/eth0/address"])?;
     router.exec(&["ip", "-6", "neigh", "replace", NEXT_HOP, "dev", "lan0", "lladdr", mac.trim(), "nud", "permanent"])?;
     let lan0 = {

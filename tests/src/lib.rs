@@ -205,6 +205,46 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
     Ok(())
 }
 
+/// The topology most root tests and benchmarks use:
+///
+/// ```text
+///  upstream eth0 ---- wan0 router lan0 ---- eth0 client
+///  2001:db8:feed::2/64    ::1     2001:db8:ffff::1/64
+/// ```
+pub struct RouterLab {
+    pub upstream: Netns,
+    pub router: Netns,
+    pub client: Netns,
+}
+
+impl RouterLab {
+    pub fn new() -> Result<Self> {
+        let upstream = Netns::new("up")?;
+        let router = Netns::new("rt")?;
+        veth(&router, "wan0", &upstream, "eth0")?;
+        router.exec(&["ip", "-6", "addr", "add", "2001:db8:feed::1/64", "dev", "wan0", "nodad"])?;
+        upstream.exec(&["ip", "-6", "addr", "add", "2001:db8:feed::2/64", "dev", "eth0", "nodad"])?;
+        upstream.exec(&["ip", "-6", "route", "add", "default", "via", "2001:db8:feed::1"])?;
+        let client = host_behind(&router, "lan0", "cl")?;
+        router.exec(&["ip", "-6", "addr", "add", "2001:db8:ffff::1/64", "dev", "lan0", "nodad"])?;
+        Ok(RouterLab { upstream, router, client })
+    }
+}
+
+/// A host on a new router interface `iface`: its eth0 has forwarding off,
+/// GRO on (XDP_REDIRECT into a veth needs NAPI on the receiving end: a
+/// program there, or GRO; see README, "Fast path") and a default route via
+/// the router's link-local address.
+pub fn host_behind(router: &Netns, iface: &str, tag: &str) -> Result<Netns> {
+    let host = Netns::new(tag)?;
+    veth(router, iface, &host, "eth0")?;
+    host.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
+    host.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
+    let ll = router.link_local(iface)?.to_string();
+    host.exec(&["ip", "-6", "route", "add", "default", "via", &ll, "dev", "eth0"])?;
+    Ok(host)
+}
+
 /// A process stopped on drop (SIGTERM, then SIGKILL).
 pub struct Daemon {
     child: Option<Child>,
@@ -583,43 +623,34 @@ pub fn null_script(dir: &TempDir) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// dhclient -6 -P in the foreground; returns the daemon and its lease file.
-pub fn start_dhclient(ns: &Netns, dir: &TempDir, iface: &str) -> Result<Daemon> {
+/// dhclient -6 -P for `iface` with its lease file in `dir` and a script
+/// that configures nothing, plus `extra` flags.
+fn dhclient_args(dir: &TempDir, iface: &str, pidfile: &str, extra: &str) -> Result<Vec<String>> {
     let script = null_script(dir)?;
-    ns.spawn(
-        &[
-            "dhclient",
-            "-6",
-            "-P",
-            "-d",
-            "-lf",
-            &dir.path("dhclient.leases").display().to_string(),
-            "-pf",
-            &dir.path("dhclient.pid").display().to_string(),
-            "-sf",
-            &script.display().to_string(),
-            iface,
-        ],
-        &dir.path("dhclient.log"),
-    )
+    Ok(["dhclient", "-6", "-P", extra, "-lf"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            dir.path("dhclient.leases").display().to_string(),
+            "-pf".into(),
+            dir.path(pidfile).display().to_string(),
+            "-sf".into(),
+            script.display().to_string(),
+            iface.into(),
+        ])
+        .collect())
+}
+
+/// dhclient -6 -P in the foreground.
+pub fn start_dhclient(ns: &Netns, dir: &TempDir, iface: &str) -> Result<Daemon> {
+    let args = dhclient_args(dir, iface, "dhclient.pid", "-d")?;
+    ns.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), &dir.path("dhclient.log"))
 }
 
 /// `dhclient -6 -P -r`: release the prefix held in the lease file.
 pub fn dhclient_release(ns: &Netns, dir: &TempDir, iface: &str) -> Result<()> {
-    let script = null_script(dir)?;
-    ns.exec(&[
-        "dhclient",
-        "-6",
-        "-P",
-        "-r",
-        "-lf",
-        &dir.path("dhclient.leases").display().to_string(),
-        "-pf",
-        &dir.path("dhclient-release.pid").display().to_string(),
-        "-sf",
-        &script.display().to_string(),
-        iface,
-    ])?;
+    let args = dhclient_args(dir, iface, "dhclient-release.pid", "-r")?;
+    ns.exec(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     Ok(())
 }
 

@@ -224,24 +224,8 @@ impl Drop for PinGuard {
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
 fn fast_path_in_namespaces() -> Result<()> {
-    let upstream = Netns::new("up")?;
-    let router = Netns::new("rt")?;
-    let c1 = Netns::new("c1")?;
-    let c2 = Netns::new("c2")?;
-    veth(&router, "wan0", &upstream, "eth0")?;
-    veth(&router, "lan0", &c1, "eth0")?;
-    veth(&router, "lan1", &c2, "eth0")?;
-    router.exec(&["ip", "-6", "addr", "add", "2001:db8:feed::1/64", "dev", "wan0", "nodad"])?;
-    router.exec(&["ip", "-6", "addr", "add", "2001:db8:ffff::1/64", "dev", "lan0", "nodad"])?;
-    upstream.exec(&["ip", "-6", "addr", "add", "2001:db8:feed::2/64", "dev", "eth0", "nodad"])?;
-    upstream.exec(&["ip", "-6", "route", "add", "default", "via", "2001:db8:feed::1"])?;
-    for (c, lan) in [(&c1, "lan0"), (&c2, "lan1")] {
-        c.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
-        // XDP_REDIRECT into a veth needs NAPI on the receiving end.
-        c.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
-        let ll = router.link_local(lan)?.to_string();
-        c.exec(&["ip", "-6", "route", "add", "default", "via", &ll, "dev", "eth0"])?;
-    }
+    let RouterLab { upstream, router, client: c1 } = RouterLab::new()?;
+    let c2 = host_behind(&router, "lan1", "c2")?;
     let dir = TempDir::new("fpns")?;
     let agent = Agent::start(&router, &dir, &["lan0", "lan1"], &["wan0"])?;
     let conf = kea_config(&dir, &[KeaSubnet { iface: "lan0", subnet: "2001:db8:ffff::/64", pool: "2001:db8:100::", pool_len: 48, plen: 56, relayed: false }], 600)?;

@@ -11,35 +11,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use pd_tests::*;
 
-/// Router + client + upstream host:
-///
-/// ```text
-///  upstream eth0 ---- wan0 router lan0 ---- eth0 client
-///  2001:db8:feed::2/64    ::1     2001:db8:ffff::1/64
-/// ```
-struct Lab {
-    upstream: Netns,
-    router: Netns,
-    client: Netns,
-}
+type Lab = RouterLab;
 
 fn lab() -> Result<Lab> {
-    let upstream = Netns::new("up")?;
-    let router = Netns::new("rt")?;
-    let client = Netns::new("cl")?;
-    veth(&router, "wan0", &upstream, "eth0")?;
-    veth(&router, "lan0", &client, "eth0")?;
-    router.exec(&["ip", "-6", "addr", "add", "2001:db8:feed::1/64", "dev", "wan0", "nodad"])?;
-    router.exec(&["ip", "-6", "addr", "add", "2001:db8:ffff::1/64", "dev", "lan0", "nodad"])?;
-    upstream.exec(&["ip", "-6", "addr", "add", "2001:db8:feed::2/64", "dev", "eth0", "nodad"])?;
-    upstream.exec(&["ip", "-6", "route", "add", "default", "via", "2001:db8:feed::1"])?;
-    client.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
-    // XDP_REDIRECT into a veth needs the receiving end's NAPI: a program
-    // on the peer, or GRO on (see README, "Fast path").
-    client.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
-    let rll = router.link_local("lan0")?;
-    client.exec(&["ip", "-6", "route", "add", "default", "via", &rll.to_string(), "dev", "eth0"])?;
-    Ok(Lab { upstream, router, client })
+    RouterLab::new()
 }
 
 fn lan0_subnet(pool: &str) -> KeaSubnet<'_> {
