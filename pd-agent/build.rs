@@ -8,10 +8,19 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap();
     let ebpf = root.join("pd-ebpf");
-    for p in ["src", "Cargo.toml", "Cargo.lock", ".cargo/config.toml", "rust-toolchain.toml"] {
+    for p in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        ".cargo/config.toml",
+        "rust-toolchain.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", ebpf.join(p).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("pd-common/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("pd-common/src").display()
+    );
 
     let obj = if let Ok(obj) = env::var("PD_EBPF_OBJ") {
         PathBuf::from(obj)
@@ -24,11 +33,17 @@ fn main() {
             .arg(&target_dir);
         // The outer cargo's settings must not leak into the nightly BPF build.
         for (k, _) in env::vars() {
-            if (k.starts_with("CARGO_") && k != "CARGO_HOME") || k.starts_with("RUSTC") || k == "RUSTUP_TOOLCHAIN" || k == "RUSTFLAGS" {
+            if (k.starts_with("CARGO_") && k != "CARGO_HOME")
+                || k.starts_with("RUSTC")
+                || k == "RUSTUP_TOOLCHAIN"
+                || k == "RUSTFLAGS"
+            {
                 cmd.env_remove(&k);
             }
         }
-        let status = cmd.status().expect("failed to run cargo +nightly for pd-ebpf");
+        let status = cmd
+            .status()
+            .expect("failed to run cargo +nightly for pd-ebpf");
         if !status.success() {
             panic!("building pd-ebpf failed; run `cargo xtask deps` (nightly rust-src, bpf-linker) and retry");
         }

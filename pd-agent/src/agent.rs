@@ -18,9 +18,9 @@ use tracing::{info, warn};
 
 use crate::{
     binding::{Action, BindingView, Ifaces, Kind, Policy, Table},
-    hooks::{HookEvent, Hooks},
     control::{self, Call, Request},
     ebpf::{self, Counters, LoadOptions, Programs},
+    hooks::{HookEvent, Hooks},
     maps::{RouteMap, SavMaps},
     metrics::{self, Metrics},
     route::Routes,
@@ -58,7 +58,9 @@ pub struct Config {
 }
 
 /// Source-address validation on a downstream interface (RFC 8987 §3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SavMode {
     /// No validation.
@@ -80,7 +82,10 @@ impl SavMode {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 struct Agent {
@@ -105,7 +110,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     let mut ifaces = Ifaces::default();
     for name in &cfg.downstream {
-        ifaces.downstream.insert(ebpf::if_index(name)?, name.clone());
+        ifaces
+            .downstream
+            .insert(ebpf::if_index(name)?, name.clone());
     }
     for name in &cfg.upstream {
         let idx = ebpf::if_index(name)?;
@@ -115,14 +122,27 @@ pub async fn run(cfg: Config) -> Result<()> {
         ifaces.upstream.insert(idx, name.clone());
     }
 
-    let sav_of = |name: &str| cfg.sav_iface.iter().rev().find(|(n, _)| n == name).map(|(_, m)| *m).unwrap_or(cfg.sav);
+    let sav_of = |name: &str| {
+        cfg.sav_iface
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, m)| *m)
+            .unwrap_or(cfg.sav)
+    };
     for (n, _) in &cfg.sav_iface {
         if !cfg.downstream.contains(n) {
             bail!("--sav-iface {n}: not a --downstream interface");
         }
     }
     let any_sav = cfg.downstream.iter().any(|n| sav_of(n) != SavMode::Off);
-    let mut progs = Programs::load_with(&cfg.pin_dir, LoadOptions { fast_path: cfg.fast_path, sav: any_sav })?;
+    let mut progs = Programs::load_with(
+        &cfg.pin_dir,
+        LoadOptions {
+            fast_path: cfg.fast_path,
+            sav: any_sav,
+        },
+    )?;
     let (xi, ti) = progs.verified_instructions();
     info!(xdp_insns = xi, tc_insns = ti, pin_dir = %cfg.pin_dir.display(), "kernel programs loaded");
     for name in cfg.downstream.iter().chain(&cfg.upstream) {
@@ -137,9 +157,16 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     let ring = progs.take_events()?;
     let map = RouteMap::new(progs.take_routes()?, progs.take_fwd_stats()?);
-    let mut sav = SavMaps { ifaces: progs.take_ifaces()?, onlink: progs.take_onlink()? };
+    let mut sav = SavMaps {
+        ifaces: progs.take_ifaces()?,
+        onlink: progs.take_onlink()?,
+    };
     for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
-        let mode = if ifaces.downstream.contains_key(idx) { sav_of(name) } else { SavMode::Off };
+        let mode = if ifaces.downstream.contains_key(idx) {
+            sav_of(name)
+        } else {
+            SavMode::Off
+        };
         sav.set_iface(*idx, mode.flags())?;
     }
     info!(fast_path = cfg.fast_path, sav = ?cfg.sav, "data path options");
@@ -174,7 +201,9 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     let (call_tx, mut call_rx) = mpsc::channel::<Call>(16);
     if let Some(addr) = cfg.metrics {
-        metrics::serve(addr, call_tx.clone()).await.with_context(|| format!("metrics listener on {addr}"))?;
+        metrics::serve(addr, call_tx.clone())
+            .await
+            .with_context(|| format!("metrics listener on {addr}"))?;
         info!(%addr, "serving Prometheus metrics at /metrics");
     }
     control::serve(&cfg.control, call_tx)?;
@@ -182,7 +211,9 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     // SAFETY: the ring buffer owns its map fd, which stays open and the same
     // for as long as the RingBuf lives inside the AsyncFd.
-    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from).context("ring buffer fd")?;
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(std::io::Error::from)
+        .context("ring buffer fd")?;
     let mut asm = Assembler::default();
     let mut links = crate::route::link_events()?;
     let mut term = signal(SignalKind::terminate())?;
@@ -190,7 +221,8 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     loop {
         let sleep = match agent.table.next_deadline() {
-            Some(t) => Duration::from_millis(t.saturating_sub(now()) * 1000).max(Duration::from_millis(200)),
+            Some(t) => Duration::from_millis(t.saturating_sub(now()) * 1000)
+                .max(Duration::from_millis(200)),
             None => Duration::from_secs(3600),
         };
         let retry_in = agent
@@ -270,9 +302,15 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
         let n = actions.len();
         agent.apply(actions).await;
-        info!(removed = n, "stopping; --flush-on-exit removed every binding, route and map entry");
+        info!(
+            removed = n,
+            "stopping; --flush-on-exit removed every binding, route and map entry"
+        );
     } else {
-        info!(bindings = agent.table.len(), "stopping; routes and state are kept");
+        info!(
+            bindings = agent.table.len(),
+            "stopping; routes and state are kept"
+        );
     }
     let _ = std::fs::remove_file(&cfg.control);
     Ok(())
@@ -294,7 +332,9 @@ impl Agent {
                 self.ifaces.local_addrs = addrs.iter().map(|(_, a, _)| *a).collect();
                 self.ifaces.downstream_prefixes = addrs
                     .iter()
-                    .filter(|(i, a, _)| self.ifaces.downstream.contains_key(i) && !a.is_unicast_link_local())
+                    .filter(|(i, a, _)| {
+                        self.ifaces.downstream.contains_key(i) && !a.is_unicast_link_local()
+                    })
                     .filter_map(|(i, a, l)| Some((*i, Ipv6Net::new(*a, *l).ok()?.trunc())))
                     .collect();
                 if let Err(e) = self.sav.set_onlink(&self.ifaces.downstream_prefixes) {
@@ -332,14 +372,23 @@ impl Agent {
             restored += 1;
         }
         let mut stale = 0;
-        let live: HashSet<Ipv6Net> = self.table.iter().filter(|b| b.kind == Kind::Delegated).map(|b| b.prefix).collect();
+        let live: HashSet<Ipv6Net> = self
+            .table
+            .iter()
+            .filter(|b| b.kind == Kind::Delegated)
+            .map(|b| b.prefix)
+            .collect();
         // Routes of ours the kernel already has, exactly as a binding wants
         // them, are left alone (a restart without a reboot touches nothing).
         let mut present: HashSet<(Ipv6Net, std::net::Ipv6Addr, u32)> = HashSet::new();
         let mut ops = Vec::new();
         for r in self.routes.dump_ours().await? {
             if !live.contains(&r.prefix) {
-                ops.push(RouteOp::Delete(r.prefix, r.next_hop.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED), r.ifindex.unwrap_or(0)));
+                ops.push(RouteOp::Delete(
+                    r.prefix,
+                    r.next_hop.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED),
+                    r.ifindex.unwrap_or(0),
+                ));
                 stale += 1;
             } else if let (Some(nh), Some(i)) = (r.next_hop, r.ifindex) {
                 present.insert((r.prefix, nh, i));
@@ -352,7 +401,12 @@ impl Agent {
                 self.map.remove(p)?;
             }
         }
-        let all: Vec<_> = self.table.iter().filter(|b| b.kind == Kind::Delegated).cloned().collect();
+        let all: Vec<_> = self
+            .table
+            .iter()
+            .filter(|b| b.kind == Kind::Delegated)
+            .cloned()
+            .collect();
         let ops: Vec<RouteOp> = all
             .iter()
             .filter(|b| !present.contains(&(b.prefix, b.next_hop, b.ifindex)))
@@ -365,7 +419,13 @@ impl Agent {
             self.map.insert(b)?;
         }
         self.store.compact(self.table.iter())?;
-        info!(restored, expired, routes_readded = readded, stale_routes_removed = stale, "reconciled with the kernel");
+        info!(
+            restored,
+            expired,
+            routes_readded = readded,
+            stale_routes_removed = stale,
+            "reconciled with the kernel"
+        );
         Ok(())
     }
 
@@ -396,7 +456,10 @@ impl Agent {
         let mut inserts = Vec::new();
         for a in actions {
             let ev = HookEvent::from_action(&a);
-            self.metrics.events.get_or_create(&Metrics::label("event", ev.event)).inc();
+            self.metrics
+                .events
+                .get_or_create(&Metrics::label("event", ev.event))
+                .inc();
             let b = &ev.binding;
             if b.kind == Kind::Acquired {
                 info!(event = ev.event, kind = "acquired", prefix = %b.prefix, from = %b.next_hop, iface = %b.iface,
@@ -447,17 +510,26 @@ impl Agent {
             .iter()
             .filter(|b| prefix.is_none_or(|p| b.prefix == p))
             .map(|b| {
-                let c = (b.kind == Kind::Delegated).then(|| self.map.counters(b.prefix)).flatten();
-                let status = (b.kind == Kind::Delegated).then(|| match self.retries.get(&b.prefix) {
-                    None => "installed".to_string(),
-                    Some(r) => format!(
-                        "route failed ({}), attempt {}, next in {}s",
-                        r.error,
-                        r.attempts,
-                        r.at.saturating_duration_since(std::time::Instant::now()).as_secs()
-                    ),
-                });
-                BindingView { binding: b.clone(), rx_packets: c.map(|c| c.0), rx_bytes: c.map(|c| c.1), status }
+                let c = (b.kind == Kind::Delegated)
+                    .then(|| self.map.counters(b.prefix))
+                    .flatten();
+                let status =
+                    (b.kind == Kind::Delegated).then(|| match self.retries.get(&b.prefix) {
+                        None => "installed".to_string(),
+                        Some(r) => format!(
+                            "route failed ({}), attempt {}, next in {}s",
+                            r.error,
+                            r.attempts,
+                            r.at.saturating_duration_since(std::time::Instant::now())
+                                .as_secs()
+                        ),
+                    });
+                BindingView {
+                    binding: b.clone(),
+                    rx_packets: c.map(|c| c.0),
+                    rx_bytes: c.map(|c| c.1),
+                    status,
+                }
             })
             .collect()
     }
@@ -470,7 +542,12 @@ impl Agent {
         m.forwarded_bytes.clear();
         let mut fwd: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
         for b in self.table.iter() {
-            m.bindings.get_or_create(&vec![("iface".into(), b.iface.clone()), ("kind".into(), b.kind.as_str().into())]).inc();
+            m.bindings
+                .get_or_create(&vec![
+                    ("iface".into(), b.iface.clone()),
+                    ("kind".into(), b.kind.as_str().into()),
+                ])
+                .inc();
             if b.kind == Kind::Delegated {
                 let e = fwd.entry(b.iface.as_str()).or_default();
                 if let Some((p, by)) = self.map.counters(b.prefix) {
@@ -480,8 +557,16 @@ impl Agent {
             }
         }
         for (iface, (p, by)) in fwd {
-            Metrics::set(&m.forwarded_packets.get_or_create(&Metrics::label("iface", iface)), p);
-            Metrics::set(&m.forwarded_bytes.get_or_create(&Metrics::label("iface", iface)), by);
+            Metrics::set(
+                &m.forwarded_packets
+                    .get_or_create(&Metrics::label("iface", iface)),
+                p,
+            );
+            Metrics::set(
+                &m.forwarded_bytes
+                    .get_or_create(&Metrics::label("iface", iface)),
+                by,
+            );
         }
         for (name, v) in self.counters.read() {
             Metrics::set(&m.kernel.get_or_create(&Metrics::label("outcome", name)), v);
@@ -491,12 +576,27 @@ impl Agent {
         }
         if let Ok(serde_json::Value::Object(st)) = serde_json::to_value(&self.table.stats) {
             for (k, v) in st {
-                Metrics::set(&m.agent.get_or_create(&Metrics::label("outcome", &k)), v.as_u64().unwrap_or(0));
+                Metrics::set(
+                    &m.agent.get_or_create(&Metrics::label("outcome", &k)),
+                    v.as_u64().unwrap_or(0),
+                );
             }
         }
         Metrics::set(&m.route_errors, self.route_errors);
-        Metrics::set(&m.hook_runs, self.hooks.stats.runs.load(std::sync::atomic::Ordering::Relaxed));
-        Metrics::set(&m.hook_failures, self.hooks.stats.failures.load(std::sync::atomic::Ordering::Relaxed));
+        Metrics::set(
+            &m.hook_runs,
+            self.hooks
+                .stats
+                .runs
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        Metrics::set(
+            &m.hook_failures,
+            self.hooks
+                .stats
+                .failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         m.encode()
     }
 
@@ -515,8 +615,12 @@ impl Agent {
             Request::Bindings => serde_json::to_value(self.views(None)).unwrap_or_default(),
 
             Request::Stats => {
-                let kernel: serde_json::Map<String, serde_json::Value> =
-                    self.counters.read().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+                let kernel: serde_json::Map<String, serde_json::Value> = self
+                    .counters
+                    .read()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.into()))
+                    .collect();
                 serde_json::json!({
                     "kernel": kernel,
                     "agent": self.table.stats,
@@ -550,7 +654,14 @@ impl Agent {
             if let RouteOp::Replace(p, ..) = op {
                 let attempts = self.retries.get(&p).map(|r| r.attempts + 1).unwrap_or(1);
                 let backoff = Duration::from_secs(1u64 << attempts.min(6)).min(MAX_RETRY_BACKOFF);
-                self.retries.insert(p, Retry { attempts, at: std::time::Instant::now() + backoff, error });
+                self.retries.insert(
+                    p,
+                    Retry {
+                        attempts,
+                        at: std::time::Instant::now() + backoff,
+                        error,
+                    },
+                );
             }
         }
     }
@@ -560,12 +671,27 @@ impl Agent {
     async fn retry_routes(&mut self, ifindex: Option<u32>) {
         let now = std::time::Instant::now();
         let prefixes: Vec<Ipv6Net> = match ifindex {
-            Some(i) => self.table.iter().filter(|b| b.kind == Kind::Delegated && b.ifindex == i).map(|b| b.prefix).collect(),
-            None => self.retries.iter().filter(|(_, r)| r.at <= now).map(|(p, _)| *p).collect(),
+            Some(i) => self
+                .table
+                .iter()
+                .filter(|b| b.kind == Kind::Delegated && b.ifindex == i)
+                .map(|b| b.prefix)
+                .collect(),
+            None => self
+                .retries
+                .iter()
+                .filter(|(_, r)| r.at <= now)
+                .map(|(p, _)| *p)
+                .collect(),
         };
         let mut ops = Vec::new();
         for p in prefixes {
-            match self.table.by_prefix(p).into_iter().find(|b| b.kind == Kind::Delegated) {
+            match self
+                .table
+                .by_prefix(p)
+                .into_iter()
+                .find(|b| b.kind == Kind::Delegated)
+            {
                 Some(b) => ops.push(RouteOp::Replace(b.prefix, b.next_hop, b.ifindex)),
                 None => {
                     self.retries.remove(&p);
@@ -608,7 +734,11 @@ const ROUTE_PARALLELISM: usize = 64;
 /// Carry out `ops`: in waves of distinct prefixes, each wave with up to
 /// [`ROUTE_PARALLELISM`] requests in flight; a prefix seen again starts a
 /// new wave, so its operations keep their order. Returns the failures.
-async fn run_route_ops(routes: &Routes, metrics: &Metrics, ops: Vec<RouteOp>) -> Vec<(RouteOp, String)> {
+async fn run_route_ops(
+    routes: &Routes,
+    metrics: &Metrics,
+    ops: Vec<RouteOp>,
+) -> Vec<(RouteOp, String)> {
     use futures::StreamExt;
     let mut failures = Vec::new();
     let mut wave: Vec<RouteOp> = Vec::new();

@@ -98,7 +98,11 @@ pub struct BindingView {
 
 impl Binding {
     pub fn key(&self) -> BindingKey {
-        BindingKey { client_duid: self.client_duid.clone(), iaid: self.iaid, prefix: self.prefix }
+        BindingKey {
+            client_duid: self.client_duid.clone(),
+            iaid: self.iaid,
+            prefix: self.prefix,
+        }
     }
 }
 
@@ -154,7 +158,10 @@ impl Ifaces {
         if self.downstream.len() == 1 && a.is_unspecified() {
             return self.downstream.keys().next().copied();
         }
-        self.downstream_prefixes.iter().find(|(_, p)| p.contains(&a)).map(|(i, _)| *i)
+        self.downstream_prefixes
+            .iter()
+            .find(|(_, p)| p.contains(&a))
+            .map(|(i, _)| *i)
     }
 }
 
@@ -269,7 +276,11 @@ impl Index {
     }
 
     fn keys_for_ia(&self, duid: &[u8], iaid: u32) -> Vec<BindingKey> {
-        let start = BindingKey { client_duid: duid.to_vec(), iaid, prefix: Ipv6Net::default() };
+        let start = BindingKey {
+            client_duid: duid.to_vec(),
+            iaid,
+            prefix: Ipv6Net::default(),
+        };
         self.map
             .range(start..)
             .map(|(k, _)| k)
@@ -283,7 +294,11 @@ impl Index {
     }
 
     fn expired(&self, now: u64) -> Vec<BindingKey> {
-        self.by_expiry.iter().take_while(|(e, _)| *e <= now).map(|(_, k)| k.clone()).collect()
+        self.by_expiry
+            .iter()
+            .take_while(|(e, _)| *e <= now)
+            .map(|(_, k)| k.clone())
+            .collect()
     }
 }
 
@@ -335,7 +350,11 @@ impl Table {
 
     /// The bindings of `prefix` (normally one).
     pub fn by_prefix(&self, prefix: Ipv6Net) -> Vec<Binding> {
-        self.bindings.keys_for_prefix(prefix).iter().filter_map(|k| self.bindings.get(k).cloned()).collect()
+        self.bindings
+            .keys_for_prefix(prefix)
+            .iter()
+            .filter_map(|k| self.bindings.get(k).cloned())
+            .collect()
     }
 
     /// Refused delegations since the last call: (prefix, reason).
@@ -368,7 +387,11 @@ impl Table {
     /// Earliest expiry among bindings and pending releases.
     pub fn next_deadline(&self) -> Option<u64> {
         let b = self.bindings.next_expiry();
-        let r = self.releases.values().map(|(_, _, t)| t + RELEASE_WINDOW_SECS).min();
+        let r = self
+            .releases
+            .values()
+            .map(|(_, _, t)| t + RELEASE_WINDOW_SECS)
+            .min();
         match (b, r) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -377,8 +400,10 @@ impl Table {
 
     /// Remove what has run out by `now`.
     pub fn expire(&mut self, now: u64) -> Vec<Action> {
-        self.releases.retain(|_, (_, _, t)| *t + RELEASE_WINDOW_SECS > now);
-        self.asked.retain(|_, t| *t + CLIENT_MESSAGE_WINDOW_SECS > now);
+        self.releases
+            .retain(|_, (_, _, t)| *t + RELEASE_WINDOW_SECS > now);
+        self.asked
+            .retain(|_, t| *t + CLIENT_MESSAGE_WINDOW_SECS > now);
         let gone = self.bindings.expired(now);
         gone.into_iter()
             .filter_map(|k| self.bindings.remove(&k))
@@ -408,7 +433,15 @@ impl Table {
                 };
                 let iface = ifaces.downstream[&ifindex].clone();
                 self.stats.upstream_relay_replies += 1;
-                self.reply(m, ifaces, Kind::Delegated, ifindex, iface, m.outer_peer_addr, now)
+                self.reply(
+                    m,
+                    ifaces,
+                    Kind::Delegated,
+                    ifindex,
+                    iface,
+                    m.outer_peer_addr,
+                    now,
+                )
             }
             (hook::XDP_INGRESS, msg::REPLY) if down.is_some() => {
                 self.stats.untrusted_replies += 1;
@@ -430,7 +463,8 @@ impl Table {
             // coming in, or from this host's own client going out upstream.
             (hook::XDP_INGRESS, msg::REQUEST | msg::RENEW | msg::REBIND | msg::SOLICIT)
             | (hook::TC_EGRESS, msg::REQUEST | msg::RENEW | msg::REBIND | msg::SOLICIT)
-                if (m.hook == hook::XDP_INGRESS && down.is_some()) || (m.hook == hook::TC_EGRESS && up) =>
+                if (m.hook == hook::XDP_INGRESS && down.is_some())
+                    || (m.hook == hook::TC_EGRESS && up) =>
             {
                 if self.asked.len() < 1_000_000 {
                     self.asked.insert((m.xid, m.duid_key()), now);
@@ -438,30 +472,48 @@ impl Table {
                 vec![]
             }
             (hook::XDP_INGRESS, msg::RELEASE) | (hook::TC_EGRESS, msg::RELEASE)
-                if (m.hook == hook::XDP_INGRESS && down.is_some()) || (m.hook == hook::TC_EGRESS && up) =>
+                if (m.hook == hook::XDP_INGRESS && down.is_some())
+                    || (m.hook == hook::TC_EGRESS && up) =>
             {
                 self.stats.releases_seen += 1;
-                let listed = m.prefixes.iter().filter_map(|p| Some((p.iaid, net(p.prefix, p.len)?))).collect();
+                let listed = m
+                    .prefixes
+                    .iter()
+                    .filter_map(|p| Some((p.iaid, net(p.prefix, p.len)?)))
+                    .collect();
                 let from = (m.hook == hook::XDP_INGRESS).then(|| client_address(m));
-                self.releases.insert((m.xid, m.duid_key()), (listed, from, now));
+                self.releases
+                    .insert((m.xid, m.duid_key()), (listed, from, now));
                 vec![]
             }
             (hook::XDP_INGRESS, msg::DECLINE) | (hook::TC_EGRESS, msg::DECLINE)
-                if (m.hook == hook::XDP_INGRESS && down.is_some()) || (m.hook == hook::TC_EGRESS && up) =>
+                if (m.hook == hook::XDP_INGRESS && down.is_some())
+                    || (m.hook == hook::TC_EGRESS && up) =>
             {
                 self.stats.declines += 1;
                 let duid = m.duid_key();
                 let from = (m.hook == hook::XDP_INGRESS).then(|| client_address(m));
                 let mut out = Vec::new();
                 for p in &m.prefixes {
-                    let Some(prefix) = net(p.prefix, p.len) else { continue };
-                    let key = BindingKey { client_duid: duid.clone(), iaid: p.iaid, prefix };
+                    let Some(prefix) = net(p.prefix, p.len) else {
+                        continue;
+                    };
+                    let key = BindingKey {
+                        client_duid: duid.clone(),
+                        iaid: p.iaid,
+                        prefix,
+                    };
                     match self.bindings.get(&key) {
                         Some(b) if from.is_some_and(|f| f != b.next_hop) => {
                             self.stats.foreign_releases += 1;
-                            self.refusals.push((prefix, "Decline from an address other than the client's"));
+                            self.refusals
+                                .push((prefix, "Decline from an address other than the client's"));
                         }
-                        Some(_) => out.extend(self.bindings.remove(&key).map(|b| Action::Remove(b, RemoveReason::Declined))),
+                        Some(_) => out.extend(
+                            self.bindings
+                                .remove(&key)
+                                .map(|b| Action::Remove(b, RemoveReason::Declined)),
+                        ),
                         None => {}
                     }
                 }
@@ -498,27 +550,38 @@ impl Table {
             self.stats.releases_matched += 1;
             let mut out = Vec::new();
             for (iaid, prefix) in listed {
-                let key = BindingKey { client_duid: duid.clone(), iaid, prefix };
+                let key = BindingKey {
+                    client_duid: duid.clone(),
+                    iaid,
+                    prefix,
+                };
                 match self.bindings.get(&key) {
                     // Only the client itself (its address is the next hop)
                     // releases its binding: a rogue host claiming its DUID
                     // on the same link does not.
                     Some(b) if from.is_some_and(|f| f != b.next_hop) => {
                         self.stats.foreign_releases += 1;
-                        self.refusals.push((prefix, "Release from an address other than the client's"));
+                        self.refusals
+                            .push((prefix, "Release from an address other than the client's"));
                     }
-                    Some(_) => out.extend(self.bindings.remove(&key).map(|b| Action::Remove(b, RemoveReason::Released))),
+                    Some(_) => out.extend(
+                        self.bindings
+                            .remove(&key)
+                            .map(|b| Action::Remove(b, RemoveReason::Released)),
+                    ),
                     None => {}
                 }
             }
             return out;
         }
-        if self.policy.require_client_message && self.asked.remove(&(m.xid, duid.clone())).is_none() {
+        if self.policy.require_client_message && self.asked.remove(&(m.xid, duid.clone())).is_none()
+        {
             // Keep a retransmitted Reply working: the entry is consumed by
             // the first Reply, so note it again until the window ends.
             self.stats.unsolicited_replies += 1;
             if let Some(p) = m.prefixes.first().and_then(|p| net(p.prefix, p.len)) {
-                self.refusals.push((p, "Reply answers no client message seen"));
+                self.refusals
+                    .push((p, "Reply answers no client message seen"));
             }
             return vec![];
         }
@@ -531,11 +594,15 @@ impl Table {
         // A next hop must be the client itself: link-local, or an address
         // on-link on the interface the prefix is delegated on.
         let on_link = next_hop.is_unicast_link_local()
-            || ifaces.downstream_prefixes.iter().any(|(i, p)| *i == ifindex && p.contains(&next_hop));
+            || ifaces
+                .downstream_prefixes
+                .iter()
+                .any(|(i, p)| *i == ifindex && p.contains(&next_hop));
         if kind == Kind::Delegated && !on_link {
             self.stats.bad_next_hop += 1;
             if let Some(p) = m.prefixes.first().and_then(|p| net(p.prefix, p.len)) {
-                self.refusals.push((p, "next hop is neither link-local nor on-link"));
+                self.refusals
+                    .push((p, "next hop is neither link-local nor on-link"));
             }
             return vec![];
         }
@@ -545,18 +612,25 @@ impl Table {
             if is_error(p.ia_status) {
                 continue;
             }
-            let Some(prefix) = net(p.prefix, p.len) else { continue };
+            let Some(prefix) = net(p.prefix, p.len) else {
+                continue;
+            };
             if !self.policy.allows(prefix) {
                 self.stats.not_allowed += 1;
                 self.refusals.push((prefix, "outside --allow"));
                 continue;
             }
-            let key = BindingKey { client_duid: duid.clone(), iaid: p.iaid, prefix };
+            let key = BindingKey {
+                client_duid: duid.clone(),
+                iaid: p.iaid,
+                prefix,
+            };
             if p.valid > 0 && self.bindings.get(&key).is_none() {
                 if let Some(max) = self.policy.max_bindings_per_iface {
                     if self.bindings.per_iface.get(&ifindex).copied().unwrap_or(0) >= max {
                         self.stats.limit_reached += 1;
-                        self.refusals.push((prefix, "--max-bindings-per-iface reached"));
+                        self.refusals
+                            .push((prefix, "--max-bindings-per-iface reached"));
                         continue;
                     }
                 }
@@ -584,7 +658,9 @@ impl Table {
                 updated_at: now,
             };
             let action = match self.bindings.get(&key) {
-                Some(old) if old.ifindex == ifindex && old.next_hop == next_hop => Action::Refresh(b.clone()),
+                Some(old) if old.ifindex == ifindex && old.next_hop == next_hop => {
+                    Action::Refresh(b.clone())
+                }
                 _ => Action::Install(b.clone()),
             };
             // Another client's binding for the same prefix loses it: one
@@ -602,8 +678,12 @@ impl Table {
         // RFC 8415 §18.2.10.1: the Reply lists the IA's prefixes; one the
         // client held that is missing has been replaced.
         for (iaid, keep) in renewed {
-            let gone: Vec<_> =
-                self.bindings.keys_for_ia(&duid, iaid).into_iter().filter(|k| !keep.contains(&k.prefix)).collect();
+            let gone: Vec<_> = self
+                .bindings
+                .keys_for_ia(&duid, iaid)
+                .into_iter()
+                .filter(|k| !keep.contains(&k.prefix))
+                .collect();
             for k in gone {
                 let b = self.bindings.remove(&k).unwrap();
                 // Remove before the new route goes in only matters when they
@@ -640,7 +720,8 @@ mod tests {
         let mut i = Ifaces::default();
         i.downstream.insert(DOWN, "lan0".into());
         i.upstream.insert(UP, "wan0".into());
-        i.downstream_prefixes.push((DOWN, "2001:db8:ffff::/64".parse().unwrap()));
+        i.downstream_prefixes
+            .push((DOWN, "2001:db8:ffff::/64".parse().unwrap()));
         i
     }
 
@@ -694,7 +775,9 @@ mod tests {
     fn installed(a: &[Action]) -> Vec<String> {
         a.iter()
             .map(|a| match a {
-                Action::Install(b) => format!("install {} via {} dev {}", b.prefix, b.next_hop, b.iface),
+                Action::Install(b) => {
+                    format!("install {} via {} dev {}", b.prefix, b.next_hop, b.iface)
+                }
                 Action::Refresh(b) => format!("refresh {} valid {}", b.prefix, b.valid_lifetime),
                 Action::Remove(b, r) => format!("remove {} {}", b.prefix, r.as_str()),
             })
@@ -705,7 +788,10 @@ mod tests {
     fn reply_on_downstream_egress_installs_route_to_its_destination() {
         let mut t = Table::new();
         let a = t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
-        assert_eq!(installed(&a), ["install 2001:db8:100::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"]);
+        assert_eq!(
+            installed(&a),
+            ["install 2001:db8:100::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"]
+        );
         let b = t.iter().next().unwrap();
         assert_eq!(b.expires_at, Some(1060));
         assert_eq!(b.kind, Kind::Delegated);
@@ -719,14 +805,21 @@ mod tests {
         assert_eq!(installed(&a), ["refresh 2001:db8:100::/56 valid 90"]);
         assert_eq!(t.next_deadline(), Some(1120));
         assert!(t.expire(1119).is_empty());
-        assert_eq!(installed(&t.expire(1120)), ["remove 2001:db8:100::/56 expired"]);
+        assert_eq!(
+            installed(&t.expire(1120)),
+            ["remove 2001:db8:100::/56 expired"]
+        );
         assert!(t.is_empty());
     }
 
     #[test]
     fn infinite_lifetime_never_expires() {
         let mut t = Table::new();
-        t.handle(&reply(vec![pfx("2001:db8:100::", 56, INFINITY)]), &ifaces(), 1000);
+        t.handle(
+            &reply(vec![pfx("2001:db8:100::", 56, INFINITY)]),
+            &ifaces(),
+            1000,
+        );
         assert_eq!(t.next_deadline(), None);
         assert!(t.expire(u64::MAX - 1).is_empty());
     }
@@ -743,7 +836,13 @@ mod tests {
     fn release_is_matched_by_xid_and_duid() {
         let mut t = Table::new();
         t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
-        let mut rel = message(hook::XDP_INGRESS, DOWN, msg::RELEASE, 0x777, vec![pfx("2001:db8:100::", 56, 0)]);
+        let mut rel = message(
+            hook::XDP_INGRESS,
+            DOWN,
+            msg::RELEASE,
+            0x777,
+            vec![pfx("2001:db8:100::", 56, 0)],
+        );
         rel.src = client();
         assert!(t.handle(&rel, &ifaces(), 1001).is_empty());
         // A Reply with another xid does not match.
@@ -758,7 +857,10 @@ mod tests {
         assert_eq!(t.len(), 1);
         let mut ok = reply(vec![]);
         ok.xid = 0x777;
-        assert_eq!(installed(&t.handle(&ok, &ifaces(), 1002)), ["remove 2001:db8:100::/56 released"]);
+        assert_eq!(
+            installed(&t.handle(&ok, &ifaces(), 1002)),
+            ["remove 2001:db8:100::/56 released"]
+        );
         assert!(t.is_empty());
     }
 
@@ -766,7 +868,13 @@ mod tests {
     fn release_answered_with_error_keeps_binding() {
         let mut t = Table::new();
         t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
-        let mut rel = message(hook::XDP_INGRESS, DOWN, msg::RELEASE, 0x777, vec![pfx("2001:db8:100::", 56, 0)]);
+        let mut rel = message(
+            hook::XDP_INGRESS,
+            DOWN,
+            msg::RELEASE,
+            0x777,
+            vec![pfx("2001:db8:100::", 56, 0)],
+        );
         rel.src = client();
         t.handle(&rel, &ifaces(), 1001);
         let mut r = reply(vec![]);
@@ -780,12 +888,24 @@ mod tests {
     fn decline_removes_at_once() {
         let mut t = Table::new();
         t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
-        let mut d = message(hook::XDP_INGRESS, DOWN, msg::DECLINE, 0x9, vec![pfx("2001:db8:100::", 56, 0)]);
+        let mut d = message(
+            hook::XDP_INGRESS,
+            DOWN,
+            msg::DECLINE,
+            0x9,
+            vec![pfx("2001:db8:100::", 56, 0)],
+        );
         d.src = "fe80::bad".parse().unwrap();
-        assert!(t.handle(&d, &ifaces(), 1001).is_empty(), "a Decline from another host changes nothing");
+        assert!(
+            t.handle(&d, &ifaces(), 1001).is_empty(),
+            "a Decline from another host changes nothing"
+        );
         assert_eq!(t.stats.foreign_releases, 1);
         d.src = client();
-        assert_eq!(installed(&t.handle(&d, &ifaces(), 1001)), ["remove 2001:db8:100::/56 declined"]);
+        assert_eq!(
+            installed(&t.handle(&d, &ifaces(), 1001)),
+            ["remove 2001:db8:100::/56 declined"]
+        );
     }
 
     #[test]
@@ -795,7 +915,10 @@ mod tests {
         let a = t.handle(&reply(vec![pfx("2001:db8:200::", 56, 60)]), &ifaces(), 1010);
         assert_eq!(
             installed(&a),
-            ["remove 2001:db8:100::/56 replaced", "install 2001:db8:200::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"]
+            [
+                "remove 2001:db8:100::/56 replaced",
+                "install 2001:db8:200::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"
+            ]
         );
         assert_eq!(t.len(), 1);
     }
@@ -805,7 +928,11 @@ mod tests {
         let mut t = Table::new();
         let mut p2 = pfx("2001:db8:200::", 56, 60);
         p2.iaid = 2;
-        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60), p2]), &ifaces(), 1000);
+        t.handle(
+            &reply(vec![pfx("2001:db8:100::", 56, 60), p2]),
+            &ifaces(),
+            1000,
+        );
         let a = t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1010);
         assert_eq!(installed(&a), ["refresh 2001:db8:100::/56 valid 60"]);
         assert_eq!(t.len(), 2);
@@ -817,7 +944,10 @@ mod tests {
         t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
         let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
         r.dst = "fe80::99".parse().unwrap();
-        assert_eq!(installed(&t.handle(&r, &ifaces(), 1001)), ["install 2001:db8:100::/56 via fe80::99 dev lan0"]);
+        assert_eq!(
+            installed(&t.handle(&r, &ifaces(), 1001)),
+            ["install 2001:db8:100::/56 via fe80::99 dev lan0"]
+        );
     }
 
     #[test]
@@ -833,12 +963,21 @@ mod tests {
     #[test]
     fn relay_reply_from_upstream_routes_to_outer_peer() {
         let mut t = Table::new();
-        let mut r = message(hook::XDP_INGRESS, UP, msg::REPLY, 5, vec![pfx("2001:db8:c000::", 56, 60)]);
+        let mut r = message(
+            hook::XDP_INGRESS,
+            UP,
+            msg::REPLY,
+            5,
+            vec![pfx("2001:db8:c000::", 56, 60)],
+        );
         r.outer_msg_type = msg::RELAY_REPL;
         r.relay_depth = 1;
         r.link_addr = "2001:db8:ffff::1".parse().unwrap();
         r.outer_peer_addr = "fe80::77".parse().unwrap();
-        assert_eq!(installed(&t.handle(&r, &ifaces(), 1)), ["install 2001:db8:c000::/56 via fe80::77 dev lan0"]);
+        assert_eq!(
+            installed(&t.handle(&r, &ifaces(), 1)),
+            ["install 2001:db8:c000::/56 via fe80::77 dev lan0"]
+        );
         // An unmapped link-address changes nothing.
         r.link_addr = "2001:db8:eeee::1".parse().unwrap();
         r.prefixes = vec![pfx("2001:db8:d000::", 56, 60)];
@@ -849,7 +988,13 @@ mod tests {
     #[test]
     fn plain_reply_from_upstream_to_another_host_is_ignored() {
         let mut t = Table::new();
-        let r = message(hook::XDP_INGRESS, UP, msg::REPLY, 5, vec![pfx("2001:db8:c000::", 56, 60)]);
+        let r = message(
+            hook::XDP_INGRESS,
+            UP,
+            msg::REPLY,
+            5,
+            vec![pfx("2001:db8:c000::", 56, 60)],
+        );
         assert!(t.handle(&r, &ifaces(), 1).is_empty());
         assert_eq!(t.stats.upstream_replies, 1);
     }
@@ -869,14 +1014,20 @@ mod tests {
         let mut t = Table::new();
         let (r, i) = acquired_reply(vec![pfx("2001:db8:1000::", 56, 60)]);
         let a = t.handle(&r, &i, 1);
-        assert_eq!(installed(&a), ["install 2001:db8:1000::/56 via fe80::15b dev wan0"]);
+        assert_eq!(
+            installed(&a),
+            ["install 2001:db8:1000::/56 via fe80::15b dev wan0"]
+        );
         let b = t.iter().next().unwrap();
         assert_eq!((b.kind, b.expires_at), (Kind::Acquired, Some(61)));
         assert_eq!(t.stats.acquired_replies, 1);
         // Renewed like any binding, and expires like one.
         let a = t.handle(&r, &i, 30);
         assert_eq!(installed(&a), ["refresh 2001:db8:1000::/56 valid 60"]);
-        assert_eq!(installed(&t.expire(90)), ["remove 2001:db8:1000::/56 expired"]);
+        assert_eq!(
+            installed(&t.expire(90)),
+            ["remove 2001:db8:1000::/56 expired"]
+        );
     }
 
     #[test]
@@ -884,11 +1035,20 @@ mod tests {
         let mut t = Table::new();
         let (r, i) = acquired_reply(vec![pfx("2001:db8:1000::", 56, 60)]);
         t.handle(&r, &i, 1);
-        let rel = message(hook::TC_EGRESS, UP, msg::RELEASE, 0x42, vec![pfx("2001:db8:1000::", 56, 0)]);
+        let rel = message(
+            hook::TC_EGRESS,
+            UP,
+            msg::RELEASE,
+            0x42,
+            vec![pfx("2001:db8:1000::", 56, 0)],
+        );
         assert!(t.handle(&rel, &i, 2).is_empty());
         let (mut ok, _) = acquired_reply(vec![]);
         ok.xid = 0x42;
-        assert_eq!(installed(&t.handle(&ok, &i, 3)), ["remove 2001:db8:1000::/56 released"]);
+        assert_eq!(
+            installed(&t.handle(&ok, &i, 3)),
+            ["remove 2001:db8:1000::/56 released"]
+        );
     }
 
     #[test]
@@ -920,11 +1080,20 @@ mod tests {
         let mut a2 = reply(vec![pfx("2001:db8:300::", 56, 60)]);
         a2.client_duid = vec![1, 2];
         let acts = installed(&t.handle(&a2, &ifaces(), 2));
-        assert_eq!(acts, ["remove 2001:db8:100::/56 replaced", "install 2001:db8:300::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"]);
+        assert_eq!(
+            acts,
+            [
+                "remove 2001:db8:100::/56 replaced",
+                "install 2001:db8:300::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"
+            ]
+        );
         assert_eq!(t.len(), 2);
         // Expiry order follows the index.
         assert_eq!(t.next_deadline(), Some(61));
-        assert_eq!(installed(&t.expire(61)), ["remove 2001:db8:200::/56 expired"]);
+        assert_eq!(
+            installed(&t.expire(61)),
+            ["remove 2001:db8:200::/56 expired"]
+        );
         assert_eq!(t.next_deadline(), Some(62));
     }
 
@@ -932,7 +1101,13 @@ mod tests {
     fn forged_release_from_another_host_removes_nothing() {
         let mut t = Table::new();
         t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1);
-        let mut rel = message(hook::XDP_INGRESS, DOWN, msg::RELEASE, 0x31, vec![pfx("2001:db8:100::", 56, 0)]);
+        let mut rel = message(
+            hook::XDP_INGRESS,
+            DOWN,
+            msg::RELEASE,
+            0x31,
+            vec![pfx("2001:db8:100::", 56, 0)],
+        );
         rel.src = "fe80::bad".parse().unwrap(); // same DUID, another host
         t.handle(&rel, &ifaces(), 2);
         let mut ok = reply(vec![]);
@@ -940,13 +1115,22 @@ mod tests {
         assert!(t.handle(&ok, &ifaces(), 3).is_empty());
         assert_eq!((t.len(), t.stats.foreign_releases), (1, 1));
         // Relayed: the innermost peer-address is the client.
-        let mut rel = message(hook::XDP_INGRESS, DOWN, msg::RELEASE, 0x32, vec![pfx("2001:db8:100::", 56, 0)]);
+        let mut rel = message(
+            hook::XDP_INGRESS,
+            DOWN,
+            msg::RELEASE,
+            0x32,
+            vec![pfx("2001:db8:100::", 56, 0)],
+        );
         rel.relay_depth = 1;
         rel.peer_addr = client();
         t.handle(&rel, &ifaces(), 4);
         let mut ok = reply(vec![]);
         ok.xid = 0x32;
-        assert_eq!(installed(&t.handle(&ok, &ifaces(), 5)), ["remove 2001:db8:100::/56 released"]);
+        assert_eq!(
+            installed(&t.handle(&ok, &ifaces(), 5)),
+            ["remove 2001:db8:100::/56 released"]
+        );
     }
 
     #[test]
@@ -954,33 +1138,64 @@ mod tests {
         let mut t = Table::new();
         t.policy.require_client_message = true;
         // Unsolicited (forged or replayed): nothing.
-        assert!(t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1).is_empty());
+        assert!(t
+            .handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1)
+            .is_empty());
         assert_eq!(t.stats.unsolicited_replies, 1);
         // A Request with that xid and Client-ID, then the Reply: installed.
         let mut req = message(hook::XDP_INGRESS, DOWN, msg::REQUEST, 0x1234, vec![]);
         req.src = client();
         assert!(t.handle(&req, &ifaces(), 2).is_empty());
-        assert_eq!(t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 3).len(), 1);
+        assert_eq!(
+            t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 3)
+                .len(),
+            1
+        );
         // A retransmitted Reply within the window still counts.
-        assert_eq!(t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 4).len(), 1);
+        assert_eq!(
+            t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 4)
+                .len(),
+            1
+        );
         // Once the window has passed, a replay does not.
         t.expire(3 + CLIENT_MESSAGE_WINDOW_SECS + 1);
-        assert!(t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 3 + CLIENT_MESSAGE_WINDOW_SECS + 1).is_empty());
+        assert!(t
+            .handle(
+                &reply(vec![pfx("2001:db8:100::", 56, 60)]),
+                &ifaces(),
+                3 + CLIENT_MESSAGE_WINDOW_SECS + 1
+            )
+            .is_empty());
         // Another client's xid does not open the door.
         let mut req = message(hook::XDP_INGRESS, DOWN, msg::RENEW, 0x1234, vec![]);
         req.client_duid = vec![9];
         t.handle(&req, &ifaces(), 100);
-        assert!(t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 101).is_empty());
+        assert!(t
+            .handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 101)
+            .is_empty());
     }
 
     #[test]
     fn prefixes_outside_allow_are_refused() {
         let mut t = Table::new();
         t.policy.allow = vec!["2001:db8:100::/40".parse().unwrap()];
-        let a = t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60), pfx("2001:db8:9900::", 56, 60)]), &ifaces(), 1);
-        assert_eq!(installed(&a), ["install 2001:db8:100::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"]);
+        let a = t.handle(
+            &reply(vec![
+                pfx("2001:db8:100::", 56, 60),
+                pfx("2001:db8:9900::", 56, 60),
+            ]),
+            &ifaces(),
+            1,
+        );
+        assert_eq!(
+            installed(&a),
+            ["install 2001:db8:100::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"]
+        );
         assert_eq!(t.stats.not_allowed, 1);
-        assert_eq!(t.take_refusals(), [("2001:db8:9900::/56".parse().unwrap(), "outside --allow")]);
+        assert_eq!(
+            t.take_refusals(),
+            [("2001:db8:9900::/56".parse().unwrap(), "outside --allow")]
+        );
     }
 
     #[test]
@@ -994,7 +1209,10 @@ mod tests {
         assert!(t.handle(&other, &ifaces(), 2).is_empty());
         assert_eq!(t.stats.limit_reached, 1);
         // The existing binding still renews.
-        assert_eq!(installed(&t.handle(&reply(vec![pfx("2001:db8:100::", 56, 90)]), &ifaces(), 3)), ["refresh 2001:db8:100::/56 valid 90"]);
+        assert_eq!(
+            installed(&t.handle(&reply(vec![pfx("2001:db8:100::", 56, 90)]), &ifaces(), 3)),
+            ["refresh 2001:db8:100::/56 valid 90"]
+        );
         // After it is gone, there is room again.
         t.handle(&reply(vec![pfx("2001:db8:100::", 56, 0)]), &ifaces(), 4);
         assert_eq!(t.handle(&other, &ifaces(), 5).len(), 1);
@@ -1016,7 +1234,10 @@ mod tests {
     fn host_bits_are_masked() {
         let mut t = Table::new();
         t.handle(&reply(vec![pfx("2001:db8:100::1", 56, 60)]), &ifaces(), 1);
-        assert_eq!(t.iter().next().unwrap().prefix.to_string(), "2001:db8:100::/56");
+        assert_eq!(
+            t.iter().next().unwrap().prefix.to_string(),
+            "2001:db8:100::/56"
+        );
     }
 
     #[test]
@@ -1027,7 +1248,13 @@ mod tests {
         r.client_duid = vec![1, 2, 3];
         r.dst = "fe80::2".parse().unwrap();
         let a = installed(&t.handle(&r, &ifaces(), 2));
-        assert_eq!(a, ["remove 2001:db8:100::/56 replaced", "install 2001:db8:100::/56 via fe80::2 dev lan0"]);
+        assert_eq!(
+            a,
+            [
+                "remove 2001:db8:100::/56 replaced",
+                "install 2001:db8:100::/56 via fe80::2 dev lan0"
+            ]
+        );
         assert_eq!(t.len(), 1);
     }
 }

@@ -48,9 +48,17 @@ pub const DEFAULT_HOOK_TIMEOUT: u64 = 30;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config file {path}")]
-    Parse { path: PathBuf, #[source] source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("config: {0}")]
     Invalid(String),
 }
@@ -98,8 +106,14 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::parse(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
     }
 
     pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
@@ -177,7 +191,9 @@ pub fn on_off(s: &str) -> Result<bool, String> {
 }
 
 pub fn parse_sav_iface(s: &str) -> Result<(String, SavMode), String> {
-    let (iface, mode) = s.split_once('=').ok_or_else(|| format!("expected IFACE=off|on|strict, got {s}"))?;
+    let (iface, mode) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected IFACE=off|on|strict, got {s}"))?;
     let mode = <SavMode as clap::ValueEnum>::from_str(mode, true)?;
     Ok((iface.to_string(), mode))
 }
@@ -193,7 +209,11 @@ pub struct Resolved {
 pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, ConfigError> {
     let file = file.unwrap_or_default();
     let role = |r: Role| -> Vec<String> {
-        file.interfaces.iter().filter(|i| i.role == r).map(|i| i.name.clone()).collect()
+        file.interfaces
+            .iter()
+            .filter(|i| i.role == r)
+            .map(|i| i.name.clone())
+            .collect()
     };
     // Interface lists from the flags replace the file's as a whole.
     let (downstream, upstream) = if args.downstream.is_empty() && args.upstream.is_empty() {
@@ -208,47 +228,85 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
         .collect();
     for i in &file.interfaces {
         if i.sav.is_some() && i.role == Role::Upstream {
-            return Err(ConfigError::Invalid(format!("interface {}: sav applies to downstream interfaces only", i.name)));
+            return Err(ConfigError::Invalid(format!(
+                "interface {}: sav applies to downstream interfaces only",
+                i.name
+            )));
         }
     }
     sav_iface.extend(args.sav_iface);
     let mut seen = std::collections::HashSet::new();
     for n in downstream.iter().chain(&upstream) {
         if !seen.insert(n) {
-            return Err(ConfigError::Invalid(format!("interface {n} is listed twice (or as both downstream and upstream)")));
+            return Err(ConfigError::Invalid(format!(
+                "interface {n} is listed twice (or as both downstream and upstream)"
+            )));
         }
     }
     if downstream.is_empty() && upstream.is_empty() {
-        return Err(ConfigError::Invalid("no interface: give --downstream/--upstream or [[interface]] tables".into()));
+        return Err(ConfigError::Invalid(
+            "no interface: give --downstream/--upstream or [[interface]] tables".into(),
+        ));
     }
     for (n, _) in &sav_iface {
         if !downstream.contains(n) {
-            return Err(ConfigError::Invalid(format!("sav for {n}: not a downstream interface")));
+            return Err(ConfigError::Invalid(format!(
+                "sav for {n}: not a downstream interface"
+            )));
         }
     }
-    let route_proto = args.route_proto.or(file.route_proto).unwrap_or(DEFAULT_PROTO);
+    let route_proto = args
+        .route_proto
+        .or(file.route_proto)
+        .unwrap_or(DEFAULT_PROTO);
     if !(5..=254).contains(&route_proto) {
-        return Err(ConfigError::Invalid(format!("route_proto {route_proto}: use 5-254 (0-4 belong to the kernel)")));
+        return Err(ConfigError::Invalid(format!(
+            "route_proto {route_proto}: use 5-254 (0-4 belong to the kernel)"
+        )));
     }
-    let hooks = if args.hooks.is_empty() { file.hooks } else { args.hooks };
+    let hooks = if args.hooks.is_empty() {
+        file.hooks
+    } else {
+        args.hooks
+    };
     Ok(Resolved {
         config: Config {
             downstream,
             upstream,
-            pin_dir: args.pin_dir.or(file.pin_dir).unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
-            state_dir: args.state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-            control: args.control.or(file.control).unwrap_or_else(|| control::DEFAULT_PATH.into()),
+            pin_dir: args
+                .pin_dir
+                .or(file.pin_dir)
+                .unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+            state_dir: args
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            control: args
+                .control
+                .or(file.control)
+                .unwrap_or_else(|| control::DEFAULT_PATH.into()),
             proto: route_proto,
             hooks,
-            hook_timeout: Duration::from_secs(args.hook_timeout.or(file.hook_timeout).unwrap_or(DEFAULT_HOOK_TIMEOUT)),
+            hook_timeout: Duration::from_secs(
+                args.hook_timeout
+                    .or(file.hook_timeout)
+                    .unwrap_or(DEFAULT_HOOK_TIMEOUT),
+            ),
             fast_path: args.fast_path.or(file.fast_path).unwrap_or(true),
             sav: args.sav.or(file.sav).unwrap_or(SavMode::On),
             sav_iface,
-            allow: if args.allow.is_empty() { file.allow } else { args.allow },
+            allow: if args.allow.is_empty() {
+                file.allow
+            } else {
+                args.allow
+            },
             max_bindings_per_iface: args.max_bindings_per_iface.or(file.max_bindings_per_iface),
             flush_on_exit: args.flush_on_exit.or(file.flush_on_exit).unwrap_or(false),
             metrics: args.metrics.or(file.metrics),
-            require_client_message: args.require_client_message.or(file.require_client_message).unwrap_or(true),
+            require_client_message: args
+                .require_client_message
+                .or(file.require_client_message)
+                .unwrap_or(true),
         },
         log_json: args.log_json.or(file.log_json).unwrap_or(false),
     })
@@ -289,7 +347,10 @@ mod tests {
         assert_eq!(r.hooks, [PathBuf::from("/etc/pd-agent/hooks/nft-set.sh")]);
         assert_eq!(r.hook_timeout, Duration::from_secs(20));
         assert!(r.fast_path);
-        assert_eq!(r.allow, ["2001:db8::/32".parse::<ipnet::Ipv6Net>().unwrap()]);
+        assert_eq!(
+            r.allow,
+            ["2001:db8::/32".parse::<ipnet::Ipv6Net>().unwrap()]
+        );
         assert_eq!(r.max_bindings_per_iface, Some(4096));
         assert_eq!(r.metrics, Some("[::1]:9431".parse().unwrap()));
     }
@@ -307,10 +368,18 @@ mod tests {
         let r = resolve(args, Some(f)).unwrap_err();
         // lan1's sav override from the file no longer names a downstream interface.
         assert!(r.to_string().contains("sav for lan1"), "{r}");
-        let f = FileConfig::parse("[[interface]]\nname = \"lan0\"\nrole = \"downstream\"\n").unwrap();
-        let args = RunArgs { route_proto: Some(120), fast_path: Some(false), ..Default::default() };
+        let f =
+            FileConfig::parse("[[interface]]\nname = \"lan0\"\nrole = \"downstream\"\n").unwrap();
+        let args = RunArgs {
+            route_proto: Some(120),
+            fast_path: Some(false),
+            ..Default::default()
+        };
         let r = resolve(args, Some(f)).unwrap().config;
-        assert_eq!((r.proto, r.fast_path, r.downstream.clone()), (120, false, vec!["lan0".to_string()]));
+        assert_eq!(
+            (r.proto, r.fast_path, r.downstream.clone()),
+            (120, false, vec!["lan0".to_string()])
+        );
     }
 
     /// Every `bad-*.toml` sample fails with an error naming its key and line,
@@ -325,7 +394,14 @@ mod tests {
                 continue;
             }
             let text = std::fs::read_to_string(&p).unwrap();
-            let want: Vec<&str> = text.lines().next().unwrap().trim_start_matches("# error:").split('|').map(str::trim).collect();
+            let want: Vec<&str> = text
+                .lines()
+                .next()
+                .unwrap()
+                .trim_start_matches("# error:")
+                .split('|')
+                .map(str::trim)
+                .collect();
             let err = match FileConfig::load(&p) {
                 Err(e) => crate::chain(&e),
                 Ok(f) => match resolve(RunArgs::default(), Some(f)) {

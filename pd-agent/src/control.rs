@@ -21,9 +21,13 @@ pub enum Request {
     Bindings,
     Stats,
     /// The bindings of one prefix.
-    Show { prefix: ipnet::Ipv6Net },
+    Show {
+        prefix: ipnet::Ipv6Net,
+    },
     /// Remove a prefix's bindings and routes on purpose (RFC 8987 §3.3).
-    Delete { prefix: ipnet::Ipv6Net },
+    Delete {
+        prefix: ipnet::Ipv6Net,
+    },
     /// The Prometheus exposition text (as a JSON string).
     Metrics,
 }
@@ -34,14 +38,25 @@ pub type Call = (Request, oneshot::Sender<Reply>);
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("control socket {path}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("control socket {path}: bad reply")]
-    Reply { path: PathBuf, #[source] source: serde_json::Error },
+    Reply {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Bind the socket and serve requests by forwarding them to the agent loop.
 pub fn serve(path: &Path, calls: mpsc::Sender<Call>) -> Result<(), ControlError> {
-    let io = |source| ControlError::Io { path: path.into(), source };
+    let io = |source| ControlError::Io {
+        path: path.into(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -54,7 +69,9 @@ pub fn serve(path: &Path, calls: mpsc::Sender<Call>) -> Result<(), ControlError>
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let calls = calls.clone();
             tokio::spawn(async move {
                 if let Err(e) = handle(stream, calls).await {
@@ -76,7 +93,8 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Resul
             if calls.send((req, tx)).await.is_err() {
                 return Ok(());
             }
-            rx.await.unwrap_or(serde_json::json!({"error": "agent stopped"}))
+            rx.await
+                .unwrap_or(serde_json::json!({"error": "agent stopped"}))
         }
         Err(e) => serde_json::json!({"error": format!("bad request: {e}")}),
     };
@@ -87,12 +105,18 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Resul
 
 /// Ask a running agent.
 pub async fn request(path: &Path, req: &Request) -> Result<Reply, ControlError> {
-    let io = |source| ControlError::Io { path: path.into(), source };
+    let io = |source| ControlError::Io {
+        path: path.into(),
+        source,
+    };
     let mut s = UnixStream::connect(path).await.map_err(io)?;
     let mut line = serde_json::to_vec(req).unwrap();
     line.push(b'\n');
     s.write_all(&line).await.map_err(io)?;
     let mut buf = String::new();
     BufReader::new(s).read_line(&mut buf).await.map_err(io)?;
-    serde_json::from_str(&buf).map_err(|source| ControlError::Reply { path: path.into(), source })
+    serde_json::from_str(&buf).map_err(|source| ControlError::Reply {
+        path: path.into(),
+        source,
+    })
 }

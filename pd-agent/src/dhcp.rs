@@ -6,8 +6,8 @@
 //! ([`MAX_RELAY_DEPTH`], [`MAX_PREFIXES`], [`DUID_MAX`], ...).
 
 use pd_common::{
-    flags, msg, opt, status, Counter, PdEvent, CLIENT_PORT, DUID_MAX, MAX_IAS, MAX_PREFIXES, MAX_RELAY_DEPTH,
-    MAX_TLV_STEPS, PAYLOAD_MAX, SERVER_DUID_MAX, SERVER_PORT,
+    flags, msg, opt, status, Counter, PdEvent, CLIENT_PORT, DUID_MAX, MAX_IAS, MAX_PREFIXES,
+    MAX_RELAY_DEPTH, MAX_TLV_STEPS, PAYLOAD_MAX, SERVER_DUID_MAX, SERVER_PORT,
 };
 
 /// What the kernel does with a frame.
@@ -38,10 +38,14 @@ impl Cur<'_> {
         self.b.get(off).copied()
     }
     fn u16(&self, off: usize) -> Option<u16> {
-        Some(u16::from_be_bytes(self.b.get(off..off + 2)?.try_into().ok()?))
+        Some(u16::from_be_bytes(
+            self.b.get(off..off + 2)?.try_into().ok()?,
+        ))
     }
     fn u32(&self, off: usize) -> Option<u32> {
-        Some(u32::from_be_bytes(self.b.get(off..off + 4)?.try_into().ok()?))
+        Some(u32::from_be_bytes(
+            self.b.get(off..off + 4)?.try_into().ok()?,
+        ))
     }
     fn addr(&self, off: usize) -> Option<[u8; 16]> {
         self.b.get(off..off + 16)?.try_into().ok()
@@ -57,11 +61,15 @@ struct Loc {
 
 fn locate(f: &[u8]) -> Result<Option<Loc>, Counter> {
     let c = Cur { b: f };
-    let Some(mut proto) = c.u16(12) else { return Ok(None) };
+    let Some(mut proto) = c.u16(12) else {
+        return Ok(None);
+    };
     let mut l3 = 14;
     let mut vlan = None;
     if proto == 0x8100 || proto == 0x88a8 {
-        let (Some(tci), Some(p)) = (c.u16(14), c.u16(16)) else { return Ok(None) };
+        let (Some(tci), Some(p)) = (c.u16(14), c.u16(16)) else {
+            return Ok(None);
+        };
         vlan = Some(tci & 0x0fff);
         proto = p;
         l3 = 18;
@@ -106,7 +114,12 @@ fn locate(f: &[u8]) -> Result<Option<Loc>, Counter> {
     if udp_len < 8 || ext_len + udp_len != ip_payload_len {
         return Err(Counter::UdpLength);
     }
-    Ok(Some(Loc { l3, payload: off + 8, len: udp_len - 8, vlan }))
+    Ok(Some(Loc {
+        l3,
+        payload: off + 8,
+        len: udp_len - 8,
+        vlan,
+    }))
 }
 
 #[derive(Clone, Copy)]
@@ -128,8 +141,15 @@ pub fn parse_frame(frame: &[u8], hook: u8, ifindex: u32) -> Parsed {
     Parsed { outcome, side }
 }
 
-fn parse_inner(frame: &[u8], hook: u8, ifindex: u32, side: &mut Vec<Counter>) -> Result<Outcome, Counter> {
-    let Some(loc) = locate(frame)? else { return Ok(Outcome::NotDhcp) };
+fn parse_inner(
+    frame: &[u8],
+    hook: u8,
+    ifindex: u32,
+    side: &mut Vec<Counter>,
+) -> Result<Outcome, Counter> {
+    let Some(loc) = locate(frame)? else {
+        return Ok(Outcome::NotDhcp);
+    };
     if loc.len < 4 {
         return Err(Counter::ShortMessage);
     }
@@ -138,7 +158,9 @@ fn parse_inner(frame: &[u8], hook: u8, ifindex: u32, side: &mut Vec<Counter>) ->
     }
     let mut ev = PdEvent::zeroed();
     let len = loc.len;
-    let payload = frame.get(loc.payload..loc.payload + len).ok_or(Counter::TruncatedHeader)?;
+    let payload = frame
+        .get(loc.payload..loc.payload + len)
+        .ok_or(Counter::TruncatedHeader)?;
     ev.src = frame[loc.l3 + 8..loc.l3 + 24].try_into().unwrap();
     ev.dst = frame[loc.l3 + 24..loc.l3 + 40].try_into().unwrap();
     ev.dst_mac = frame[0..6].try_into().unwrap();
@@ -219,7 +241,13 @@ fn parse_inner(frame: &[u8], hook: u8, ifindex: u32, side: &mut Vec<Counter>) ->
         ev.msg_type = t;
         ev.xid = c.u32(cur).unwrap() & 0x00ff_ffff;
         match t {
-            msg::REPLY | msg::RENEW | msg::REBIND | msg::RELEASE | msg::DECLINE | msg::REQUEST | msg::SOLICIT => {}
+            msg::REPLY
+            | msg::RENEW
+            | msg::REBIND
+            | msg::RELEASE
+            | msg::DECLINE
+            | msg::REQUEST
+            | msg::SOLICIT => {}
             _ => return Err(Counter::IgnoredType),
         }
         cur += 4;
@@ -273,7 +301,13 @@ fn parse_inner(frame: &[u8], hook: u8, ifindex: u32, side: &mut Vec<Counter>) ->
                     if !ok {
                         side.push(Counter::BadT1T2);
                     }
-                    ias.push(Ia { iaid: c.u32(data).unwrap(), t1, t2, status: status::ABSENT, ok });
+                    ias.push(Ia {
+                        iaid: c.u32(data).unwrap(),
+                        t1,
+                        t2,
+                        status: status::ABSENT,
+                        ok,
+                    });
                     Some(ias.len() - 1)
                 };
                 let ia_end = next;

@@ -31,15 +31,28 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("pin directory {path}{}", perm_hint(.source))]
-    PinDir { path: PathBuf, #[source] source: std::io::Error },
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("pin directory {0} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)")]
     NotBpffs(PathBuf),
     #[error("loading the BPF object{}", chain_hint(.0))]
     Object(#[source] EbpfError),
     #[error("loading BPF program {program}: {reason}{hint}")]
-    Program { program: &'static str, reason: String, hint: &'static str },
+    Program {
+        program: &'static str,
+        reason: String,
+        hint: &'static str,
+    },
     #[error("attaching {program} to {iface}")]
-    Attach { program: &'static str, iface: String, #[source] source: ProgramError },
+    Attach {
+        program: &'static str,
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
     #[error("interface {0} does not exist")]
     NoInterface(String),
     #[error("BPF map {0} missing or of the wrong type: {1}")]
@@ -48,7 +61,9 @@ pub enum LoadError {
 
 fn perm_hint(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => " (pd-agent needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)",
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            " (pd-agent needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+        }
         _ => "",
     }
 }
@@ -98,12 +113,26 @@ pub fn ensure_pin_dir(dir: &Path) -> Result<(), LoadError> {
     if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
         let src = CString::new("bpf").unwrap();
         let target = CString::new(bpffs.as_os_str().as_bytes()).unwrap();
-        let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
         if r != 0 {
-            return Err(LoadError::PinDir { path: bpffs.into(), source: std::io::Error::last_os_error() });
+            return Err(LoadError::PinDir {
+                path: bpffs.into(),
+                source: std::io::Error::last_os_error(),
+            });
         }
     }
-    std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir { path: dir.into(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir {
+        path: dir.into(),
+        source,
+    })?;
     if !is_bpffs(dir) {
         return Err(LoadError::NotBpffs(dir.into()));
     }
@@ -111,7 +140,9 @@ pub fn ensure_pin_dir(dir: &Path) -> Result<(), LoadError> {
 }
 
 fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
@@ -136,7 +167,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { fast_path: true, sav: true }
+        LoadOptions {
+            fast_path: true,
+            sav: true,
+        }
     }
 }
 
@@ -191,7 +225,11 @@ impl Programs {
     }
 
     pub fn xdp(&mut self) -> &mut Xdp {
-        self.ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap()
+        self.ebpf
+            .program_mut(XDP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap()
     }
 
     /// The empty XDP program (benchmark baseline), loaded on first use.
@@ -212,13 +250,21 @@ impl Programs {
             .try_into()
             .map_err(|e: ProgramError| LoadError::Map(name, e.to_string()))?;
         if p.fd().is_err() {
-            p.load().map_err(|e| LoadError::Program { program: name, hint: "", reason: e.to_string() })?;
+            p.load().map_err(|e| LoadError::Program {
+                program: name,
+                hint: "",
+                reason: e.to_string(),
+            })?;
         }
         Ok(p)
     }
 
     pub fn tc(&mut self) -> &mut SchedClassifier {
-        self.ebpf.program_mut(TC_PROGRAM).unwrap().try_into().unwrap()
+        self.ebpf
+            .program_mut(TC_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap()
     }
 
     /// Attach the XDP program in driver mode, falling back to generic (skb) mode.
@@ -230,7 +276,11 @@ impl Programs {
             Err(_) => xdp
                 .attach(iface, XdpMode::Skb)
                 .map(|_| XdpMode::Skb)
-                .map_err(|source| LoadError::Attach { program: XDP_PROGRAM, iface: iface.into(), source }),
+                .map_err(|source| LoadError::Attach {
+                    program: XDP_PROGRAM,
+                    iface: iface.into(),
+                    source,
+                }),
         }
     }
 
@@ -242,13 +292,25 @@ impl Programs {
         self.tc()
             .attach(iface, TcAttachType::Egress)
             .map(|_| ())
-            .map_err(|source| LoadError::Attach { program: TC_PROGRAM, iface: iface.into(), source })
+            .map_err(|source| LoadError::Attach {
+                program: TC_PROGRAM,
+                iface: iface.into(),
+                source,
+            })
     }
 
     /// Verified instruction counts of (XDP, TC).
     pub fn verified_instructions(&mut self) -> (Option<u32>, Option<u32>) {
-        let x = self.xdp().info().ok().and_then(|i| i.verified_instruction_count());
-        let t = self.tc().info().ok().and_then(|i| i.verified_instruction_count());
+        let x = self
+            .xdp()
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count());
+        let t = self
+            .tc()
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count());
         (x, t)
     }
 
@@ -257,7 +319,10 @@ impl Programs {
     where
         T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let m = self.ebpf.take_map(name).ok_or(LoadError::Map(name, "not in object".into()))?;
+        let m = self
+            .ebpf
+            .take_map(name)
+            .ok_or(LoadError::Map(name, "not in object".into()))?;
         T::try_from(m).map_err(|e| LoadError::Map(name, e.to_string()))
     }
 
@@ -300,6 +365,9 @@ impl Counters {
     }
 
     pub fn get(&self, c: Counter) -> u64 {
-        self.0.get(&(c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)
+        self.0
+            .get(&(c as u32), 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 }

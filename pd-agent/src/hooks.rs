@@ -32,8 +32,14 @@ pub struct HookEvent {
 impl HookEvent {
     pub fn from_action(a: &Action) -> HookEvent {
         match a {
-            Action::Install(b) => HookEvent { event: b.kind.as_str(), binding: b.clone() },
-            Action::Refresh(b) => HookEvent { event: "renewed", binding: b.clone() },
+            Action::Install(b) => HookEvent {
+                event: b.kind.as_str(),
+                binding: b.clone(),
+            },
+            Action::Refresh(b) => HookEvent {
+                event: "renewed",
+                binding: b.clone(),
+            },
             Action::Remove(b, why) => HookEvent {
                 event: match why {
                     RemoveReason::Expired | RemoveReason::Withdrawn => "expired",
@@ -92,7 +98,10 @@ impl Hooks {
                 }
             }
         });
-        Hooks { tx: Some(tx), stats }
+        Hooks {
+            tx: Some(tx),
+            stats,
+        }
     }
 
     pub fn send(&self, ev: HookEvent) {
@@ -105,7 +114,9 @@ impl Hooks {
 async fn run_one(path: &PathBuf, ev: &HookEvent, timeout: Duration, st: &HookStats) {
     st.runs.fetch_add(1, Ordering::Relaxed);
     let mut cmd = Command::new(path);
-    cmd.envs(ev.env()).kill_on_drop(true).stdin(std::process::Stdio::null());
+    cmd.envs(ev.env())
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
     let prefix = ev.binding.prefix;
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -116,7 +127,9 @@ async fn run_one(path: &PathBuf, ev: &HookEvent, timeout: Duration, st: &HookSta
         }
     };
     match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(s)) if s.success() => info!(hook = %path.display(), event = ev.event, %prefix, "hook ran"),
+        Ok(Ok(s)) if s.success() => {
+            info!(hook = %path.display(), event = ev.event, %prefix, "hook ran")
+        }
         Ok(Ok(s)) => {
             st.failures.fetch_add(1, Ordering::Relaxed);
             warn!(hook = %path.display(), event = ev.event, %prefix, status = %s, "hook failed");
@@ -165,16 +178,32 @@ mod tests {
         assert_eq!(name(Action::Install(d.clone())), "delegated");
         assert_eq!(name(Action::Install(a.clone())), "acquired");
         assert_eq!(name(Action::Refresh(a)), "renewed");
-        assert_eq!(name(Action::Remove(d.clone(), RemoveReason::Released)), "released");
-        assert_eq!(name(Action::Remove(d.clone(), RemoveReason::Expired)), "expired");
-        assert_eq!(name(Action::Remove(d.clone(), RemoveReason::Withdrawn)), "expired");
-        assert_eq!(name(Action::Remove(d.clone(), RemoveReason::Declined)), "declined");
+        assert_eq!(
+            name(Action::Remove(d.clone(), RemoveReason::Released)),
+            "released"
+        );
+        assert_eq!(
+            name(Action::Remove(d.clone(), RemoveReason::Expired)),
+            "expired"
+        );
+        assert_eq!(
+            name(Action::Remove(d.clone(), RemoveReason::Withdrawn)),
+            "expired"
+        );
+        assert_eq!(
+            name(Action::Remove(d.clone(), RemoveReason::Declined)),
+            "declined"
+        );
         assert_eq!(name(Action::Remove(d, RemoveReason::Replaced)), "replaced");
     }
 
     #[test]
     fn environment() {
-        let env = HookEvent { event: "delegated", binding: binding(Kind::Delegated) }.env();
+        let env = HookEvent {
+            event: "delegated",
+            binding: binding(Kind::Delegated),
+        }
+        .env();
         let get = |k: &str| env.iter().find(|(n, _)| *n == k).unwrap().1.clone();
         assert_eq!(get("PD_PREFIX"), "2001:db8:100::");
         assert_eq!(get("PD_PREFIX_LEN"), "56");
@@ -197,23 +226,46 @@ mod tests {
         let out = dir.join("out");
         std::fs::write(&fail, "#!/bin/sh\nexit 3\n").unwrap();
         std::fs::write(&hang, "#!/bin/sh\nsleep 30\n").unwrap();
-        std::fs::write(&ok, format!("#!/bin/sh\necho \"$PD_EVENT $PD_PREFIX/$PD_PREFIX_LEN\" >> {}\n", out.display())).unwrap();
+        std::fs::write(
+            &ok,
+            format!(
+                "#!/bin/sh\necho \"$PD_EVENT $PD_PREFIX/$PD_PREFIX_LEN\" >> {}\n",
+                out.display()
+            ),
+        )
+        .unwrap();
         for f in [&fail, &hang, &ok] {
-            std::process::Command::new("chmod").arg("+x").arg(f).status().unwrap();
+            std::process::Command::new("chmod")
+                .arg("+x")
+                .arg(f)
+                .status()
+                .unwrap();
         }
         let hooks = Hooks::start(vec![fail, hang, ok], Duration::from_millis(300));
         let t = std::time::Instant::now();
-        hooks.send(HookEvent { event: "delegated", binding: binding(Kind::Delegated) });
-        hooks.send(HookEvent { event: "released", binding: binding(Kind::Delegated) });
+        hooks.send(HookEvent {
+            event: "delegated",
+            binding: binding(Kind::Delegated),
+        });
+        hooks.send(HookEvent {
+            event: "released",
+            binding: binding(Kind::Delegated),
+        });
         // send() returns at once: routing is never held up by hooks.
         assert!(t.elapsed() < Duration::from_millis(100));
         for _ in 0..100 {
-            if hooks.stats.runs.load(Ordering::Relaxed) == 6 && out.exists() && std::fs::read_to_string(&out).unwrap().lines().count() == 2 {
+            if hooks.stats.runs.load(Ordering::Relaxed) == 6
+                && out.exists()
+                && std::fs::read_to_string(&out).unwrap().lines().count() == 2
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(std::fs::read_to_string(&out).unwrap(), "delegated 2001:db8:100::/56\nreleased 2001:db8:100::/56\n");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "delegated 2001:db8:100::/56\nreleased 2001:db8:100::/56\n"
+        );
         assert_eq!(hooks.stats.failures.load(Ordering::Relaxed), 4);
         assert_eq!(hooks.stats.timeouts.load(Ordering::Relaxed), 2);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -11,7 +11,11 @@ use pd_agent::{
 };
 
 #[derive(Parser)]
-#[command(name = "pd-agent", version, about = "Routes DHCPv6-delegated prefixes seen on the wire")]
+#[command(
+    name = "pd-agent",
+    version,
+    about = "Routes DHCPv6-delegated prefixes seen on the wire"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -83,14 +87,27 @@ async fn real_main() -> Result<()> {
             }
             agent::run(config).await
         }
-        Cmd::Bindings { json, control, state_dir } => {
-            let list: Vec<BindingView> = match control::request(&control, &Request::Bindings).await {
+        Cmd::Bindings {
+            json,
+            control,
+            state_dir,
+        } => {
+            let list: Vec<BindingView> = match control::request(&control, &Request::Bindings).await
+            {
                 Ok(v) => serde_json::from_value(v).context("agent reply")?,
                 Err(e) => {
-                    eprintln!("pd-agent: no agent answers ({e}); showing the state store {}", state_dir.display());
+                    eprintln!(
+                        "pd-agent: no agent answers ({e}); showing the state store {}",
+                        state_dir.display()
+                    );
                     state::load_dir(&state_dir)?
                         .into_iter()
-                        .map(|binding| BindingView { binding, rx_packets: None, rx_bytes: None, status: None })
+                        .map(|binding| BindingView {
+                            binding,
+                            rx_packets: None,
+                            rx_bytes: None,
+                            status: None,
+                        })
                         .collect()
                 }
             };
@@ -101,8 +118,12 @@ async fn real_main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Show { prefix, control } => reply(control::request(&control, &Request::Show { prefix }).await?),
-        Cmd::Delete { prefix, control } => reply(control::request(&control, &Request::Delete { prefix }).await?),
+        Cmd::Show { prefix, control } => {
+            reply(control::request(&control, &Request::Show { prefix }).await?)
+        }
+        Cmd::Delete { prefix, control } => {
+            reply(control::request(&control, &Request::Delete { prefix }).await?)
+        }
         Cmd::Stats { control } => {
             let v = control::request(&control, &Request::Stats).await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -132,7 +153,10 @@ fn print_table(list: &[BindingView]) {
             None => "never".to_string(),
             Some(t) => format!("{}s", t.saturating_sub(now)),
         };
-        let kind = serde_json::to_value(b.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let kind = serde_json::to_value(b.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
         let n = |x: Option<u64>| x.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
         println!(
             "{:<28} {:<9} {:<10} {:<28} {:>10} {:>8} {:>10} {:>12}",

@@ -12,7 +12,9 @@
 
 use std::{collections::HashMap, net::Ipv6Addr};
 
-use aya::maps::{lpm_trie::Key, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{
+    lpm_trie::Key, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues,
+};
 use ipnet::Ipv6Net;
 use pd_common::{FwdStats, RouteValue, FWD_STATS_SLOTS, NO_SLOT};
 
@@ -50,8 +52,17 @@ pub struct RouteMap {
 
 impl RouteMap {
     /// Wrap the maps, taking over the slots of entries already pinned.
-    pub fn new(routes: LpmTrie<MapData, [u8; 16], RouteValue>, stats: PerCpuArray<MapData, FwdStats>) -> Self {
-        let mut m = RouteMap { routes, stats, slots: HashMap::new(), free: Vec::new(), next_slot: 0 };
+    pub fn new(
+        routes: LpmTrie<MapData, [u8; 16], RouteValue>,
+        stats: PerCpuArray<MapData, FwdStats>,
+    ) -> Self {
+        let mut m = RouteMap {
+            routes,
+            stats,
+            slots: HashMap::new(),
+            free: Vec::new(),
+            next_slot: 0,
+        };
         for (net, v) in m.entries_raw() {
             if v.slot != NO_SLOT && v.slot < FWD_STATS_SLOTS {
                 m.slots.insert(net, v.slot);
@@ -97,7 +108,11 @@ impl RouteMap {
         };
         self.routes
             .insert(&key(b.prefix), v, 0)
-            .map_err(|source| MapOpError { map: "pd_routes_v1", what: b.prefix.to_string(), source })
+            .map_err(|source| MapOpError {
+                map: "pd_routes_v1",
+                what: b.prefix.to_string(),
+                source,
+            })
     }
 
     pub fn remove(&mut self, prefix: Ipv6Net) -> Result<(), MapOpError> {
@@ -105,7 +120,11 @@ impl RouteMap {
             self.free.push(s);
         }
         match self.routes.remove(&key(prefix)) {
-            Err(e) if !not_found(&e) => Err(MapOpError { map: "pd_routes_v1", what: prefix.to_string(), source: e }),
+            Err(e) if !not_found(&e) => Err(MapOpError {
+                map: "pd_routes_v1",
+                what: prefix.to_string(),
+                source: e,
+            }),
             _ => Ok(()),
         }
     }
@@ -114,20 +133,31 @@ impl RouteMap {
         self.routes
             .iter()
             .filter_map(|r| r.ok())
-            .filter_map(|(k, v)| Some((Ipv6Net::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8).ok()?, v)))
+            .filter_map(|(k, v)| {
+                Some((
+                    Ipv6Net::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8).ok()?,
+                    v,
+                ))
+            })
             .collect()
     }
 
     /// Every prefix in the map, with its next hop and interface.
     pub fn entries(&self) -> Vec<(Ipv6Net, Ipv6Addr, u32)> {
-        self.entries_raw().into_iter().map(|(n, v)| (n, Ipv6Addr::from(v.next_hop), v.ifindex)).collect()
+        self.entries_raw()
+            .into_iter()
+            .map(|(n, v)| (n, Ipv6Addr::from(v.next_hop), v.ifindex))
+            .collect()
     }
 
     /// Forwarded (packets, bytes) of a prefix, summed over CPUs.
     pub fn counters(&self, prefix: Ipv6Net) -> Option<(u64, u64)> {
         let s = *self.slots.get(&prefix)?;
         let v = self.stats.get(&s, 0).ok()?;
-        Some(v.iter().fold((0, 0), |(p, b), x| (p + x.packets, b + x.bytes)))
+        Some(
+            v.iter()
+                .fold((0, 0), |(p, b), x| (p + x.packets, b + x.bytes)),
+        )
     }
 }
 
@@ -147,14 +177,20 @@ impl SavMaps {
         } else {
             self.ifaces.insert(ifindex, flags, 0)
         };
-        r.map_err(|source| MapOpError { map: "pd_ifaces_v1", what: format!("ifindex {ifindex}"), source })
+        r.map_err(|source| MapOpError {
+            map: "pd_ifaces_v1",
+            what: format!("ifindex {ifindex}"),
+            source,
+        })
     }
 
     /// Replace the on-link prefixes with `prefixes`.
     pub fn set_onlink(&mut self, prefixes: &[(u32, Ipv6Net)]) -> Result<(), MapOpError> {
         let old: Vec<Key<[u8; 16]>> = self.onlink.keys().filter_map(|k| k.ok()).collect();
-        let want: std::collections::HashSet<(u32, [u8; 16])> =
-            prefixes.iter().map(|(_, p)| (p.prefix_len() as u32, p.network().octets())).collect();
+        let want: std::collections::HashSet<(u32, [u8; 16])> = prefixes
+            .iter()
+            .map(|(_, p)| (p.prefix_len() as u32, p.network().octets()))
+            .collect();
         for k in old {
             if !want.contains(&(k.prefix_len(), k.data())) {
                 let _ = self.onlink.remove(&k);
@@ -163,7 +199,11 @@ impl SavMaps {
         for (i, p) in prefixes {
             self.onlink
                 .insert(&key(*p), *i, 0)
-                .map_err(|source| MapOpError { map: "pd_onlink_v1", what: p.to_string(), source })?;
+                .map_err(|source| MapOpError {
+                    map: "pd_onlink_v1",
+                    what: p.to_string(),
+                    source,
+                })?;
         }
         Ok(())
     }

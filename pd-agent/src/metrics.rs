@@ -61,7 +61,9 @@ impl Metrics {
             agent: Family::default(),
             ringbuf_drops: Counter::default(),
             // 10 us .. ~1.3 s
-            route_op_seconds: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 18)),
+            route_op_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 18),
+            ),
             route_ops: Counter::default(),
             route_errors: Counter::default(),
             hook_runs: Counter::default(),
@@ -69,18 +71,58 @@ impl Metrics {
             forwarded_packets: Family::default(),
             forwarded_bytes: Family::default(),
         };
-        r.register("bindings", "Bindings by interface and kind", m.bindings.clone());
-        r.register("binding_events", "Binding changes by event", m.events.clone());
-        r.register("kernel_packets", "Kernel program outcomes by reason (seen, parsed, rejects, forwarding)", m.kernel.clone());
-        r.register("agent_messages", "DHCPv6 messages the binding table saw, by what became of them", m.agent.clone());
-        r.register("ringbuf_drops", "Events lost because the ring buffer was full", m.ringbuf_drops.clone());
-        r.register("route_op_seconds", "Latency of one netlink route operation", m.route_op_seconds.clone());
+        r.register(
+            "bindings",
+            "Bindings by interface and kind",
+            m.bindings.clone(),
+        );
+        r.register(
+            "binding_events",
+            "Binding changes by event",
+            m.events.clone(),
+        );
+        r.register(
+            "kernel_packets",
+            "Kernel program outcomes by reason (seen, parsed, rejects, forwarding)",
+            m.kernel.clone(),
+        );
+        r.register(
+            "agent_messages",
+            "DHCPv6 messages the binding table saw, by what became of them",
+            m.agent.clone(),
+        );
+        r.register(
+            "ringbuf_drops",
+            "Events lost because the ring buffer was full",
+            m.ringbuf_drops.clone(),
+        );
+        r.register(
+            "route_op_seconds",
+            "Latency of one netlink route operation",
+            m.route_op_seconds.clone(),
+        );
         r.register("route_ops", "Netlink route operations", m.route_ops.clone());
-        r.register("route_errors", "Failed netlink route operations", m.route_errors.clone());
+        r.register(
+            "route_errors",
+            "Failed netlink route operations",
+            m.route_errors.clone(),
+        );
         r.register("hook_runs", "Hook executions", m.hook_runs.clone());
-        r.register("hook_failures", "Hooks that failed or timed out", m.hook_failures.clone());
-        r.register("forwarded_packets", "Packets forwarded by the XDP fast path, by interface", m.forwarded_packets.clone());
-        r.register("forwarded_bytes", "Bytes forwarded by the XDP fast path, by interface", m.forwarded_bytes.clone());
+        r.register(
+            "hook_failures",
+            "Hooks that failed or timed out",
+            m.hook_failures.clone(),
+        );
+        r.register(
+            "forwarded_packets",
+            "Packets forwarded by the XDP fast path, by interface",
+            m.forwarded_packets.clone(),
+        );
+        r.register(
+            "forwarded_bytes",
+            "Bytes forwarded by the XDP fast path, by interface",
+            m.forwarded_bytes.clone(),
+        );
         m.registry = Arc::new(r);
         m
     }
@@ -111,7 +153,9 @@ pub async fn serve(addr: SocketAddr, calls: mpsc::Sender<Call>) -> std::io::Resu
     let listener = TcpListener::bind(addr).await?;
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { continue };
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
             let calls = calls.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
@@ -126,16 +170,20 @@ pub async fn serve(addr: SocketAddr, calls: mpsc::Sender<Call>) -> std::io::Resu
                     }
                 }
                 let req = String::from_utf8_lossy(&buf[..n]);
-                let (status, body) = if req.starts_with("GET /metrics ") || req.starts_with("GET / ") {
-                    let (tx, rx) = oneshot::channel();
-                    let _ = calls.send((Request::Metrics, tx)).await;
-                    match rx.await {
-                        Ok(serde_json::Value::String(text)) => ("200 OK", text),
-                        _ => ("503 Service Unavailable", "agent not answering\n".to_string()),
-                    }
-                } else {
-                    ("404 Not Found", "try /metrics\n".to_string())
-                };
+                let (status, body) =
+                    if req.starts_with("GET /metrics ") || req.starts_with("GET / ") {
+                        let (tx, rx) = oneshot::channel();
+                        let _ = calls.send((Request::Metrics, tx)).await;
+                        match rx.await {
+                            Ok(serde_json::Value::String(text)) => ("200 OK", text),
+                            _ => (
+                                "503 Service Unavailable",
+                                "agent not answering\n".to_string(),
+                            ),
+                        }
+                    } else {
+                        ("404 Not Found", "try /metrics\n".to_string())
+                    };
                 let head = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n\
                      Content-Length: {}\r\nConnection: close\r\n\r\n",

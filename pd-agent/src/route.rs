@@ -23,9 +23,19 @@ pub enum RouteError {
     #[error("netlink socket")]
     Socket(#[source] std::io::Error),
     #[error("adding route {prefix} via {next_hop} dev ifindex {ifindex}")]
-    Add { prefix: Ipv6Net, next_hop: Ipv6Addr, ifindex: u32, #[source] source: rtnetlink::Error },
+    Add {
+        prefix: Ipv6Net,
+        next_hop: Ipv6Addr,
+        ifindex: u32,
+        #[source]
+        source: rtnetlink::Error,
+    },
     #[error("deleting route {prefix}")]
-    Del { prefix: Ipv6Net, #[source] source: rtnetlink::Error },
+    Del {
+        prefix: Ipv6Net,
+        #[source]
+        source: rtnetlink::Error,
+    },
     #[error("dumping routes")]
     Dump(#[source] rtnetlink::Error),
 }
@@ -63,20 +73,39 @@ impl Routes {
             .table_id(MAIN_TABLE)
     }
 
-    pub async fn replace(&self, prefix: Ipv6Net, next_hop: Ipv6Addr, ifindex: u32) -> Result<(), RouteError> {
-        let msg = self.message(prefix).gateway(next_hop).output_interface(ifindex).build();
+    pub async fn replace(
+        &self,
+        prefix: Ipv6Net,
+        next_hop: Ipv6Addr,
+        ifindex: u32,
+    ) -> Result<(), RouteError> {
+        let msg = self
+            .message(prefix)
+            .gateway(next_hop)
+            .output_interface(ifindex)
+            .build();
         self.handle
             .route()
             .add(msg)
             .replace()
             .execute()
             .await
-            .map_err(|source| RouteError::Add { prefix, next_hop, ifindex, source })
+            .map_err(|source| RouteError::Add {
+                prefix,
+                next_hop,
+                ifindex,
+                source,
+            })
     }
 
     /// Delete our route for `prefix` through `next_hop`/`ifindex`. A route
     /// that is already gone is not an error.
-    pub async fn delete(&self, prefix: Ipv6Net, next_hop: Option<Ipv6Addr>, ifindex: Option<u32>) -> Result<(), RouteError> {
+    pub async fn delete(
+        &self,
+        prefix: Ipv6Net,
+        next_hop: Option<Ipv6Addr>,
+        ifindex: Option<u32>,
+    ) -> Result<(), RouteError> {
         let mut b = self.message(prefix);
         if let Some(nh) = next_hop {
             b = b.gateway(nh);
@@ -143,7 +172,11 @@ impl Routes {
             return None;
         }
         let prefix = Ipv6Net::new(dst, m.header.destination_prefix_length).ok()?;
-        Some(KernelRoute { prefix, next_hop, ifindex })
+        Some(KernelRoute {
+            prefix,
+            next_hop,
+            ifindex,
+        })
     }
 }
 
@@ -165,9 +198,14 @@ pub fn link_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<(u32, bool)>
             let ev = match m.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
                     let f = l.header.flags;
-                    Some((l.header.index, f.contains(LinkFlags::Up) && f.contains(LinkFlags::Running)))
+                    Some((
+                        l.header.index,
+                        f.contains(LinkFlags::Up) && f.contains(LinkFlags::Running),
+                    ))
                 }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => Some((l.header.index, false)),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+                    Some((l.header.index, false))
+                }
                 _ => None,
             };
             if let Some(ev) = ev {

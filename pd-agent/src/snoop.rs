@@ -27,7 +27,10 @@ pub fn decode(bytes: &[u8]) -> Result<PdEvent, DecodeError> {
     // pattern is valid, and read_unaligned copes with any alignment.
     let ev: PdEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const PdEvent) };
     if ev.count == 0 || ev.index >= ev.count {
-        return Err(DecodeError::Index { index: ev.index, count: ev.count });
+        return Err(DecodeError::Index {
+            index: ev.index,
+            count: ev.count,
+        });
     }
     Ok(ev)
 }
@@ -129,7 +132,10 @@ impl Assembler {
         if e.flags & flags::HAS_PREFIX == 0 {
             return Some(Message::from_first(e));
         }
-        let entry = self.partial.entry(e.seq).or_insert_with(|| (Message::from_first(e), 0));
+        let entry = self
+            .partial
+            .entry(e.seq)
+            .or_insert_with(|| (Message::from_first(e), 0));
         entry.0.prefixes.push(PrefixInfo {
             iaid: e.iaid,
             t1: e.t1,
@@ -166,7 +172,9 @@ mod tests {
         e.index = index;
         e.count = count;
         e.flags = flags::HAS_PREFIX;
-        e.prefix = [0x20, 0x01, 0x0d, 0xb8, 0, last, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        e.prefix = [
+            0x20, 0x01, 0x0d, 0xb8, 0, last, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
         e.prefix_len = 56;
         e
     }
@@ -179,7 +187,10 @@ mod tests {
         let m1 = a.push(&ev(1, 1, 2, 2)).unwrap();
         assert_eq!(m1.prefixes.len(), 2);
         let m2 = a.push(&ev(2, 1, 2, 4)).unwrap();
-        assert_eq!(m2.prefixes[1].prefix, "2001:db8:4::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            m2.prefixes[1].prefix,
+            "2001:db8:4::".parse::<Ipv6Addr>().unwrap()
+        );
     }
 
     #[test]
@@ -187,13 +198,22 @@ mod tests {
         assert!(matches!(decode(&[0u8; 10]), Err(DecodeError::Size(10, _))));
         let mut e = ev(1, 2, 2, 0);
         let bytes = unsafe {
-            std::slice::from_raw_parts(&e as *const PdEvent as *const u8, std::mem::size_of::<PdEvent>())
+            std::slice::from_raw_parts(
+                &e as *const PdEvent as *const u8,
+                std::mem::size_of::<PdEvent>(),
+            )
         }
         .to_vec();
-        assert_eq!(decode(&bytes), Err(DecodeError::Index { index: 2, count: 2 }));
+        assert_eq!(
+            decode(&bytes),
+            Err(DecodeError::Index { index: 2, count: 2 })
+        );
         e.index = 1;
         let bytes = unsafe {
-            std::slice::from_raw_parts(&e as *const PdEvent as *const u8, std::mem::size_of::<PdEvent>())
+            std::slice::from_raw_parts(
+                &e as *const PdEvent as *const u8,
+                std::mem::size_of::<PdEvent>(),
+            )
         };
         assert_eq!(decode(bytes).unwrap().index, 1);
     }

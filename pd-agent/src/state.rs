@@ -35,9 +35,17 @@ const VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state file {path}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("state file {path} is not valid")]
-    Parse { path: PathBuf, #[source] source: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -62,7 +70,10 @@ pub struct Store {
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io { path: path.into(), source }
+    move |source| StateError::Io {
+        path: path.into(),
+        source,
+    }
 }
 
 impl Store {
@@ -73,8 +84,16 @@ impl Store {
             Ok(f) => BufReader::new(f).lines().count(),
             Err(_) => 0,
         };
-        let journal = OpenOptions::new().create(true).append(true).open(&jp).map_err(io_err(&jp))?;
-        Ok(Store { dir: dir.into(), journal, records })
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&jp)
+            .map_err(io_err(&jp))?;
+        Ok(Store {
+            dir: dir.into(),
+            journal,
+            records,
+        })
     }
 
     /// Bindings as of the last change written.
@@ -111,10 +130,16 @@ impl Store {
     }
 
     /// Write `bindings` as the new snapshot and empty the journal.
-    pub fn compact<'a>(&mut self, bindings: impl Iterator<Item = &'a Binding>) -> Result<(), StateError> {
+    pub fn compact<'a>(
+        &mut self,
+        bindings: impl Iterator<Item = &'a Binding>,
+    ) -> Result<(), StateError> {
         let path = self.dir.join(SNAPSHOT);
         let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
-        let snap = Snapshot { version: VERSION, bindings: bindings.cloned().collect() };
+        let snap = Snapshot {
+            version: VERSION,
+            bindings: bindings.cloned().collect(),
+        };
         let io = io_err(&path);
         let mut f = std::io::BufWriter::new(File::create(&tmp).map_err(&io)?);
         serde_json::to_writer(&mut f, &snap).map_err(|e| io(e.into()))?;
@@ -122,12 +147,17 @@ impl Store {
         let f = f.into_inner().map_err(|e| io(e.into_error()))?;
         f.sync_all().map_err(&io)?;
         fs::rename(&tmp, &path).map_err(&io)?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(&io)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(&io)?;
         // The snapshot now holds everything: start a fresh journal.
         let jp = self.dir.join(JOURNAL);
         self.journal = File::create(&jp).map_err(io_err(&jp))?;
         self.journal.sync_all().map_err(io_err(&jp))?;
-        self.journal = OpenOptions::new().append(true).open(&jp).map_err(io_err(&jp))?;
+        self.journal = OpenOptions::new()
+            .append(true)
+            .open(&jp)
+            .map_err(io_err(&jp))?;
         self.records = 0;
         Ok(())
     }
@@ -138,7 +168,10 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Binding>, StateError> {
     let sp = dir.join(SNAPSHOT);
     let mut map: std::collections::BTreeMap<BindingKey, Binding> = match fs::read(&sp) {
         Ok(bytes) => serde_json::from_slice::<Snapshot>(&bytes)
-            .map_err(|source| StateError::Parse { path: sp.clone(), source })?
+            .map_err(|source| StateError::Parse {
+                path: sp.clone(),
+                source,
+            })?
             .bindings
             .into_iter()
             .map(|b| (b.key(), b))
@@ -148,7 +181,10 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Binding>, StateError> {
     };
     let jp = dir.join(JOURNAL);
     if let Ok(f) = File::open(&jp) {
-        let lines: Vec<String> = BufReader::new(f).lines().collect::<Result<_, _>>().map_err(io_err(&jp))?;
+        let lines: Vec<String> = BufReader::new(f)
+            .lines()
+            .collect::<Result<_, _>>()
+            .map_err(io_err(&jp))?;
         let n = lines.len();
         for (i, line) in lines.into_iter().enumerate() {
             match serde_json::from_str::<Change>(&line) {
@@ -192,8 +228,11 @@ mod tests {
 
     fn tmp() -> PathBuf {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let d = std::env::temp_dir()
-            .join(format!("pd-state-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
+        let d = std::env::temp_dir().join(format!(
+            "pd-state-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
         let _ = fs::remove_dir_all(&d);
         d
     }
@@ -202,10 +241,24 @@ mod tests {
     fn journal_replays_puts_and_dels() {
         let d = tmp();
         let mut s = Store::open(&d).unwrap();
-        s.append(&[Change::Put { binding: b("2001:db8:1::/56", 10) }, Change::Put { binding: b("2001:db8:2::/56", 10) }])
-            .unwrap();
-        s.append(&[Change::Put { binding: b("2001:db8:1::/56", 99) }, Change::Del { key: b("2001:db8:2::/56", 0).key() }])
-            .unwrap();
+        s.append(&[
+            Change::Put {
+                binding: b("2001:db8:1::/56", 10),
+            },
+            Change::Put {
+                binding: b("2001:db8:2::/56", 10),
+            },
+        ])
+        .unwrap();
+        s.append(&[
+            Change::Put {
+                binding: b("2001:db8:1::/56", 99),
+            },
+            Change::Del {
+                key: b("2001:db8:2::/56", 0).key(),
+            },
+        ])
+        .unwrap();
         let got = load_dir(&d).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].valid_lifetime, 99);
@@ -217,12 +270,23 @@ mod tests {
         let d = tmp();
         let mut s = Store::open(&d).unwrap();
         let live = [b("2001:db8:1::/56", 10), b("2001:db8:3::/56", 10)];
-        s.append(&[Change::Put { binding: live[0].clone() }, Change::Put { binding: live[1].clone() }]).unwrap();
+        s.append(&[
+            Change::Put {
+                binding: live[0].clone(),
+            },
+            Change::Put {
+                binding: live[1].clone(),
+            },
+        ])
+        .unwrap();
         s.compact(live.iter()).unwrap();
         assert_eq!(fs::read_to_string(d.join(JOURNAL)).unwrap(), "");
         s.append(&[Change::Del { key: live[0].key() }]).unwrap();
         let got = load_dir(&d).unwrap();
-        assert_eq!(got.iter().map(|b| b.prefix.to_string()).collect::<Vec<_>>(), ["2001:db8:3::/56"]);
+        assert_eq!(
+            got.iter().map(|b| b.prefix.to_string()).collect::<Vec<_>>(),
+            ["2001:db8:3::/56"]
+        );
         // Reopening counts the journal's lines.
         assert_eq!(Store::open(&d).unwrap().records, 1);
         fs::remove_dir_all(&d).unwrap();
@@ -232,7 +296,10 @@ mod tests {
     fn torn_last_line_is_ignored_but_garbage_elsewhere_is_an_error() {
         let d = tmp();
         let mut s = Store::open(&d).unwrap();
-        s.append(&[Change::Put { binding: b("2001:db8:1::/56", 10) }]).unwrap();
+        s.append(&[Change::Put {
+            binding: b("2001:db8:1::/56", 10),
+        }])
+        .unwrap();
         let jp = d.join(JOURNAL);
         let mut f = OpenOptions::new().append(true).open(&jp).unwrap();
         f.write_all(b"{\"op\":\"put\",\"binding\":{\"pre").unwrap();

@@ -385,7 +385,18 @@ mod tests {
     fn event_layout_has_no_implicit_padding() {
         // Sum of field sizes equals the struct size: the kernel and the agent
         // cannot disagree on offsets.
-        let fields = 8 + 4 + 4 + 8 * 1 + 2 * 6 + 4 * 5 + 16 * 2 + 6 * 2 + 16 * 4 + DUID_MAX + SERVER_DUID_MAX + 4;
+        let fields = 8
+            + 4
+            + 4
+            + 8 * 1
+            + 2 * 6
+            + 4 * 5
+            + 16 * 2
+            + 6 * 2
+            + 16 * 4
+            + DUID_MAX
+            + SERVER_DUID_MAX
+            + 4;
         assert_eq!(core::mem::size_of::<PdEvent>(), fields);
         assert_eq!(core::mem::size_of::<RouteKey>(), 20);
         assert_eq!(core::mem::size_of::<RouteValue>(), 16 + 8 + 4 * 4);

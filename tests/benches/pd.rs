@@ -47,11 +47,17 @@ struct Bench {
 
 impl Bench {
     fn cmd(&self, row: u32) -> String {
-        format!("cargo xtask bench{} --row {row}", if self.quick { " --quick" } else { "" })
+        format!(
+            "cargo xtask bench{} --row {row}",
+            if self.quick { " --quick" } else { "" }
+        )
     }
 
     fn push(&mut self, r: Row) {
-        eprintln!("  row {}: {} | {} | {}", r.row, r.what, r.figure, r.baseline);
+        eprintln!(
+            "  row {}: {} | {} | {}",
+            r.row, r.what, r.figure, r.baseline
+        );
         self.rows.push(r);
     }
 }
@@ -59,14 +65,23 @@ impl Bench {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let only: Option<u32> = args.iter().position(|a| a == "--row").and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok());
+    let only: Option<u32> = args
+        .iter()
+        .position(|a| a == "--row")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok());
     let out = args
         .iter()
         .position(|a| a == "--out")
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench/results.json"));
-    let mut b = Bench { quick, rows: Vec::new() };
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench/results.json")
+        });
+    let mut b = Bench {
+        quick,
+        rows: Vec::new(),
+    };
     let started = Instant::now();
     let runs: [(u32, fn(&mut Bench) -> Result<()>); 8] = [
         (1, row1_snoop_cost),
@@ -108,7 +123,9 @@ fn main() -> Result<()> {
             r.what,
             r.figure,
             r.baseline,
-            r.ratio.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
+            r.ratio
+                .map(|x| format!("{x:.2}"))
+                .unwrap_or_else(|| "-".into()),
             r.target,
             match r.met {
                 Some(true) => "yes",
@@ -120,7 +137,10 @@ fn main() -> Result<()> {
     for r in b.rows.iter().filter(|r| !r.notes.is_empty()) {
         println!("\nrow {} ({}): {}", r.row, r.what, r.notes);
     }
-    println!("\nrerun one row: cargo xtask bench [--quick] --row N   (total {:.0}s)", started.elapsed().as_secs_f64());
+    println!(
+        "\nrerun one row: cargo xtask bench [--quick] --row N   (total {:.0}s)",
+        started.elapsed().as_secs_f64()
+    );
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -151,7 +171,13 @@ impl Drop for Pin {
 
 fn load(fast_path: bool) -> Result<(Programs, Pin)> {
     let pin = PathBuf::from("/sys/fs/bpf").join(unique("bench"));
-    let p = Programs::load_with(&pin, LoadOptions { fast_path, sav: fast_path })?;
+    let p = Programs::load_with(
+        &pin,
+        LoadOptions {
+            fast_path,
+            sav: fast_path,
+        },
+    )?;
     Ok((p, Pin(pin)))
 }
 
@@ -159,7 +185,11 @@ fn load(fast_path: bool) -> Result<(Programs, Pin)> {
 fn ns_per_run(prog: &mut aya::programs::Xdp, frame: &[u8], repeat: u32, calls: u32) -> Result<f64> {
     let mut total = 0.0;
     for _ in 0..calls {
-        let r = prog.test_run(TestRunOptions { data_in: Some(frame), repeat, ..Default::default() })?;
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        })?;
         total += r.duration.as_nanos() as f64;
     }
     Ok(total / calls as f64)
@@ -167,7 +197,9 @@ fn ns_per_run(prog: &mut aya::programs::Xdp, frame: &[u8], repeat: u32, calls: u
 
 fn udp_frame(total: usize) -> Vec<u8> {
     let payload = total - 14 - 40 - 8;
-    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x86, 0xdd, 0x60, 0, 0, 0];
+    let mut f = vec![
+        2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x86, 0xdd, 0x60, 0, 0, 0,
+    ];
     f.extend(((8 + payload) as u16).to_be_bytes());
     f.extend([17, 64]);
     f.extend("2001:db8:feed::2".parse::<Ipv6Addr>().unwrap().octets());
@@ -252,7 +284,11 @@ fn row2_parse_cost(b: &mut Bench) -> Result<()> {
     let calls = if b.quick { 20 } else { 200 };
     let mut figs = Vec::new();
     let base = ns_per_run(p.baseline()?, &base_frame, 400, calls)?;
-    for (name, label) in [("reply-1-prefix", "Reply, 1 IAPREFIX"), ("reply-8-prefixes", "Reply, 8 IAPREFIX"), ("relay-reply-3", "Relay-Reply 3 deep")] {
+    for (name, label) in [
+        ("reply-1-prefix", "Reply, 1 IAPREFIX"),
+        ("reply-8-prefixes", "Reply, 8 IAPREFIX"),
+        ("relay-reply-3", "Relay-Reply 3 deep"),
+    ] {
         let f = get(name);
         let mut total = 0.0;
         for _ in 0..calls {
@@ -293,20 +329,51 @@ struct Rig {
 const NEXT_HOP: &str = "fe80::c";
 
 fn rig() -> Result<Rig> {
-    let RouterLab { upstream: gen, router, client: sink } = RouterLab::new()?;
+    let RouterLab {
+        upstream: gen,
+        router,
+        client: sink,
+    } = RouterLab::new()?;
     let mac = sink.exec(&["cat", "/sys/class/net/eth0/address"])?;
-    router.exec(&["ip", "-6", "neigh", "replace", NEXT_HOP, "dev", "lan0", "lladdr", mac.trim(), "nud", "permanent"])?;
+    router.exec(&[
+        "ip",
+        "-6",
+        "neigh",
+        "replace",
+        NEXT_HOP,
+        "dev",
+        "lan0",
+        "lladdr",
+        mac.trim(),
+        "nud",
+        "permanent",
+    ])?;
     let lan0 = {
         let _in = InNetns::enter(&router)?;
         pd_agent::ebpf::if_index("lan0")?
     };
 
-    Ok(Rig { gen, router, sink, dir: TempDir::new("bench")?, lan0 })
+    Ok(Rig {
+        gen,
+        router,
+        sink,
+        dir: TempDir::new("bench")?,
+        lan0,
+    })
 }
 
 /// The i-th benchmark prefix: a /64 under 2001:db8::/32.
 fn prefix(i: u32) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 0x1000 + (i >> 16) as u16, (i & 0xffff) as u16, 0, 0, 0, 0)
+    Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0x1000 + (i >> 16) as u16,
+        (i & 0xffff) as u16,
+        0,
+        0,
+        0,
+        0,
+    )
 }
 
 /// A Reply delegating prefix `i` to client `i`.
@@ -314,7 +381,12 @@ fn reply(i: u32, valid: u32) -> Vec<u8> {
     let xid = i.to_be_bytes();
     let mut duid = corpus::duid(0);
     duid.extend(i.to_be_bytes());
-    corpus::dhcproto_msg(MessageType::Reply, [xid[1], xid[2], xid[3]], duid, vec![(1, 0, 0, vec![(prefix(i), 64, valid, valid)])])
+    corpus::dhcproto_msg(
+        MessageType::Reply,
+        [xid[1], xid[2], xid[3]],
+        duid,
+        vec![(1, 0, 0, vec![(prefix(i), 64, valid, valid)])],
+    )
 }
 
 /// Sends Replies from the router's own stack towards the sink: they leave
@@ -328,7 +400,10 @@ impl Injector {
     fn new(rig: &Rig) -> Result<Self> {
         let _in = InNetns::enter(&rig.router)?;
         let sock = UdpSocket::bind("[::]:0")?;
-        Ok(Injector { sock, to: SocketAddrV6::new(NEXT_HOP.parse()?, 546, 0, rig.lan0) })
+        Ok(Injector {
+            sock,
+            to: SocketAddrV6::new(NEXT_HOP.parse()?, 546, 0, rig.lan0),
+        })
     }
     fn send(&self, pkt: &[u8]) -> Result<()> {
         self.sock.send_to(pkt, self.to)?;
@@ -349,20 +424,48 @@ impl Monitor {
     fn start(ns: &Netns, record: bool) -> Result<Monitor> {
         let fd = {
             let _in = InNetns::enter(ns)?;
-            let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    libc::NETLINK_ROUTE,
+                )
+            };
             if fd < 0 {
                 bail!("netlink socket: {}", std::io::Error::last_os_error());
             }
             let size: libc::c_int = 64 << 20;
             unsafe {
-                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size as *const _ as *const libc::c_void, 4);
-                let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
-                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    &size as *const _ as *const libc::c_void,
+                    4,
+                );
+                let tv = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 100_000,
+                };
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &tv as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                );
             }
             let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
             sa.nl_family = libc::AF_NETLINK as u16;
             sa.nl_groups = 0x400; // RTMGRP_IPV6_ROUTE
-            if unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as u32) } != 0 {
+            if unsafe {
+                libc::bind(
+                    fd,
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_nl>() as u32,
+                )
+            } != 0
+            {
                 bail!("netlink bind: {}", std::io::Error::last_os_error());
             }
             fd
@@ -373,11 +476,17 @@ impl Monitor {
             stop: Default::default(),
             overruns: Default::default(),
         };
-        let (seen, count, stop, overruns) = (m.seen.clone(), m.count.clone(), m.stop.clone(), m.overruns.clone());
+        let (seen, count, stop, overruns) = (
+            m.seen.clone(),
+            m.count.clone(),
+            m.stop.clone(),
+            m.overruns.clone(),
+        );
         thread::spawn(move || {
             let mut buf = vec![0u8; 1 << 20];
             while !stop.load(Ordering::Relaxed) {
-                let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+                let n =
+                    unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
                 let now = Instant::now();
                 if n < 0 {
                     if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
@@ -399,7 +508,8 @@ impl Monitor {
                         if record {
                             let mut a = off + 16 + 12;
                             while a + 4 <= off + len {
-                                let alen = u16::from_ne_bytes(buf[a..a + 2].try_into().unwrap()) as usize;
+                                let alen =
+                                    u16::from_ne_bytes(buf[a..a + 2].try_into().unwrap()) as usize;
                                 let aty = u16::from_ne_bytes(buf[a + 2..a + 4].try_into().unwrap());
                                 if alen < 4 {
                                     break;
@@ -437,7 +547,10 @@ fn start_agent(rig: &Rig, tag: &str, extra: &[&str]) -> Result<(Agent, TempDir)>
     let dir = TempDir::new(tag)?;
     let mut args: Vec<String> = vec!["--require-client-message".into(), "off".into()];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let opts = AgentOpts { args, ..AgentOpts::new(&["lan0"], &["wan0"]) };
+    let opts = AgentOpts {
+        args,
+        ..AgentOpts::new(&["lan0"], &["wan0"])
+    };
     Ok((Agent::start_opts(&rig.router, &dir, opts)?, dir))
 }
 
@@ -466,7 +579,11 @@ fn row3_latency(b: &mut Bench) -> Result<()> {
         inj.send(p)?;
         let got = poll(Duration::from_secs(2), || {
             let s = mon.seen.lock().unwrap();
-            s.iter().rev().take(4).find(|(a, _)| *a == want).map(|(_, t)| *t)
+            s.iter()
+                .rev()
+                .take(4)
+                .find(|(a, _)| *a == want)
+                .map(|(_, t)| *t)
         });
         match got {
             Some(t) => lat.push(t.duration_since(t0).as_secs_f64() * 1e6),
@@ -508,7 +625,11 @@ fn row4_programming_rate(b: &mut Bench) -> Result<()> {
     let batch = rig.dir.path("routes.batch");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&batch)?);
     for i in 0..n {
-        writeln!(f, "route add {}/64 via {NEXT_HOP} dev lan0 proto 99", prefix(i))?;
+        writeln!(
+            f,
+            "route add {}/64 via {NEXT_HOP} dev lan0 proto 99",
+            prefix(i)
+        )?;
     }
     f.flush()?;
     drop(f);
@@ -525,12 +646,20 @@ fn row4_programming_rate(b: &mut Bench) -> Result<()> {
     for (k, chunk) in pkts.chunks(burst).enumerate() {
         // At most two bursts outstanding: the ring buffer holds ~15k events.
         let floor = (k.saturating_sub(1) * burst) as u64;
-        poll(Duration::from_secs(30), || (mon.count() >= floor).then_some(())).context("agent fell behind")?;
+        poll(Duration::from_secs(30), || {
+            (mon.count() >= floor).then_some(())
+        })
+        .context("agent fell behind")?;
         for p in chunk {
             inj.send(p)?;
         }
     }
-    let got = settle(Duration::from_secs(3), Duration::from_secs(120), n as u64, || mon.count());
+    let got = settle(
+        Duration::from_secs(3),
+        Duration::from_secs(120),
+        n as u64,
+        || mon.count(),
+    );
     let done = (got >= n as u64).then_some(());
     let el = t.elapsed().as_secs_f64();
     let rate = got as f64 / el;
@@ -559,17 +688,35 @@ fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)))
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+        })
         .unwrap_or(0)
 }
 
 fn map_bytes(pin: &std::path::Path, name: &str) -> u64 {
-    let out = sh(&["bpftool", "-j", "map", "show", "pinned", &pin.join(name).display().to_string()]).unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(&out).ok().and_then(|v| v["bytes_memlock"].as_u64()).unwrap_or(0)
+    let out = sh(&[
+        "bpftool",
+        "-j",
+        "map",
+        "show",
+        "pinned",
+        &pin.join(name).display().to_string(),
+    ])
+    .unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&out)
+        .ok()
+        .and_then(|v| v["bytes_memlock"].as_u64())
+        .unwrap_or(0)
 }
 
 fn row5_scale(b: &mut Bench) -> Result<()> {
-    let sizes: &[u32] = if b.quick { &[100_000] } else { &[100_000, 1_000_000] };
+    let sizes: &[u32] = if b.quick {
+        &[100_000]
+    } else {
+        &[100_000, 1_000_000]
+    };
     for &n in sizes {
         let rig = rig()?;
         // An empty agent, for the baseline RSS.
@@ -580,7 +727,8 @@ fn row5_scale(b: &mut Bench) -> Result<()> {
         let dir = TempDir::new("scale")?;
         std::fs::create_dir_all(dir.path("state"))?;
         let now = pd_agent::agent::now();
-        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.path("state/bindings.json"))?);
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(dir.path("state/bindings.json"))?);
         write!(f, "{{\"version\":1,\"bindings\":[")?;
         for i in 0..n {
             if i > 0 {
@@ -599,7 +747,10 @@ fn row5_scale(b: &mut Bench) -> Result<()> {
         write!(f, "]}}")?;
         drop(f);
         let t = Instant::now();
-        let opts = AgentOpts { ready_timeout: Some(Duration::from_secs(600)), ..AgentOpts::new(&["lan0"], &["wan0"]) };
+        let opts = AgentOpts {
+            ready_timeout: Some(Duration::from_secs(600)),
+            ..AgentOpts::new(&["lan0"], &["wan0"])
+        };
         let agent = Agent::start_opts(&rig.router, &dir, opts)?;
         let reconcile = t.elapsed().as_secs_f64();
         let routes = our_routes(&rig.router)?.len();
@@ -607,7 +758,11 @@ fn row5_scale(b: &mut Bench) -> Result<()> {
         let per = (rss.saturating_sub(rss0)) as f64 * 1024.0 / n as f64;
         let map = map_bytes(&agent.pin_dir, "pd_routes_v1");
         let stats_map = map_bytes(&agent.pin_dir, "pd_fwd_stats_v1");
-        let met = if n >= 1_000_000 { Some(reconcile < 10.0 && routes == n as usize) } else { Some(routes == n as usize) };
+        let met = if n >= 1_000_000 {
+            Some(reconcile < 10.0 && routes == n as usize)
+        } else {
+            Some(routes == n as usize)
+        };
         b.push(Row {
             row: 5,
             what: format!("scale, {n} bindings"),
@@ -651,15 +806,26 @@ fn row6_storm(b: &mut Bench) -> Result<()> {
         }
     }
     let send_time = t0.elapsed().as_secs_f64();
-    settle(Duration::from_secs(3), Duration::from_secs(120), n as u64, || mon.count());
+    settle(
+        Duration::from_secs(3),
+        Duration::from_secs(120),
+        n as u64,
+        || mon.count(),
+    );
     let bindings = agent_stat(&agent, &["bindings"]);
     let lost = agent_stat(&agent, &["kernel", "ringbuf_full"]);
     let parsed = agent_stat(&agent, &["kernel", "parsed"]);
     b.push(Row {
         row: 6,
         what: format!("Reply storm, {rate}/s for {secs}s"),
-        figure: format!("events lost {lost}; bindings {bindings} of {n} sent; routes {}", mon.count()),
-        baseline: format!("sent in {send_time:.2}s ({:.0}/s achieved); kernel parsed {parsed}", n as f64 / send_time),
+        figure: format!(
+            "events lost {lost}; bindings {bindings} of {n} sent; routes {}",
+            mon.count()
+        ),
+        baseline: format!(
+            "sent in {send_time:.2}s ({:.0}/s achieved); kernel parsed {parsed}",
+            n as f64 / send_time
+        ),
         ratio: None,
         target: "lost = 0, bindings = sent".into(),
         met: Some(lost == 0 && bindings == n as u64),
@@ -672,12 +838,19 @@ fn row6_storm(b: &mut Bench) -> Result<()> {
 // ---------------------------------------------------------------- row 7
 
 fn rx_packets(ns: &Netns) -> u64 {
-    ns.exec(&["cat", "/sys/class/net/eth0/statistics/rx_packets"]).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    ns.exec(&["cat", "/sys/class/net/eth0/statistics/rx_packets"])
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn mac_of(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
     let out = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")])?;
-    let v: Vec<u8> = out.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+    let v: Vec<u8> = out
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
     Ok(v.try_into().map_err(|_| anyhow::anyhow!("bad MAC"))?)
 }
 
@@ -687,7 +860,12 @@ fn blast(rig: &Rig, secs: f64) -> Result<f64> {
     let sock = {
         let _in = InNetns::enter(&rig.gen)?;
         let s = UdpSocket::bind("[::]:0")?;
-        s.connect(SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0x1000, 0, 0, 0, 0, 0x99), 9, 0, 0))?;
+        s.connect(SocketAddrV6::new(
+            Ipv6Addr::new(0x2001, 0xdb8, 0x1000, 0, 0, 0, 0, 0x99),
+            9,
+            0,
+            0,
+        ))?;
         s
     };
     let payload = [0u8; 2];
@@ -721,7 +899,9 @@ impl Generator {
     fn new(rig: &Rig) -> Result<Generator> {
         let _in = InNetns::enter(&rig.gen)?;
         let (mut progs, pin) = load(false)?;
-        progs.baseline()?.attach("eth0", aya::programs::XdpMode::Driver)?; // registers eth0's XDP rx queue
+        progs
+            .baseline()?
+            .attach("eth0", aya::programs::XdpMode::Driver)?; // registers eth0's XDP rx queue
         progs.generator()?;
         let mut frame = udp_frame(64);
         frame[0..6].copy_from_slice(&mac_of(&rig.router, "wan0")?);
@@ -729,8 +909,16 @@ impl Generator {
         let dst = Ipv6Addr::new(0x2001, 0xdb8, 0x1000, 0, 0, 0, 0, 0x99).octets();
         frame[38..54].copy_from_slice(&dst);
         let ifindex = pd_agent::ebpf::if_index("eth0")?;
-        let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|x| x.to_ne_bytes()).collect();
-        Ok(Generator { progs, _pin: pin, frame, ctx })
+        let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|x| x.to_ne_bytes())
+            .collect();
+        Ok(Generator {
+            progs,
+            _pin: pin,
+            frame,
+            ctx,
+        })
     }
 
     /// Send for about `secs`; returns the packets per second that reached the sink.
@@ -767,8 +955,14 @@ fn row7_fast_path(b: &mut Bench) -> Result<()> {
         let (agent, _d) = start_agent(&rig, "fp", &["--fast-path", mode])?;
         let inj = Injector::new(&rig)?;
         inj.send(&reply(0, 3600))?;
-        wait_for(Duration::from_secs(5), || agent.map_prefixes().ok()?.contains(&format!("{}/64", prefix(0))).then_some(()))
-            .context("binding for the traffic")?;
+        wait_for(Duration::from_secs(5), || {
+            agent
+                .map_prefixes()
+                .ok()?
+                .contains(&format!("{}/64", prefix(0)))
+                .then_some(())
+        })
+        .context("binding for the traffic")?;
         blast(&rig, 0.3)?;
         let sock = blast(&rig, secs)?;
         let mut gen = Generator::new(&rig)?;
@@ -781,7 +975,9 @@ fn row7_fast_path(b: &mut Bench) -> Result<()> {
         res.push((sock, live, redirected));
         drop(agent);
         // The route of the binding stays (kept on stop); remove it for the next run.
-        let _ = rig.router.exec(&["ip", "-6", "route", "flush", "proto", PROTO]);
+        let _ = rig
+            .router
+            .exec(&["ip", "-6", "route", "flush", "proto", PROTO]);
     }
     let ratio = res[0].0 / res[1].0;
     b.push(Row {
@@ -818,7 +1014,17 @@ fn row8_fast_path_cost(b: &mut Bench) -> Result<()> {
     let repeat = if b.quick { 10_000 } else { 100_000 };
     let rig = rig()?;
     let _in = InNetns::enter(&rig.router)?;
-    rig.router.exec(&["ip", "-6", "route", "add", "2001:db8:1000::/64", "via", NEXT_HOP, "dev", "lan0"])?;
+    rig.router.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:db8:1000::/64",
+        "via",
+        NEXT_HOP,
+        "dev",
+        "lan0",
+    ])?;
     let (mut p, _pin) = load(true)?;
     p.attach_xdp("wan0")?;
     let mut routes = pd_agent::maps::RouteMap::new(p.take_routes()?, p.take_fwd_stats()?);
@@ -845,15 +1051,22 @@ fn row8_fast_path_cost(b: &mut Bench) -> Result<()> {
     v4[12] = 0x08;
     v4[13] = 0x00;
     hit[21] = 255; // hop limit: each repetition of a run forwards the same buffer again
-    // A hit rewrites the buffer, so it runs in calls of 250 repetitions
-    // (each call starts from a fresh copy); the others in one call. Each
-    // call with an ingress interface costs milliseconds of setup, outside
-    // the measured loop.
+                   // A hit rewrites the buffer, so it runs in calls of 250 repetitions
+                   // (each call starts from a fresh copy); the others in one call. Each
+                   // call with an ingress interface costs milliseconds of setup, outside
+                   // the measured loop.
     let run = |prog: &mut aya::programs::Xdp, f: &[u8], chunked: bool| -> Result<(f64, u32)> {
-        let ctx: Vec<u8> = [0u32, f.len() as u32, 0, wan0, 0, 0].iter().flat_map(|x| x.to_ne_bytes()).collect();
+        let ctx: Vec<u8> = [0u32, f.len() as u32, 0, wan0, 0, 0]
+            .iter()
+            .flat_map(|x| x.to_ne_bytes())
+            .collect();
         let mut out = vec![0u8; f.len()];
         let (mut total, mut action) = (0.0, 0);
-        let (calls, per) = if chunked { (repeat / 250, 250) } else { (1, repeat) };
+        let (calls, per) = if chunked {
+            (repeat / 250, 250)
+        } else {
+            (1, repeat)
+        };
         for _ in 0..calls {
             let r = prog.test_run(TestRunOptions {
                 data_in: Some(f),
@@ -869,12 +1082,19 @@ fn row8_fast_path_cost(b: &mut Bench) -> Result<()> {
     };
     let mut figs = Vec::new();
     let mut bases = Vec::new();
-    for (label, f, want) in [("hit", &hit, 4u32), ("miss", &miss, 2), ("non-IPv6", &v4, 2)] {
+    for (label, f, want) in [
+        ("hit", &hit, 4u32),
+        ("miss", &miss, 2),
+        ("non-IPv6", &v4, 2),
+    ] {
         let chunked = label == "hit";
         let (base, _) = run(p.baseline()?, f, chunked)?;
         let (ns, action) = run(p.xdp(), f, chunked)?;
         if action != want {
-            let c: Vec<_> = p.take_counters().map(|c| c.read().into_iter().filter(|(_, v)| *v > 0).collect()).unwrap_or_default();
+            let c: Vec<_> = p
+                .take_counters()
+                .map(|c| c.read().into_iter().filter(|(_, v)| *v > 0).collect())
+                .unwrap_or_default();
             bail!("{label}: action {action}, expected {want}; counters {c:?}");
         }
         figs.push(format!("{label} {ns:.0} ns ({:.2}x)", ns / base));

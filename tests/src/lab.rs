@@ -39,12 +39,22 @@ impl Names {
         Names { prefix: unique("") }
     }
     pub fn fixed(prefix: &str) -> Names {
-        Names { prefix: prefix.into() }
+        Names {
+            prefix: prefix.into(),
+        }
     }
     pub fn get(&self, role: &str) -> String {
         format!("{}{role}", self.prefix)
     }
-    pub const ROLES: [&'static str; 7] = ["internet", "isp", "border", "laptop", "vm", "container1", "container2"];
+    pub const ROLES: [&'static str; 7] = [
+        "internet",
+        "isp",
+        "border",
+        "laptop",
+        "vm",
+        "container1",
+        "container2",
+    ];
 }
 
 #[derive(Clone, Copy)]
@@ -59,7 +69,11 @@ pub struct Lifetimes {
 
 impl Default for Lifetimes {
     fn default() -> Self {
-        Lifetimes { isp: 600, border: 600, laptop: 600 }
+        Lifetimes {
+            isp: 600,
+            border: 600,
+            laptop: 600,
+        }
     }
 }
 
@@ -90,12 +104,17 @@ fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
 
 fn default_via(ns: &Netns, dev: &str, upstream: &Netns, up_dev: &str) -> Result<()> {
     let ll = upstream.link_local(up_dev)?.to_string();
-    ns.exec(&["ip", "-6", "route", "add", "default", "via", &ll, "dev", dev])?;
+    ns.exec(&[
+        "ip", "-6", "route", "add", "default", "via", &ll, "dev", dev,
+    ])?;
     Ok(())
 }
 
 fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 impl SeedLab {
@@ -137,14 +156,67 @@ impl SeedLab {
 
         // Link addresses (not routes): the internet edge, and the subnets
         // each server is bound to.
-        isp_ns.exec(&["ip", "-6", "addr", "add", "2001:db8:ff00::1/64", "dev", "eth0", "nodad"])?;
-        isp_ns.exec(&["ip", "-6", "addr", "add", "2001:db8:ff01::1/64", "dev", "down0", "nodad"])?;
-        internet.exec(&["ip", "-6", "addr", "add", &format!("{INTERNET}/64"), "dev", "eth0", "nodad"])?;
-        border_ns.exec(&["ip", "-6", "addr", "add", "fd00:0:0:b::1/64", "dev", "down0", "nodad"])?;
-        laptop_ns.exec(&["ip", "-6", "addr", "add", "fd00:0:0:c::1/64", "dev", "down0", "nodad"])?;
+        isp_ns.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:ff00::1/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        isp_ns.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:ff01::1/64",
+            "dev",
+            "down0",
+            "nodad",
+        ])?;
+        internet.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{INTERNET}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        border_ns.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:0:0:b::1/64",
+            "dev",
+            "down0",
+            "nodad",
+        ])?;
+        laptop_ns.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:0:0:c::1/64",
+            "dev",
+            "down0",
+            "nodad",
+        ])?;
 
         // The only static routes: each level's default towards its upstream.
-        internet.exec(&["ip", "-6", "route", "add", "default", "via", "2001:db8:ff00::1"])?;
+        internet.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:ff00::1",
+        ])?;
         default_via(&border_ns, "up0", &isp_ns, "down0")?;
         default_via(&laptop_ns, "up0", &border_ns, "down0")?;
         default_via(&vm_ns, "up0", &laptop_ns, "down0")?;
@@ -154,11 +226,21 @@ impl SeedLab {
         let isp_agent = Agent::start_opts(
             &isp_ns,
             &isp_dir,
-            AgentOpts { pin_dir: pin("isp"), ..AgentOpts::new(&["down0"], &["eth0"]) },
+            AgentOpts {
+                pin_dir: pin("isp"),
+                ..AgentOpts::new(&["down0"], &["eth0"])
+            },
         )?;
         let isp_conf = kea_config(
             &isp_dir,
-            &[KeaSubnet { iface: "down0", subnet: "2001:db8:ff01::/64", pool: "2001:db8:1000::", pool_len: 48, plen: 56, relayed: false }],
+            &[KeaSubnet {
+                iface: "down0",
+                subnet: "2001:db8:ff01::/64",
+                pool: "2001:db8:1000::",
+                pool_len: 48,
+                plen: 56,
+                relayed: false,
+            }],
             lt.isp,
         )?;
         let isp_kea = start_kea(&isp_ns, &isp_dir, &isp_conf)?;
@@ -184,8 +266,14 @@ impl SeedLab {
                 env: env(&[
                     ("PD_DHCPD_CONF", dconf.display().to_string()),
                     ("PD_DHCPD_DELEGATED_LEN", "60".into()),
-                    ("PD_DHCPD_PIDFILE", border_dir.path("dhcpd.pid").display().to_string()),
-                    ("PD_DHCPD_LEASES", border_dir.path("dhcpd.leases").display().to_string()),
+                    (
+                        "PD_DHCPD_PIDFILE",
+                        border_dir.path("dhcpd.pid").display().to_string(),
+                    ),
+                    (
+                        "PD_DHCPD_LEASES",
+                        border_dir.path("dhcpd.leases").display().to_string(),
+                    ),
                     ("PD_DHCPD_IFACE", "down0".into()),
                 ]),
                 ..AgentOpts::new(&["down0"], &["up0"])
@@ -196,7 +284,14 @@ impl SeedLab {
         let laptop_dir = TempDir::new("laptop")?;
         let lconf = kea_config(
             &laptop_dir,
-            &[KeaSubnet { iface: "down0", subnet: "fd00:0:0:c::/64", pool: "", pool_len: 0, plen: 0, relayed: false }],
+            &[KeaSubnet {
+                iface: "down0",
+                subnet: "fd00:0:0:c::/64",
+                pool: "",
+                pool_len: 0,
+                plen: 0,
+                relayed: false,
+            }],
             lt.laptop,
         )?;
         let laptop_kea = start_kea(&laptop_ns, &laptop_dir, &lconf)?;
@@ -223,17 +318,40 @@ impl SeedLab {
             AgentOpts {
                 pin_dir: pin("vm"),
                 hooks: vec![hook_path("bridge-radvd.sh")],
-                env: env(&[("PD_BRIDGE", "br0".into()), ("PD_RADVD_DIR", vm_dir.path("radvd").display().to_string())]),
+                env: env(&[
+                    ("PD_BRIDGE", "br0".into()),
+                    ("PD_RADVD_DIR", vm_dir.path("radvd").display().to_string()),
+                ]),
                 ..AgentOpts::new(&[], &["up0"])
             },
         )?;
 
         let mut lab = SeedLab {
             internet,
-            isp: Level { ns: isp_ns, agent: isp_agent, client: None, dir: isp_dir },
-            border: Level { ns: border_ns, agent: border_agent, client: None, dir: border_dir },
-            laptop: Level { ns: laptop_ns, agent: laptop_agent, client: None, dir: laptop_dir },
-            vm: Level { ns: vm_ns, agent: vm_agent, client: None, dir: vm_dir },
+            isp: Level {
+                ns: isp_ns,
+                agent: isp_agent,
+                client: None,
+                dir: isp_dir,
+            },
+            border: Level {
+                ns: border_ns,
+                agent: border_agent,
+                client: None,
+                dir: border_dir,
+            },
+            laptop: Level {
+                ns: laptop_ns,
+                agent: laptop_agent,
+                client: None,
+                dir: laptop_dir,
+            },
+            vm: Level {
+                ns: vm_ns,
+                agent: vm_agent,
+                client: None,
+                dir: vm_dir,
+            },
             containers: [c1, c2],
             isp_kea,
             laptop_kea,
@@ -244,8 +362,15 @@ impl SeedLab {
         let t0 = Instant::now();
         lab.border.client = Some(start_dhclient(&lab.border.ns, &lab.border.dir, "up0")?);
         lab.wait_acquired("border", &lab.border, 56)?;
-        wait_for(Duration::from_secs(20), || lab.border.dir.path("dhcpd.pid").exists().then_some(()))
-            .with_context(|| format!("the dhcpd hook did not start dhcpd; agent log:\n{}", lab.border.agent.log()))?;
+        wait_for(Duration::from_secs(20), || {
+            lab.border.dir.path("dhcpd.pid").exists().then_some(())
+        })
+        .with_context(|| {
+            format!(
+                "the dhcpd hook did not start dhcpd; agent log:\n{}",
+                lab.border.agent.log()
+            )
+        })?;
         lab.laptop.client = Some(start_dhcpcd(&lab.laptop.ns, &lab.laptop.dir, "up0")?);
         lab.wait_acquired("laptop", &lab.laptop, 60)?;
         lab.vm.client = Some(start_dhclient(&lab.vm.ns, &lab.vm.dir, "up0")?);
@@ -262,31 +387,53 @@ impl SeedLab {
                 .bindings()
                 .ok()?
                 .iter()
-                .find(|b| b["kind"] == "acquired" && b["prefix"].as_str().is_some_and(|p| p.ends_with(&format!("/{len}"))))
+                .find(|b| {
+                    b["kind"] == "acquired"
+                        && b["prefix"]
+                            .as_str()
+                            .is_some_and(|p| p.ends_with(&format!("/{len}")))
+                })
                 .map(|b| b["prefix"].as_str().unwrap().to_string())
         })
         .with_context(|| {
             format!(
                 "{name} acquired no /{len}; agent log:\n{}\nclient log:\n{}",
                 level.agent.log(),
-                level.client.as_ref().map(|c| c.log_text()).unwrap_or_default()
+                level
+                    .client
+                    .as_ref()
+                    .map(|c| c.log_text())
+                    .unwrap_or_default()
             )
         })
     }
 
     /// The prefix `level` holds as acquired, if any.
     pub fn acquired(level: &Level) -> Option<String> {
-        level.agent.bindings().ok()?.iter().find(|b| b["kind"] == "acquired").map(|b| b["prefix"].as_str().unwrap().to_string())
+        level
+            .agent
+            .bindings()
+            .ok()?
+            .iter()
+            .find(|b| b["kind"] == "acquired")
+            .map(|b| b["prefix"].as_str().unwrap().to_string())
     }
 
     /// Every level has its route, and each container an address in the vm's /64.
     pub fn wait_routed(&self, timeout: Duration) -> Result<()> {
         let ok = wait_for(timeout, || {
             let e = self.expected_routes().ok()?;
-            (self.routes().ok()? == e && e[..3].iter().all(|r| r.len() == 1) && self.container_addrs().ok()?.len() == 2).then_some(())
+            (self.routes().ok()? == e
+                && e[..3].iter().all(|r| r.len() == 1)
+                && self.container_addrs().ok()?.len() == 2)
+                .then_some(())
         });
         if ok.is_none() {
-            bail!("not every level got routed: routes {:?}, expected {:?}", self.routes()?, self.expected_routes()?);
+            bail!(
+                "not every level got routed: routes {:?}, expected {:?}",
+                self.routes()?,
+                self.expected_routes()?
+            );
         }
         Ok(())
     }
@@ -294,11 +441,19 @@ impl SeedLab {
     /// Our routes at isp, border, laptop, vm: prefixes and next hops.
     pub fn routes(&self) -> Result<[Vec<(String, String)>; 4]> {
         let r = |l: &Level| -> Result<Vec<(String, String)>> {
-            let mut v: Vec<_> = our_routes(&l.ns)?.into_iter().map(|(p, via, _)| (p, via)).collect();
+            let mut v: Vec<_> = our_routes(&l.ns)?
+                .into_iter()
+                .map(|(p, via, _)| (p, via))
+                .collect();
             v.sort();
             Ok(v)
         };
-        Ok([r(&self.isp)?, r(&self.border)?, r(&self.laptop)?, r(&self.vm)?])
+        Ok([
+            r(&self.isp)?,
+            r(&self.border)?,
+            r(&self.laptop)?,
+            r(&self.vm)?,
+        ])
     }
 
     /// What each level should route: the prefix the level below acquired,
@@ -310,14 +465,21 @@ impl SeedLab {
                 None => vec![],
             })
         };
-        Ok([below(&self.border)?, below(&self.laptop)?, below(&self.vm)?, vec![]])
+        Ok([
+            below(&self.border)?,
+            below(&self.laptop)?,
+            below(&self.vm)?,
+            vec![],
+        ])
     }
 
     /// Global addresses of the containers (from the vm's RA).
     pub fn container_addrs(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for c in &self.containers {
-            let o = c.exec(&["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"])?;
+            let o = c.exec(&[
+                "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
+            ])?;
             if let Some(a) = o.split_whitespace().skip_while(|w| *w != "inet6").nth(1) {
                 out.push(a.split('/').next().unwrap().to_string());
             }
@@ -326,13 +488,21 @@ impl SeedLab {
     }
 
     pub fn levels(&self) -> [(&'static str, &Level); 4] {
-        [("isp", &self.isp), ("border", &self.border), ("laptop", &self.laptop), ("vm", &self.vm)]
+        [
+            ("isp", &self.isp),
+            ("border", &self.border),
+            ("laptop", &self.laptop),
+            ("vm", &self.vm),
+        ]
     }
 
     /// Bindings and routes of every level, as a table.
     pub fn table(&self) -> Result<String> {
         let mut s = String::new();
-        s += &format!("{:<8} {:<9} {:<24} {:<7} {:<26} {:>6}\n", "LEVEL", "KIND", "PREFIX", "IFACE", "NEXT HOP / FROM", "VALID");
+        s += &format!(
+            "{:<8} {:<9} {:<24} {:<7} {:<26} {:>6}\n",
+            "LEVEL", "KIND", "PREFIX", "IFACE", "NEXT HOP / FROM", "VALID"
+        );
         for (name, l) in self.levels() {
             let mut b = l.agent.bindings()?;
             b.sort_by_key(|b| b["kind"].as_str().unwrap_or("").to_string());

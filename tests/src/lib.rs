@@ -21,12 +21,20 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A short unique tag for names (interfaces are limited to 15 bytes).
 pub fn unique(tag: &str) -> String {
-    format!("pd{}{}{}", std::process::id() % 10000, SEQ.fetch_add(1, Ordering::SeqCst), tag)
+    format!(
+        "pd{}{}{}",
+        std::process::id() % 10000,
+        SEQ.fetch_add(1, Ordering::SeqCst),
+        tag
+    )
 }
 
 /// Run a command; fail with its output if it fails.
 pub fn sh(args: &[&str]) -> Result<String> {
-    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("spawning {args:?}"))?;
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("spawning {args:?}"))?;
     if !out.status.success() {
         bail!(
             "{args:?} failed ({}): {}{}",
@@ -104,7 +112,11 @@ impl Netns {
             .stderr(f)
             .spawn()
             .with_context(|| format!("spawning {args:?} in {}", self.name))?;
-        Ok(Daemon { child: Some(child), log: log.into(), name: args[0].into() })
+        Ok(Daemon {
+            child: Some(child),
+            log: log.into(),
+            name: args[0].into(),
+        })
     }
 
     /// Start a process that enters only the network namespace, keeping the
@@ -120,12 +132,18 @@ impl Netns {
             .stderr(f)
             .spawn()
             .with_context(|| format!("spawning {args:?} in {}", self.name))?;
-        Ok(Daemon { child: Some(child), log: log.into(), name: args[0].into() })
+        Ok(Daemon {
+            child: Some(child),
+            log: log.into(),
+            name: args[0].into(),
+        })
     }
 
     /// The link-local address of `dev`.
     pub fn link_local(&self, dev: &str) -> Result<Ipv6Addr> {
-        let out = self.exec(&["ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link"])?;
+        let out = self.exec(&[
+            "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
+        ])?;
         let a = out
             .split_whitespace()
             .skip_while(|w| *w != "inet6")
@@ -138,13 +156,15 @@ impl Netns {
     /// `ping -6` until it answers or `tries` run out.
     pub fn ping(&self, addr: &str, tries: u32) -> bool {
         for _ in 0..tries {
-            if self.exec(&["ping", "-6", "-c", "1", "-W", "1", addr]).is_ok() {
+            if self
+                .exec(&["ping", "-6", "-c", "1", "-W", "1", addr])
+                .is_ok()
+            {
                 return true;
             }
         }
         false
     }
-
 }
 
 /// Kill every process in namespace `name` (dhcpcd's privilege-separation
@@ -154,14 +174,20 @@ pub fn remove_netns(name: &str) {
         match sh(&["ip", "netns", "pids", name]) {
             Ok(pids) if !pids.trim().is_empty() => {
                 for pid in pids.split_whitespace() {
-                    let _ = Command::new("kill").args([sig, pid]).stderr(Stdio::null()).status();
+                    let _ = Command::new("kill")
+                        .args([sig, pid])
+                        .stderr(Stdio::null())
+                        .status();
                 }
                 thread::sleep(Duration::from_millis(200));
             }
             _ => break,
         }
     }
-    let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stderr(Stdio::null())
+        .status();
     let _ = fs::remove_dir_all(Path::new("/etc/netns").join(name));
 }
 
@@ -184,7 +210,11 @@ impl InNetns {
         let home = fs::File::open("/proc/thread-self/ns/net")?;
         let target = fs::File::open(format!("/run/netns/{}", ns.name))?;
         if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns into {}: {}", ns.name, std::io::Error::last_os_error());
+            bail!(
+                "setns into {}: {}",
+                ns.name,
+                std::io::Error::last_os_error()
+            );
         }
         Ok(InNetns { home })
     }
@@ -199,7 +229,9 @@ impl Drop for InNetns {
 
 /// A veth pair between two namespaces, with the given names.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
-    a.exec(&["ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name])?;
+    a.exec(&[
+        "ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ])?;
     a.exec(&["ip", "link", "set", a_if, "up"])?;
     b.exec(&["ip", "link", "set", b_if, "up"])?;
     Ok(())
@@ -222,12 +254,51 @@ impl RouterLab {
         let upstream = Netns::new("up")?;
         let router = Netns::new("rt")?;
         veth(&router, "wan0", &upstream, "eth0")?;
-        router.exec(&["ip", "-6", "addr", "add", "2001:db8:feed::1/64", "dev", "wan0", "nodad"])?;
-        upstream.exec(&["ip", "-6", "addr", "add", "2001:db8:feed::2/64", "dev", "eth0", "nodad"])?;
-        upstream.exec(&["ip", "-6", "route", "add", "default", "via", "2001:db8:feed::1"])?;
+        router.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:feed::1/64",
+            "dev",
+            "wan0",
+            "nodad",
+        ])?;
+        upstream.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:feed::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        upstream.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:feed::1",
+        ])?;
         let client = host_behind(&router, "lan0", "cl")?;
-        router.exec(&["ip", "-6", "addr", "add", "2001:db8:ffff::1/64", "dev", "lan0", "nodad"])?;
-        Ok(RouterLab { upstream, router, client })
+        router.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:ffff::1/64",
+            "dev",
+            "lan0",
+            "nodad",
+        ])?;
+        Ok(RouterLab {
+            upstream,
+            router,
+            client,
+        })
     }
 }
 
@@ -241,7 +312,9 @@ pub fn host_behind(router: &Netns, iface: &str, tag: &str) -> Result<Netns> {
     host.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
     host.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
     let ll = router.link_local(iface)?.to_string();
-    host.exec(&["ip", "-6", "route", "add", "default", "via", &ll, "dev", "eth0"])?;
+    host.exec(&[
+        "ip", "-6", "route", "add", "default", "via", &ll, "dev", "eth0",
+    ])?;
     Ok(host)
 }
 
@@ -305,7 +378,11 @@ pub fn wait_for<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T>
 }
 
 /// Poll `f` every `interval` until it returns `Some` or `timeout` passes.
-pub fn wait_for_every<T>(timeout: Duration, interval: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn wait_for_every<T>(
+    timeout: Duration,
+    interval: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let t = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -346,7 +423,9 @@ impl Drop for TempDir {
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("PD_AGENT_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pd-agent"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pd-agent")
+        })
 }
 
 /// A pd-agent running in a namespace with its own pin dir, state dir and
@@ -388,20 +467,43 @@ impl AgentOpts {
 
 /// The repository's example hooks.
 pub fn hook_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../hooks").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../hooks")
+        .join(name)
 }
 
 impl Agent {
-    pub fn start(ns: &Netns, dir: &TempDir, downstream: &[&str], upstream: &[&str]) -> Result<Agent> {
+    pub fn start(
+        ns: &Netns,
+        dir: &TempDir,
+        downstream: &[&str],
+        upstream: &[&str],
+    ) -> Result<Agent> {
         Self::start_opts(ns, dir, AgentOpts::new(downstream, upstream))
     }
 
-    pub fn start_with(ns: &Netns, dir: &TempDir, downstream: &[&str], upstream: &[&str], pin_dir: PathBuf) -> Result<Agent> {
-        Self::start_opts(ns, dir, AgentOpts { pin_dir: Some(pin_dir), ..AgentOpts::new(downstream, upstream) })
+    pub fn start_with(
+        ns: &Netns,
+        dir: &TempDir,
+        downstream: &[&str],
+        upstream: &[&str],
+        pin_dir: PathBuf,
+    ) -> Result<Agent> {
+        Self::start_opts(
+            ns,
+            dir,
+            AgentOpts {
+                pin_dir: Some(pin_dir),
+                ..AgentOpts::new(downstream, upstream)
+            },
+        )
     }
 
     pub fn start_opts(ns: &Netns, dir: &TempDir, o: AgentOpts) -> Result<Agent> {
-        let pin_dir = o.pin_dir.clone().unwrap_or_else(|| PathBuf::from("/sys/fs/bpf").join(unique("pin")));
+        let pin_dir = o
+            .pin_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf").join(unique("pin")));
         let state_dir = dir.path("state");
         let control = dir.path("control.sock");
         let bin = agent_bin();
@@ -437,14 +539,21 @@ impl Agent {
             .stderr(f)
             .spawn()
             .with_context(|| format!("spawning pd-agent in {}", ns.name))?;
-        let mut daemon = Daemon { child: Some(child), log, name: format!("pd-agent({})", ns.name) };
+        let mut daemon = Daemon {
+            child: Some(child),
+            log,
+            name: format!("pd-agent({})", ns.name),
+        };
         let ready = wait_for(o.ready_timeout.unwrap_or(Duration::from_secs(20)), || {
             let _ = daemon.check_alive();
             daemon.log_text().contains("ready").then_some(())
         });
         let failed = match daemon.check_alive() {
             Err(e) => Some(e),
-            Ok(()) if ready.is_none() => Some(anyhow::anyhow!("pd-agent did not become ready; log:\n{}", daemon.log_text())),
+            Ok(()) if ready.is_none() => Some(anyhow::anyhow!(
+                "pd-agent did not become ready; log:\n{}",
+                daemon.log_text()
+            )),
             Ok(()) => None,
         };
         if let Some(e) = failed {
@@ -452,7 +561,12 @@ impl Agent {
             let _ = fs::remove_dir_all(&pin_dir);
             return Err(e);
         }
-        Ok(Agent { daemon, pin_dir, state_dir, control })
+        Ok(Agent {
+            daemon,
+            pin_dir,
+            state_dir,
+            control,
+        })
     }
 
     /// `pd-agent bindings --json`, parsed.
@@ -482,7 +596,14 @@ impl Agent {
     /// Prefixes in the pinned LPM map, read with bpftool.
     pub fn map_prefixes(&self) -> Result<Vec<String>> {
         let path = self.pin_dir.join("pd_routes_v1");
-        let out = sh(&["bpftool", "-j", "map", "dump", "pinned", &path.display().to_string()])?;
+        let out = sh(&[
+            "bpftool",
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            &path.display().to_string(),
+        ])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         let mut res = Vec::new();
         for e in v.as_array().context("bpftool output")? {
@@ -490,7 +611,10 @@ impl Agent {
                 .as_array()
                 .context("key")?
                 .iter()
-                .map(|b| u8::from_str_radix(b.as_str().unwrap_or("0").trim_start_matches("0x"), 16).unwrap_or(0))
+                .map(|b| {
+                    u8::from_str_radix(b.as_str().unwrap_or("0").trim_start_matches("0x"), 16)
+                        .unwrap_or(0)
+                })
                 .collect();
             if key.len() != 20 {
                 bail!("unexpected key length {}", key.len());
@@ -521,8 +645,14 @@ pub fn our_routes(ns: &Netns) -> Result<Vec<(String, String, String)>> {
         .lines()
         .filter_map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
-            let via = w.iter().position(|x| *x == "via").map(|i| w[i + 1].to_string())?;
-            let dev = w.iter().position(|x| *x == "dev").map(|i| w[i + 1].to_string())?;
+            let via = w
+                .iter()
+                .position(|x| *x == "via")
+                .map(|i| w[i + 1].to_string())?;
+            let dev = w
+                .iter()
+                .position(|x| *x == "dev")
+                .map(|i| w[i + 1].to_string())?;
             Some((w[0].to_string(), via, dev))
         })
         .collect())
@@ -545,19 +675,34 @@ pub struct KeaSubnet<'a> {
 pub fn kea_config(dir: &TempDir, subnets: &[KeaSubnet], valid: u32) -> Result<PathBuf> {
     let sock = dir.path("kea.sock");
     let lease = dir.path("kea.leases");
-    let ifaces: Vec<String> = subnets.iter().filter(|s| !s.relayed).map(|s| format!("\"{}\"", s.iface)).collect();
+    let ifaces: Vec<String> = subnets
+        .iter()
+        .filter(|s| !s.relayed)
+        .map(|s| format!("\"{}\"", s.iface))
+        .collect();
     let subs: Vec<String> = subnets
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let iface = if s.relayed { String::new() } else { format!(r#""interface": "{}","#, s.iface) };
+            let iface = if s.relayed {
+                String::new()
+            } else {
+                format!(r#""interface": "{}","#, s.iface)
+            };
             // An empty pool: the subnet delegates nothing (until a hook fills it).
             let pools = if s.pool.is_empty() {
                 String::new()
             } else {
-                format!(r#"{{ "prefix": "{}", "prefix-len": {}, "delegated-len": {} }}"#, s.pool, s.pool_len, s.plen)
+                format!(
+                    r#"{{ "prefix": "{}", "prefix-len": {}, "delegated-len": {} }}"#,
+                    s.pool, s.pool_len, s.plen
+                )
             };
-            format!(r#"{{ "id": {id}, "subnet": "{subnet}", {iface} "pd-pools": [ {pools} ] }}"#, id = i + 1, subnet = s.subnet)
+            format!(
+                r#"{{ "id": {id}, "subnet": "{subnet}", {iface} "pd-pools": [ {pools} ] }}"#,
+                id = i + 1,
+                subnet = s.subnet
+            )
         })
         .collect();
     let conf = format!(
@@ -590,9 +735,21 @@ pub fn start_kea(ns: &Netns, dir: &TempDir, conf: &Path) -> Result<Daemon> {
     // another instance's pid file (same config file name) is live.
     let pid_dir = format!("KEA_PIDFILE_DIR={}", dir.0.display());
     let lock_dir = format!("KEA_LOCKFILE_DIR={}", dir.0.display());
-    let mut d = ns.spawn(&["env", &pid_dir, &lock_dir, "kea-dhcp6", "-c", &conf.display().to_string()], &dir.path("kea.log"))?;
-    wait_for(Duration::from_secs(10), || d.log_text().contains("DHCP6_STARTED").then_some(()))
-        .with_context(|| format!("kea did not start: {}", d.log_text()))?;
+    let mut d = ns.spawn(
+        &[
+            "env",
+            &pid_dir,
+            &lock_dir,
+            "kea-dhcp6",
+            "-c",
+            &conf.display().to_string(),
+        ],
+        &dir.path("kea.log"),
+    )?;
+    wait_for(Duration::from_secs(10), || {
+        d.log_text().contains("DHCP6_STARTED").then_some(())
+    })
+    .with_context(|| format!("kea did not start: {}", d.log_text()))?;
     d.check_alive()?;
     Ok(d)
 }
@@ -605,11 +762,24 @@ pub fn start_dhcpd(ns: &Netns, dir: &TempDir, iface: &str, conf: &str) -> Result
     fs::write(&cf, conf)?;
     fs::write(&lf, "")?;
     let mut d = ns.spawn(
-        &["dhcpd", "-6", "-d", "-cf", &cf.display().to_string(), "-lf", &lf.display().to_string(), "-pf", &pf.display().to_string(), iface],
+        &[
+            "dhcpd",
+            "-6",
+            "-d",
+            "-cf",
+            &cf.display().to_string(),
+            "-lf",
+            &lf.display().to_string(),
+            "-pf",
+            &pf.display().to_string(),
+            iface,
+        ],
         &dir.path("dhcpd.log"),
     )?;
-    wait_for(Duration::from_secs(10), || d.log_text().contains("Sending on").then_some(()))
-        .with_context(|| format!("dhcpd did not start: {}", d.log_text()))?;
+    wait_for(Duration::from_secs(10), || {
+        d.log_text().contains("Sending on").then_some(())
+    })
+    .with_context(|| format!("dhcpd did not start: {}", d.log_text()))?;
     d.check_alive()?;
     Ok(d)
 }
@@ -644,7 +814,10 @@ fn dhclient_args(dir: &TempDir, iface: &str, pidfile: &str, extra: &str) -> Resu
 /// dhclient -6 -P in the foreground.
 pub fn start_dhclient(ns: &Netns, dir: &TempDir, iface: &str) -> Result<Daemon> {
     let args = dhclient_args(dir, iface, "dhclient.pid", "-d")?;
-    ns.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), &dir.path("dhclient.log"))
+    ns.spawn(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &dir.path("dhclient.log"),
+    )
 }
 
 /// `dhclient -6 -P -r`: release the prefix held in the lease file.
@@ -678,12 +851,30 @@ pub fn dhcpcd_config(dir: &TempDir, iface: &str) -> Result<PathBuf> {
 
 pub fn start_dhcpcd(ns: &Netns, dir: &TempDir, iface: &str) -> Result<Daemon> {
     let conf = dhcpcd_config(dir, iface)?;
-    ns.spawn(&["dhcpcd", "-f", &conf.display().to_string(), "-B", "-6", "-d", iface], &dir.path("dhcpcd.log"))
+    ns.spawn(
+        &[
+            "dhcpcd",
+            "-f",
+            &conf.display().to_string(),
+            "-B",
+            "-6",
+            "-d",
+            iface,
+        ],
+        &dir.path("dhcpcd.log"),
+    )
 }
 
 pub fn dhcpcd_release(ns: &Netns, dir: &TempDir, iface: &str) -> Result<()> {
     let conf = dir.path("dhcpcd.conf");
-    ns.exec(&["dhcpcd", "-f", &conf.display().to_string(), "-6", "-k", iface])?;
+    ns.exec(&[
+        "dhcpcd",
+        "-f",
+        &conf.display().to_string(),
+        "-6",
+        "-k",
+        iface,
+    ])?;
     Ok(())
 }
 

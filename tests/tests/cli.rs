@@ -6,9 +6,15 @@ use pd_tests::{agent_bin, Netns, TempDir};
 
 fn run_agent(ns: &Netns, pre: &[&str], args: &[&str]) -> (i32, String) {
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", ns.name)).args(pre).arg(agent_bin()).args(args);
+    cmd.arg(format!("--net=/run/netns/{}", ns.name))
+        .args(pre)
+        .arg(agent_bin())
+        .args(args);
     let out = cmd.output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A namespace with only `lo`: asking for lan0 fails, naming lan0.
@@ -18,7 +24,11 @@ fn missing_interface_is_named() {
     let ns = Netns::new("cli").unwrap();
     let dir = TempDir::new("cli").unwrap();
     let state = dir.path("state").display().to_string();
-    let (code, err) = run_agent(&ns, &[], &["run", "--downstream", "lan0", "--state-dir", &state]);
+    let (code, err) = run_agent(
+        &ns,
+        &[],
+        &["run", "--downstream", "lan0", "--state-dir", &state],
+    );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("interface lan0 does not exist"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -29,14 +39,32 @@ fn missing_interface_is_named() {
 #[ignore = "needs root; run with cargo xtask test"]
 fn unprivileged_run_says_it_needs_root() {
     let ns = Netns::new("cli").unwrap();
-    ns.exec(&["ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p"]).unwrap();
+    ns.exec(&[
+        "ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p",
+    ])
+    .unwrap();
     let dir = TempDir::new("cli").unwrap();
     let state = dir.path("state").display().to_string();
     let pin = format!("/sys/fs/bpf/{}", pd_tests::unique("nopriv"));
     let (code, err) = run_agent(
         &ns,
-        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"],
-        &["run", "--downstream", "lan0", "--state-dir", &state, "--pin-dir", &pin],
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ],
+        &[
+            "run",
+            "--downstream",
+            "lan0",
+            "--state-dir",
+            &state,
+            "--pin-dir",
+            &pin,
+        ],
     );
     let _ = std::fs::remove_dir_all(&pin);
     assert_eq!(code, 1, "{err}");
@@ -74,12 +102,27 @@ fn bindings_without_agent_reads_state_dir() {
 /// ExecStart pointed at the binary under test).
 #[test]
 fn systemd_unit_verifies() {
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/systemd/pd-agent.service")).unwrap();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/systemd/pd-agent.service"
+    ))
+    .unwrap();
     assert!(unit.contains("CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN"));
     let dir = TempDir::new("unit").unwrap();
     let path = dir.path("pd-agent.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/pd-agent", &agent_bin().display().to_string())).unwrap();
-    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("systemd-analyze");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/pd-agent",
+            &agent_bin().display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.trim().is_empty(), "{err}");
 }

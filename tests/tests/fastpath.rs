@@ -27,8 +27,14 @@ const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
 fn mac(ns: &Netns, dev: &str) -> [u8; 6] {
-    let out = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]).unwrap();
-    let v: Vec<u8> = out.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+    let out = ns
+        .exec(&["cat", &format!("/sys/class/net/{dev}/address")])
+        .unwrap();
+    let v: Vec<u8> = out
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
     v.try_into().unwrap()
 }
 
@@ -46,7 +52,13 @@ fn packet(src: &str, dst: &str, hop_limit: u8, nh: u8, payload: &[u8]) -> Vec<u8
 }
 
 fn echo(src: &str, dst: &str, hop_limit: u8) -> Vec<u8> {
-    packet(src, dst, hop_limit, 58, &[128, 0, 0, 0, 0, 1, 0, 1, b'p', b'd'])
+    packet(
+        src,
+        dst,
+        hop_limit,
+        58,
+        &[128, 0, 0, 0, 0, 1, 0, 1, b'p', b'd'],
+    )
 }
 
 /// UDP with a 4-byte payload (to 546/547 it is a DHCPv6 message of type 0,
@@ -105,11 +117,61 @@ fn fast_path_table() -> Result<()> {
     veth(&rt, "wan0", &peer, "w")?;
     veth(&rt, "lan0", &peer, "l0")?;
     veth(&rt, "lan1", &peer, "l1")?;
-    rt.exec(&["ip", "-6", "addr", "add", "2001:db8:feed::1/64", "dev", "wan0", "nodad"])?;
-    rt.exec(&["ip", "-6", "addr", "add", "2001:db8:1::1/64", "dev", "lan1", "nodad"])?;
-    rt.exec(&["ip", "-6", "neigh", "replace", "fe80::c", "dev", "lan0", "lladdr", "02:00:00:00:00:0c", "nud", "permanent"])?;
-    rt.exec(&["ip", "-6", "route", "add", "2001:db8:100::/56", "via", "fe80::c", "dev", "lan0"])?;
-    rt.exec(&["ip", "-6", "route", "add", "2001:db8:200::/56", "via", "fe80::d", "dev", "lan0"])?;
+    rt.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:feed::1/64",
+        "dev",
+        "wan0",
+        "nodad",
+    ])?;
+    rt.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "lan1",
+        "nodad",
+    ])?;
+    rt.exec(&[
+        "ip",
+        "-6",
+        "neigh",
+        "replace",
+        "fe80::c",
+        "dev",
+        "lan0",
+        "lladdr",
+        "02:00:00:00:00:0c",
+        "nud",
+        "permanent",
+    ])?;
+    rt.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:db8:100::/56",
+        "via",
+        "fe80::c",
+        "dev",
+        "lan0",
+    ])?;
+    rt.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:db8:200::/56",
+        "via",
+        "fe80::d",
+        "dev",
+        "lan0",
+    ])?;
     let lan0_mac = mac(&rt, "lan0");
 
     let _in = InNetns::enter(&rt)?;
@@ -123,38 +185,192 @@ fn fast_path_table() -> Result<()> {
     let mut routes = RouteMap::new(progs.take_routes()?, progs.take_fwd_stats()?);
     routes.insert(&binding("2001:db8:100::/56", "lan0", lan0, "fe80::c"))?;
     routes.insert(&binding("2001:db8:200::/56", "lan0", lan0, "fe80::d"))?;
-    let mut sav = SavMaps { ifaces: progs.take_ifaces()?, onlink: progs.take_onlink()? };
+    let mut sav = SavMaps {
+        ifaces: progs.take_ifaces()?,
+        onlink: progs.take_onlink()?,
+    };
     sav.set_iface(lan0, ifflags::SAV)?;
     sav.set_iface(lan1, ifflags::SAV | ifflags::SAV_STRICT)?;
     sav.set_onlink(&[(lan1, "2001:db8:1::/64".parse()?)])?;
     let counters = progs.take_counters()?;
 
-    let fwd = Out::Forwarded { dmac: [2, 0, 0, 0, 0, 0x0c], smac: lan0_mac };
+    let fwd = Out::Forwarded {
+        dmac: [2, 0, 0, 0, 0, 0x0c],
+        smac: lan0_mac,
+    };
     let mut vlan = echo("2001:db8:feed::2", "2001:db8:100::1", 64);
     vlan.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
     let mut ipv4 = echo("2001:db8:feed::2", "2001:db8:100::1", 64);
     ipv4[12] = 0x08;
     ipv4[13] = 0x00;
     let rows = vec![
-        Row { what: "delegated destination is forwarded", ingress: "wan0", input: echo("2001:db8:feed::2", "2001:db8:100::1", 64), action: XDP_REDIRECT, out: fwd, counter: Some(Counter::FwdRedirected) },
-        Row { what: "UDP to a delegated destination is forwarded", ingress: "wan0", input: udp("2001:db8:feed::2", "2001:db8:100::77", 9), action: XDP_REDIRECT, out: Out::Forwarded { dmac: [2, 0, 0, 0, 0, 0x0c], smac: lan0_mac }, counter: Some(Counter::FwdRedirected) },
-        Row { what: "hop limit 1 goes to the kernel", ingress: "wan0", input: echo("2001:db8:feed::2", "2001:db8:100::1", 1), action: XDP_PASS, out: Out::Same, counter: Some(Counter::FwdHopLimit) },
-        Row { what: "no neighbour entry yet goes to the kernel", ingress: "wan0", input: echo("2001:db8:feed::2", "2001:db8:200::1", 64), action: XDP_PASS, out: Out::Same, counter: Some(Counter::FwdNoNeigh) },
-        Row { what: "non-delegated destination passes", ingress: "wan0", input: echo("2001:db8:feed::2", "2001:db8:999::1", 64), action: XDP_PASS, out: Out::Same, counter: None },
-        Row { what: "fragment to a delegated destination passes", ingress: "wan0", input: packet("2001:db8:feed::2", "2001:db8:100::1", 64, 44, &[58, 0, 0, 1, 0, 0, 0, 9]), action: XDP_PASS, out: Out::Same, counter: Some(Counter::FwdNotHandled) },
-        Row { what: "DHCPv6 to a delegated destination is snooped, not forwarded", ingress: "wan0", input: udp("2001:db8:feed::2", "2001:db8:100::1", 547), action: XDP_PASS, out: Out::Same, counter: Some(Counter::IgnoredType) },
-        Row { what: "spoofed source from the wrong interface drops", ingress: "lan1", input: echo("2001:db8:100::5", "2001:db8:feed::2", 64), action: XDP_DROP, out: Out::Same, counter: Some(Counter::SavDropped) },
-        Row { what: "delegated source on its own interface passes", ingress: "lan0", input: echo("2001:db8:100::5", "2001:db8:feed::2", 64), action: XDP_PASS, out: Out::Same, counter: None },
-        Row { what: "strict: unknown source drops", ingress: "lan1", input: udp("2001:db8:77::1", "2001:db8:feed::2", 9), action: XDP_DROP, out: Out::Same, counter: Some(Counter::SavStrictDropped) },
-        Row { what: "strict: on-link source passes", ingress: "lan1", input: udp("2001:db8:1::9", "2001:db8:feed::2", 9), action: XDP_PASS, out: Out::Same, counter: None },
-        Row { what: "strict: link-local source passes", ingress: "lan1", input: udp("fe80::9", "ff02::1", 9), action: XDP_PASS, out: Out::Same, counter: None },
-        Row { what: "strict: neighbour solicitation passes", ingress: "lan1", input: packet("2001:db8:77::1", "ff02::1:ff00:1", 255, 58, &[135, 0, 0, 0, 0, 0, 0, 0]), action: XDP_PASS, out: Out::Same, counter: None },
-        Row { what: "strict: DHCPv6 from an unknown source passes", ingress: "lan1", input: udp("2001:db8:77::1", "ff02::1:2", 547), action: XDP_PASS, out: Out::Same, counter: Some(Counter::IgnoredType) },
-        Row { what: "unvalidated upstream: delegated source passes", ingress: "wan0", input: echo("2001:db8:100::5", "2001:db8:feed::1", 64), action: XDP_PASS, out: Out::Same, counter: None },
-        Row { what: "802.1Q-tagged frame passes", ingress: "wan0", input: vlan, action: XDP_PASS, out: Out::Same, counter: None },
-        Row { what: "IPv4 passes", ingress: "wan0", input: ipv4, action: XDP_PASS, out: Out::Same, counter: None },
-        Row { what: "truncated IPv6 header passes", ingress: "wan0", input: echo("2001:db8:feed::2", "2001:db8:100::1", 64)[..40].to_vec(), action: XDP_PASS, out: Out::Same, counter: Some(Counter::TruncatedHeader) },
-        Row { what: "bare Ethernet header passes", ingress: "wan0", input: echo("2001:db8:feed::2", "2001:db8:100::1", 64)[..14].to_vec(), action: XDP_PASS, out: Out::Same, counter: Some(Counter::TruncatedHeader) },
+        Row {
+            what: "delegated destination is forwarded",
+            ingress: "wan0",
+            input: echo("2001:db8:feed::2", "2001:db8:100::1", 64),
+            action: XDP_REDIRECT,
+            out: fwd,
+            counter: Some(Counter::FwdRedirected),
+        },
+        Row {
+            what: "UDP to a delegated destination is forwarded",
+            ingress: "wan0",
+            input: udp("2001:db8:feed::2", "2001:db8:100::77", 9),
+            action: XDP_REDIRECT,
+            out: Out::Forwarded {
+                dmac: [2, 0, 0, 0, 0, 0x0c],
+                smac: lan0_mac,
+            },
+            counter: Some(Counter::FwdRedirected),
+        },
+        Row {
+            what: "hop limit 1 goes to the kernel",
+            ingress: "wan0",
+            input: echo("2001:db8:feed::2", "2001:db8:100::1", 1),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: Some(Counter::FwdHopLimit),
+        },
+        Row {
+            what: "no neighbour entry yet goes to the kernel",
+            ingress: "wan0",
+            input: echo("2001:db8:feed::2", "2001:db8:200::1", 64),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: Some(Counter::FwdNoNeigh),
+        },
+        Row {
+            what: "non-delegated destination passes",
+            ingress: "wan0",
+            input: echo("2001:db8:feed::2", "2001:db8:999::1", 64),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: None,
+        },
+        Row {
+            what: "fragment to a delegated destination passes",
+            ingress: "wan0",
+            input: packet(
+                "2001:db8:feed::2",
+                "2001:db8:100::1",
+                64,
+                44,
+                &[58, 0, 0, 1, 0, 0, 0, 9],
+            ),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: Some(Counter::FwdNotHandled),
+        },
+        Row {
+            what: "DHCPv6 to a delegated destination is snooped, not forwarded",
+            ingress: "wan0",
+            input: udp("2001:db8:feed::2", "2001:db8:100::1", 547),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: Some(Counter::IgnoredType),
+        },
+        Row {
+            what: "spoofed source from the wrong interface drops",
+            ingress: "lan1",
+            input: echo("2001:db8:100::5", "2001:db8:feed::2", 64),
+            action: XDP_DROP,
+            out: Out::Same,
+            counter: Some(Counter::SavDropped),
+        },
+        Row {
+            what: "delegated source on its own interface passes",
+            ingress: "lan0",
+            input: echo("2001:db8:100::5", "2001:db8:feed::2", 64),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: None,
+        },
+        Row {
+            what: "strict: unknown source drops",
+            ingress: "lan1",
+            input: udp("2001:db8:77::1", "2001:db8:feed::2", 9),
+            action: XDP_DROP,
+            out: Out::Same,
+            counter: Some(Counter::SavStrictDropped),
+        },
+        Row {
+            what: "strict: on-link source passes",
+            ingress: "lan1",
+            input: udp("2001:db8:1::9", "2001:db8:feed::2", 9),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: None,
+        },
+        Row {
+            what: "strict: link-local source passes",
+            ingress: "lan1",
+            input: udp("fe80::9", "ff02::1", 9),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: None,
+        },
+        Row {
+            what: "strict: neighbour solicitation passes",
+            ingress: "lan1",
+            input: packet(
+                "2001:db8:77::1",
+                "ff02::1:ff00:1",
+                255,
+                58,
+                &[135, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: None,
+        },
+        Row {
+            what: "strict: DHCPv6 from an unknown source passes",
+            ingress: "lan1",
+            input: udp("2001:db8:77::1", "ff02::1:2", 547),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: Some(Counter::IgnoredType),
+        },
+        Row {
+            what: "unvalidated upstream: delegated source passes",
+            ingress: "wan0",
+            input: echo("2001:db8:100::5", "2001:db8:feed::1", 64),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: None,
+        },
+        Row {
+            what: "802.1Q-tagged frame passes",
+            ingress: "wan0",
+            input: vlan,
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: None,
+        },
+        Row {
+            what: "IPv4 passes",
+            ingress: "wan0",
+            input: ipv4,
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: None,
+        },
+        Row {
+            what: "truncated IPv6 header passes",
+            ingress: "wan0",
+            input: echo("2001:db8:feed::2", "2001:db8:100::1", 64)[..40].to_vec(),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: Some(Counter::TruncatedHeader),
+        },
+        Row {
+            what: "bare Ethernet header passes",
+            ingress: "wan0",
+            input: echo("2001:db8:feed::2", "2001:db8:100::1", 64)[..14].to_vec(),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: Some(Counter::TruncatedHeader),
+        },
     ];
 
     let ifindex = |n: &str| match n {
@@ -188,7 +404,11 @@ fn fast_path_table() -> Result<()> {
             }
         };
         let after: BTreeMap<_, _> = counters.read().into_iter().collect();
-        let bumped: Vec<&str> = after.iter().filter(|(k, v)| before[*k] != **v && **k != "seen").map(|(k, _)| *k).collect();
+        let bumped: Vec<&str> = after
+            .iter()
+            .filter(|(k, v)| before[*k] != **v && **k != "seen")
+            .map(|(k, _)| *k)
+            .collect();
         let want_counters: Vec<&str> = r.counter.iter().map(|c| c.name()).collect();
         if res.return_value != r.action || got != want.as_slice() || bumped != want_counters {
             failures.push(format!(
@@ -196,13 +416,23 @@ fn fast_path_table() -> Result<()> {
                 r.what,
                 res.return_value,
                 r.action,
-                if got == want.as_slice() { "as expected" } else { "WRONG" },
+                if got == want.as_slice() {
+                    "as expected"
+                } else {
+                    "WRONG"
+                },
                 bumped,
                 want_counters
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), rows.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
     // The forwarded rows were counted against the binding.
     let (pkts, bytes) = routes.counters("2001:db8:100::/56".parse()?).unwrap();
     assert_eq!(pkts, 2);
@@ -224,42 +454,117 @@ impl Drop for PinGuard {
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
 fn fast_path_in_namespaces() -> Result<()> {
-    let RouterLab { upstream, router, client: c1 } = RouterLab::new()?;
+    let RouterLab {
+        upstream,
+        router,
+        client: c1,
+    } = RouterLab::new()?;
     let c2 = host_behind(&router, "lan1", "c2")?;
     let dir = TempDir::new("fpns")?;
     let agent = Agent::start(&router, &dir, &["lan0", "lan1"], &["wan0"])?;
-    let conf = kea_config(&dir, &[KeaSubnet { iface: "lan0", subnet: "2001:db8:ffff::/64", pool: "2001:db8:100::", pool_len: 48, plen: 56, relayed: false }], 600)?;
+    let conf = kea_config(
+        &dir,
+        &[KeaSubnet {
+            iface: "lan0",
+            subnet: "2001:db8:ffff::/64",
+            pool: "2001:db8:100::",
+            pool_len: 48,
+            plen: 56,
+            relayed: false,
+        }],
+        600,
+    )?;
     let _kea = start_kea(&router, &dir, &conf)?;
     let cdir = TempDir::new("fpc")?;
     let _dhclient = start_dhclient(&c1, &cdir, "eth0")?;
-    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
-    wait_for(Duration::from_secs(10), || agent.map_prefixes().ok()?.contains(&prefix).then_some(()))
-        .with_context(|| format!("{prefix} not in the map: {}", agent.log()))?;
+    let prefix =
+        wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir)).context("no prefix")?;
+    wait_for(Duration::from_secs(10), || {
+        agent.map_prefixes().ok()?.contains(&prefix).then_some(())
+    })
+    .with_context(|| format!("{prefix} not in the map: {}", agent.log()))?;
     let host = format!("{}1", prefix.split('/').next().unwrap());
-    c1.exec(&["ip", "-6", "addr", "add", &format!("{host}/128"), "dev", "lo"])?;
+    c1.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{host}/128"),
+        "dev",
+        "lo",
+    ])?;
 
     // Warm up: the first packet resolves the neighbour through the kernel.
     assert!(upstream.ping(&host, 5), "ping {host}");
     let rx = |agent: &Agent| -> Result<u64> {
         let b = agent.bindings()?;
-        let e = b.iter().find(|e| e["prefix"] == prefix.as_str()).context("binding")?;
-        e["rx_packets"].as_u64().context("rx_packets in bindings --json")
+        let e = b
+            .iter()
+            .find(|e| e["prefix"] == prefix.as_str())
+            .context("binding")?;
+        e["rx_packets"]
+            .as_u64()
+            .context("rx_packets in bindings --json")
     };
     let before = rx(&agent)?;
     const N: u64 = 20;
-    upstream.exec(&["ping", "-6", "-c", &N.to_string(), "-i", "0.01", "-W", "1", &host])?;
+    upstream.exec(&[
+        "ping",
+        "-6",
+        "-c",
+        &N.to_string(),
+        "-i",
+        "0.01",
+        "-W",
+        "1",
+        &host,
+    ])?;
     let after = rx(&agent)?;
-    assert_eq!(after - before, N, "binding counters grew by exactly the {N} echo requests");
+    assert_eq!(
+        after - before,
+        N,
+        "binding counters grew by exactly the {N} echo requests"
+    );
     let stats = agent.stats()?;
-    assert!(stats["kernel"]["fwd_redirected"].as_u64() >= Some(N), "{stats}");
+    assert!(
+        stats["kernel"]["fwd_redirected"].as_u64() >= Some(N),
+        "{stats}"
+    );
 
     // client2 on lan1 claims an address inside client1's prefix.
     let spoofed = format!("{}5", prefix.split('/').next().unwrap());
-    c2.exec(&["ip", "-6", "addr", "add", &format!("{spoofed}/128"), "dev", "lo"])?;
-    let dropped_before = agent.stats()?["kernel"]["sav_dropped"].as_u64().unwrap_or(0);
-    let out = c2.cmd(&["ping", "-6", "-c", "5", "-i", "0.05", "-W", "1", "-I", &spoofed, "2001:db8:feed::2"]).output()?;
+    c2.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{spoofed}/128"),
+        "dev",
+        "lo",
+    ])?;
+    let dropped_before = agent.stats()?["kernel"]["sav_dropped"]
+        .as_u64()
+        .unwrap_or(0);
+    let out = c2
+        .cmd(&[
+            "ping",
+            "-6",
+            "-c",
+            "5",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "-I",
+            &spoofed,
+            "2001:db8:feed::2",
+        ])
+        .output()?;
     assert!(!out.status.success(), "spoofed pings must not be answered");
-    let dropped = agent.stats()?["kernel"]["sav_dropped"].as_u64().unwrap_or(0) - dropped_before;
+    let dropped = agent.stats()?["kernel"]["sav_dropped"]
+        .as_u64()
+        .unwrap_or(0)
+        - dropped_before;
     assert_eq!(dropped, 5, "every spoofed packet dropped and counted");
     Ok(())
 }

@@ -41,14 +41,22 @@ fn load() -> Loaded {
     let mut progs = Programs::load(&pin).expect("load programs");
     let ring = progs.take_events().unwrap();
     let counters = progs.take_counters().unwrap();
-    Loaded { progs, ring, counters, pin }
+    Loaded {
+        progs,
+        ring,
+        counters,
+        pin,
+    }
 }
 
 fn snapshot(c: &Counters) -> BTreeMap<&'static str, u64> {
     c.read().into_iter().collect()
 }
 
-fn delta(before: &BTreeMap<&'static str, u64>, after: &BTreeMap<&'static str, u64>) -> BTreeMap<&'static str, u64> {
+fn delta(
+    before: &BTreeMap<&'static str, u64>,
+    after: &BTreeMap<&'static str, u64>,
+) -> BTreeMap<&'static str, u64> {
     after
         .iter()
         .filter(|(k, _)| **k != Counter::Seen.name())
@@ -85,22 +93,42 @@ fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<PdEvent> {
 /// parser; returns how many program runs were compared.
 fn check(l: &mut Loaded, name: &str, frame: &[u8]) -> usize {
     let mut checked = 0;
-    for (h, want_ret) in [(hook::XDP_INGRESS, XDP_PASS), (hook::TC_EGRESS, TC_ACT_UNSPEC)] {
+    for (h, want_ret) in [
+        (hook::XDP_INGRESS, XDP_PASS),
+        (hook::TC_EGRESS, TC_ACT_UNSPEC),
+    ] {
         let before = snapshot(&l.counters);
         let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
-        let res = if h == hook::XDP_INGRESS { l.progs.xdp().test_run(opts) } else { l.progs.tc().test_run(opts) };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
+        let res = if h == hook::XDP_INGRESS {
+            l.progs.xdp().test_run(opts)
+        } else {
+            l.progs.tc().test_run(opts)
+        };
         let res = match res {
             Ok(r) => r,
             // The kernel refuses test frames shorter than an Ethernet
             // header, and (for skb programs) IPv6 frames shorter than an
             // IPv6 header: such frames never reach a program. Its skb test
             // runs are also limited to one page.
-            Err(_) if frame.len() < 14 || (h == hook::TC_EGRESS && (frame.len() < 54 || frame.len() > 3500)) => continue,
+            Err(_)
+                if frame.len() < 14
+                    || (h == hook::TC_EGRESS && (frame.len() < 54 || frame.len() > 3500)) =>
+            {
+                continue
+            }
             Err(e) => panic!("{name} ({h}): test run: {e}"),
         };
         assert_eq!(res.return_value, want_ret, "{name} ({h}): action");
-        assert_eq!(&out[..res.data_size_out as usize], frame, "{name} ({h}): packet unchanged");
+        assert_eq!(
+            &out[..res.data_size_out as usize],
+            frame,
+            "{name} ({h}): packet unchanged"
+        );
 
         let got = drain(&mut l.ring);
         let p = parse_frame(frame, h, got.first().map(|e| e.ifindex).unwrap_or(0));
@@ -108,10 +136,22 @@ fn check(l: &mut Loaded, name: &str, frame: &[u8]) -> usize {
             Outcome::Events(e) => e.clone(),
             _ => vec![],
         };
-        let strip = |v: &[PdEvent]| v.iter().map(|e| PdEvent { seq: 0, ..*e }).collect::<Vec<_>>();
-        assert_eq!(strip(&got), strip(&want), "{name} ({h}): events; frame {}", hex(frame));
+        let strip = |v: &[PdEvent]| {
+            v.iter()
+                .map(|e| PdEvent { seq: 0, ..*e })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            strip(&got),
+            strip(&want),
+            "{name} ({h}): events; frame {}",
+            hex(frame)
+        );
         if got.len() > 1 {
-            assert!(got.iter().all(|e| e.seq == got[0].seq), "{name}: one seq per message");
+            assert!(
+                got.iter().all(|e| e.seq == got[0].seq),
+                "{name}: one seq per message"
+            );
         }
         assert_eq!(
             delta(&before, &snapshot(&l.counters)),
@@ -234,7 +274,10 @@ fn kernel_matches_reference_parser_on_mutants() {
         }
     }
     eprintln!("{checked} mutant runs agree ({with_events} mutants still produced events)");
-    assert!(with_events > 400, "mutants should still reach the event path: {with_events}");
+    assert!(
+        with_events > 400,
+        "mutants should still reach the event path: {with_events}"
+    );
 }
 
 #[test]

@@ -18,7 +18,14 @@ fn lab() -> Result<Lab> {
 }
 
 fn lan0_subnet(pool: &str) -> KeaSubnet<'_> {
-    KeaSubnet { iface: "lan0", subnet: "2001:db8:ffff::/64", pool, pool_len: 48, plen: 56, relayed: false }
+    KeaSubnet {
+        iface: "lan0",
+        subnet: "2001:db8:ffff::/64",
+        pool,
+        pool_len: 48,
+        plen: 56,
+        relayed: false,
+    }
 }
 
 /// Kea on the router delegating /56s out of `pool` (valid lifetime
@@ -32,7 +39,13 @@ struct Delegation {
     prefix: String,
 }
 
-fn delegate(lab: &Lab, dir: &TempDir, pool: &str, valid: u32, opts: AgentOpts) -> Result<Delegation> {
+fn delegate(
+    lab: &Lab,
+    dir: &TempDir,
+    pool: &str,
+    valid: u32,
+    opts: AgentOpts,
+) -> Result<Delegation> {
     let conf = kea_config(dir, &[lan0_subnet(pool)], valid)?;
     let agent = Agent::start_opts(&lab.router, dir, opts)?;
     let kea = start_kea(&lab.router, dir, &conf)?;
@@ -40,7 +53,13 @@ fn delegate(lab: &Lab, dir: &TempDir, pool: &str, valid: u32, opts: AgentOpts) -
     let dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
     let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir))
         .with_context(|| format!("dhclient got no prefix: {}", dhclient.log_text()))?;
-    Ok(Delegation { agent, kea, dhclient, cdir, prefix })
+    Ok(Delegation {
+        agent,
+        kea,
+        dhclient,
+        cdir,
+        prefix,
+    })
 }
 
 fn lan_opts() -> AgentOpts {
@@ -60,20 +79,39 @@ fn assert_delegated(lab: &Lab, agent: &Agent, prefix: &str, client_if: &str) -> 
     assert_eq!(dev, "lan0");
 
     let map = agent.map_prefixes()?;
-    assert!(map.contains(&prefix.to_string()), "pinned map has {prefix}: {map:?}");
+    assert!(
+        map.contains(&prefix.to_string()),
+        "pinned map has {prefix}: {map:?}"
+    );
 
     let b = agent.bindings()?;
-    let e = b.iter().find(|e| e["prefix"] == prefix).with_context(|| format!("binding for {prefix}: {b:?}"))?;
+    let e = b
+        .iter()
+        .find(|e| e["prefix"] == prefix)
+        .with_context(|| format!("binding for {prefix}: {b:?}"))?;
     assert_eq!(e["iface"], "lan0");
     assert_eq!(e["next_hop"], client_ll.as_str());
     assert_eq!(e["kind"], "delegated");
-    assert!(e["client_duid"].as_str().is_some_and(|d| d.len() >= 8), "client DUID in hex: {e}");
+    assert!(
+        e["client_duid"].as_str().is_some_and(|d| d.len() >= 8),
+        "client DUID in hex: {e}"
+    );
     assert!(e["iaid"].is_u64());
-    assert!(e["expires_at"].as_u64().is_some_and(|t| t > pd_agent::agent::now()));
+    assert!(e["expires_at"]
+        .as_u64()
+        .is_some_and(|t| t > pd_agent::agent::now()));
 
     // Traffic from upstream reaches an address inside the delegated prefix.
     let host = prefix.split('/').next().unwrap().to_string() + "1";
-    lab.client.exec(&["ip", "-6", "addr", "add", &format!("{host}/128"), "dev", "lo"])?;
+    lab.client.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{host}/128"),
+        "dev",
+        "lo",
+    ])?;
     assert!(lab.upstream.ping(&host, 5), "ping {host} from upstream");
     Ok(())
 }
@@ -84,10 +122,19 @@ fn assert_no_route(lab: &Lab, agent: &Agent, prefix: &str, timeout: Duration) ->
         (!r.iter().any(|(p, _, _)| p == prefix)).then_some(())
     });
     if gone.is_none() {
-        bail!("route for {prefix} still present; agent log:\n{}", agent.log());
+        bail!(
+            "route for {prefix} still present; agent log:\n{}",
+            agent.log()
+        );
     }
-    assert!(!agent.map_prefixes()?.contains(&prefix.to_string()), "map entry removed");
-    assert!(agent.bindings()?.iter().all(|e| e["prefix"] != prefix), "binding removed");
+    assert!(
+        !agent.map_prefixes()?.contains(&prefix.to_string()),
+        "map entry removed"
+    );
+    assert!(
+        agent.bindings()?.iter().all(|e| e["prefix"] != prefix),
+        "binding removed"
+    );
     Ok(())
 }
 
@@ -99,15 +146,24 @@ fn assert_no_route(lab: &Lab, agent: &Agent, prefix: &str, timeout: Duration) ->
 fn kea_local_to_dhclient_then_release() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("kea")?;
-    let Delegation { agent, kea: _kea, mut dhclient, cdir, prefix } =
-        delegate(&lab, &dir, "2001:db8:100::", 600, lan_opts())?;
+    let Delegation {
+        agent,
+        kea: _kea,
+        mut dhclient,
+        cdir,
+        prefix,
+    } = delegate(&lab, &dir, "2001:db8:100::", 600, lan_opts())?;
     assert!(prefix.ends_with("/56"), "{prefix}");
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
 
     dhclient.stop();
     dhclient_release(&lab.client, &cdir, "eth0")?;
     assert_no_route(&lab, &agent, &prefix, Duration::from_secs(15))?;
-    assert!(agent.log().contains("event=\"released\""), "{}", agent.log());
+    assert!(
+        agent.log().contains("event=\"released\""),
+        "{}",
+        agent.log()
+    );
     Ok(())
 }
 
@@ -118,8 +174,13 @@ fn kea_local_to_dhclient_then_release() -> Result<()> {
 fn unrenewed_lease_expires() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("kexp")?;
-    let Delegation { agent, kea: _kea, mut dhclient, cdir: _cdir, prefix } =
-        delegate(&lab, &dir, "2001:db8:300::", 8, lan_opts())?;
+    let Delegation {
+        agent,
+        kea: _kea,
+        mut dhclient,
+        cdir: _cdir,
+        prefix,
+    } = delegate(&lab, &dir, "2001:db8:300::", 8, lan_opts())?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     let b = agent.bindings()?;
     assert_eq!(b[0]["valid_lifetime"], 8);
@@ -146,23 +207,52 @@ fn dhcpd_remote_via_dhcrelay_to_dhcpcd_then_release() -> Result<()> {
         subnet6 2001:db8:ffff::/64 { prefix6 2001:db8:200:: 2001:db8:2ff:: /56; }\n";
     let _dhcpd = start_dhcpd(&lab.upstream, &dir, "eth0", conf)?;
     let _relay = lab.router.spawn(
-        &["dhcrelay", "-6", "-d", "-pf", &dir.path("dhcrelay.pid").display().to_string(), "-l", "lan0", "-u", "2001:db8:feed::2%wan0"],
+        &[
+            "dhcrelay",
+            "-6",
+            "-d",
+            "-pf",
+            &dir.path("dhcrelay.pid").display().to_string(),
+            "-l",
+            "lan0",
+            "-u",
+            "2001:db8:feed::2%wan0",
+        ],
         &dir.path("dhcrelay.log"),
     )?;
     let cdir = TempDir::new("dcd")?;
     let dhcpcd = start_dhcpcd(&lab.client, &cdir, "eth0")?;
     let prefix = wait_for(Duration::from_secs(40), || {
-        our_routes(&lab.router).ok()?.into_iter().map(|(p, _, _)| p).find(|p| p.starts_with("2001:db8:2"))
+        our_routes(&lab.router)
+            .ok()?
+            .into_iter()
+            .map(|(p, _, _)| p)
+            .find(|p| p.starts_with("2001:db8:2"))
     })
-    .with_context(|| format!("no route; dhcpcd: {}\nagent: {}", dhcpcd.log_text(), agent.log()))?;
+    .with_context(|| {
+        format!(
+            "no route; dhcpcd: {}\nagent: {}",
+            dhcpcd.log_text(),
+            agent.log()
+        )
+    })?;
     assert!(prefix.ends_with("/56"), "{prefix}");
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
-    assert!(dhcpcd.log_text().contains(prefix.split('/').next().unwrap()), "dhcpcd holds {prefix}: {}", dhcpcd.log_text());
+    assert!(
+        dhcpcd
+            .log_text()
+            .contains(prefix.split('/').next().unwrap()),
+        "dhcpcd holds {prefix}: {}",
+        dhcpcd.log_text()
+    );
 
     // The Relay-Reply arriving on wan0 (from the wire) was applied, not
     // only its copy leaving lan0.
     let stats = agent.stats()?;
-    assert!(stats["agent"]["upstream_relay_replies"].as_u64() >= Some(1), "{stats}");
+    assert!(
+        stats["agent"]["upstream_relay_replies"].as_u64() >= Some(1),
+        "{stats}"
+    );
     assert_eq!(stats["agent"]["relay_reply_unmapped"], 0, "{stats}");
     // Request in, Relay-Reply in on wan0, Reply out on lan0.
     assert!(stats["kernel"]["parsed"].as_u64() >= Some(3), "{stats}");
@@ -180,7 +270,15 @@ fn dhcpd_remote_via_dhcrelay_to_dhcpcd_then_release() -> Result<()> {
 fn nft_hook_tracks_delegated_prefixes() -> Result<()> {
     let lab = lab()?;
     lab.router.exec(&["nft", "add", "table", "inet", "pd"])?;
-    lab.router.exec(&["nft", "add", "set", "inet", "pd", "delegated", "{ type ipv6_addr; flags interval; }"])?;
+    lab.router.exec(&[
+        "nft",
+        "add",
+        "set",
+        "inet",
+        "pd",
+        "delegated",
+        "{ type ipv6_addr; flags interval; }",
+    ])?;
     let dir = TempDir::new("nft")?;
     // Interfaces and the hook come from a config file this time.
     let conf_file = dir.path("pd-agent.toml");
@@ -192,16 +290,32 @@ fn nft_hook_tracks_delegated_prefixes() -> Result<()> {
             hook_path("nft-set.sh").display()
         ),
     )?;
-    let opts = AgentOpts { args: vec!["--config".into(), conf_file.display().to_string()], ..AgentOpts::new(&[], &[]) };
-    let Delegation { agent, kea: _kea, mut dhclient, cdir, prefix } =
-        delegate(&lab, &dir, "2001:db8:400::", 600, opts)?;
-    let set = || lab.router.exec(&["nft", "list", "set", "inet", "pd", "delegated"]).unwrap_or_default();
-    wait_for(Duration::from_secs(15), || set().contains(&prefix).then_some(()))
-        .with_context(|| format!("{prefix} not in the set: {}\n{}", set(), agent.log()))?;
+    let opts = AgentOpts {
+        args: vec!["--config".into(), conf_file.display().to_string()],
+        ..AgentOpts::new(&[], &[])
+    };
+    let Delegation {
+        agent,
+        kea: _kea,
+        mut dhclient,
+        cdir,
+        prefix,
+    } = delegate(&lab, &dir, "2001:db8:400::", 600, opts)?;
+    let set = || {
+        lab.router
+            .exec(&["nft", "list", "set", "inet", "pd", "delegated"])
+            .unwrap_or_default()
+    };
+    wait_for(Duration::from_secs(15), || {
+        set().contains(&prefix).then_some(())
+    })
+    .with_context(|| format!("{prefix} not in the set: {}\n{}", set(), agent.log()))?;
     dhclient.stop();
     dhclient_release(&lab.client, &cdir, "eth0")?;
-    wait_for(Duration::from_secs(15), || (!set().contains(&prefix)).then_some(()))
-        .with_context(|| format!("{prefix} still in the set: {}", set()))?;
+    wait_for(Duration::from_secs(15), || {
+        (!set().contains(&prefix)).then_some(())
+    })
+    .with_context(|| format!("{prefix} still in the set: {}", set()))?;
     let stats = agent.stats()?;
     assert_eq!(stats["hooks"]["failures"], 0, "{stats}");
     assert!(stats["hooks"]["runs"].as_u64() >= Some(2), "{stats}");
@@ -215,11 +329,29 @@ fn nft_hook_tracks_delegated_prefixes() -> Result<()> {
 fn fast_path_off_still_routes() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("nofp")?;
-    let opts = AgentOpts { args: vec!["--fast-path".into(), "off".into()], ..AgentOpts::new(&["lan0"], &["wan0"]) };
-    let Delegation { agent, kea: _kea, dhclient: _dhclient, cdir: _cdir, prefix } =
-        delegate(&lab, &dir, "2001:db8:500::", 600, opts)?;
+    let opts = AgentOpts {
+        args: vec!["--fast-path".into(), "off".into()],
+        ..AgentOpts::new(&["lan0"], &["wan0"])
+    };
+    let Delegation {
+        agent,
+        kea: _kea,
+        dhclient: _dhclient,
+        cdir: _cdir,
+        prefix,
+    } = delegate(&lab, &dir, "2001:db8:500::", 600, opts)?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
-    lab.upstream.exec(&["ping", "-6", "-c", "10", "-i", "0.01", "-W", "1", &format!("{}1", prefix.split('/').next().unwrap())])?;
+    lab.upstream.exec(&[
+        "ping",
+        "-6",
+        "-c",
+        "10",
+        "-i",
+        "0.01",
+        "-W",
+        "1",
+        &format!("{}1", prefix.split('/').next().unwrap()),
+    ])?;
     let stats = agent.stats()?;
     assert_eq!(stats["kernel"]["fwd_redirected"], 0, "{stats}");
     Ok(())
@@ -234,21 +366,65 @@ fn fast_path_off_still_routes() -> Result<()> {
 fn restart_after_kill_reconciles() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("rst")?;
-    let Delegation { mut agent, kea: _kea, dhclient: _dhclient, cdir: _cdir, prefix } =
-        delegate(&lab, &dir, "2001:db8:600::", 600, lan_opts())?;
+    let Delegation {
+        mut agent,
+        kea: _kea,
+        dhclient: _dhclient,
+        cdir: _cdir,
+        prefix,
+    } = delegate(&lab, &dir, "2001:db8:600::", 600, lan_opts())?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
 
     agent.daemon.kill(libc::SIGKILL);
     drop(agent); // also removes its pin directory: the maps must be rebuilt
     lab.router.exec(&["ip", "-6", "route", "del", &prefix])?;
-    lab.router.exec(&["ip", "-6", "route", "add", "2001:db8:dead::/48", "via", "fe80::99", "dev", "lan0", "proto", PROTO])?;
-    lab.router.exec(&["ip", "-6", "route", "add", "2001:db8:beef::/48", "via", "fe80::99", "dev", "lan0", "proto", "static"])?;
+    lab.router.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:db8:dead::/48",
+        "via",
+        "fe80::99",
+        "dev",
+        "lan0",
+        "proto",
+        PROTO,
+    ])?;
+    lab.router.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:db8:beef::/48",
+        "via",
+        "fe80::99",
+        "dev",
+        "lan0",
+        "proto",
+        "static",
+    ])?;
 
     let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
     let routes = our_routes(&lab.router)?;
-    assert_eq!(routes.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), [prefix.as_str()], "{routes:?}");
-    assert!(agent.log().contains("routes_readded=1 stale_routes_removed=1"), "{}", agent.log());
-    assert!(lab.router.exec(&["ip", "-6", "route", "show", "2001:db8:beef::/48"])?.contains("static"), "other protocols untouched");
+    assert_eq!(
+        routes.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        [prefix.as_str()],
+        "{routes:?}"
+    );
+    assert!(
+        agent
+            .log()
+            .contains("routes_readded=1 stale_routes_removed=1"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        lab.router
+            .exec(&["ip", "-6", "route", "show", "2001:db8:beef::/48"])?
+            .contains("static"),
+        "other protocols untouched"
+    );
     assert_eq!(agent.map_prefixes()?, [prefix.clone()]);
     assert_eq!(agent.bindings()?.len(), 1);
     Ok(())
@@ -261,12 +437,26 @@ fn restart_after_kill_reconciles() -> Result<()> {
 fn prefix_outside_allow_is_ignored() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("allow")?;
-    let opts = AgentOpts { args: vec!["--allow".into(), "2001:db8:f000::/36".into()], ..AgentOpts::new(&["lan0"], &["wan0"]) };
-    let Delegation { agent, kea: _kea, dhclient: _dhclient, cdir: _cdir, prefix } =
-        delegate(&lab, &dir, "2001:db8:700::", 600, opts)?;
-    wait_for(Duration::from_secs(10), || agent.log().contains("delegation ignored").then_some(()))
-        .with_context(|| format!("no refusal logged: {}", agent.log()))?;
-    assert!(agent.log().contains(&prefix) && agent.log().contains("outside --allow"), "{}", agent.log());
+    let opts = AgentOpts {
+        args: vec!["--allow".into(), "2001:db8:f000::/36".into()],
+        ..AgentOpts::new(&["lan0"], &["wan0"])
+    };
+    let Delegation {
+        agent,
+        kea: _kea,
+        dhclient: _dhclient,
+        cdir: _cdir,
+        prefix,
+    } = delegate(&lab, &dir, "2001:db8:700::", 600, opts)?;
+    wait_for(Duration::from_secs(10), || {
+        agent.log().contains("delegation ignored").then_some(())
+    })
+    .with_context(|| format!("no refusal logged: {}", agent.log()))?;
+    assert!(
+        agent.log().contains(&prefix) && agent.log().contains("outside --allow"),
+        "{}",
+        agent.log()
+    );
     assert!(our_routes(&lab.router)?.is_empty());
     assert!(agent.bindings()?.is_empty());
     assert!(agent.stats()?["agent"]["not_allowed"].as_u64() >= Some(1));
@@ -281,40 +471,68 @@ fn control_socket_and_stop_behaviour() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("ctl")?;
     // Valid 12 s: the client renews every 3 s.
-    let Delegation { mut agent, kea: _kea, mut dhclient, cdir: _cdir, prefix } =
-        delegate(&lab, &dir, "2001:db8:800::", 12, lan_opts())?;
+    let Delegation {
+        mut agent,
+        kea: _kea,
+        mut dhclient,
+        cdir: _cdir,
+        prefix,
+    } = delegate(&lab, &dir, "2001:db8:800::", 12, lan_opts())?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     let ctl = agent.control.display().to_string();
     let bin = agent_bin().display().to_string();
 
-    let shown: serde_json::Value = serde_json::from_str(&sh(&[&bin, "show", &prefix, "--control", &ctl])?)?;
+    let shown: serde_json::Value =
+        serde_json::from_str(&sh(&[&bin, "show", &prefix, "--control", &ctl])?)?;
     assert_eq!(shown[0]["prefix"], prefix.as_str());
     assert!(shown[0]["rx_packets"].is_u64(), "{shown}");
-    let err = std::process::Command::new(&bin).args(["show", "2001:db8:eeee::/56", "--control", &ctl]).output()?;
-    assert!(!err.status.success() && String::from_utf8_lossy(&err.stderr).contains("no binding for 2001:db8:eeee::/56"));
+    let err = std::process::Command::new(&bin)
+        .args(["show", "2001:db8:eeee::/56", "--control", &ctl])
+        .output()?;
+    assert!(
+        !err.status.success()
+            && String::from_utf8_lossy(&err.stderr).contains("no binding for 2001:db8:eeee::/56")
+    );
 
     // delete: the binding, route and map entry go at once...
-    let out: serde_json::Value = serde_json::from_str(&sh(&[&bin, "delete", &prefix, "--control", &ctl])?)?;
+    let out: serde_json::Value =
+        serde_json::from_str(&sh(&[&bin, "delete", &prefix, "--control", &ctl])?)?;
     assert_eq!(out["deleted"][0], prefix.as_str());
     assert!(agent.log().contains("event=\"deleted\""), "{}", agent.log());
     // ...and the server's next Reply to the client's Renew brings them back.
-    wait_for(Duration::from_secs(10), || agent.map_prefixes().ok()?.contains(&prefix).then_some(()))
-        .context("re-created on renewal")?;
+    wait_for(Duration::from_secs(10), || {
+        agent.map_prefixes().ok()?.contains(&prefix).then_some(())
+    })
+    .context("re-created on renewal")?;
 
     // SIGTERM keeps routes and state.
     dhclient.kill(libc::SIGKILL);
     agent.daemon.stop();
-    assert!(our_routes(&lab.router)?.iter().any(|r| r.0 == prefix), "route kept on SIGTERM");
+    assert!(
+        our_routes(&lab.router)?.iter().any(|r| r.0 == prefix),
+        "route kept on SIGTERM"
+    );
     drop(agent);
 
     // --flush-on-exit: the restarted agent restores the binding, and on
     // SIGTERM removes it with its route.
-    let opts = AgentOpts { args: vec!["--flush-on-exit".into()], ..AgentOpts::new(&["lan0"], &["wan0"]) };
+    let opts = AgentOpts {
+        args: vec!["--flush-on-exit".into()],
+        ..AgentOpts::new(&["lan0"], &["wan0"])
+    };
     let mut agent = Agent::start_opts(&lab.router, &dir, opts)?;
     assert_eq!(agent.bindings()?.len(), 1);
     agent.daemon.stop();
-    assert!(our_routes(&lab.router)?.is_empty(), "route removed by --flush-on-exit: {}", agent.log());
-    assert!(agent.log().contains("--flush-on-exit removed"), "{}", agent.log());
+    assert!(
+        our_routes(&lab.router)?.is_empty(),
+        "route removed by --flush-on-exit: {}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("--flush-on-exit removed"),
+        "{}",
+        agent.log()
+    );
     Ok(())
 }
 
@@ -330,8 +548,13 @@ fn metrics_scrape() -> Result<()> {
         args: vec!["--metrics".into(), "[::1]:9431".into(), "--log-json".into()],
         ..AgentOpts::new(&["lan0"], &["wan0"])
     };
-    let Delegation { agent, kea: _kea, dhclient: _dhclient, cdir: _cdir, prefix } =
-        delegate(&lab, &dir, "2001:db8:900::", 600, opts)?;
+    let Delegation {
+        agent,
+        kea: _kea,
+        dhclient: _dhclient,
+        cdir: _cdir,
+        prefix,
+    } = delegate(&lab, &dir, "2001:db8:900::", 600, opts)?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?; // also pings into the prefix
     let body = {
         let _in = InNetns::enter(&lab.router)?;
@@ -343,22 +566,48 @@ fn metrics_scrape() -> Result<()> {
     };
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     let value = |series: &str| -> Option<f64> {
-        body.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+        body.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
     };
-    assert_eq!(value("pd_bindings{iface=\"lan0\",kind=\"delegated\"}"), Some(1.0), "{body}");
-    assert!(value("pd_binding_events_total{event=\"delegated\"}") >= Some(1.0), "{body}");
-    assert!(value("pd_kernel_packets_total{outcome=\"parsed\"}") >= Some(2.0), "{body}");
+    assert_eq!(
+        value("pd_bindings{iface=\"lan0\",kind=\"delegated\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(
+        value("pd_binding_events_total{event=\"delegated\"}") >= Some(1.0),
+        "{body}"
+    );
+    assert!(
+        value("pd_kernel_packets_total{outcome=\"parsed\"}") >= Some(2.0),
+        "{body}"
+    );
     assert_eq!(value("pd_ringbuf_drops_total"), Some(0.0), "{body}");
     assert!(value("pd_route_op_seconds_count") >= Some(1.0), "{body}");
-    assert!(value("pd_forwarded_packets_total{iface=\"lan0\"}").is_some(), "{body}");
+    assert!(
+        value("pd_forwarded_packets_total{iface=\"lan0\"}").is_some(),
+        "{body}"
+    );
     assert_eq!(value("pd_hook_failures_total"), Some(0.0), "{body}");
     assert!(body.contains("# EOF"), "OpenMetrics text ends with # EOF");
     // --log-json: one JSON object per line; the binding change carries its fields.
-    let lines: Vec<serde_json::Value> = agent.log().lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
-    let change = lines.iter().find(|l| l["fields"]["event"] == "delegated").context("a delegated line")?;
+    let lines: Vec<serde_json::Value> = agent
+        .log()
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let change = lines
+        .iter()
+        .find(|l| l["fields"]["event"] == "delegated")
+        .context("a delegated line")?;
     assert_eq!(change["fields"]["prefix"], prefix.as_str());
     assert_eq!(change["fields"]["iface"], "lan0");
-    assert!(change["fields"]["next_hop"].is_string() && change["fields"]["valid"].is_u64(), "{change}");
+    assert!(
+        change["fields"]["next_hop"].is_string() && change["fields"]["valid"].is_u64(),
+        "{change}"
+    );
     assert!(agent.stats()?["route_ops"].as_u64() >= Some(1));
     Ok(())
 }
@@ -372,7 +621,10 @@ fn metrics_scrape() -> Result<()> {
 fn bird_redistributes_delegated_prefixes() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("bird")?;
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/bird/pd-agent-bgp.conf"))?;
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/bird/pd-agent-bgp.conf"
+    ))?;
     let router_conf = example
         .replace("@ROUTER_ID@", "10.0.0.1")
         .replace("@PROTO@", PROTO)
@@ -380,7 +632,12 @@ fn bird_redistributes_delegated_prefixes() -> Result<()> {
         .replace("@LOCAL_AS@", "65001")
         .replace("@NEIGHBOR@", "2001:db8:feed::2")
         .replace("@NEIGHBOR_AS@", "65000");
-    assert!(!router_conf.lines().any(|l| !l.trim_start().starts_with('#') && l.contains('@')), "every placeholder replaced");
+    assert!(
+        !router_conf
+            .lines()
+            .any(|l| !l.trim_start().starts_with('#') && l.contains('@')),
+        "every placeholder replaced"
+    );
     let upstream_conf = "router id 10.0.0.2;\nprotocol device { }\n\
         protocol bgp downstream {\n  local 2001:db8:feed::2 as 65000;\n  neighbor 2001:db8:feed::1 as 65001;\n\
           connect delay time 1;\n  connect retry time 2;\n  ipv6 { import all; export none; };\n}\n\
@@ -404,26 +661,51 @@ fn bird_redistributes_delegated_prefixes() -> Result<()> {
     };
     let _bird_up = bird(&lab.upstream, "upstream")?;
     let _bird_rt = bird(&lab.router, "router")?;
-    let Delegation { agent, kea: _kea, mut dhclient, cdir, prefix } =
-        delegate(&lab, &dir, "2001:db8:a00::", 600, lan_opts())?;
+    let Delegation {
+        agent,
+        kea: _kea,
+        mut dhclient,
+        cdir,
+        prefix,
+    } = delegate(&lab, &dir, "2001:db8:a00::", 600, lan_opts())?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
 
-    let learned = || lab.upstream.exec(&["ip", "-6", "route", "show", &prefix]).unwrap_or_default();
-    wait_for(Duration::from_secs(30), || learned().contains("proto bird").then_some(())).with_context(|| {
+    let learned = || {
+        lab.upstream
+            .exec(&["ip", "-6", "route", "show", &prefix])
+            .unwrap_or_default()
+    };
+    wait_for(Duration::from_secs(30), || {
+        learned().contains("proto bird").then_some(())
+    })
+    .with_context(|| {
         format!(
             "upstream did not learn {prefix}: {}\nbirdc: {}",
             learned(),
             lab.router
-                .exec(&["birdc", "-s", &dir.path("router-bird.ctl").display().to_string(), "show", "route", "all"])
+                .exec(&[
+                    "birdc",
+                    "-s",
+                    &dir.path("router-bird.ctl").display().to_string(),
+                    "show",
+                    "route",
+                    "all"
+                ])
                 .unwrap_or_default()
         )
     })?;
-    assert!(learned().contains("via 2001:db8:feed::1"), "next hop is the router: {}", learned());
+    assert!(
+        learned().contains("via 2001:db8:feed::1"),
+        "next hop is the router: {}",
+        learned()
+    );
 
     dhclient.stop();
     dhclient_release(&lab.client, &cdir, "eth0")?;
-    wait_for(Duration::from_secs(30), || (!learned().contains("proto bird")).then_some(()))
-        .with_context(|| format!("upstream still routes {prefix}: {}", learned()))?;
+    wait_for(Duration::from_secs(30), || {
+        (!learned().contains("proto bird")).then_some(())
+    })
+    .with_context(|| format!("upstream still routes {prefix}: {}", learned()))?;
     Ok(())
 }
 
@@ -435,16 +717,32 @@ fn bird_redistributes_delegated_prefixes() -> Result<()> {
 fn forged_release_from_another_host_removes_nothing() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("forge")?;
-    let Delegation { agent, kea: _kea, dhclient: _dhclient, cdir: _cdir, prefix } =
-        delegate(&lab, &dir, "2001:db8:b00::", 600, lan_opts())?;
+    let Delegation {
+        agent,
+        kea: _kea,
+        dhclient: _dhclient,
+        cdir: _cdir,
+        prefix,
+    } = delegate(&lab, &dir, "2001:db8:b00::", 600, lan_opts())?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     let b = agent.bindings()?;
     let duid = b[0]["client_duid"].as_str().unwrap().to_string();
     let iaid = b[0]["iaid"].as_u64().unwrap();
-    let server_duid: String = std::fs::read_to_string("/var/lib/kea/kea-dhcp6-serverid")?.trim().replace(':', "");
+    let server_duid: String = std::fs::read_to_string("/var/lib/kea/kea-dhcp6-serverid")?
+        .trim()
+        .replace(':', "");
 
     // The rogue: another address on the same link, crafting the Release by hand.
-    lab.client.exec(&["ip", "-6", "addr", "add", "fe80::bad/64", "dev", "eth0", "nodad"])?;
+    lab.client.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fe80::bad/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
     let (net, len) = prefix.split_once('/').unwrap();
     let script = format!(
         r#"
@@ -460,10 +758,21 @@ s.sendto(msg, ("ff02::1:2", 547, 0, idx))
 "#
     );
     lab.client.exec(&["/usr/bin/python3", "-c", &script])?;
-    wait_for(Duration::from_secs(10), || (agent.stats().ok()?["agent"]["foreign_releases"].as_u64()? >= 1).then_some(()))
-        .with_context(|| format!("the forged Release was not seen answered: {}", agent.log()))?;
-    assert!(agent.log().contains("Release from an address other than the client's"), "{}", agent.log());
-    assert!(our_routes(&lab.router)?.iter().any(|r| r.0 == prefix), "the route stays");
+    wait_for(Duration::from_secs(10), || {
+        (agent.stats().ok()?["agent"]["foreign_releases"].as_u64()? >= 1).then_some(())
+    })
+    .with_context(|| format!("the forged Release was not seen answered: {}", agent.log()))?;
+    assert!(
+        agent
+            .log()
+            .contains("Release from an address other than the client's"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        our_routes(&lab.router)?.iter().any(|r| r.0 == prefix),
+        "the route stays"
+    );
     assert_eq!(agent.bindings()?.len(), 1);
     Ok(())
 }
@@ -477,30 +786,51 @@ s.sendto(msg, ("ff02::1:2", 547, 0, idx))
 fn routes_come_back_with_the_link() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("link")?;
-    let Delegation { mut agent, kea: _kea, mut dhclient, cdir: _cdir, prefix } =
-        delegate(&lab, &dir, "2001:db8:c00::", 600, lan_opts())?;
+    let Delegation {
+        mut agent,
+        kea: _kea,
+        mut dhclient,
+        cdir: _cdir,
+        prefix,
+    } = delegate(&lab, &dir, "2001:db8:c00::", 600, lan_opts())?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     assert_eq!(agent.bindings()?[0]["status"], "installed");
     dhclient.kill(libc::SIGKILL);
-    let has_route = || our_routes(&lab.router).map(|r| r.iter().any(|r| r.0 == prefix)).unwrap_or(false);
+    let has_route = || {
+        our_routes(&lab.router)
+            .map(|r| r.iter().any(|r| r.0 == prefix))
+            .unwrap_or(false)
+    };
 
     lab.router.exec(&["ip", "link", "set", "lan0", "down"])?;
-    wait_for(Duration::from_secs(5), || (!has_route()).then_some(())).context("the kernel keeps routes over a down link?")?;
+    wait_for(Duration::from_secs(5), || (!has_route()).then_some(()))
+        .context("the kernel keeps routes over a down link?")?;
     lab.router.exec(&["ip", "link", "set", "lan0", "up"])?;
-    wait_for(Duration::from_secs(10), || has_route().then_some(()))
-        .with_context(|| format!("route not re-installed when lan0 came back: {}", agent.log()))?;
+    wait_for(Duration::from_secs(10), || has_route().then_some(())).with_context(|| {
+        format!(
+            "route not re-installed when lan0 came back: {}",
+            agent.log()
+        )
+    })?;
 
     // Restart while lan0 is down: the install fails, is shown, and retried.
     agent.daemon.stop();
     lab.router.exec(&["ip", "link", "set", "lan0", "down"])?;
     drop(agent);
     let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
-    let status = agent.bindings()?[0]["status"].as_str().unwrap_or_default().to_string();
+    let status = agent.bindings()?[0]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(status.starts_with("route failed"), "{status}");
     assert!(!has_route());
     lab.router.exec(&["ip", "link", "set", "lan0", "up"])?;
-    wait_for(Duration::from_secs(10), || has_route().then_some(()))
-        .with_context(|| format!("route not installed after the link came back: {}", agent.log()))?;
+    wait_for(Duration::from_secs(10), || has_route().then_some(())).with_context(|| {
+        format!(
+            "route not installed after the link came back: {}",
+            agent.log()
+        )
+    })?;
     assert_eq!(agent.bindings()?[0]["status"], "installed");
     Ok(())
 }

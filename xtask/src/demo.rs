@@ -41,7 +41,9 @@ fn step(s: &str) {
 
 pub fn run(bin: &Path, keep: bool) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
-        anyhow::bail!("the demo builds network namespaces: run it as root (sudo -E cargo xtask demo)");
+        anyhow::bail!(
+            "the demo builds network namespaces: run it as root (sudo -E cargo xtask demo)"
+        );
     }
     ctrlc::set_handler(|| {
         eprintln!("\ninterrupted: tearing the lab down");
@@ -59,7 +61,10 @@ pub fn run(bin: &Path, keep: bool) -> Result<()> {
         step("tearing the lab down");
         cleanup_all();
     }
-    println!("\ndemo took {:.1}s (lab build, checks and teardown; not counting the build)", started.elapsed().as_secs_f64());
+    println!(
+        "\ndemo took {:.1}s (lab build, checks and teardown; not counting the build)",
+        started.elapsed().as_secs_f64()
+    );
     res
 }
 
@@ -70,16 +75,25 @@ fn demo(keep: bool) -> Result<()> {
     println!("    laptop: dhcpcd acquires a /60; the agent's hook points Kea at it (/64s)");
     println!("    vm:     dhclient acquires a /64; the agent's hook puts it on br0 and runs radvd");
     let lab = SeedLab::build(&Names::fixed(PREFIX), Lifetimes::default(), Some(PIN_ROOT))?;
-    println!("every level routed {:.1}s after the first DHCP client started", lab.routed_after);
+    println!(
+        "every level routed {:.1}s after the first DHCP client started",
+        lab.routed_after
+    );
 
     step("bindings and routes at every level");
     print!("{}", lab.table()?);
 
-    step(&format!("pinging from each container to the internet host ({INTERNET}) and back"));
+    step(&format!(
+        "pinging from each container to the internet host ({INTERNET}) and back"
+    ));
     let mut all_ok = true;
     for (addr, there, back) in lab.pings()? {
         let r = |ok: bool| if ok { "ok" } else { "FAILED" };
-        println!("    container {addr} -> internet: {}   internet -> container: {}", r(there), r(back));
+        println!(
+            "    container {addr} -> internet: {}   internet -> container: {}",
+            r(there),
+            r(back)
+        );
         all_ok &= there && back;
     }
     if !all_ok {
@@ -92,9 +106,17 @@ fn demo(keep: bool) -> Result<()> {
         println!("    ip netns exec {PREFIX}container1 ping -6 -c1 {INTERNET}");
         println!("    bpftool map dump pinned {PIN_ROOT}-border/pd_routes_v1");
         for (name, l) in lab.levels() {
-            println!("    {} bindings --control {}    # {name}", agent_bin().display(), l.agent.control.display());
+            println!(
+                "    {} bindings --control {}    # {name}",
+                agent_bin().display(),
+                l.agent.control.display()
+            );
         }
-        println!("    {} stats --control {}", agent_bin().display(), lab.border.agent.control.display());
+        println!(
+            "    {} stats --control {}",
+            agent_bin().display(),
+            lab.border.agent.control.display()
+        );
         println!("  `cargo xtask demo` again rebuilds it from scratch; to remove it:");
         println!("    for n in $(ip netns list | awk '/^{PREFIX}/{{print $1}}'); do ip netns pids $n | xargs -r kill -9; ip netns del $n; done");
         std::mem::forget(lab);

@@ -101,7 +101,10 @@ fn run() -> Result<()> {
 }
 
 pub fn root_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn is_root() -> bool {
@@ -128,13 +131,17 @@ fn deps() -> Result<()> {
         .iter()
         .copied()
         .filter(|p| {
-            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
             !out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
         })
         .collect();
     if !missing.is_empty() {
         if !is_root() {
-            bail!("missing Debian packages {missing:?}; run as root (e.g. sudo -E cargo xtask deps)");
+            bail!(
+                "missing Debian packages {missing:?}; run as root (e.g. sudo -E cargo xtask deps)"
+            );
         }
         eprintln!("xtask: installing {missing:?}");
         status(Command::new("apt-get").args(["update", "-q"]))?;
@@ -149,16 +156,35 @@ fn deps() -> Result<()> {
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
         .context("rustup (the nightly toolchain is needed for the kernel programs)")?;
-    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         eprintln!("xtask: adding rust-src to nightly");
-        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         eprintln!("xtask: building bpf-linker against LLVM 22 (a few minutes, once)");
-        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         status(
             Command::new("cargo")
-                .args(["install", "--locked", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+                .args([
+                    "install",
+                    "--locked",
+                    "bpf-linker",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
                 .env("PATH", path)
                 .env("LLVM_PREFIX", "/usr/lib/llvm-22")
                 .env_remove("RUSTUP_TOOLCHAIN"),
@@ -185,7 +211,12 @@ fn build_ebpf() -> Result<PathBuf> {
 /// Build the agent (its build.rs embeds the kernel object) and return its path.
 fn build_agent() -> Result<PathBuf> {
     let obj = build_ebpf()?;
-    status(Command::new("cargo").current_dir(root_dir()).args(["build", "-p", "pd-agent"]).env("PD_EBPF_OBJ", &obj))?;
+    status(
+        Command::new("cargo")
+            .current_dir(root_dir())
+            .args(["build", "-p", "pd-agent"])
+            .env("PD_EBPF_OBJ", &obj),
+    )?;
     Ok(root_dir().join("target/debug/pd-agent"))
 }
 
@@ -196,7 +227,12 @@ fn bench(quick: bool, row: Option<u32>) -> Result<()> {
     }
     let obj = build_ebpf()?;
     // The agent under test is the release build.
-    status(Command::new("cargo").current_dir(root_dir()).args(["build", "--release", "-p", "pd-agent"]).env("PD_EBPF_OBJ", &obj))?;
+    status(
+        Command::new("cargo")
+            .current_dir(root_dir())
+            .args(["build", "--release", "-p", "pd-agent"])
+            .env("PD_EBPF_OBJ", &obj),
+    )?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root_dir())
         .args(["bench", "-p", "pd-tests", "--bench", "pd", "--"])
@@ -218,7 +254,12 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
     let bin = build_agent()?;
     let obj = root_dir().join("target/bpf/bpfel-unknown-none/release/pd-ebpf");
     let mut tally = Tally::default();
-    tally.run(Command::new("cargo").current_dir(root_dir()).args(["test", "--workspace"]).env("PD_EBPF_OBJ", &obj))?;
+    tally.run(
+        Command::new("cargo")
+            .current_dir(root_dir())
+            .args(["test", "--workspace"])
+            .env("PD_EBPF_OBJ", &obj),
+    )?;
     if unit_only {
         tally.print();
         return Ok(());
@@ -228,7 +269,14 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
     }
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root_dir())
-        .args(["test", "-p", "pd-tests", "--", "--ignored", "--test-threads=1"])
+        .args([
+            "test",
+            "-p",
+            "pd-tests",
+            "--",
+            "--ignored",
+            "--test-threads=1",
+        ])
         .env("PD_AGENT_BIN", &bin)
         .env("PD_EBPF_OBJ", &obj);
     if let Some(f) = filter {
@@ -251,14 +299,22 @@ struct Tally {
 impl Tally {
     fn run(&mut self, cmd: &mut Command) -> Result<()> {
         use std::io::{BufRead, BufReader};
-        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("running {cmd:?}"))?;
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {cmd:?}"))?;
         for line in BufReader::new(child.stdout.take().unwrap()).lines() {
             let line = line?;
             println!("{line}");
             if let Some(rest) = line.strip_prefix("test result: ") {
                 let num = |word: &str| {
                     rest.split(';')
-                        .find_map(|p| p.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word))
+                        .find_map(|p| {
+                            p.trim()
+                                .trim_start_matches("ok. ")
+                                .trim_start_matches("FAILED. ")
+                                .strip_suffix(word)
+                        })
                         .and_then(|n| n.trim().parse::<u64>().ok())
                         .unwrap_or(0)
                 };
