@@ -8,7 +8,9 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use ipnet::Ipv6Net;
+use pd_common::{ClientKey, ClientRecord, Counter};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -19,13 +21,14 @@ use tracing::{info, warn};
 use crate::{
     binding::{Action, BindingView, Ifaces, Kind, Policy, Table},
     control::{self, Call, Request},
-    ebpf::{self, Counters, LoadOptions, Programs},
+    ebpf::{self, Attached, Counters, LoadOptions, Programs},
     hooks::{HookEvent, Hooks},
     maps::{RouteMap, SavMaps},
     metrics::{self, Metrics},
+    resync::{self, Seen, SeqTracker},
     route::Routes,
-    snoop::{self, Assembler},
-    state::{Change, Store},
+    snoop::{self, Assembler, Message},
+    state::{Change, SeenMark, Store},
 };
 
 #[derive(Debug, Clone)]
@@ -55,6 +58,10 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     /// A Reply must answer a client message seen with its xid and Client-ID.
     pub require_client_message: bool,
+    /// Ring buffer bytes (None: the object's default).
+    pub ring_bytes: Option<u32>,
+    /// Entries of the kernel's per-client records (None: the default).
+    pub client_records: Option<u32>,
 }
 
 /// Source-address validation on a downstream interface (RFC 8987 §3.1).
@@ -88,9 +95,39 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Lost-event recovery, as shown by `stats`.
+#[derive(Debug, Default, serde::Serialize)]
+struct ResyncStats {
+    /// Resynchronisations from `pd_clients_v1` (one at start, then one
+    /// after each detected loss, at most once a second).
+    runs: u64,
+    /// Messages replayed from the kernel's records.
+    replayed: u64,
+    /// Messages known lost whose records had been superseded or evicted.
+    given_up: u64,
+    /// Ring buffer messages skipped because a replay had applied them.
+    duplicates: u64,
+}
+
 struct Agent {
     table: Table,
     ifaces: Ifaces,
+    progs: Programs,
+    links_dir: PathBuf,
+    /// Names of managed interfaces -> source-address validation mode.
+    sav_modes: std::collections::HashMap<String, SavMode>,
+    clients: BpfHashMap<MapData, ClientKey, ClientRecord>,
+    client_records: u32,
+    tracker: SeqTracker,
+    /// Records at or before this kernel time were applied by an earlier
+    /// agent (from the store's seen mark; 0 after a reboot).
+    floor_ns: u64,
+    /// Newest kernel time applied, and the one last written to the store.
+    seen_ns: u64,
+    journaled_ns: u64,
+    boot_id: String,
+    ringbuf_full_seen: u64,
+    resync: ResyncStats,
     routes: Routes,
     map: RouteMap,
     sav: SavMaps,
@@ -136,31 +173,35 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
     }
     let any_sav = cfg.downstream.iter().any(|n| sav_of(n) != SavMode::Off);
-    let mut progs = Programs::load_with(
-        &cfg.pin_dir,
-        LoadOptions {
-            fast_path: cfg.fast_path,
-            sav: any_sav,
-        },
-    )?;
+    let opts = LoadOptions {
+        fast_path: cfg.fast_path,
+        sav: any_sav,
+        ring_bytes: cfg.ring_bytes,
+        client_entries: cfg.client_records,
+    };
+    let mut progs = Programs::load_with(&cfg.pin_dir, opts)?;
     let (xi, ti) = progs.verified_instructions();
     info!(xdp_insns = xi, tc_insns = ti, pin_dir = %cfg.pin_dir.display(), "kernel programs loaded");
-    for name in cfg.downstream.iter().chain(&cfg.upstream) {
-        let mode = progs.attach_xdp(name)?;
-        info!(iface = %name, ?mode, "XDP attached");
+    let links_dir = cfg.pin_dir.join(ebpf::LINKS_DIR);
+    let names: Vec<String> = cfg
+        .downstream
+        .iter()
+        .chain(&cfg.upstream)
+        .cloned()
+        .collect();
+    for gone in ebpf::prune_links(&links_dir, &names) {
+        info!(link = %gone, "unpinned the link of an interface no longer managed");
     }
-    // Downstream egress carries Replies to clients; upstream egress this
-    // host's own Release/Decline (for acquired prefixes).
-    for name in cfg.downstream.iter().chain(&cfg.upstream) {
-        progs.attach_tc_egress(name)?;
-        info!(iface = %name, "TC egress attached");
+    for name in &names {
+        attach(&mut progs, name, &links_dir)?;
     }
-    let ring = progs.take_events()?;
+    let mut ring = progs.take_events()?;
     let map = RouteMap::new(progs.take_routes()?, progs.take_fwd_stats()?);
     let mut sav = SavMaps {
         ifaces: progs.take_ifaces()?,
         onlink: progs.take_onlink()?,
     };
+    let mut sav_modes = std::collections::HashMap::new();
     for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
         let mode = if ifaces.downstream.contains_key(idx) {
             sav_of(name)
@@ -168,9 +209,11 @@ pub async fn run(cfg: Config) -> Result<()> {
             SavMode::Off
         };
         sav.set_iface(*idx, mode.flags())?;
+        sav_modes.insert(name.clone(), mode);
     }
     info!(fast_path = cfg.fast_path, sav = ?cfg.sav, "data path options");
     let counters = progs.take_counters()?;
+    let clients = progs.take_clients()?;
 
     let routes = Routes::new(cfg.proto)?;
     let store = Store::open(&cfg.state_dir)?;
@@ -182,9 +225,22 @@ pub async fn run(cfg: Config) -> Result<()> {
         max_bindings_per_iface: cfg.max_bindings_per_iface,
         require_client_message: cfg.require_client_message,
     };
+    let ringbuf_full_seen = counters.get(Counter::RingbufFull);
     let mut agent = Agent {
         table,
         ifaces,
+        progs,
+        links_dir,
+        sav_modes,
+        clients,
+        client_records: cfg.client_records.unwrap_or(65536),
+        tracker: SeqTracker::default(),
+        floor_ns: 0,
+        seen_ns: 0,
+        journaled_ns: 0,
+        boot_id: resync::boot_id(),
+        ringbuf_full_seen,
+        resync: ResyncStats::default(),
         routes,
         map,
         sav,
@@ -197,7 +253,22 @@ pub async fn run(cfg: Config) -> Result<()> {
         decode_errors: 0,
     };
     agent.refresh_addresses().await;
-    agent.reconcile().await?;
+    let restored = agent.restore()?;
+    // What the kernel saw while no agent was running, applied to the
+    // stored bindings before anything is judged expired or stale: first
+    // the ring buffer's backlog, in order, then whatever it could not
+    // hold, from the per-client records.
+    let mut asm = Assembler::default();
+    let backlog = drain(&mut ring, &mut asm, &mut agent.decode_errors);
+    let n = backlog.len();
+    agent.ingest(backlog, None).await;
+    agent.resync_from_records().await;
+    info!(
+        backlog = n,
+        replayed = agent.resync.replayed,
+        "caught up with what the kernel saw while no agent ran"
+    );
+    agent.reconcile(restored).await?;
 
     let (call_tx, mut call_rx) = mpsc::channel::<Call>(16);
     if let Some(addr) = cfg.metrics {
@@ -214,8 +285,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(std::io::Error::from)
         .context("ring buffer fd")?;
-    let mut asm = Assembler::default();
     let mut links = crate::route::link_events()?;
+    let mut resync_at: Option<tokio::time::Instant> = None;
+    let mut last_resync = tokio::time::Instant::now();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
 
@@ -233,40 +305,26 @@ pub async fn run(cfg: Config) -> Result<()> {
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             _ = tokio::time::sleep(retry_in) => agent.retry_routes(None).await,
-            Some((ifindex, up)) = links.recv() => {
-                if up && agent.ifaces.downstream.contains_key(&ifindex) {
-                    // The kernel drops IPv6 routes through a link that goes
-                    // down; put ours back when it returns.
-                    agent.retry_routes(Some(ifindex)).await;
-                }
-            }
+            Some(ev) = links.recv() => agent.link_event(ev).await,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let mut msgs = Vec::new();
-                while let Some(item) = guard.get_inner_mut().next() {
-                    match snoop::decode(&item) {
-                        Ok(ev) => msgs.extend(asm.push(&ev)),
-                        Err(e) => {
-                            agent.decode_errors += 1;
-                            warn!(error = %crate::chain(&e), "bad ring buffer record");
-                        }
-                    }
-                }
+                let msgs = drain(guard.get_inner_mut(), &mut asm, &mut agent.decode_errors);
                 guard.clear_ready();
-                if msgs.iter().any(|m| agent.needs_addresses(m)) {
-                    agent.refresh_addresses().await;
+                agent.ingest(msgs, Some(now())).await;
+                // Lost messages (a jump in sequence numbers, or the kernel
+                // counting a full ring buffer): replay the kernel's records,
+                // at most once a second while a storm goes on.
+                if resync_at.is_none() && agent.lost_events() {
+                    resync_at = Some((last_resync + Duration::from_secs(1)).max(tokio::time::Instant::now() + Duration::from_millis(50)));
                 }
-                let t = now();
-                let mut actions = Vec::new();
-                for m in &msgs {
-                    tracing::debug!(?m, "message");
-                    actions.extend(agent.table.handle(m, &agent.ifaces, t));
-                    for (prefix, why) in agent.table.take_refusals() {
-                        let iface = agent.ifaces.downstream.get(&m.ifindex).or(agent.ifaces.upstream.get(&m.ifindex));
-                        warn!(%prefix, iface = iface.map(String::as_str).unwrap_or("?"), next_hop = %m.dst, reason = why, "delegation ignored");
-                    }
-                }
-                agent.apply(actions).await;
+            }
+            _ = tokio::time::sleep_until(resync_at.unwrap_or_else(tokio::time::Instant::now)), if resync_at.is_some() => {
+                resync_at = None;
+                last_resync = tokio::time::Instant::now();
+                // Whatever the ring buffer still holds goes first.
+                let msgs = drain(ring.get_mut(), &mut asm, &mut agent.decode_errors);
+                agent.ingest(msgs, Some(now())).await;
+                agent.resync_from_records().await;
             }
             _ = tokio::time::sleep(sleep) => {
                 let actions = agent.table.expire(now());
@@ -302,21 +360,232 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
         let n = actions.len();
         agent.apply(actions).await;
-        info!(
-            removed = n,
-            "stopping; --flush-on-exit removed every binding, route and map entry"
-        );
+        ebpf::unpin_links(&agent.links_dir);
+        info!(removed = n, "stopping; --flush-on-exit removed every binding, route and map entry, and detached the programs");
     } else {
         info!(
             bindings = agent.table.len(),
-            "stopping; routes and state are kept"
+            "stopping; routes, state and the programs (pinned links) are kept"
         );
     }
     let _ = std::fs::remove_file(&cfg.control);
     Ok(())
 }
 
+/// Attach both programs to `name` through pinned links, reusing an earlier
+/// agent's. Downstream egress carries Replies to clients; upstream egress
+/// this host's own Release/Decline (for acquired prefixes).
+fn attach(progs: &mut Programs, name: &str, links: &std::path::Path) -> Result<()> {
+    let how = |a: Attached| match a {
+        Attached::New(_) => "new pinned link",
+        Attached::Reused => "pinned link reused, program replaced atomically",
+        Attached::Unpinned(_) => "link not pinnable here (detached when the agent stops)",
+    };
+    let x = progs.attach_xdp_pinned(name, links)?;
+    let mode = match x {
+        Attached::New(m) | Attached::Unpinned(m) => m.map(|m| format!("{m:?}")),
+        Attached::Reused => None,
+    };
+    info!(iface = %name, mode = mode.as_deref().unwrap_or("as before"), how = how(x), "XDP attached");
+    let t = progs.attach_tc_pinned(name, links)?;
+    info!(iface = %name, how = how(t), "TC egress attached");
+    Ok(())
+}
+
+/// Everything the ring buffer holds now, as whole messages.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    asm: &mut Assembler,
+    decode_errors: &mut u64,
+) -> Vec<Message> {
+    let mut msgs = Vec::new();
+    while let Some(item) = ring.next() {
+        match snoop::decode(&item) {
+            Ok(ev) => msgs.extend(asm.push(&ev)),
+            Err(e) => {
+                *decode_errors += 1;
+                warn!(error = %crate::chain(&e), "bad ring buffer record");
+            }
+        }
+    }
+    msgs
+}
+
 impl Agent {
+    /// Apply messages from the ring buffer (seen `at` unix seconds; None:
+    /// when the kernel stamped them) or replayed from the kernel's records.
+    /// Messages this agent already applied are skipped.
+    async fn ingest(&mut self, msgs: Vec<Message>, at: Option<u64>) -> usize {
+        let mut fresh = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            match self.tracker.observe(m.seq) {
+                Seen::New => fresh.push(m),
+                Seen::Duplicate => self.resync.duplicates += 1,
+            }
+        }
+        if fresh.is_empty() {
+            return 0;
+        }
+        if fresh.iter().any(|m| self.needs_addresses(m)) {
+            self.refresh_addresses().await;
+        }
+        let (unix, boot) = (now(), resync::boot_ns());
+        let mut actions = Vec::new();
+        for m in &fresh {
+            tracing::debug!(?m, "message");
+            let t = at.unwrap_or_else(|| resync::unix_time_of(m.ts_ns, unix, boot));
+            self.seen_ns = self.seen_ns.max(m.ts_ns);
+            actions.extend(self.table.handle(m, &self.ifaces, t));
+            for (prefix, why) in self.table.take_refusals() {
+                let iface = self
+                    .ifaces
+                    .downstream
+                    .get(&m.ifindex)
+                    .or(self.ifaces.upstream.get(&m.ifindex));
+                warn!(%prefix, iface = iface.map(String::as_str).unwrap_or("?"), next_hop = %m.dst, reason = why, "delegation ignored");
+            }
+        }
+        if at.is_none() {
+            // Replayed messages may have run out since.
+            actions.extend(self.table.expire(now()));
+        }
+        self.apply(actions).await;
+        fresh.len()
+    }
+
+    /// Messages were lost since the last look.
+    fn lost_events(&self) -> bool {
+        self.tracker.missing() > 0
+            || self.counters.get(Counter::RingbufFull) > self.ringbuf_full_seen
+    }
+
+    /// Replay, in the order the kernel saw them, the records in
+    /// `pd_clients_v1` of messages this agent has not applied (and no
+    /// earlier agent had, per the store's seen mark).
+    async fn resync_from_records(&mut self) {
+        let t = std::time::Instant::now();
+        self.ringbuf_full_seen = self.counters.get(Counter::RingbufFull);
+        let missing = self.tracker.missing();
+        let mut recs: Vec<ClientRecord> = Vec::new();
+        // An LRU map changing under iteration may restart it: bound it.
+        for item in self
+            .clients
+            .iter()
+            .take(2 * self.client_records as usize + 16)
+        {
+            match item {
+                Ok((_, r)) if r.ev.ts_ns > self.floor_ns && self.tracker.is_new(r.ev.seq) => {
+                    recs.push(r)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %crate::chain(&e), "reading {}", ebpf::CLIENTS_MAP);
+                    break;
+                }
+            }
+        }
+        recs.sort_by_key(|r| (r.ev.ts_ns, r.ev.seq));
+        let mut seen = HashSet::new();
+        let msgs: Vec<Message> = recs
+            .iter()
+            .filter(|r| seen.insert(r.ev.seq))
+            .map(Message::from_record)
+            .collect();
+        let replayed = self.ingest(msgs, None).await;
+        let given_up = self.tracker.forget_missing();
+        self.resync.runs += 1;
+        self.resync.replayed += replayed as u64;
+        self.resync.given_up += given_up;
+        if replayed > 0 || missing > 0 {
+            info!(
+                replayed,
+                missing,
+                given_up,
+                ms = t.elapsed().as_millis() as u64,
+                ring_buffer_full = self.ringbuf_full_seen,
+                "resynchronised from {}",
+                ebpf::CLIENTS_MAP
+            );
+        }
+    }
+
+    /// A managed interface deleted, or created again under its name with a
+    /// new index: attach the programs again and move its bindings, routes
+    /// and map entries over. A link coming back up gets its routes back.
+    async fn link_event(&mut self, ev: crate::route::LinkEvent) {
+        let known = self.ifaces.downstream.contains_key(&ev.index)
+            || self.ifaces.upstream.contains_key(&ev.index);
+        if ev.deleted {
+            if known {
+                let name = self
+                    .ifaces
+                    .downstream
+                    .get(&ev.index)
+                    .or(self.ifaces.upstream.get(&ev.index))
+                    .cloned();
+                warn!(
+                    iface = name.as_deref().unwrap_or("?"),
+                    ifindex = ev.index,
+                    "interface deleted; its bindings are kept until it returns or they expire"
+                );
+            }
+            return;
+        }
+        if known {
+            if ev.up && self.ifaces.downstream.contains_key(&ev.index) {
+                // The kernel drops IPv6 routes through a link that goes
+                // down; put ours back when it returns.
+                self.retry_routes(Some(ev.index)).await;
+            }
+            return;
+        }
+        let Some(name) = ev.name else { return };
+        let old = self
+            .ifaces
+            .downstream
+            .iter()
+            .chain(self.ifaces.upstream.iter())
+            .find(|(_, n)| **n == name)
+            .map(|(i, _)| *i);
+        let Some(old) = old else { return };
+        let down = self.ifaces.downstream.remove(&old).is_some();
+        if !down {
+            self.ifaces.upstream.remove(&old);
+        }
+        let side = if down {
+            &mut self.ifaces.downstream
+        } else {
+            &mut self.ifaces.upstream
+        };
+        side.insert(ev.index, name.clone());
+        info!(iface = %name, old_ifindex = old, ifindex = ev.index, "interface created again; attaching the programs");
+        if let Err(e) = attach(&mut self.progs, &name, &self.links_dir) {
+            warn!(iface = %name, error = %format!("{e:#}"), "attaching to the new interface");
+        }
+        let mode = self.sav_modes.get(&name).copied().unwrap_or(SavMode::Off);
+        let _ = self.sav.set_iface(old, 0);
+        if let Err(e) = self.sav.set_iface(ev.index, mode.flags()) {
+            warn!(error = %crate::chain(&e), "map");
+        }
+        let moved = self.table.reindex(old, ev.index);
+        let changes: Vec<Change> = moved
+            .iter()
+            .map(|b| Change::Put { binding: b.clone() })
+            .collect();
+        if let Err(e) = self.store.append(&changes).and_then(|()| self.store.sync()) {
+            warn!(error = %crate::chain(&e), "writing the state journal");
+        }
+        for b in moved.iter().filter(|b| b.kind == Kind::Delegated) {
+            if let Err(e) = self.map.insert(b) {
+                warn!(error = %crate::chain(&e), "map");
+            }
+        }
+        self.refresh_addresses().await;
+        if ev.up {
+            self.retry_routes(Some(ev.index)).await;
+        }
+    }
+
     /// A Reply arriving upstream for an address we have not seen yet (the
     /// link-local of an interface that came up after the last refresh).
     fn needs_addresses(&self, m: &snoop::Message) -> bool {
@@ -345,17 +614,20 @@ impl Agent {
         }
     }
 
-    /// Start-up: put back what the store knows and is still valid, remove
-    /// routes of ours that nothing explains, rebuild the map.
-    async fn reconcile(&mut self) -> Result<()> {
-        let t = now();
-        let stored = self.store.load()?;
-        let (mut restored, mut expired) = (0, 0);
-        for mut b in stored {
-            if b.expires_at.is_some_and(|e| e <= t) {
-                expired += 1;
-                continue;
+    /// Start-up, first step: put back what the store knows (expired or not:
+    /// messages the kernel saw meanwhile may have renewed it). Returns how
+    /// many bindings were restored.
+    fn restore(&mut self) -> Result<usize> {
+        let loaded = self.store.load()?;
+        if let Some(mark) = &loaded.seen {
+            if mark.boot_id == self.boot_id {
+                self.floor_ns = mark.ns;
+                self.seen_ns = mark.ns;
+                self.journaled_ns = mark.ns;
             }
+        }
+        let mut restored = 0;
+        for mut b in loaded.bindings {
             // Interface indexes change across reboots: trust the name.
             let side = match b.kind {
                 Kind::Delegated => &self.ifaces.downstream,
@@ -371,6 +643,14 @@ impl Agent {
             self.table.restore(b);
             restored += 1;
         }
+        Ok(restored)
+    }
+
+    /// Start-up, last step: drop what expired while no agent ran, remove
+    /// routes of ours that nothing explains, re-add missing ones, rebuild
+    /// the map.
+    async fn reconcile(&mut self, restored: usize) -> Result<()> {
+        let expired = self.table.expire(now()).len();
         let mut stale = 0;
         let live: HashSet<Ipv6Net> = self
             .table
@@ -418,7 +698,7 @@ impl Agent {
         for b in &all {
             self.map.insert(b)?;
         }
-        self.store.compact(self.table.iter())?;
+        self.store.compact(self.table.iter(), self.seen_mark())?;
         info!(
             restored,
             expired,
@@ -434,18 +714,22 @@ impl Agent {
             return;
         }
         // The store first: a route is never ahead of the state that explains it.
-        let changes: Vec<Change> = actions
+        let mut changes: Vec<Change> = actions
             .iter()
             .map(|a| match a {
                 Action::Install(b) | Action::Refresh(b) => Change::Put { binding: b.clone() },
                 Action::Remove(b, _) => Change::Del { key: b.key() },
             })
             .collect();
+        if self.seen_ns > self.journaled_ns {
+            changes.extend(self.seen_mark().map(|mark| Change::Seen { mark }));
+            self.journaled_ns = self.seen_ns;
+        }
         if let Err(e) = self.store.append(&changes) {
             warn!(error = %crate::chain(&e), "writing the state journal");
         }
         if self.store.needs_compaction(self.table.len()) {
-            if let Err(e) = self.store.compact(self.table.iter()) {
+            if let Err(e) = self.store.compact(self.table.iter(), self.seen_mark()) {
                 warn!(error = %crate::chain(&e), "compacting the state store");
             }
         }
@@ -501,6 +785,13 @@ impl Agent {
         if let Err(e) = self.store.sync() {
             warn!(error = %crate::chain(&e), "syncing the state journal");
         }
+    }
+
+    fn seen_mark(&self) -> Option<SeenMark> {
+        (self.seen_ns > 0).then(|| SeenMark {
+            boot_id: self.boot_id.clone(),
+            ns: self.seen_ns,
+        })
     }
 
     /// Bindings as shown to operators (with forwarding counters), all or
@@ -629,6 +920,7 @@ impl Agent {
                     "route_errors": self.route_errors,
                     "hooks": &*self.hooks.stats,
                     "decode_errors": self.decode_errors,
+                    "resync": &self.resync,
                 })
             }
         }

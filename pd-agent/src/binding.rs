@@ -375,6 +375,27 @@ impl Table {
         self.bindings.insert(b);
     }
 
+    /// An interface was deleted and created again under the same name with
+    /// a new index: its bindings move to the new index. Returns them.
+    pub fn reindex(&mut self, old: u32, new: u32) -> Vec<Binding> {
+        let keys: Vec<BindingKey> = self
+            .bindings
+            .map
+            .iter()
+            .filter(|(_, b)| b.ifindex == old)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut moved = Vec::new();
+        for k in keys {
+            if let Some(mut b) = self.bindings.remove(&k) {
+                b.ifindex = new;
+                moved.push(b.clone());
+                self.bindings.insert(b);
+            }
+        }
+        moved
+    }
+
     /// Remove every binding for `prefix` (operator's `delete`).
     pub fn delete_prefix(&mut self, prefix: Ipv6Net) -> Vec<Action> {
         let keys = self.bindings.keys_for_prefix(prefix);
@@ -676,7 +697,11 @@ impl Table {
             actions.push(action);
         }
         // RFC 8415 §18.2.10.1: the Reply lists the IA's prefixes; one the
-        // client held that is missing has been replaced.
+        // client held that is missing has been replaced. Unless the list is
+        // incomplete: more prefixes than the kernel reports.
+        if m.flags & pd_common::flags::PREFIXES_DROPPED != 0 {
+            renewed.clear();
+        }
         for (iaid, keep) in renewed {
             let gone: Vec<_> = self
                 .bindings
@@ -745,6 +770,7 @@ mod tests {
     fn message(hook_id: u8, ifindex: u32, t: u8, xid: u32, prefixes: Vec<PrefixInfo>) -> Message {
         Message {
             seq: 0,
+            ts_ns: 0,
             hook: hook_id,
             ifindex,
             msg_type: t,
@@ -882,6 +908,21 @@ mod tests {
         r.status = 1; // UnspecFail
         assert!(t.handle(&r, &ifaces(), 1002).is_empty());
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn reindex_moves_an_interfaces_bindings() {
+        let mut t = Table::new();
+        t.handle(
+            &reply(vec![pfx("2001:db8:100::", 56, 100)]),
+            &ifaces(),
+            1000,
+        );
+        let moved = t.reindex(DOWN, 9);
+        assert_eq!(moved.len(), 1);
+        assert!(t.iter().all(|b| b.ifindex == 9));
+        assert_eq!(t.bindings.per_iface.get(&9), Some(&1));
+        assert_eq!(t.bindings.per_iface.get(&DOWN), Some(&0));
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub struct FileConfig {
     pub flush_on_exit: Option<bool>,
     pub metrics: Option<std::net::SocketAddr>,
     pub require_client_message: Option<bool>,
+    pub ring_buffer_bytes: Option<u32>,
+    pub client_records: Option<u32>,
 }
 
 impl FileConfig {
@@ -174,6 +176,13 @@ pub struct RunArgs {
     /// Rapid Commit) seen with the same transaction id and Client-ID within 60 s [default: on].
     #[arg(long, env = "PD_REQUIRE_CLIENT_MESSAGE", value_parser = on_off)]
     pub require_client_message: Option<bool>,
+    /// Ring buffer size in bytes: a power of two, at least the page size [default: 16 MiB].
+    #[arg(long, env = "PD_RING_BUFFER_BYTES", value_parser = ring_bytes)]
+    pub ring_buffer_bytes: Option<u32>,
+    /// Clients' latest messages the kernel keeps for resynchronising after
+    /// lost events (LRU; about 0.5 KiB each) [default: 65536].
+    #[arg(long, env = "PD_CLIENT_RECORDS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_records: Option<u32>,
     /// Serve Prometheus metrics on ADDR:PORT (GET /metrics), e.g. [::1]:9431.
     #[arg(long, env = "PD_METRICS")]
     pub metrics: Option<std::net::SocketAddr>,
@@ -307,9 +316,28 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
                 .require_client_message
                 .or(file.require_client_message)
                 .unwrap_or(true),
+            ring_bytes: match args.ring_buffer_bytes.or(file.ring_buffer_bytes) {
+                Some(n) => Some(ring_bytes(&n.to_string()).map_err(ConfigError::Invalid)?),
+                None => None,
+            },
+            client_records: args.client_records.or(file.client_records),
         },
         log_json: args.log_json.or(file.log_json).unwrap_or(false),
     })
+}
+
+/// A ring buffer size the kernel accepts: a power-of-2 multiple of the page size.
+fn ring_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|e| format!("ring buffer size {s:?}: {e}"))?;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u32;
+    if n < page || !n.is_power_of_two() {
+        return Err(format!(
+            "ring buffer size {n}: must be a power of two and at least the page size ({page})"
+        ));
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -273,7 +273,10 @@ fn parse_inner(
         match code {
             opt::CLIENTID => {
                 ev.client_duid_len = olen as u16;
+                // A repeated Client-ID replaces the whole copy (the kernel
+                // keys its per-client records by it).
                 let n = olen.min(DUID_MAX);
+                ev.client_duid = [0; DUID_MAX];
                 ev.client_duid[..n].copy_from_slice(&payload[data..data + n]);
             }
             opt::SERVERID => {

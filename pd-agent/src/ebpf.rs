@@ -7,19 +7,27 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{tc, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    maps::{HashMap, LpmTrie, MapData, MapInfo, PerCpuArray, RingBuf},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        xdp::XdpLink,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
-use pd_common::{Counter, FwdStats, RouteValue, COUNTER_COUNT};
+use pd_common::{ClientKey, ClientRecord, Counter, FwdStats, RouteValue, COUNTER_COUNT};
 
 /// The compiled `pd-ebpf` object (built by `build.rs`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PD_EBPF_OBJ"));
 
 pub const XDP_PROGRAM: &str = "pd_xdp";
 pub const TC_PROGRAM: &str = "pd_tc_egress";
-pub const EVENTS_MAP: &str = "PD_EVENTS";
-pub const COUNTERS_MAP: &str = "PD_COUNTERS";
+pub const EVENTS_MAP: &str = "pd_events_v1";
+pub const COUNTERS_MAP: &str = "pd_counters_v1";
+pub const CLIENTS_MAP: &str = "pd_clients_v1";
+/// Pinned links (one per program and interface) live here, under the pin dir.
+pub const LINKS_DIR: &str = "links";
 /// Pinned LPM trie of delegated prefixes (name carries the layout version).
 pub const ROUTES_MAP: &str = "pd_routes_v1";
 pub const FWD_STATS_MAP: &str = "pd_fwd_stats_v1";
@@ -163,6 +171,11 @@ pub struct LoadOptions {
     pub fast_path: bool,
     /// Some interface validates source addresses.
     pub sav: bool,
+    /// Ring buffer size in bytes (a power-of-2 multiple of the page size);
+    /// None: the object's 16 MiB.
+    pub ring_bytes: Option<u32>,
+    /// Entries of `pd_clients_v1`; None: the object's 65536.
+    pub client_entries: Option<u32>,
 }
 
 impl Default for LoadOptions {
@@ -170,8 +183,22 @@ impl Default for LoadOptions {
         LoadOptions {
             fast_path: true,
             sav: true,
+            ring_bytes: None,
+            client_entries: None,
         }
     }
+}
+
+/// How a program came to be attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link, pinned.
+    New(Option<XdpMode>),
+    /// An earlier agent's pinned link, its program swapped atomically.
+    Reused,
+    /// A new link that cannot be pinned (netlink XDP / clsact on an old
+    /// kernel): it goes when the agent does.
+    Unpinned(Option<XdpMode>),
 }
 
 /// The loaded object: both programs verified, maps created (the agent's
@@ -191,12 +218,26 @@ impl Programs {
         ensure_pin_dir(pin_dir)?;
         let fast_path = opts.fast_path as u8;
         let sav = opts.sav as u8;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .default_map_pin_directory(pin_dir)
             .override_global("FAST_PATH", &fast_path, true)
-            .override_global("SAV", &sav, true)
-            .load(OBJECT)
-            .map_err(LoadError::Object)?;
+            .override_global("SAV", &sav, true);
+        // A pinned map is reused as it is; one of another size is replaced
+        // (its backlog is lost, which the agent's resync covers).
+        for (name, size) in [
+            (EVENTS_MAP, opts.ring_bytes),
+            (CLIENTS_MAP, opts.client_entries),
+        ] {
+            if let Some(size) = size {
+                loader.map_max_entries(name, size);
+                let path = pin_dir.join(name);
+                if MapInfo::from_pin(&path).is_ok_and(|i| i.max_entries() != size) {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         {
             let xdp: &mut Xdp = ebpf
                 .program_mut(XDP_PROGRAM)
@@ -267,7 +308,8 @@ impl Programs {
             .unwrap()
     }
 
-    /// Attach the XDP program in driver mode, falling back to generic (skb) mode.
+    /// Attach the XDP program without pinning the link (tests, benchmarks):
+    /// driver mode, falling back to generic (skb) mode.
     pub fn attach_xdp(&mut self, iface: &str) -> Result<XdpMode, LoadError> {
         if_index(iface)?;
         let xdp = self.xdp();
@@ -284,7 +326,8 @@ impl Programs {
         }
     }
 
-    /// Attach the TC program on egress (tcx on kernels >= 6.6, else clsact).
+    /// Attach the TC program on egress without pinning the link (tcx on
+    /// kernels >= 6.6, else clsact).
     pub fn attach_tc_egress(&mut self, iface: &str) -> Result<(), LoadError> {
         if_index(iface)?;
         // Only needed without tcx; an existing qdisc is fine.
@@ -299,6 +342,77 @@ impl Programs {
             })
     }
 
+    /// Attach `pd_xdp` to `iface` through a link pinned at
+    /// `links/xdp_<iface>_<ifindex>`. An earlier agent's link there gets
+    /// the new program atomically, so snooping and forwarding never stop;
+    /// the link outlives this agent, which is what lets the next one
+    /// find every message seen meanwhile in the ring buffer.
+    pub fn attach_xdp_pinned(&mut self, iface: &str, links: &Path) -> Result<Attached, LoadError> {
+        let path = link_path(links, "xdp", iface)?;
+        if let Some(fd) = open_link(&path) {
+            if let Ok(link) = XdpLink::try_from(fd) {
+                if self.xdp().attach_to_link(link).is_ok() {
+                    return Ok(Attached::Reused);
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        let mut mode = XdpMode::Driver;
+        let xdp = self.xdp();
+        let id = match xdp.attach(iface, mode) {
+            Ok(id) => id,
+            Err(_) => {
+                mode = XdpMode::Skb;
+                xdp.attach(iface, mode)
+                    .map_err(|source| LoadError::Attach {
+                        program: XDP_PROGRAM,
+                        iface: iface.into(),
+                        source,
+                    })?
+            }
+        };
+        let link = xdp.take_link(id).map_err(|source| LoadError::Attach {
+            program: XDP_PROGRAM,
+            iface: iface.into(),
+            source,
+        })?;
+        match FdLink::try_from(link) {
+            Ok(fd) => pin_link(fd, &path).map(|()| Attached::New(Some(mode))),
+            Err(_) => Ok(Attached::Unpinned(Some(mode))),
+        }
+    }
+
+    /// [`Programs::attach_xdp_pinned`] for `pd_tc_egress` (tcx links; on
+    /// kernels without tcx the clsact filter is not pinned).
+    pub fn attach_tc_pinned(&mut self, iface: &str, links: &Path) -> Result<Attached, LoadError> {
+        let path = link_path(links, "tc", iface)?;
+        if let Some(fd) = open_link(&path) {
+            if let Ok(link) = SchedClassifierLink::try_from(fd) {
+                if self.tc().attach_to_link(link).is_ok() {
+                    return Ok(Attached::Reused);
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        let _ = tc::qdisc_add_clsact(iface);
+        let tc = self.tc();
+        let id = tc
+            .attach(iface, TcAttachType::Egress)
+            .map_err(|source| LoadError::Attach {
+                program: TC_PROGRAM,
+                iface: iface.into(),
+                source,
+            })?;
+        let link = tc.take_link(id).map_err(|source| LoadError::Attach {
+            program: TC_PROGRAM,
+            iface: iface.into(),
+            source,
+        })?;
+        match FdLink::try_from(link) {
+            Ok(fd) => pin_link(fd, &path).map(|()| Attached::New(None)),
+            Err(_) => Ok(Attached::Unpinned(None)),
+        }
+    }
     /// Verified instruction counts of (XDP, TC).
     pub fn verified_instructions(&mut self) -> (Option<u32>, Option<u32>) {
         let x = self
@@ -346,9 +460,89 @@ impl Programs {
         self.take(ONLINK_MAP)
     }
 
+    pub fn take_clients(&mut self) -> Result<HashMap<MapData, ClientKey, ClientRecord>, LoadError> {
+        self.take(CLIENTS_MAP)
+    }
+
     pub fn take_counters(&mut self) -> Result<Counters, LoadError> {
         self.take(COUNTERS_MAP).map(Counters)
     }
+}
+
+/// `links/<prog>_<iface>_<ifindex>`. Pins of the same program and interface
+/// name with another index belong to an interface that was deleted and
+/// recreated: their links are dead, so they are removed.
+fn link_path(links: &Path, prog: &str, iface: &str) -> Result<PathBuf, LoadError> {
+    let ifindex = if_index(iface)?;
+    std::fs::create_dir_all(links).map_err(|source| LoadError::PinDir {
+        path: links.into(),
+        source,
+    })?;
+    let stem = format!("{prog}_{iface}_");
+    let want = format!("{stem}{ifindex}");
+    if let Ok(dir) = std::fs::read_dir(links) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&stem) && name != want && name[stem.len()..].parse::<u32>().is_ok()
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(links.join(want))
+}
+
+fn open_link(path: &Path) -> Option<FdLink> {
+    if !path.exists() {
+        return None;
+    }
+    match PinnedLink::from_pin(path) {
+        Ok(p) => Some(p.into()),
+        Err(_) => {
+            let _ = std::fs::remove_file(path);
+            None
+        }
+    }
+}
+
+fn pin_link(fd: FdLink, path: &Path) -> Result<(), LoadError> {
+    fd.pin(path).map(drop).map_err(|e| LoadError::PinDir {
+        path: path.into(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Remove pinned links that do not belong to one of `keep` (iface names):
+/// interfaces no longer configured. Unpinning a link nobody holds detaches it.
+pub fn prune_links(links: &Path, keep: &[String]) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(dir) = std::fs::read_dir(links) else {
+        return removed;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name
+            .strip_prefix("xdp_")
+            .or_else(|| name.strip_prefix("tc_"))
+        else {
+            continue;
+        };
+        let Some((iface, idx)) = rest.rsplit_once('_') else {
+            continue;
+        };
+        let live =
+            keep.iter().any(|k| k == iface) && if_index(iface).is_ok_and(|i| i.to_string() == idx);
+        if !live {
+            let _ = std::fs::remove_file(e.path());
+            removed.push(name);
+        }
+    }
+    removed
+}
+
+/// Unpin every link (`--flush-on-exit`): the programs go with the agent.
+pub fn unpin_links(links: &Path) {
+    let _ = std::fs::remove_dir_all(links);
 }
 
 /// The per-CPU outcome counters, summed over CPUs on read.

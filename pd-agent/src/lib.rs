@@ -14,6 +14,7 @@ pub mod ebpf;
 pub mod hooks;
 pub mod maps;
 pub mod metrics;
+pub mod resync;
 pub mod route;
 pub mod snoop;
 pub mod state;

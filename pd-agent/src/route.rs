@@ -182,13 +182,33 @@ impl Routes {
 
 /// Up/down changes of interfaces: (ifindex, up). A link counts as up when
 /// it is administratively up and running.
-pub fn link_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<(u32, bool)>, RouteError> {
+/// A link appearing, changing or going away.
+#[derive(Debug, Clone)]
+pub struct LinkEvent {
+    pub index: u32,
+    /// IFLA_IFNAME, when the message carries it.
+    pub name: Option<String>,
+    /// Up and running.
+    pub up: bool,
+    pub deleted: bool,
+}
+
+pub fn link_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>, RouteError> {
     use futures::StreamExt;
     use rtnetlink::{
         packet_core::NetlinkPayload,
-        packet_route::{link::LinkFlags, RouteNetlinkMessage},
+        packet_route::{
+            link::{LinkAttribute, LinkFlags, LinkMessage},
+            RouteNetlinkMessage,
+        },
         MulticastGroup,
     };
+    fn name(l: &LinkMessage) -> Option<String> {
+        l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        })
+    }
     let (conn, _handle, mut messages) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(RouteError::Socket)?;
     tokio::spawn(conn);
@@ -198,14 +218,19 @@ pub fn link_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<(u32, bool)>
             let ev = match m.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
                     let f = l.header.flags;
-                    Some((
-                        l.header.index,
-                        f.contains(LinkFlags::Up) && f.contains(LinkFlags::Running),
-                    ))
+                    Some(LinkEvent {
+                        index: l.header.index,
+                        name: name(&l),
+                        up: f.contains(LinkFlags::Up) && f.contains(LinkFlags::Running),
+                        deleted: false,
+                    })
                 }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
-                    Some((l.header.index, false))
-                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => Some(LinkEvent {
+                    index: l.header.index,
+                    name: name(&l),
+                    up: false,
+                    deleted: true,
+                }),
                 _ => None,
             };
             if let Some(ev) = ev {

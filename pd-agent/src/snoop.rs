@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, net::Ipv6Addr};
 
-use pd_common::{flags, status, PdEvent};
+use pd_common::{flags, status, ClientRecord, PdEvent, RECORD_PREFIXES};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -52,6 +52,8 @@ pub struct PrefixInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub seq: u64,
+    /// When the kernel saw it (CLOCK_BOOTTIME ns).
+    pub ts_ns: u64,
     pub hook: u8,
     pub ifindex: u32,
     pub msg_type: u8,
@@ -83,6 +85,7 @@ impl Message {
         let sd = (e.server_duid_len as usize).min(e.server_duid.len());
         Message {
             seq: e.seq,
+            ts_ns: e.ts_ns,
             hook: e.hook,
             ifindex: e.ifindex,
             msg_type: e.msg_type,
@@ -104,6 +107,27 @@ impl Message {
             server_duid: e.server_duid[..sd].to_vec(),
             prefixes: Vec::with_capacity(e.count as usize),
         }
+    }
+
+    /// A message as kept in the kernel's per-client record.
+    pub fn from_record(r: &ClientRecord) -> Self {
+        let mut m = Message::from_first(&r.ev);
+        m.flags = r.ev.flags & !flags::HAS_PREFIX;
+        let n = (r.nprefix as usize).min(RECORD_PREFIXES);
+        for p in &r.pfx[..n] {
+            m.prefixes.push(PrefixInfo {
+                iaid: p.iaid,
+                t1: p.t1,
+                t2: p.t2,
+                ia_status: p.ia_status,
+                prefix: Ipv6Addr::from(p.prefix),
+                len: p.prefix_len,
+                preferred: p.preferred,
+                valid: p.valid,
+            });
+        }
+        m.prefixes.sort_by_key(|p| (p.iaid, p.prefix, p.len));
+        m
     }
 
     /// Top-level status is Success (an absent Status Code means Success).

@@ -52,6 +52,24 @@ pub enum StateError {
 struct Snapshot {
     version: u32,
     bindings: Vec<Binding>,
+    #[serde(default)]
+    seen: Option<SeenMark>,
+}
+
+/// How far the agent had got through the kernel's messages: the newest
+/// kernel timestamp applied, in which boot. At start, the kernel's
+/// per-client records newer than this are replayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenMark {
+    pub boot_id: String,
+    pub ns: u64,
+}
+
+/// Everything the store holds.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub bindings: Vec<Binding>,
+    pub seen: Option<SeenMark>,
 }
 
 /// One journal line.
@@ -60,6 +78,7 @@ struct Snapshot {
 pub enum Change {
     Put { binding: Binding },
     Del { key: BindingKey },
+    Seen { mark: SeenMark },
 }
 
 pub struct Store {
@@ -97,8 +116,8 @@ impl Store {
     }
 
     /// Bindings as of the last change written.
-    pub fn load(&self) -> Result<Vec<Binding>, StateError> {
-        load_dir(&self.dir)
+    pub fn load(&self) -> Result<Loaded, StateError> {
+        load_all(&self.dir)
     }
 
     /// Append `changes` (no fsync yet): call before acting on them, then
@@ -133,12 +152,14 @@ impl Store {
     pub fn compact<'a>(
         &mut self,
         bindings: impl Iterator<Item = &'a Binding>,
+        seen: Option<SeenMark>,
     ) -> Result<(), StateError> {
         let path = self.dir.join(SNAPSHOT);
         let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
         let snap = Snapshot {
             version: VERSION,
             bindings: bindings.cloned().collect(),
+            seen,
         };
         let io = io_err(&path);
         let mut f = std::io::BufWriter::new(File::create(&tmp).map_err(&io)?);
@@ -165,20 +186,28 @@ impl Store {
 
 /// Bindings stored in `dir` (snapshot, then the journal replayed).
 pub fn load_dir(dir: &Path) -> Result<Vec<Binding>, StateError> {
+    load_all(dir).map(|l| l.bindings)
+}
+
+pub fn load_all(dir: &Path) -> Result<Loaded, StateError> {
     let sp = dir.join(SNAPSHOT);
-    let mut map: std::collections::BTreeMap<BindingKey, Binding> = match fs::read(&sp) {
-        Ok(bytes) => serde_json::from_slice::<Snapshot>(&bytes)
-            .map_err(|source| StateError::Parse {
-                path: sp.clone(),
-                source,
-            })?
-            .bindings
-            .into_iter()
-            .map(|b| (b.key(), b))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-        Err(source) => return Err(StateError::Io { path: sp, source }),
-    };
+    let (mut map, mut seen): (std::collections::BTreeMap<BindingKey, Binding>, _) =
+        match fs::read(&sp) {
+            Ok(bytes) => {
+                let snap = serde_json::from_slice::<Snapshot>(&bytes).map_err(|source| {
+                    StateError::Parse {
+                        path: sp.clone(),
+                        source,
+                    }
+                })?;
+                (
+                    snap.bindings.into_iter().map(|b| (b.key(), b)).collect(),
+                    snap.seen,
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(source) => return Err(StateError::Io { path: sp, source }),
+        };
     let jp = dir.join(JOURNAL);
     if let Ok(f) = File::open(&jp) {
         let lines: Vec<String> = BufReader::new(f)
@@ -194,13 +223,17 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Binding>, StateError> {
                 Ok(Change::Del { key }) => {
                     map.remove(&key);
                 }
+                Ok(Change::Seen { mark }) => seen = Some(mark),
                 // A torn last line: its batch never reached the routes.
                 Err(_) if i + 1 == n => break,
                 Err(source) => return Err(StateError::Parse { path: jp, source }),
             }
         }
     }
-    Ok(map.into_values().collect())
+    Ok(Loaded {
+        bindings: map.into_values().collect(),
+        seen,
+    })
 }
 
 #[cfg(test)]
@@ -279,7 +312,7 @@ mod tests {
             },
         ])
         .unwrap();
-        s.compact(live.iter()).unwrap();
+        s.compact(live.iter(), None).unwrap();
         assert_eq!(fs::read_to_string(d.join(JOURNAL)).unwrap(), "");
         s.append(&[Change::Del { key: live[0].key() }]).unwrap();
         let got = load_dir(&d).unwrap();
@@ -289,6 +322,30 @@ mod tests {
         );
         // Reopening counts the journal's lines.
         assert_eq!(Store::open(&d).unwrap().records, 1);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn seen_mark_survives_journal_and_compaction() {
+        let d = tmp();
+        let mut s = Store::open(&d).unwrap();
+        let m = |ns| SeenMark {
+            boot_id: "b".into(),
+            ns,
+        };
+        s.append(&[
+            Change::Seen { mark: m(5) },
+            Change::Put {
+                binding: b("2001:db8:1::/56", 10),
+            },
+        ])
+        .unwrap();
+        s.append(&[Change::Seen { mark: m(9) }]).unwrap();
+        assert_eq!(load_all(&d).unwrap().seen, Some(m(9)));
+        s.compact(load_all(&d).unwrap().bindings.iter(), Some(m(9)))
+            .unwrap();
+        let l = load_all(&d).unwrap();
+        assert_eq!((l.seen, l.bindings.len()), (Some(m(9)), 1));
         fs::remove_dir_all(&d).unwrap();
     }
 

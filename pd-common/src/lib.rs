@@ -106,6 +106,8 @@ pub mod flags {
 pub struct PdEvent {
     /// Per-CPU message sequence number; the CPU is in the top 8 bits.
     pub seq: u64,
+    /// When the kernel saw the message (`bpf_ktime_get_boot_ns`, CLOCK_BOOTTIME).
+    pub ts_ns: u64,
     pub ifindex: u32,
     /// Transaction id (24 bits).
     pub xid: u32,
@@ -159,6 +161,7 @@ impl PdEvent {
     pub const fn zeroed() -> Self {
         PdEvent {
             seq: 0,
+            ts_ns: 0,
             ifindex: 0,
             xid: 0,
             hook: 0,
@@ -324,6 +327,60 @@ impl Counter {
     }
 }
 
+/// Prefixes kept per message in a [`ClientRecord`]; a message with more
+/// is recorded with [`flags::PREFIXES_DROPPED`].
+pub const RECORD_PREFIXES: usize = 4;
+
+/// [`ClientKey::class`]: which of a client's latest messages a record holds.
+pub mod class {
+    /// Request, Renew, Rebind, Solicit (Rapid Commit), Release, Decline.
+    pub const CLIENT: u8 = 0;
+    /// Reply.
+    pub const REPLY: u8 = 1;
+}
+
+/// Key of `pd_clients_v1`, the kernel's copy of each client's latest
+/// snooped messages: where the message was seen, whether it is the
+/// client's or the server's, and the client DUID (first [`DUID_MAX`] bytes,
+/// zero-filled).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub ifindex: u32,
+    pub hook: u8,
+    pub class: u8,
+    pub duid_len: u16,
+    pub duid: [u8; DUID_MAX],
+}
+
+/// One delegated prefix of a [`ClientRecord`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordPrefix {
+    pub prefix: [u8; 16],
+    pub iaid: u32,
+    pub t1: u32,
+    pub t2: u32,
+    pub preferred: u32,
+    pub valid: u32,
+    pub ia_status: u16,
+    pub prefix_len: u8,
+    pub _pad: u8,
+}
+
+/// Value of `pd_clients_v1`: a whole message as the kernel last saw it.
+/// `ev` holds the message's header fields (its prefix fields are those of
+/// the first prefix); `pfx[..nprefix]` all its prefixes. The agent replays
+/// these after losing ring buffer events, or after a restart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientRecord {
+    pub ev: PdEvent,
+    pub nprefix: u32,
+    pub _pad: u32,
+    pub pfx: [RecordPrefix; RECORD_PREFIXES],
+}
+
 /// Key of the pinned `pd_routes` LPM trie: what `LpmTrie` wants (prefix
 /// length first, then the address in network order).
 #[repr(C)]
@@ -375,6 +432,8 @@ mod pod {
     unsafe impl aya::Pod for super::RouteKey {}
     unsafe impl aya::Pod for super::RouteValue {}
     unsafe impl aya::Pod for super::FwdStats {}
+    unsafe impl aya::Pod for super::ClientKey {}
+    unsafe impl aya::Pod for super::ClientRecord {}
 }
 
 #[cfg(test)]
@@ -386,6 +445,7 @@ mod tests {
         // Sum of field sizes equals the struct size: the kernel and the agent
         // cannot disagree on offsets.
         let fields = 8
+            + 8
             + 4
             + 4
             + 8 * 1
@@ -401,6 +461,14 @@ mod tests {
         assert_eq!(core::mem::size_of::<RouteKey>(), 20);
         assert_eq!(core::mem::size_of::<RouteValue>(), 16 + 8 + 4 * 4);
         assert_eq!(core::mem::size_of::<FwdStats>(), 16);
+        assert_eq!(core::mem::size_of::<ClientKey>(), 4 + 1 + 1 + 2 + DUID_MAX);
+        assert_eq!(core::mem::size_of::<RecordPrefix>(), 16 + 4 * 5 + 2 + 1 + 1);
+        assert_eq!(
+            core::mem::size_of::<ClientRecord>(),
+            core::mem::size_of::<PdEvent>()
+                + 8
+                + RECORD_PREFIXES * core::mem::size_of::<RecordPrefix>()
+        );
     }
 
     #[test]

@@ -22,16 +22,17 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, xdp_md, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::{
-        bpf_fib_lookup, bpf_get_smp_processor_id, bpf_loop, bpf_redirect, bpf_skb_load_bytes, bpf_xdp_load_bytes,
+        bpf_fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, bpf_loop, bpf_redirect,
+        bpf_skb_load_bytes, bpf_xdp_load_bytes,
     },
     macros::{classifier, map, xdp},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use pd_common::{
-    flags, hook, ifflags, msg, opt, status, Counter, FwdStats, PdEvent, RouteValue, CLIENT_PORT, COUNTER_COUNT,
-    DUID_MAX, FWD_STATS_SLOTS, MAX_IAS, MAX_PREFIXES, MAX_RELAY_DEPTH, MAX_TLV_STEPS, NO_SLOT, PAYLOAD_MAX,
-    SERVER_DUID_MAX, SERVER_PORT,
+    class, flags, hook, ifflags, msg, opt, status, ClientKey, ClientRecord, Counter, FwdStats, PdEvent, RecordPrefix,
+    RouteValue, CLIENT_PORT, COUNTER_COUNT, DUID_MAX, FWD_STATS_SLOTS, MAX_IAS, MAX_PREFIXES, MAX_RELAY_DEPTH,
+    MAX_TLV_STEPS, NO_SLOT, PAYLOAD_MAX, RECORD_PREFIXES, SERVER_DUID_MAX, SERVER_PORT,
 };
 
 /// Set by the loader (`--fast-path on|off`): forward delegated prefixes in XDP.
@@ -41,13 +42,27 @@ static FAST_PATH: u8 = 1;
 #[unsafe(no_mangle)]
 static SAV: u8 = 1;
 
-/// Delegated-prefix events for the agent.
-#[map(name = "PD_EVENTS")]
-static PD_EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+// The event path's maps are pinned like the agent's: the programs stay
+// attached through pinned links while the agent restarts, and the next
+// agent carries on with the same ring buffer, records and sequence numbers.
+
+/// Delegated-prefix events for the agent (the loader may resize it).
+#[map(name = "pd_events_v1")]
+static PD_EVENTS: RingBuf = RingBuf::pinned(16 << 20, 0);
 
 /// Per-CPU outcome counters, indexed by [`Counter`].
-#[map(name = "PD_COUNTERS")]
-static PD_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+#[map(name = "pd_counters_v1")]
+static PD_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+
+/// Per-CPU message sequence numbers (the low 56 bits of `PdEvent::seq`).
+#[map(name = "pd_seq_v1")]
+static PD_SEQ: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
+/// Each client's latest message of each class, per interface and hook:
+/// the state the agent resynchronises from when ring buffer events were
+/// lost (the loader may resize it).
+#[map(name = "pd_clients_v1")]
+static PD_CLIENTS: LruHashMap<ClientKey, ClientRecord> = LruHashMap::pinned(65536, 0);
 
 /// Per-CPU parser state and payload copy (too big for the 512-byte stack).
 #[map(name = "PD_SCRATCH")]
@@ -131,10 +146,12 @@ pub struct Scratch {
     nia: u32,
     cur_ia: u32,
     nprefix: u32,
-    seq: u32,
+    _pad: u32,
     ia: [Ia; MAX_IAS],
     pfx: [Pfx; MAX_PREFIXES],
     ev: PdEvent,
+    key: ClientKey,
+    rec: ClientRecord,
 }
 
 #[inline(always)]
@@ -267,11 +284,11 @@ impl Scratch {
                         self.ev.client_duid_len = len as u16;
                         let base = data as usize & MASK;
                         let mut i = 0;
+                        // Zero past the end: a repeated Client-ID replaces the
+                        // whole copy, which keys the per-client records.
                         while i < DUID_MAX {
-                            if i as u32 >= len {
-                                break;
-                            }
-                            self.ev.client_duid[i] = unsafe { *self.buf.get_unchecked(base + i) };
+                            self.ev.client_duid[i] =
+                                if (i as u32) < len { unsafe { *self.buf.get_unchecked(base + i) } } else { 0 };
                             i += 1;
                         }
                     }
@@ -602,9 +619,16 @@ fn dhcp(
 
 #[inline(always)]
 fn emit(s: &mut Scratch) {
-    s.seq = s.seq.wrapping_add(1);
+    let Some(seq) = PD_SEQ.get_ptr_mut(0) else {
+        return count(Counter::Internal);
+    };
+    let seq = unsafe {
+        *seq = (*seq + 1) & ((1 << 56) - 1);
+        *seq
+    };
     let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
-    s.ev.seq = cpu << 56 | s.seq as u64;
+    s.ev.seq = cpu << 56 | seq;
+    s.ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     s.ev.relay_depth = s.depth as u8;
     if s.nia > 0 {
         let ia = s.ia[0];
@@ -612,6 +636,9 @@ fn emit(s: &mut Scratch) {
         s.ev.t1 = ia.t1;
         s.ev.t2 = ia.t2;
         s.ev.ia_status = ia.status;
+    }
+    if s.ev.client_duid_len > 0 {
+        record(s);
     }
     let n = s.nprefix as usize;
     if n == 0 {
@@ -640,6 +667,60 @@ fn emit(s: &mut Scratch) {
         s.ev.ia_status = ia.status;
         output(&s.ev);
         i += 1;
+    }
+}
+
+/// Keep the message as its client's latest of its class, before it goes
+/// into the ring buffer: whatever the ring buffer loses, this keeps.
+#[inline(always)]
+fn record(s: &mut Scratch) {
+    let n = s.nprefix as usize;
+    s.key.ifindex = s.ev.ifindex;
+    s.key.hook = s.ev.hook;
+    s.key.class = if s.ev.msg_type == msg::REPLY { class::REPLY } else { class::CLIENT };
+    let len = s.ev.client_duid_len as usize;
+    s.key.duid_len = if len > DUID_MAX { DUID_MAX as u16 } else { len as u16 };
+    // The event's copy is zero past the DUID's end.
+    s.key.duid = s.ev.client_duid;
+    s.rec.ev = s.ev;
+    s.rec.nprefix = if n > RECORD_PREFIXES { RECORD_PREFIXES as u32 } else { n as u32 };
+    if n > RECORD_PREFIXES {
+        s.rec.ev.flags |= flags::PREFIXES_DROPPED;
+    }
+    let mut i = 0;
+    while i < RECORD_PREFIXES {
+        let r = if i < n {
+            let p = s.pfx[i];
+            let ia = s.ia[p.ia as usize & (MAX_IAS - 1)];
+            RecordPrefix {
+                prefix: p.prefix,
+                iaid: ia.iaid,
+                t1: ia.t1,
+                t2: ia.t2,
+                preferred: p.preferred,
+                valid: p.valid,
+                ia_status: ia.status,
+                prefix_len: p.plen as u8,
+                _pad: 0,
+            }
+        } else {
+            RecordPrefix {
+                prefix: [0; 16],
+                iaid: 0,
+                t1: 0,
+                t2: 0,
+                preferred: 0,
+                valid: 0,
+                ia_status: 0,
+                prefix_len: 0,
+                _pad: 0,
+            }
+        };
+        s.rec.pfx[i] = r;
+        i += 1;
+    }
+    if PD_CLIENTS.insert(&s.key, &s.rec, 0).is_err() {
+        count(Counter::Internal);
     }
 }
 

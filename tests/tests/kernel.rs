@@ -27,6 +27,7 @@ struct Loaded {
     progs: Programs,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     counters: Counters,
+    clients: aya::maps::HashMap<aya::maps::MapData, pd_common::ClientKey, pd_common::ClientRecord>,
     pin: std::path::PathBuf,
 }
 
@@ -41,10 +42,12 @@ fn load() -> Loaded {
     let mut progs = Programs::load(&pin).expect("load programs");
     let ring = progs.take_events().unwrap();
     let counters = progs.take_counters().unwrap();
+    let clients = progs.take_clients().unwrap();
     Loaded {
         progs,
         ring,
         counters,
+        clients,
         pin,
     }
 }
@@ -138,7 +141,11 @@ fn check(l: &mut Loaded, name: &str, frame: &[u8]) -> usize {
         };
         let strip = |v: &[PdEvent]| {
             v.iter()
-                .map(|e| PdEvent { seq: 0, ..*e })
+                .map(|e| PdEvent {
+                    seq: 0,
+                    ts_ns: 0,
+                    ..*e
+                })
                 .collect::<Vec<_>>()
         };
         assert_eq!(
@@ -153,6 +160,9 @@ fn check(l: &mut Loaded, name: &str, frame: &[u8]) -> usize {
                 "{name}: one seq per message"
             );
         }
+        if let Some(first) = got.first().filter(|e| e.client_duid_len > 0) {
+            check_record(l, name, first, &got);
+        }
         assert_eq!(
             delta(&before, &snapshot(&l.counters)),
             expected_counters(&p.outcome, &p.side),
@@ -162,6 +172,51 @@ fn check(l: &mut Loaded, name: &str, frame: &[u8]) -> usize {
         checked += 1;
     }
     checked
+}
+
+/// The message's record in `pd_clients_v1` replays as the same message
+/// the events assemble into (up to the record's prefix limit).
+fn check_record(l: &Loaded, name: &str, first: &PdEvent, events: &[PdEvent]) {
+    use pd_common::{class, ClientKey, DUID_MAX, RECORD_PREFIXES};
+    let mut duid = [0u8; DUID_MAX];
+    let n = (first.client_duid_len as usize).min(DUID_MAX);
+    duid[..n].copy_from_slice(&first.client_duid[..n]);
+    let key = ClientKey {
+        ifindex: first.ifindex,
+        hook: first.hook,
+        class: if first.msg_type == pd_common::msg::REPLY {
+            class::REPLY
+        } else {
+            class::CLIENT
+        },
+        duid_len: n as u16,
+        duid,
+    };
+    let rec = l
+        .clients
+        .get(&key, 0)
+        .unwrap_or_else(|e| panic!("{name}: no client record: {e}"));
+    assert_eq!(
+        rec.ev.seq, first.seq,
+        "{name}: record is the latest message"
+    );
+    let mut asm = pd_agent::snoop::Assembler::default();
+    let mut want = events
+        .iter()
+        .find_map(|e| asm.push(e))
+        .expect("whole message");
+    let mut got = pd_agent::snoop::Message::from_record(&rec);
+    if want.prefixes.len() > RECORD_PREFIXES {
+        assert_ne!(
+            got.flags & pd_common::flags::PREFIXES_DROPPED,
+            0,
+            "{name}: record marks dropped prefixes"
+        );
+        let kept: Vec<_> = got.prefixes.clone();
+        want.prefixes.retain(|p| kept.contains(p));
+        got.flags = want.flags;
+    }
+    assert_eq!(got, want, "{name}: record replays as the message");
 }
 
 fn hex(b: &[u8]) -> String {
