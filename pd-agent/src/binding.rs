@@ -198,6 +198,9 @@ pub struct Stats {
     pub unsolicited_replies: u64,
     /// Releases/Declines from an address other than the binding's client.
     pub foreign_releases: u64,
+    /// DHCPv6 messages leaving an interface that this host forwarded from
+    /// a downstream link rather than sent (a rogue host's hairpin).
+    pub forwarded_messages: u64,
 }
 
 /// What the operator allows (RFC 8987 §3.2, §3.3).
@@ -437,6 +440,26 @@ impl Table {
         self.stats.messages += 1;
         let down = ifaces.downstream.get(&m.ifindex);
         let up = ifaces.upstream.contains_key(&m.ifindex);
+        // What leaves an interface counts as this host's (its server's,
+        // relay's or client's) only if this host sent it. A downstream
+        // host can send a forged Reply to the router's MAC addressed to a
+        // neighbour on its own link; the kernel forwards it back out of
+        // the same link (with a redirect), past TC egress.
+        if m.hook == hook::TC_EGRESS
+            && m.in_ifindex != 0
+            && ifaces.downstream.contains_key(&m.in_ifindex)
+        {
+            self.stats.forwarded_messages += 1;
+            if m.msg_type == msg::REPLY {
+                if let Some(p) = m.prefixes.first().and_then(|p| net(p.prefix, p.len)) {
+                    self.refusals.push((
+                        p,
+                        "Reply forwarded from a downstream link, not sent by this host",
+                    ));
+                }
+            }
+            return vec![];
+        }
         match (m.hook, m.msg_type) {
             (hook::XDP_INGRESS, msg::REPLY) if up => {
                 if m.outer_msg_type != msg::RELAY_REPL {
@@ -773,6 +796,7 @@ mod tests {
             ts_ns: 0,
             hook: hook_id,
             ifindex,
+            in_ifindex: 0,
             msg_type: t,
             outer_msg_type: t,
             xid,
@@ -923,6 +947,18 @@ mod tests {
         assert!(t.iter().all(|b| b.ifindex == 9));
         assert_eq!(t.bindings.per_iface.get(&9), Some(&1));
         assert_eq!(t.bindings.per_iface.get(&DOWN), Some(&0));
+    }
+
+    #[test]
+    fn reply_forwarded_from_a_downstream_link_is_ignored() {
+        let mut t = Table::new();
+        let mut m = reply(vec![pfx("2001:db8:100::", 56, 100)]);
+        m.in_ifindex = DOWN;
+        assert!(t.handle(&m, &ifaces(), 1000).is_empty());
+        assert_eq!(t.stats.forwarded_messages, 1);
+        // Forwarded from upstream (a server's unicast Reply routed in): trusted.
+        m.in_ifindex = UP;
+        assert_eq!(installed(&t.handle(&m, &ifaces(), 1000)).len(), 1);
     }
 
     #[test]

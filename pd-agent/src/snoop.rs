@@ -56,6 +56,8 @@ pub struct Message {
     pub ts_ns: u64,
     pub hook: u8,
     pub ifindex: u32,
+    /// TC egress: where a forwarded packet came in (0: sent by this host).
+    pub in_ifindex: u32,
     pub msg_type: u8,
     pub outer_msg_type: u8,
     pub xid: u32,
@@ -88,6 +90,7 @@ impl Message {
             ts_ns: e.ts_ns,
             hook: e.hook,
             ifindex: e.ifindex,
+            in_ifindex: e.in_ifindex,
             msg_type: e.msg_type,
             outer_msg_type: e.outer_msg_type,
             xid: e.xid,

@@ -154,7 +154,9 @@ pub struct PdEvent {
     pub prefix: [u8; 16],
     pub client_duid: [u8; DUID_MAX],
     pub server_duid: [u8; SERVER_DUID_MAX],
-    pub _pad2: u32,
+    /// TC egress: the interface a forwarded packet came in on (the skb's
+    /// `ingress_ifindex`); 0 when this host sent it.
+    pub in_ifindex: u32,
 }
 
 impl PdEvent {
@@ -193,7 +195,7 @@ impl PdEvent {
             prefix: [0; 16],
             client_duid: [0; DUID_MAX],
             server_duid: [0; SERVER_DUID_MAX],
-            _pad2: 0,
+            in_ifindex: 0,
         }
     }
 }

@@ -284,11 +284,14 @@ impl Scratch {
                         self.ev.client_duid_len = len as u16;
                         let base = data as usize & MASK;
                         let mut i = 0;
-                        // Zero past the end: a repeated Client-ID replaces the
-                        // whole copy, which keys the per-client records.
+                        // A repeated Client-ID replaces the whole copy, which
+                        // keys the per-client records.
+                        self.ev.client_duid = [0; DUID_MAX];
                         while i < DUID_MAX {
-                            self.ev.client_duid[i] =
-                                if (i as u32) < len { unsafe { *self.buf.get_unchecked(base + i) } } else { 0 };
+                            if i as u32 >= len {
+                                break;
+                            }
+                            self.ev.client_duid[i] = unsafe { *self.buf.get_unchecked(base + i) };
                             i += 1;
                         }
                     }
@@ -518,6 +521,7 @@ fn snoop(
     data: usize,
     end: usize,
     ifindex: u32,
+    in_ifindex: u32,
     hook_id: u8,
     load: impl FnOnce(&mut Scratch, u32, u32) -> bool,
 ) -> bool {
@@ -529,7 +533,7 @@ fn snoop(
             return true;
         }
     };
-    dhcp(data, end, loc, ifindex, hook_id, load);
+    dhcp(data, end, loc, ifindex, in_ifindex, hook_id, load);
     true
 }
 
@@ -540,6 +544,7 @@ fn dhcp(
     end: usize,
     loc: Located,
     ifindex: u32,
+    in_ifindex: u32,
     hook_id: u8,
     load: impl FnOnce(&mut Scratch, u32, u32) -> bool,
 ) {
@@ -579,6 +584,7 @@ fn dhcp(
         s.ev.vlan = loc.vlan;
     }
     s.ev.ifindex = ifindex;
+    s.ev.in_ifindex = in_ifindex;
     s.ev.hook = hook_id;
     s.len = len;
     s.cursor = 0;
@@ -736,7 +742,7 @@ fn output(ev: &PdEvent) {
 pub fn pd_xdp(ctx: XdpContext) -> u32 {
     let md = ctx.ctx;
     let ifindex = ctx.ingress_ifindex() as u32;
-    let handled = snoop(ctx.data(), ctx.data_end(), ifindex, hook::XDP_INGRESS, |s, off, len| unsafe {
+    let handled = snoop(ctx.data(), ctx.data_end(), ifindex, 0, hook::XDP_INGRESS, |s, off, len| unsafe {
         bpf_xdp_load_bytes(md as *mut xdp_md, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
     });
     if handled {
@@ -891,7 +897,10 @@ pub fn pd_xdp_tx(_ctx: XdpContext) -> u32 {
 pub fn pd_tc_egress(ctx: TcContext) -> i32 {
     let skb = ctx.skb.skb;
     let ifindex = unsafe { (*skb).ifindex };
-    let _ = snoop(ctx.data(), ctx.data_end(), ifindex, hook::TC_EGRESS, |s, off, len| unsafe {
+    // Non-zero for a forwarded packet: a Reply a downstream host sent
+    // through this router is not one this host's server or relay sent.
+    let in_ifindex = unsafe { (*skb).ingress_ifindex };
+    let _ = snoop(ctx.data(), ctx.data_end(), ifindex, in_ifindex, hook::TC_EGRESS, |s, off, len| unsafe {
         bpf_skb_load_bytes(skb as *const c_void, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
     });
     TC_ACT_UNSPEC

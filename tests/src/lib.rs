@@ -631,10 +631,22 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// `kill -9` the agent and leave its pin directory (its pinned links
+    /// keep the programs attached); returns the directory for the next agent.
+    pub fn kill9_keeping_pins(mut self) -> PathBuf {
+        self.daemon.kill(libc::SIGKILL);
+        self.daemon.stop();
+        std::mem::take(&mut self.pin_dir)
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         self.daemon.stop();
-        let _ = fs::remove_dir_all(&self.pin_dir);
+        if !self.pin_dir.as_os_str().is_empty() {
+            let _ = fs::remove_dir_all(&self.pin_dir);
+        }
     }
 }
 
@@ -699,7 +711,7 @@ pub fn kea_config(dir: &TempDir, subnets: &[KeaSubnet], valid: u32) -> Result<Pa
                 )
             };
             format!(
-                r#"{{ "id": {id}, "subnet": "{subnet}", {iface} "pd-pools": [ {pools} ] }}"#,
+                r#"{{ "id": {id}, "subnet": "{subnet}", {iface} "rapid-commit": true, "pd-pools": [ {pools} ] }}"#,
                 id = i + 1,
                 subnet = s.subnet
             )
@@ -880,3 +892,4 @@ pub fn dhcpcd_release(ns: &Netns, dir: &TempDir, iface: &str) -> Result<()> {
 
 pub mod corpus;
 pub mod lab;
+pub mod wire;
