@@ -1020,58 +1020,50 @@ impl RouteOp {
     }
 }
 
-/// Netlink requests in flight at once.
-const ROUTE_PARALLELISM: usize = 64;
-
-/// Carry out `ops`: in waves of distinct prefixes, each wave with up to
-/// [`ROUTE_PARALLELISM`] requests in flight; a prefix seen again starts a
-/// new wave, so its operations keep their order. Returns the failures.
+/// Carry out `ops` in order, batched over netlink (the kernel applies a
+/// batch's requests in order, so a prefix's operations keep theirs).
+/// Returns the failures.
 async fn run_route_ops(
     routes: &Routes,
     metrics: &Metrics,
     ops: Vec<RouteOp>,
 ) -> Vec<(RouteOp, String)> {
-    use futures::StreamExt;
-    let mut failures = Vec::new();
-    let mut wave: Vec<RouteOp> = Vec::new();
-    let mut seen: HashSet<Ipv6Net> = HashSet::new();
-    let mut ops = ops.into_iter().peekable();
-    loop {
-        let next = ops.next();
-        let flush = match &next {
-            None => true,
-            Some(op) => seen.contains(&op.prefix()),
-        };
-        if flush && !wave.is_empty() {
-            let results: Vec<_> = futures::stream::iter(wave.drain(..))
-                .map(|op| async move {
-                    let t = std::time::Instant::now();
-                    let r = match op {
-                        RouteOp::Replace(p, nh, i) => routes.replace(p, nh, i).await,
-                        RouteOp::Delete(p, nh, i) => {
-                            let nh = (!nh.is_unspecified()).then_some(nh);
-                            routes.delete(p, nh, (i != 0).then_some(i)).await
-                        }
-                    };
-                    metrics.observe_route_op(t.elapsed());
-                    r.err().map(|e| (op, crate::chain(&e)))
-                })
-                .buffer_unordered(ROUTE_PARALLELISM)
-                .collect()
-                .await;
-            for (op, e) in results.into_iter().flatten() {
-                warn!(prefix = %op.prefix(), error = %e, "route");
-                failures.push((op, e));
-            }
-            seen.clear();
-        }
-        match next {
-            Some(op) => {
-                seen.insert(op.prefix());
-                wave.push(op);
-            }
-            None => break,
-        }
+    use crate::route::RouteChange;
+    if ops.is_empty() {
+        return vec![];
     }
-    failures
+    let changes: Vec<RouteChange> = ops
+        .iter()
+        .map(|op| match *op {
+            RouteOp::Replace(p, nh, i) => RouteChange::Replace(p, nh, i),
+            RouteOp::Delete(p, nh, i) => RouteChange::Delete(
+                p,
+                (!nh.is_unspecified()).then_some(nh),
+                (i != 0).then_some(i),
+            ),
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let n = changes.len();
+    let failed = routes.batch(changes).await;
+    // Each operation waited for its whole batch.
+    let took = t.elapsed();
+    for _ in 0..n {
+        metrics.observe_route_op(took);
+    }
+    failed
+        .into_iter()
+        .map(|(c, e)| {
+            let op = match c {
+                RouteChange::Replace(p, nh, i) => RouteOp::Replace(p, nh, i),
+                RouteChange::Delete(p, nh, i) => RouteOp::Delete(
+                    p,
+                    nh.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED),
+                    i.unwrap_or(0),
+                ),
+            };
+            warn!(prefix = %op.prefix(), error = %e, "route");
+            (op, e)
+        })
+        .collect()
 }

@@ -40,6 +40,109 @@ pub enum RouteError {
     Dump(#[source] rtnetlink::Error),
 }
 
+/// One route change for [`Routes::batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteChange {
+    /// `ip route replace prefix via next_hop dev ifindex proto N`.
+    Replace(Ipv6Net, Ipv6Addr, u32),
+    /// Delete our route for the prefix (through that next hop and
+    /// interface when given); one already gone is not an error.
+    Delete(Ipv6Net, Option<Ipv6Addr>, Option<u32>),
+}
+
+/// Requests per sendmsg: about 80 bytes each, and 36-byte acks
+/// (NETLINK_CAP_ACK) that the receive buffer holds easily.
+const BATCH: usize = 512;
+
+/// A plain rtnetlink socket for batches: many RTM_NEWROUTE/RTM_DELROUTE
+/// requests in one sendmsg, which the kernel applies in order, acking
+/// each. One syscall pair per [`BATCH`] routes instead of per route.
+struct BatchSocket {
+    sock: rtnetlink::sys::Socket,
+    seq: u32,
+    rx: Vec<u8>,
+}
+
+impl BatchSocket {
+    fn new() -> std::io::Result<Self> {
+        use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        sock.set_cap_ack(true)?;
+        let _ = sock.set_rx_buf_sz(1 << 20);
+        Ok(BatchSocket {
+            sock,
+            seq: 0,
+            rx: vec![0; 1 << 16],
+        })
+    }
+
+    /// Send `msgs` (one sendmsg per [`BATCH`]) and collect each one's
+    /// errno (0: done).
+    fn run(&mut self, msgs: Vec<(RouteMessage, bool)>) -> std::io::Result<Vec<i32>> {
+        use rtnetlink::{
+            packet_core::{
+                NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
+                NLM_F_REPLACE, NLM_F_REQUEST,
+            },
+            packet_route::RouteNetlinkMessage,
+        };
+        let mut results = vec![0i32; msgs.len()];
+        let mut msgs = msgs.into_iter().enumerate().peekable();
+        let mut buf = Vec::with_capacity(BATCH * 96);
+        while msgs.peek().is_some() {
+            buf.clear();
+            let first_seq = self.seq.wrapping_add(1);
+            let mut idx = Vec::with_capacity(BATCH);
+            for (i, (m, replace)) in msgs.by_ref().take(BATCH) {
+                self.seq = self.seq.wrapping_add(1);
+                let mut h = NetlinkHeader::default();
+                h.sequence_number = self.seq;
+                h.flags = NLM_F_REQUEST | NLM_F_ACK;
+                let payload = if replace {
+                    h.flags |= NLM_F_CREATE | NLM_F_REPLACE;
+                    RouteNetlinkMessage::NewRoute(m)
+                } else {
+                    RouteNetlinkMessage::DelRoute(m)
+                };
+                let mut nl = NetlinkMessage::new(h, NetlinkPayload::InnerMessage(payload));
+                nl.finalize();
+                let at = buf.len();
+                buf.resize(at + nl.buffer_len(), 0);
+                nl.serialize(&mut buf[at..]);
+                idx.push(i);
+            }
+            self.sock.send(&buf, 0)?;
+            // Every request is acked (NLMSG_ERROR, errno 0 on success).
+            let mut acked = 0;
+            while acked < idx.len() {
+                let n = self.sock.recv(&mut &mut self.rx[..], 0)?;
+                let mut off = 0;
+                while off + 20 <= n {
+                    let b = &self.rx[off..n];
+                    let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
+                    let ty = u16::from_ne_bytes(b[4..6].try_into().unwrap());
+                    let seq = u32::from_ne_bytes(b[8..12].try_into().unwrap());
+                    if len < 16 || off + len > n {
+                        break;
+                    }
+                    if ty == 2 {
+                        let errno = -i32::from_ne_bytes(b[16..20].try_into().unwrap());
+                        let k = seq.wrapping_sub(first_seq) as usize;
+                        if k < idx.len() {
+                            results[idx[k]] = errno;
+                            acked += 1;
+                        }
+                    }
+                    off += (len + 3) & !3;
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
 /// A route of ours as the kernel has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelRoute {
@@ -52,6 +155,7 @@ pub struct KernelRoute {
 pub struct Routes {
     handle: Handle,
     proto: u8,
+    batch: std::sync::Arc<std::sync::Mutex<BatchSocket>>,
 }
 
 impl Routes {
@@ -59,7 +163,77 @@ impl Routes {
     pub fn new(proto: u8) -> Result<Self, RouteError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Socket)?;
         tokio::spawn(conn);
-        Ok(Routes { handle, proto })
+        let batch = std::sync::Arc::new(std::sync::Mutex::new(
+            BatchSocket::new().map_err(RouteError::Socket)?,
+        ));
+        Ok(Routes {
+            handle,
+            proto,
+            batch,
+        })
+    }
+
+    /// Carry out `changes` in order, batched (several per sendmsg, on a
+    /// blocking thread). Returns each failure with its errno's text.
+    pub async fn batch(&self, changes: Vec<RouteChange>) -> Vec<(RouteChange, String)> {
+        if changes.is_empty() {
+            return vec![];
+        }
+        let msgs: Vec<(RouteMessage, bool)> = changes
+            .iter()
+            .map(|c| match *c {
+                RouteChange::Replace(p, nh, i) => (
+                    self.message(p).gateway(nh).output_interface(i).build(),
+                    true,
+                ),
+                RouteChange::Delete(p, nh, i) => {
+                    let mut b = self.message(p);
+                    if let Some(nh) = nh {
+                        b = b.gateway(nh);
+                    }
+                    if let Some(i) = i {
+                        b = b.output_interface(i);
+                    }
+                    (b.build(), false)
+                }
+            })
+            .collect();
+        let sock = self.batch.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            sock.lock()
+                .map_err(|_| std::io::Error::other("poisoned"))
+                .and_then(|mut s| s.run(msgs))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        match res {
+            Err(e) => changes
+                .into_iter()
+                .map(|c| (c, format!("netlink: {e}")))
+                .collect(),
+            Ok(errnos) => changes
+                .into_iter()
+                .zip(errnos)
+                .filter(|(c, e)| {
+                    *e != 0
+                        && !(matches!(c, RouteChange::Delete(..))
+                            && matches!(*e, libc::ESRCH | libc::ENOENT | libc::ENODEV))
+                })
+                .map(|(c, e)| {
+                    let what = match c {
+                        RouteChange::Replace(p, nh, i) => {
+                            format!("adding route {p} via {nh} dev ifindex {i}")
+                        }
+                        RouteChange::Delete(p, ..) => format!("deleting route {p}"),
+                    };
+                    (
+                        c,
+                        format!("{what}: {}", std::io::Error::from_raw_os_error(e)),
+                    )
+                })
+                .collect(),
+        }
     }
 
     pub fn proto(&self) -> u8 {

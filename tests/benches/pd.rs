@@ -176,6 +176,7 @@ fn load(fast_path: bool) -> Result<(Programs, Pin)> {
         LoadOptions {
             fast_path,
             sav: fast_path,
+            ..Default::default()
         },
     )?;
     Ok((p, Pin(pin)))

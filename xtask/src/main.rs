@@ -260,6 +260,13 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
             .args(["test", "--workspace"])
             .env("PD_EBPF_OBJ", &obj),
     )?;
+    // The benchmarks are not run here, but they must keep compiling.
+    status(
+        Command::new("cargo")
+            .current_dir(root_dir())
+            .args(["check", "-q", "-p", "pd-tests", "--benches"])
+            .env("PD_EBPF_OBJ", &obj),
+    )?;
     if unit_only {
         tally.print();
         return Ok(());
