@@ -675,7 +675,7 @@ fn row4_programming_rate(b: &mut Bench) -> Result<()> {
         met: Some(ratio >= 1.0 && done.is_some()),
         notes: format!(
             "the agent's figure includes the whole path per binding (packet, TC parse, ring buffer, binding table, \
-             journal append + fsync per batch, netlink with 64 requests in flight, map update); ringbuf_full {}",
+             journal append + fsync per batch, netlink batches of up to 512 requests per sendmsg, map update); ringbuf_full {}",
             agent_stat(&agent, &["kernel", "ringbuf_full"])
         ),
         command: b.cmd(4),
