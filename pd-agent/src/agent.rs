@@ -103,6 +103,11 @@ struct ResyncStats {
     runs: u64,
     /// Messages replayed from the kernel's records.
     replayed: u64,
+    /// Replies that answered no client message seen while messages were
+    /// known lost, held until the replay...
+    parked: u64,
+    /// ...and applied after it.
+    unparked: u64,
     /// Messages known lost whose records had been superseded or evicted.
     given_up: u64,
     /// Ring buffer messages skipped because a replay had applied them.
@@ -117,7 +122,13 @@ struct Agent {
     /// Names of managed interfaces -> source-address validation mode.
     sav_modes: std::collections::HashMap<String, SavMode>,
     clients: BpfHashMap<MapData, ClientKey, ClientRecord>,
+    /// Entries of the pinned `pd_clients_v1`.
     client_records: u32,
+    /// The kernel's per-CPU message counters (`pd_seq_v1`).
+    seq: aya::maps::PerCpuArray<MapData, u64>,
+    parked: Vec<(Message, u64)>,
+    /// Park unsolicited Replies (start-up catch-up).
+    parking: bool,
     tracker: SeqTracker,
     /// Records at or before this kernel time were applied by an earlier
     /// agent (from the store's seen mark; 0 after a reboot).
@@ -180,6 +191,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         client_entries: cfg.client_records,
     };
     let mut progs = Programs::load_with(&cfg.pin_dir, opts)?;
+    for note in &progs.notes {
+        warn!("{note}");
+    }
     let (xi, ti) = progs.verified_instructions();
     info!(xdp_insns = xi, tc_insns = ti, pin_dir = %cfg.pin_dir.display(), "kernel programs loaded");
     let links_dir = cfg.pin_dir.join(ebpf::LINKS_DIR);
@@ -226,14 +240,19 @@ pub async fn run(cfg: Config) -> Result<()> {
         require_client_message: cfg.require_client_message,
     };
     let ringbuf_full_seen = counters.get(Counter::RingbufFull);
+    let client_records = progs.client_records();
+    let seq = progs.take_seq()?;
     let mut agent = Agent {
         table,
         ifaces,
         progs,
         links_dir,
         sav_modes,
+        client_records,
+        seq,
         clients,
-        client_records: cfg.client_records.unwrap_or(65536),
+        parked: Vec::new(),
+        parking: false,
         tracker: SeqTracker::default(),
         floor_ns: 0,
         seen_ns: 0,
@@ -259,15 +278,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     // the ring buffer's backlog, in order, then whatever it could not
     // hold, from the per-client records.
     let mut asm = Assembler::default();
-    let backlog = drain(&mut ring, &mut asm, &mut agent.decode_errors);
-    let n = backlog.len();
-    agent.ingest(backlog, None).await;
-    agent.resync_from_records().await;
-    info!(
-        backlog = n,
-        replayed = agent.resync.replayed,
-        "caught up with what the kernel saw while no agent ran"
-    );
+    agent.catch_up(&mut ring, &mut asm).await;
     agent.reconcile(restored).await?;
 
     let (call_tx, mut call_rx) = mpsc::channel::<Call>(16);
@@ -310,7 +321,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 let mut guard = guard?;
                 let msgs = drain(guard.get_inner_mut(), &mut asm, &mut agent.decode_errors);
                 guard.clear_ready();
-                agent.ingest(msgs, Some(now())).await;
+                agent.ingest(msgs, Timing::Now, false).await;
                 // Lost messages (a jump in sequence numbers, or the kernel
                 // counting a full ring buffer): replay the kernel's records,
                 // at most once a second while a storm goes on.
@@ -323,7 +334,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 last_resync = tokio::time::Instant::now();
                 // Whatever the ring buffer still holds goes first.
                 let msgs = drain(ring.get_mut(), &mut asm, &mut agent.decode_errors);
-                agent.ingest(msgs, Some(now())).await;
+                agent.ingest(msgs, Timing::Now, false).await;
                 agent.resync_from_records().await;
             }
             _ = tokio::time::sleep(sleep) => {
@@ -360,7 +371,14 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
         let n = actions.len();
         agent.apply(actions).await;
-        ebpf::unpin_links(&agent.links_dir);
+        let names: Vec<String> = agent
+            .ifaces
+            .downstream
+            .values()
+            .chain(agent.ifaces.upstream.values())
+            .cloned()
+            .collect();
+        ebpf::unpin_links(&agent.links_dir, &names);
         info!(removed = n, "stopping; --flush-on-exit removed every binding, route and map entry, and detached the programs");
     } else {
         info!(
@@ -372,6 +390,18 @@ pub async fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
+/// When a message's time is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timing {
+    /// Now (live ring buffer messages).
+    Now,
+    /// When the kernel stamped it (backlog, replays).
+    Kernel,
+}
+
+/// Replies parked at most (beyond, they are refused at once).
+const MAX_PARKED: usize = 65536;
+
 /// Attach both programs to `name` through pinned links, reusing an earlier
 /// agent's. Downstream egress carries Replies to clients; upstream egress
 /// this host's own Release/Decline (for acquired prefixes).
@@ -379,12 +409,14 @@ fn attach(progs: &mut Programs, name: &str, links: &std::path::Path) -> Result<(
     let how = |a: Attached| match a {
         Attached::New(_) => "new pinned link",
         Attached::Reused => "pinned link reused, program replaced atomically",
-        Attached::Unpinned(_) => "link not pinnable here (detached when the agent stops)",
+        Attached::Unpinned(_) => "netlink XDP (no bpf_link on this kernel)",
+        Attached::Netlink => "clsact filter at a fixed priority (no tcx on this kernel)",
+        Attached::Replaced => "clsact filter of an earlier agent, program replaced",
     };
     let x = progs.attach_xdp_pinned(name, links)?;
     let mode = match x {
         Attached::New(m) | Attached::Unpinned(m) => m.map(|m| format!("{m:?}")),
-        Attached::Reused => None,
+        Attached::Reused | Attached::Netlink | Attached::Replaced => None,
     };
     info!(iface = %name, mode = mode.as_deref().unwrap_or("as before"), how = how(x), "XDP attached");
     let t = progs.attach_tc_pinned(name, links)?;
@@ -412,15 +444,27 @@ fn drain(
 }
 
 impl Agent {
-    /// Apply messages from the ring buffer (seen `at` unix seconds; None:
-    /// when the kernel stamped them) or replayed from the kernel's records.
-    /// Messages this agent already applied are skipped.
-    async fn ingest(&mut self, msgs: Vec<Message>, at: Option<u64>) -> usize {
+    /// Apply messages from the ring buffer or replayed from the kernel's
+    /// records; `expire` drops what has run out since (after a replay).
+    /// Messages this agent already applied are skipped. While messages are
+    /// known lost, a Reply that answers no client message seen is parked
+    /// rather than refused: its client message may be among the lost, and
+    /// [`Agent::retry_parked`] tries it again after the replay.
+    async fn ingest(&mut self, msgs: Vec<Message>, timing: Timing, expire: bool) -> usize {
         let mut fresh = Vec::with_capacity(msgs.len());
         for m in msgs {
-            match self.tracker.observe(m.seq) {
-                Seen::New => fresh.push(m),
-                Seen::Duplicate => self.resync.duplicates += 1,
+            // A record holding only some of a message's prefixes does not
+            // settle it: the whole message may still come from the ring.
+            let partial = m.from_record && m.flags & pd_common::flags::PREFIXES_DROPPED != 0;
+            let new = if partial {
+                self.tracker.is_new(m.seq)
+            } else {
+                self.tracker.observe(m.seq) == Seen::New
+            };
+            if new {
+                fresh.push(m);
+            } else {
+                self.resync.duplicates += 1;
             }
         }
         if fresh.is_empty() {
@@ -429,28 +473,142 @@ impl Agent {
         if fresh.iter().any(|m| self.needs_addresses(m)) {
             self.refresh_addresses().await;
         }
+        let park = self.parking || self.lost_events();
         let (unix, boot) = (now(), resync::boot_ns());
         let mut actions = Vec::new();
         for m in &fresh {
             tracing::debug!(?m, "message");
-            let t = at.unwrap_or_else(|| resync::unix_time_of(m.ts_ns, unix, boot));
+            let t = match timing {
+                Timing::Now => unix,
+                Timing::Kernel => resync::unix_time_of(m.ts_ns, unix, boot),
+            };
             self.seen_ns = self.seen_ns.max(m.ts_ns);
+            let unsolicited = self.table.stats.unsolicited_replies;
             actions.extend(self.table.handle(m, &self.ifaces, t));
-            for (prefix, why) in self.table.take_refusals() {
-                let iface = self
-                    .ifaces
-                    .downstream
-                    .get(&m.ifindex)
-                    .or(self.ifaces.upstream.get(&m.ifindex));
-                warn!(%prefix, iface = iface.map(String::as_str).unwrap_or("?"), next_hop = %m.dst, reason = why, "delegation ignored");
+            let refusals = self.table.take_refusals();
+            if park
+                && self.table.stats.unsolicited_replies > unsolicited
+                && self.parked.len() < MAX_PARKED
+            {
+                self.table.stats.unsolicited_replies = unsolicited;
+                self.parked.push((m.clone(), t));
+                self.resync.parked += 1;
+                continue;
             }
+            self.log_refusals(m, refusals);
         }
-        if at.is_none() {
-            // Replayed messages may have run out since.
+        if expire {
             actions.extend(self.table.expire(now()));
         }
         self.apply(actions).await;
         fresh.len()
+    }
+
+    fn log_refusals(&self, m: &Message, refusals: Vec<(Ipv6Net, &'static str)>) {
+        for (prefix, why) in refusals {
+            let iface = self
+                .ifaces
+                .downstream
+                .get(&m.ifindex)
+                .or(self.ifaces.upstream.get(&m.ifindex));
+            warn!(%prefix, iface = iface.map(String::as_str).unwrap_or("?"), next_hop = %m.dst, reason = why, "delegation ignored");
+        }
+    }
+
+    /// Parked Replies, once the replay may have brought their client
+    /// messages back; refused for good if it did not.
+    async fn retry_parked(&mut self) {
+        let parked = std::mem::take(&mut self.parked);
+        if parked.is_empty() {
+            return;
+        }
+        let mut actions = Vec::new();
+        for (m, t) in &parked {
+            let unsolicited = self.table.stats.unsolicited_replies;
+            actions.extend(self.table.handle(m, &self.ifaces, *t));
+            if self.table.stats.unsolicited_replies == unsolicited {
+                self.resync.unparked += 1;
+            }
+            let refusals = self.table.take_refusals();
+            self.log_refusals(m, refusals);
+        }
+        actions.extend(self.table.expire(now()));
+        self.apply(actions).await;
+    }
+
+    /// The records in `pd_clients_v1` that `keep` accepts, in the order
+    /// the kernel saw them (one per message).
+    fn records(&self, keep: impl Fn(&ClientKey, &ClientRecord) -> bool) -> Vec<Message> {
+        let mut recs: Vec<ClientRecord> = Vec::new();
+        // An LRU map changing under iteration may restart it: bound it.
+        for item in self
+            .clients
+            .iter()
+            .take(2 * self.client_records as usize + 16)
+        {
+            match item {
+                Ok((k, r)) if keep(&k, &r) => recs.push(r),
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %crate::chain(&e), "reading {}", ebpf::CLIENTS_MAP);
+                    break;
+                }
+            }
+        }
+        recs.sort_by_key(|r| (r.ev.ts_ns, r.ev.seq));
+        let mut seen = HashSet::new();
+        recs.iter()
+            .filter(|r| seen.insert(r.ev.seq))
+            .map(Message::from_record)
+            .collect()
+    }
+
+    /// Start-up: apply what the kernel saw while no agent ran, before
+    /// anything is judged expired or stale. The ring buffer's backlog and
+    /// the records it could not hold are merged and applied in the order
+    /// the kernel saw them; client messages of the last minute are
+    /// replayed too (harmless if applied before), so that Replies in the
+    /// backlog find the Request an earlier agent had seen.
+    async fn catch_up(&mut self, ring: &mut RingBuf<MapData>, asm: &mut Assembler) {
+        // Every message up to these counters is in the backlog, in a
+        // record, or superseded.
+        let settled: Vec<u64> = self
+            .seq
+            .get(&0, 0)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default();
+        let backlog = drain(ring, asm, &mut self.decode_errors);
+        let n = backlog.len();
+        let have: HashSet<u64> = backlog.iter().map(|m| m.seq).collect();
+        // A second of margin: across CPUs, stamps are not in ring order.
+        let floor = self.floor_ns.saturating_sub(1_000_000_000);
+        let recent = resync::boot_ns()
+            .saturating_sub(crate::binding::CLIENT_MESSAGE_WINDOW_SECS * 1_000_000_000);
+        let recs = self.records(|k, r| {
+            !have.contains(&r.ev.seq)
+                && (r.ev.ts_ns > floor
+                    || (k.class == pd_common::class::CLIENT && r.ev.ts_ns > recent))
+        });
+        let replayed = recs.len();
+        let mut all = backlog;
+        all.extend(recs);
+        all.sort_by_key(|m| (m.ts_ns, m.seq));
+        self.parking = true;
+        let applied = self.ingest(all, Timing::Kernel, false).await;
+        self.parking = false;
+        self.retry_parked().await;
+        for (cpu, hw) in settled.iter().enumerate() {
+            self.tracker.seed(cpu as u16, *hw);
+        }
+        self.ringbuf_full_seen = self.counters.get(Counter::RingbufFull);
+        self.resync.replayed += replayed as u64;
+        info!(
+            backlog = n,
+            replayed,
+            applied,
+            unparked = self.resync.unparked,
+            "caught up with what the kernel saw while no agent ran"
+        );
     }
 
     /// Messages were lost since the last look.
@@ -466,32 +624,10 @@ impl Agent {
         let t = std::time::Instant::now();
         self.ringbuf_full_seen = self.counters.get(Counter::RingbufFull);
         let missing = self.tracker.missing();
-        let mut recs: Vec<ClientRecord> = Vec::new();
-        // An LRU map changing under iteration may restart it: bound it.
-        for item in self
-            .clients
-            .iter()
-            .take(2 * self.client_records as usize + 16)
-        {
-            match item {
-                Ok((_, r)) if r.ev.ts_ns > self.floor_ns && self.tracker.is_new(r.ev.seq) => {
-                    recs.push(r)
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(error = %crate::chain(&e), "reading {}", ebpf::CLIENTS_MAP);
-                    break;
-                }
-            }
-        }
-        recs.sort_by_key(|r| (r.ev.ts_ns, r.ev.seq));
-        let mut seen = HashSet::new();
-        let msgs: Vec<Message> = recs
-            .iter()
-            .filter(|r| seen.insert(r.ev.seq))
-            .map(Message::from_record)
-            .collect();
-        let replayed = self.ingest(msgs, None).await;
+        let floor = self.floor_ns.saturating_sub(1_000_000_000);
+        let msgs = self.records(|_, r| r.ev.ts_ns > floor && self.tracker.is_new(r.ev.seq));
+        let replayed = self.ingest(msgs, Timing::Kernel, true).await;
+        self.retry_parked().await;
         let given_up = self.tracker.forget_missing();
         self.resync.runs += 1;
         self.resync.replayed += replayed as u64;
@@ -513,6 +649,16 @@ impl Agent {
     /// new index: attach the programs again and move its bindings, routes
     /// and map entries over. A link coming back up gets its routes back.
     async fn link_event(&mut self, ev: crate::route::LinkEvent) {
+        if ev.address {
+            // On-link prefixes (strict SAV, next-hop checks) and this host's
+            // own addresses follow the interfaces' addresses.
+            if self.ifaces.downstream.contains_key(&ev.index)
+                || self.ifaces.upstream.contains_key(&ev.index)
+            {
+                self.refresh_addresses().await;
+            }
+            return;
+        }
         let known = self.ifaces.downstream.contains_key(&ev.index)
             || self.ifaces.upstream.contains_key(&ev.index);
         if ev.deleted {
@@ -620,7 +766,7 @@ impl Agent {
     fn restore(&mut self) -> Result<usize> {
         let loaded = self.store.load()?;
         if let Some(mark) = &loaded.seen {
-            if mark.boot_id == self.boot_id {
+            if !mark.boot_id.is_empty() && mark.boot_id == self.boot_id {
                 self.floor_ns = mark.ns;
                 self.seen_ns = mark.ns;
                 self.journaled_ns = mark.ns;
@@ -699,6 +845,7 @@ impl Agent {
             self.map.insert(b)?;
         }
         self.store.compact(self.table.iter(), self.seen_mark())?;
+        self.journaled_ns = self.seen_ns;
         info!(
             restored,
             expired,
@@ -721,15 +868,27 @@ impl Agent {
                 Action::Remove(b, _) => Change::Del { key: b.key() },
             })
             .collect();
-        if self.seen_ns > self.journaled_ns {
-            changes.extend(self.seen_mark().map(|mark| Change::Seen { mark }));
-            self.journaled_ns = self.seen_ns;
+        // The mark says "everything before this was applied": not while
+        // messages are known lost or Replies wait for a replay.
+        let settled = self.parked.is_empty() && !self.parking && !self.lost_events();
+        let mut marked = false;
+        if settled && self.seen_ns > self.journaled_ns {
+            if let Some(mark) = self.seen_mark() {
+                changes.push(Change::Seen { mark });
+                marked = true;
+            }
         }
-        if let Err(e) = self.store.append(&changes) {
-            warn!(error = %crate::chain(&e), "writing the state journal");
+        match self.store.append(&changes) {
+            Ok(()) if marked => self.journaled_ns = self.seen_ns,
+            Ok(()) => {}
+            Err(e) => warn!(error = %crate::chain(&e), "writing the state journal"),
         }
         if self.store.needs_compaction(self.table.len()) {
-            if let Err(e) = self.store.compact(self.table.iter(), self.seen_mark()) {
+            let mark = (self.journaled_ns > 0).then(|| SeenMark {
+                boot_id: self.boot_id.clone(),
+                ns: self.journaled_ns,
+            });
+            if let Err(e) = self.store.compact(self.table.iter(), mark) {
                 warn!(error = %crate::chain(&e), "compacting the state store");
             }
         }
@@ -788,7 +947,7 @@ impl Agent {
     }
 
     fn seen_mark(&self) -> Option<SeenMark> {
-        (self.seen_ns > 0).then(|| SeenMark {
+        (self.seen_ns > 0 && !self.boot_id.is_empty()).then(|| SeenMark {
             boot_id: self.boot_id.clone(),
             ns: self.seen_ns,
         })

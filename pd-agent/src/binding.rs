@@ -199,7 +199,8 @@ pub struct Stats {
     /// Releases/Declines from an address other than the binding's client.
     pub foreign_releases: u64,
     /// DHCPv6 messages leaving an interface that this host forwarded from
-    /// a downstream link rather than sent (a rogue host's hairpin).
+    /// a link other than an upstream one rather than sent (a rogue host's
+    /// hairpin).
     pub forwarded_messages: u64,
 }
 
@@ -441,13 +442,14 @@ impl Table {
         let down = ifaces.downstream.get(&m.ifindex);
         let up = ifaces.upstream.contains_key(&m.ifindex);
         // What leaves an interface counts as this host's (its server's,
-        // relay's or client's) only if this host sent it. A downstream
-        // host can send a forged Reply to the router's MAC addressed to a
-        // neighbour on its own link; the kernel forwards it back out of
-        // the same link (with a redirect), past TC egress.
+        // relay's or client's) only if this host sent it, or forwarded it
+        // from an upstream link. A downstream host can send a forged Reply
+        // to the router's MAC addressed to a neighbour on its own link; the
+        // kernel forwards it back out of the same link (with a redirect),
+        // past TC egress. Links we do not manage are not trusted either.
         if m.hook == hook::TC_EGRESS
             && m.in_ifindex != 0
-            && ifaces.downstream.contains_key(&m.in_ifindex)
+            && !ifaces.upstream.contains_key(&m.in_ifindex)
         {
             self.stats.forwarded_messages += 1;
             if m.msg_type == msg::REPLY {
@@ -794,6 +796,7 @@ mod tests {
         Message {
             seq: 0,
             ts_ns: 0,
+            from_record: false,
             hook: hook_id,
             ifindex,
             in_ifindex: 0,
@@ -956,6 +959,10 @@ mod tests {
         m.in_ifindex = DOWN;
         assert!(t.handle(&m, &ifaces(), 1000).is_empty());
         assert_eq!(t.stats.forwarded_messages, 1);
+        // Forwarded from a link we do not manage: not trusted either.
+        m.in_ifindex = 77;
+        assert!(t.handle(&m, &ifaces(), 1000).is_empty());
+        assert_eq!(t.stats.forwarded_messages, 2);
         // Forwarded from upstream (a server's unicast Reply routed in): trusted.
         m.in_ifindex = UP;
         assert_eq!(installed(&t.handle(&m, &ifaces(), 1000)).len(), 1);

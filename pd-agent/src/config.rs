@@ -320,7 +320,14 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
                 Some(n) => Some(ring_bytes(&n.to_string()).map_err(ConfigError::Invalid)?),
                 None => None,
             },
-            client_records: args.client_records.or(file.client_records),
+            client_records: match args.client_records.or(file.client_records) {
+                Some(0) => {
+                    return Err(ConfigError::Invalid(
+                        "client_records must be at least 1".into(),
+                    ))
+                }
+                n => n,
+            },
         },
         log_json: args.log_json.or(file.log_json).unwrap_or(false),
     })

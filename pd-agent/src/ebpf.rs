@@ -10,10 +10,11 @@ use aya::{
     maps::{HashMap, LpmTrie, MapData, MapInfo, PerCpuArray, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
-        tc::{self, SchedClassifierLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::XdpLink,
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
+    util::KernelVersion,
     Ebpf, EbpfError, EbpfLoader,
 };
 use pd_common::{ClientKey, ClientRecord, Counter, FwdStats, RouteValue, COUNTER_COUNT};
@@ -26,6 +27,7 @@ pub const TC_PROGRAM: &str = "pd_tc_egress";
 pub const EVENTS_MAP: &str = "pd_events_v1";
 pub const COUNTERS_MAP: &str = "pd_counters_v1";
 pub const CLIENTS_MAP: &str = "pd_clients_v1";
+pub const SEQ_MAP: &str = "pd_seq_v1";
 /// Pinned links (one per program and interface) live here, under the pin dir.
 pub const LINKS_DIR: &str = "links";
 /// Pinned LPM trie of delegated prefixes (name carries the layout version).
@@ -196,15 +198,71 @@ pub enum Attached {
     New(Option<XdpMode>),
     /// An earlier agent's pinned link, its program swapped atomically.
     Reused,
-    /// A new link that cannot be pinned (netlink XDP / clsact on an old
-    /// kernel): it goes when the agent does.
+    /// A new link that cannot be pinned (XDP on a kernel before 5.9).
     Unpinned(Option<XdpMode>),
+    /// A clsact filter at a fixed priority (no tcx: kernels before 6.6).
+    Netlink,
+    /// That filter, left by an earlier agent, its program replaced.
+    Replaced,
 }
 
 /// The loaded object: both programs verified, maps created (the agent's
 /// maps pinned under the pin directory).
 pub struct Programs {
     ebpf: Ebpf,
+    client_records: u32,
+    /// What loading changed that an operator should hear about (pinned
+    /// maps of another layout replaced).
+    pub notes: Vec<String>,
+}
+
+/// The pinned maps and the layout this build expects of each:
+/// (name, key size, value size, max entries).
+fn pinned_layouts(opts: &LoadOptions) -> [(&'static str, u32, u32, u32); 8] {
+    use std::mem::size_of;
+    [
+        (
+            EVENTS_MAP,
+            0,
+            0,
+            opts.ring_bytes.unwrap_or(DEFAULT_RING_BYTES),
+        ),
+        (COUNTERS_MAP, 4, 8, COUNTER_COUNT),
+        (SEQ_MAP, 4, 8, 1),
+        (
+            CLIENTS_MAP,
+            size_of::<ClientKey>() as u32,
+            size_of::<ClientRecord>() as u32,
+            opts.client_entries.unwrap_or(DEFAULT_CLIENT_RECORDS),
+        ),
+        (ROUTES_MAP, 20, size_of::<RouteValue>() as u32, 1 << 20),
+        (
+            FWD_STATS_MAP,
+            4,
+            size_of::<FwdStats>() as u32,
+            pd_common::FWD_STATS_SLOTS,
+        ),
+        (IFACES_MAP, 4, 4, 1024),
+        (ONLINK_MAP, 20, 4, 4096),
+    ]
+}
+
+/// The object's ring buffer size and record count (see `pd-ebpf`).
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+pub const DEFAULT_CLIENT_RECORDS: u32 = 65536;
+
+/// Priority and handle of the egress filter where tcx is missing (kernels
+/// before 6.6): fixed, so that the next agent replaces it in place.
+const TC_PRIORITY: u16 = 0x7d0;
+const TC_HANDLE: TcHandle = TcHandle::new(0, 0x7d0);
+
+/// tcx links (pinnable) exist from Linux 6.6; `PD_AGENT_TC_NETLINK=1`
+/// forces the older netlink path (tests).
+fn tcx_available() -> bool {
+    if std::env::var_os("PD_AGENT_TC_NETLINK").is_some_and(|v| v == "1") {
+        return false;
+    }
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
 impl Programs {
@@ -223,17 +281,27 @@ impl Programs {
             .default_map_pin_directory(pin_dir)
             .override_global("FAST_PATH", &fast_path, true)
             .override_global("SAV", &sav, true);
-        // A pinned map is reused as it is; one of another size is replaced
-        // (its backlog is lost, which the agent's resync covers).
-        for (name, size) in [
-            (EVENTS_MAP, opts.ring_bytes),
-            (CLIENTS_MAP, opts.client_entries),
-        ] {
-            if let Some(size) = size {
-                loader.map_max_entries(name, size);
-                let path = pin_dir.join(name);
-                if MapInfo::from_pin(&path).is_ok_and(|i| i.max_entries() != size) {
+        loader.map_max_entries(EVENTS_MAP, opts.ring_bytes.unwrap_or(DEFAULT_RING_BYTES));
+        loader.map_max_entries(
+            CLIENTS_MAP,
+            opts.client_entries.unwrap_or(DEFAULT_CLIENT_RECORDS),
+        );
+        // A pinned map is reused as it is (aya checks nothing): one of
+        // another layout or size, left by another version or setting, is
+        // replaced, and what it held is lost.
+        let mut notes = Vec::new();
+        for (name, key, value, max) in pinned_layouts(&opts) {
+            let path = pin_dir.join(name);
+            if let Ok(i) = MapInfo::from_pin(&path) {
+                if (i.key_size(), i.value_size(), i.max_entries()) != (key, value, max) {
                     let _ = std::fs::remove_file(&path);
+                    notes.push(format!(
+                        "pinned map {} had key/value/entries {}/{}/{}, this build wants {key}/{value}/{max}: replaced",
+                        path.display(),
+                        i.key_size(),
+                        i.value_size(),
+                        i.max_entries()
+                    ));
                 }
             }
         }
@@ -262,7 +330,11 @@ impl Programs {
                 reason: verifier_head(&e),
             })?;
         }
-        Ok(Programs { ebpf })
+        Ok(Programs {
+            ebpf,
+            client_records: opts.client_entries.unwrap_or(DEFAULT_CLIENT_RECORDS),
+            notes,
+        })
     }
 
     pub fn xdp(&mut self) -> &mut Xdp {
@@ -385,6 +457,9 @@ impl Programs {
     /// [`Programs::attach_xdp_pinned`] for `pd_tc_egress` (tcx links; on
     /// kernels without tcx the clsact filter is not pinned).
     pub fn attach_tc_pinned(&mut self, iface: &str, links: &Path) -> Result<Attached, LoadError> {
+        if !tcx_available() {
+            return self.attach_tc_netlink(iface);
+        }
         let path = link_path(links, "tc", iface)?;
         if let Some(fd) = open_link(&path) {
             if let Ok(link) = SchedClassifierLink::try_from(fd) {
@@ -413,6 +488,48 @@ impl Programs {
             Err(_) => Ok(Attached::Unpinned(None)),
         }
     }
+    /// Without tcx: a clsact filter at a fixed priority and handle. It
+    /// outlives the agent like a pinned link (netlink filters are not tied
+    /// to a file descriptor), and the next agent replaces its program in
+    /// place instead of adding a second filter.
+    fn attach_tc_netlink(&mut self, iface: &str) -> Result<Attached, LoadError> {
+        let err = |source| LoadError::Attach {
+            program: TC_PROGRAM,
+            iface: iface.into(),
+            source,
+        };
+        let _ = tc::qdisc_add_clsact(iface);
+        if let Ok(old) =
+            SchedClassifierLink::attached(iface, TcAttachType::Egress, TC_PRIORITY, TC_HANDLE, None)
+        {
+            if let Ok(id) = self.tc().attach_to_link(old) {
+                std::mem::forget(self.tc().take_link(id).map_err(err)?);
+                return Ok(Attached::Replaced);
+            }
+        }
+        let opts = NlOptions {
+            priority: TC_PRIORITY,
+            handle: TC_HANDLE,
+            ..Default::default()
+        };
+        let tc = self.tc();
+        let id = tc
+            .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::Netlink(opts))
+            .map_err(err)?;
+        // Dropping the link would detach the filter; it stays on purpose.
+        std::mem::forget(tc.take_link(id).map_err(err)?);
+        Ok(Attached::Netlink)
+    }
+
+    pub fn take_seq(&mut self) -> Result<PerCpuArray<MapData, u64>, LoadError> {
+        self.take(SEQ_MAP)
+    }
+
+    /// Entries of `pd_clients_v1`.
+    pub fn client_records(&self) -> u32 {
+        self.client_records
+    }
+
     /// Verified instruction counts of (XDP, TC).
     pub fn verified_instructions(&mut self) -> (Option<u32>, Option<u32>) {
         let x = self
@@ -541,8 +658,21 @@ pub fn prune_links(links: &Path, keep: &[String]) -> Vec<String> {
 }
 
 /// Unpin every link (`--flush-on-exit`): the programs go with the agent.
-pub fn unpin_links(links: &Path) {
+pub fn unpin_links(links: &Path, ifaces: &[String]) {
     let _ = std::fs::remove_dir_all(links);
+    if !tcx_available() {
+        for iface in ifaces {
+            if let Ok(l) = SchedClassifierLink::attached(
+                iface,
+                TcAttachType::Egress,
+                TC_PRIORITY,
+                TC_HANDLE,
+                None,
+            ) {
+                let _ = aya::programs::Link::detach(l);
+            }
+        }
+    }
 }
 
 /// The per-CPU outcome counters, summed over CPUs on read.

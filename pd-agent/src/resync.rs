@@ -1,6 +1,6 @@
 //! Lost ring buffer events: detecting them, and what to replay instead.
 //!
-//! Every message the kernel reports carries `seq` = CPU << 56 | a per-CPU
+//! Every message the kernel reports carries `seq` = CPU << 48 | a per-CPU
 //! counter (the counter lives in the pinned `pd_seq_v1` map, so it carries
 //! on across agent restarts). On one CPU the programs never nest, so that
 //! CPU's messages reach the ring buffer in counter order: a jump means
@@ -16,13 +16,17 @@
 
 use std::collections::HashMap;
 
-/// Missing ranges kept per CPU; beyond this the oldest are given up (their
-/// records, if any, are still replayed by the next resync's `seq > hw` rule
-/// only when newer, so this only bounds memory under a sustained storm).
+use pd_common::SEQ_CPU_SHIFT;
+
+/// Missing ranges kept per CPU: only a storm of losses between two
+/// resyncs reaches this; the oldest range is then given up.
 const MAX_RANGES: usize = 4096;
 
-fn split(seq: u64) -> (u8, u64) {
-    ((seq >> 56) as u8, seq & ((1 << 56) - 1))
+fn split(seq: u64) -> (u16, u64) {
+    (
+        (seq >> SEQ_CPU_SHIFT) as u16,
+        seq & ((1 << SEQ_CPU_SHIFT) - 1),
+    )
 }
 
 #[derive(Default, Debug)]
@@ -40,7 +44,10 @@ impl Cpu {
         }
         self.missing.push((a, b));
         if self.missing.len() > MAX_RANGES {
-            let (a, b) = self.missing.remove(0);
+            let oldest = (0..self.missing.len())
+                .min_by_key(|&i| self.missing[i].0)
+                .unwrap_or(0);
+            let (a, b) = self.missing.swap_remove(oldest);
             return b - a + 1;
         }
         0
@@ -73,7 +80,7 @@ pub enum Seen {
 /// Which message sequence numbers this agent has applied.
 #[derive(Default, Debug)]
 pub struct SeqTracker {
-    cpus: HashMap<u8, Cpu>,
+    cpus: HashMap<u16, Cpu>,
     /// Messages known lost and given up on (not recoverable from the records).
     pub given_up: u64,
 }
@@ -95,6 +102,18 @@ impl SeqTracker {
             Seen::New
         } else {
             Seen::Duplicate
+        }
+    }
+
+    /// At start, once the backlog and the records are applied: counters up
+    /// to `hw` (the kernel's, read before draining) are settled, whatever
+    /// was or was not seen of them.
+    pub fn seed(&mut self, cpu: u16, hw: u64) {
+        let c = self.cpus.entry(cpu).or_default();
+        c.hw = c.hw.max(hw);
+        c.missing.retain(|&(a, _)| a > hw);
+        for r in c.missing.iter_mut() {
+            r.0 = r.0.max(hw + 1);
         }
     }
 
@@ -157,7 +176,7 @@ mod tests {
     use super::*;
 
     fn s(cpu: u64, n: u64) -> u64 {
-        cpu << 56 | n
+        cpu << SEQ_CPU_SHIFT | n
     }
 
     #[test]
@@ -197,6 +216,21 @@ mod tests {
         assert!(t.is_new(s(2, 1)));
         assert!(t.is_new(s(0, 2)));
         assert!(!t.is_new(s(3, 1)));
+    }
+
+    #[test]
+    fn seeding_settles_the_past_without_giving_it_up() {
+        let mut t = SeqTracker::default();
+        t.observe(s(0, 100));
+        assert_eq!(t.missing(), 99);
+        t.seed(0, 120);
+        t.seed(1, 7);
+        assert_eq!((t.missing(), t.given_up), (0, 0));
+        assert!(!t.is_new(s(0, 110)));
+        assert_eq!(t.observe(s(0, 121)), Seen::New);
+        assert_eq!(t.missing(), 0);
+        assert_eq!(t.observe(s(1, 8)), Seen::New);
+        assert_eq!(t.missing(), 0);
     }
 
     #[test]

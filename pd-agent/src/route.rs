@@ -365,6 +365,8 @@ pub struct LinkEvent {
     /// Up and running.
     pub up: bool,
     pub deleted: bool,
+    /// Not a link change: an IPv6 address was added or removed on `index`.
+    pub address: bool,
 }
 
 pub fn link_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>, RouteError> {
@@ -384,7 +386,8 @@ pub fn link_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>, 
         })
     }
     let (conn, _handle, mut messages) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(RouteError::Socket)?;
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Ipv6Ifaddr])
+            .map_err(RouteError::Socket)?;
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -397,13 +400,24 @@ pub fn link_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>, 
                         name: name(&l),
                         up: f.contains(LinkFlags::Up) && f.contains(LinkFlags::Running),
                         deleted: false,
+                        address: false,
                     })
                 }
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a),
+                ) => Some(LinkEvent {
+                    index: a.header.index,
+                    name: None,
+                    up: false,
+                    deleted: false,
+                    address: true,
+                }),
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => Some(LinkEvent {
                     index: l.header.index,
                     name: name(&l),
                     up: false,
                     deleted: true,
+                    address: false,
                 }),
                 _ => None,
             };

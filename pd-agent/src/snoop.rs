@@ -54,6 +54,8 @@ pub struct Message {
     pub seq: u64,
     /// When the kernel saw it (CLOCK_BOOTTIME ns).
     pub ts_ns: u64,
+    /// Replayed from the kernel's per-client record (not the ring buffer).
+    pub from_record: bool,
     pub hook: u8,
     pub ifindex: u32,
     /// TC egress: where a forwarded packet came in (0: sent by this host).
@@ -88,6 +90,7 @@ impl Message {
         Message {
             seq: e.seq,
             ts_ns: e.ts_ns,
+            from_record: false,
             hook: e.hook,
             ifindex: e.ifindex,
             in_ifindex: e.in_ifindex,
@@ -115,7 +118,7 @@ impl Message {
     /// A message as kept in the kernel's per-client record.
     pub fn from_record(r: &ClientRecord) -> Self {
         let mut m = Message::from_first(&r.ev);
-        m.flags = r.ev.flags & !flags::HAS_PREFIX;
+        m.from_record = true;
         let n = (r.nprefix as usize).min(RECORD_PREFIXES);
         for p in &r.pfx[..n] {
             m.prefixes.push(PrefixInfo {

@@ -104,7 +104,7 @@ pub mod flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PdEvent {
-    /// Per-CPU message sequence number; the CPU is in the top 8 bits.
+    /// Per-CPU message sequence number: the CPU above [`SEQ_CPU_SHIFT`].
     pub seq: u64,
     /// When the kernel saw the message (`bpf_ktime_get_boot_ns`, CLOCK_BOOTTIME).
     pub ts_ns: u64,
@@ -329,6 +329,10 @@ impl Counter {
     }
 }
 
+/// [`PdEvent::seq`] is `cpu << SEQ_CPU_SHIFT | counter`: 65536 CPUs, and a
+/// per-CPU counter that would take years to wrap.
+pub const SEQ_CPU_SHIFT: u32 = 48;
+
 /// Prefixes kept per message in a [`ClientRecord`]; a message with more
 /// is recorded with [`flags::PREFIXES_DROPPED`].
 pub const RECORD_PREFIXES: usize = 4;
@@ -371,8 +375,8 @@ pub struct RecordPrefix {
 }
 
 /// Value of `pd_clients_v1`: a whole message as the kernel last saw it.
-/// `ev` holds the message's header fields (its prefix fields are those of
-/// the first prefix); `pfx[..nprefix]` all its prefixes. The agent replays
+/// `ev` holds the message's header fields (its prefix fields are unused);
+/// `pfx[..nprefix]` its first [`RECORD_PREFIXES`] prefixes. The agent replays
 /// these after losing ring buffer events, or after a restart.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,7 +32,7 @@ use aya_ebpf::{
 use pd_common::{
     class, flags, hook, ifflags, msg, opt, status, ClientKey, ClientRecord, Counter, FwdStats, PdEvent, RecordPrefix,
     RouteValue, CLIENT_PORT, COUNTER_COUNT, DUID_MAX, FWD_STATS_SLOTS, MAX_IAS, MAX_PREFIXES, MAX_RELAY_DEPTH,
-    MAX_TLV_STEPS, NO_SLOT, PAYLOAD_MAX, RECORD_PREFIXES, SERVER_DUID_MAX, SERVER_PORT,
+    MAX_TLV_STEPS, NO_SLOT, PAYLOAD_MAX, RECORD_PREFIXES, SEQ_CPU_SHIFT, SERVER_DUID_MAX, SERVER_PORT,
 };
 
 /// Set by the loader (`--fast-path on|off`): forward delegated prefixes in XDP.
@@ -629,11 +629,11 @@ fn emit(s: &mut Scratch) {
         return count(Counter::Internal);
     };
     let seq = unsafe {
-        *seq = (*seq + 1) & ((1 << 56) - 1);
+        *seq = (*seq + 1) & ((1 << SEQ_CPU_SHIFT) - 1);
         *seq
     };
     let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
-    s.ev.seq = cpu << 56 | seq;
+    s.ev.seq = cpu << SEQ_CPU_SHIFT | seq;
     s.ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     s.ev.relay_depth = s.depth as u8;
     if s.nia > 0 {
@@ -643,7 +643,9 @@ fn emit(s: &mut Scratch) {
         s.ev.t2 = ia.t2;
         s.ev.ia_status = ia.status;
     }
-    if s.ev.client_duid_len > 0 {
+    // Not what this host forwarded (a rogue's hairpinned Reply must not
+    // replace the server's record).
+    if s.ev.client_duid_len > 0 && s.ev.in_ifindex == 0 {
         record(s);
     }
     let n = s.nprefix as usize;

@@ -6,7 +6,7 @@
 //! is always "pass", the packet comes out byte-for-byte unchanged, and the
 //! events and counters equal what the reference parser predicts.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv6Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use pd_agent::{
@@ -212,10 +212,24 @@ fn check_record(l: &Loaded, name: &str, first: &PdEvent, events: &[PdEvent]) {
             0,
             "{name}: record marks dropped prefixes"
         );
-        let kept: Vec<_> = got.prefixes.clone();
-        want.prefixes.retain(|p| kept.contains(p));
+        // The record keeps the message's first prefixes, in wire order.
+        let first: Vec<(Ipv6Addr, u8)> = events[..RECORD_PREFIXES]
+            .iter()
+            .map(|e| (Ipv6Addr::from(e.prefix), e.prefix_len))
+            .collect();
+        let mut kept: Vec<(Ipv6Addr, u8)> =
+            got.prefixes.iter().map(|p| (p.prefix, p.len)).collect();
+        let mut first_sorted = first.clone();
+        first_sorted.sort();
+        kept.sort();
+        assert_eq!(
+            kept, first_sorted,
+            "{name}: record holds the first {RECORD_PREFIXES} prefixes"
+        );
+        want.prefixes.retain(|p| first.contains(&(p.prefix, p.len)));
         got.flags = want.flags;
     }
+    got.from_record = false;
     assert_eq!(got, want, "{name}: record replays as the message");
 }
 
