@@ -796,7 +796,18 @@ impl Agent {
     /// routes of ours that nothing explains, re-add missing ones, rebuild
     /// the map.
     async fn reconcile(&mut self, restored: usize) -> Result<()> {
-        let expired = self.table.expire(now()).len();
+        let gone = self.table.expire(now());
+        let expired = gone.len();
+        // Recorded as journal lines: rewriting the whole snapshot here
+        // would cost a restart with a million bindings seconds of writing
+        // and fsync for nothing; compaction follows its usual rule.
+        let mut changes: Vec<Change> = gone
+            .iter()
+            .filter_map(|a| match a {
+                Action::Remove(b, _) => Some(Change::Del { key: b.key() }),
+                _ => None,
+            })
+            .collect();
         let mut stale = 0;
         let live: HashSet<Ipv6Net> = self
             .table
@@ -844,8 +855,13 @@ impl Agent {
         for b in &all {
             self.map.insert(b)?;
         }
-        self.store.compact(self.table.iter(), self.seen_mark())?;
+        changes.extend(self.seen_mark().map(|mark| Change::Seen { mark }));
+        self.store.append(&changes)?;
+        self.store.sync()?;
         self.journaled_ns = self.seen_ns;
+        if self.store.needs_compaction(self.table.len()) {
+            self.store.compact(self.table.iter(), self.seen_mark())?;
+        }
         info!(
             restored,
             expired,

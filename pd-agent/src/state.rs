@@ -99,6 +99,19 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let jp = dir.join(JOURNAL);
+        // A line torn by a crash mid-write is dropped, so that what is
+        // appended next starts on a line of its own.
+        if let Ok(bytes) = fs::read(&jp) {
+            if bytes.last().is_some_and(|b| *b != b'\n') {
+                let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&jp)
+                    .map_err(io_err(&jp))?;
+                f.set_len(keep as u64).map_err(io_err(&jp))?;
+                f.sync_all().map_err(io_err(&jp))?;
+            }
+        }
         let records = match File::open(&jp) {
             Ok(f) => BufReader::new(f).lines().count(),
             Err(_) => 0,
@@ -346,6 +359,30 @@ mod tests {
             .unwrap();
         let l = load_all(&d).unwrap();
         assert_eq!((l.seen, l.bindings.len()), (Some(m(9)), 1));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn torn_last_line_is_cut_before_appending() {
+        let d = tmp();
+        let mut s = Store::open(&d).unwrap();
+        s.append(&[Change::Put {
+            binding: b("2001:db8:1::/56", 10),
+        }])
+        .unwrap();
+        drop(s);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(d.join(JOURNAL))
+            .unwrap();
+        f.write_all(br#"{"op":"put","binding":{"pre"#).unwrap();
+        drop(f);
+        let mut s = Store::open(&d).unwrap();
+        s.append(&[Change::Put {
+            binding: b("2001:db8:2::/56", 10),
+        }])
+        .unwrap();
+        assert_eq!(load_dir(&d).unwrap().len(), 2);
         fs::remove_dir_all(&d).unwrap();
     }
 
