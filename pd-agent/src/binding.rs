@@ -306,12 +306,16 @@ impl Index {
     }
 }
 
+/// A Release awaiting the server's answer: the (iaid, prefix) pairs it
+/// lists, the address it came from (None: this host's own), seen at.
+type PendingRelease = (Vec<(u32, Ipv6Net)>, Option<Ipv6Addr>, u64);
+
 #[derive(Default)]
 pub struct Table {
     bindings: Index,
     /// (xid, client DUID) -> (iaid, prefix) listed in the Release, the
     /// address it came from (None: this host's own), seen at.
-    releases: HashMap<(u32, Vec<u8>), (Vec<(u32, Ipv6Net)>, Option<Ipv6Addr>, u64)>,
+    releases: HashMap<(u32, Vec<u8>), PendingRelease>,
     /// (xid, client DUID) of client messages awaiting a Reply -> seen at.
     asked: HashMap<(u32, Vec<u8>), u64>,
     pub stats: Stats,

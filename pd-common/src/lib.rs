@@ -454,7 +454,7 @@ mod tests {
             + 8
             + 4
             + 4
-            + 8 * 1
+            + 8 // eight one-byte fields
             + 2 * 6
             + 4 * 5
             + 16 * 2

@@ -83,7 +83,8 @@ fn main() -> Result<()> {
         rows: Vec::new(),
     };
     let started = Instant::now();
-    let runs: [(u32, fn(&mut Bench) -> Result<()>); 8] = [
+    type RowFn = fn(&mut Bench) -> Result<()>;
+    let runs: [(u32, RowFn); 8] = [
         (1, row1_snoop_cost),
         (2, row2_parse_cost),
         (3, row3_latency),
@@ -852,7 +853,7 @@ fn mac_of(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
         .split(':')
         .map(|h| u8::from_str_radix(h, 16).unwrap())
         .collect();
-    Ok(v.try_into().map_err(|_| anyhow::anyhow!("bad MAC"))?)
+    v.try_into().map_err(|_| anyhow::anyhow!("bad MAC"))
 }
 
 /// Sends 64-byte UDP packets from gen's own stack for `secs` (the skb

@@ -76,13 +76,12 @@ pub fn duid(n: u8) -> Vec<u8> {
     vec![0, 1, 0, 1, 0x32, 0x9e, 0x24, 0xdb, 0x02, 0, 0, 0, 0, n]
 }
 
+/// An IA_PD for [`dhcproto_msg`]: IAID, T1, T2 and its prefixes
+/// (prefix, length, preferred, valid).
+pub type IaSpec = (u32, u32, u32, Vec<(Ipv6Addr, u8, u32, u32)>);
+
 /// A well-formed message built with dhcproto.
-pub fn dhcproto_msg(
-    t: MessageType,
-    xid: [u8; 3],
-    client: Vec<u8>,
-    ias: Vec<(u32, u32, u32, Vec<(Ipv6Addr, u8, u32, u32)>)>,
-) -> Vec<u8> {
+pub fn dhcproto_msg(t: MessageType, xid: [u8; 3], client: Vec<u8>, ias: Vec<IaSpec>) -> Vec<u8> {
     let mut m = v6::Message::new_with_id(t, xid);
     m.opts_mut().insert(DhcpOption::ClientId(client));
     m.opts_mut().insert(DhcpOption::ServerId(duid(0xee)));

@@ -845,7 +845,7 @@ pub fn dhclient_prefix(dir: &TempDir) -> Option<String> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("iaprefix "))
         .filter_map(|l| l.split_whitespace().next())
-        .last()
+        .next_back()
         .map(String::from)
 }
 

@@ -330,7 +330,7 @@ fn mutate(rng: &mut Rng, frame: &[u8]) -> Vec<u8> {
 fn kernel_matches_reference_parser_on_mutants() {
     let mut l = load();
     let cases = corpus::all();
-    let mut rng = Rng(0x5eed_0f_9d_2026);
+    let mut rng = Rng(0x5eed_0f9d_2026);
     let mut checked = 0;
     let mut with_events = 0;
     for i in 0..4000 {

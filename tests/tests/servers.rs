@@ -425,7 +425,7 @@ fn restart_after_kill_reconciles() -> Result<()> {
             .contains("static"),
         "other protocols untouched"
     );
-    assert_eq!(agent.map_prefixes()?, [prefix.clone()]);
+    assert_eq!(agent.map_prefixes()?, std::slice::from_ref(&prefix));
     assert_eq!(agent.bindings()?.len(), 1);
     Ok(())
 }
