@@ -120,7 +120,8 @@ struct Agent {
     progs: Programs,
     links_dir: PathBuf,
     /// Names of managed interfaces -> source-address validation mode.
-    sav_modes: std::collections::HashMap<String, SavMode>,
+    /// Names of managed interfaces -> their `pd_ifaces_v1` flags.
+    iface_flags: std::collections::HashMap<String, u32>,
     clients: BpfHashMap<MapData, ClientKey, ClientRecord>,
     /// Entries of the pinned `pd_clients_v1`.
     client_records: u32,
@@ -129,6 +130,8 @@ struct Agent {
     parked: Vec<(Message, u64)>,
     /// Park unsolicited Replies (start-up catch-up).
     parking: bool,
+    /// During catch-up: the kernel's counters read before draining.
+    settled: Option<Vec<u64>>,
     tracker: SeqTracker,
     /// Records at or before this kernel time were applied by an earlier
     /// agent (from the store's seen mark; 0 after a reboot).
@@ -215,15 +218,22 @@ pub async fn run(cfg: Config) -> Result<()> {
         ifaces: progs.take_ifaces()?,
         onlink: progs.take_onlink()?,
     };
-    let mut sav_modes = std::collections::HashMap::new();
+    let mut iface_flags = std::collections::HashMap::new();
     for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
         let mode = if ifaces.downstream.contains_key(idx) {
             sav_of(name)
         } else {
             SavMode::Off
         };
-        sav.set_iface(*idx, mode.flags())?;
-        sav_modes.insert(name.clone(), mode);
+        // Upstream links are marked so that the kernel records Replies
+        // forwarded from them (the only forwarded ones trusted).
+        let flags = if ifaces.downstream.contains_key(idx) {
+            mode.flags()
+        } else {
+            pd_common::ifflags::UPSTREAM
+        };
+        sav.set_iface(*idx, flags)?;
+        iface_flags.insert(name.clone(), flags);
     }
     info!(fast_path = cfg.fast_path, sav = ?cfg.sav, "data path options");
     let counters = progs.take_counters()?;
@@ -247,12 +257,13 @@ pub async fn run(cfg: Config) -> Result<()> {
         ifaces,
         progs,
         links_dir,
-        sav_modes,
+        iface_flags,
         client_records,
         seq,
         clients,
         parked: Vec::new(),
         parking: false,
+        settled: None,
         tracker: SeqTracker::default(),
         floor_ns: 0,
         seen_ns: 0,
@@ -297,7 +308,10 @@ pub async fn run(cfg: Config) -> Result<()> {
         .map_err(std::io::Error::from)
         .context("ring buffer fd")?;
     let mut links = crate::route::link_events()?;
-    let mut resync_at: Option<tokio::time::Instant> = None;
+    // Losses the catch-up could not settle (messages after its snapshot).
+    let mut resync_at: Option<tokio::time::Instant> = agent
+        .lost_events()
+        .then(|| tokio::time::Instant::now() + Duration::from_millis(50));
     let mut last_resync = tokio::time::Instant::now();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -332,10 +346,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             _ = tokio::time::sleep_until(resync_at.unwrap_or_else(tokio::time::Instant::now)), if resync_at.is_some() => {
                 resync_at = None;
                 last_resync = tokio::time::Instant::now();
-                // Whatever the ring buffer still holds goes first.
-                let msgs = drain(ring.get_mut(), &mut asm, &mut agent.decode_errors);
-                agent.ingest(msgs, Timing::Now, false).await;
-                agent.resync_from_records().await;
+                agent.resync(ring.get_mut(), &mut asm).await;
             }
             _ = tokio::time::sleep(sleep) => {
                 let actions = agent.table.expire(now());
@@ -399,6 +410,12 @@ enum Timing {
     Kernel,
 }
 
+/// Is `seq` at or below its CPU's counter in `snap`?
+fn settled(snap: &[u64], seq: u64) -> bool {
+    let (cpu, n) = resync::split(seq);
+    snap.get(cpu as usize).is_some_and(|&hw| n <= hw)
+}
+
 /// Replies parked at most (beyond, they are refused at once).
 const MAX_PARKED: usize = 65536;
 
@@ -456,7 +473,15 @@ impl Agent {
             // A record holding only some of a message's prefixes does not
             // settle it: the whole message may still come from the ring.
             let partial = m.from_record && m.flags & pd_common::flags::PREFIXES_DROPPED != 0;
-            let new = if partial {
+            let new = if self
+                .settled
+                .as_ref()
+                .is_some_and(|snap| settled(snap, m.seq))
+            {
+                // Catch-up: the caller deduplicated these, and the tracker
+                // is seeded with the snapshot afterwards.
+                true
+            } else if partial {
                 self.tracker.is_new(m.seq)
             } else {
                 self.tracker.observe(m.seq) == Seen::New
@@ -532,7 +557,6 @@ impl Agent {
             let refusals = self.table.take_refusals();
             self.log_refusals(m, refusals);
         }
-        actions.extend(self.table.expire(now()));
         self.apply(actions).await;
     }
 
@@ -571,36 +595,37 @@ impl Agent {
     /// backlog find the Request an earlier agent had seen.
     async fn catch_up(&mut self, ring: &mut RingBuf<MapData>, asm: &mut Assembler) {
         // Every message up to these counters is in the backlog, in a
-        // record, or superseded.
-        let settled: Vec<u64> = self
-            .seq
-            .get(&0, 0)
-            .map(|v| v.iter().copied().collect())
-            .unwrap_or_default();
+        // record, or superseded; later ones come through the ring buffer.
+        let snap = self.seq_snapshot();
+        let full = self.counters.get(Counter::RingbufFull);
         let backlog = drain(ring, asm, &mut self.decode_errors);
         let n = backlog.len();
         let have: HashSet<u64> = backlog.iter().map(|m| m.seq).collect();
         // A second of margin: across CPUs, stamps are not in ring order.
         let floor = self.floor_ns.saturating_sub(1_000_000_000);
-        let recent = resync::boot_ns()
-            .saturating_sub(crate::binding::CLIENT_MESSAGE_WINDOW_SECS * 1_000_000_000);
+        // Client messages a Reply after the floor may answer.
+        let window = crate::binding::CLIENT_MESSAGE_WINDOW_SECS * 1_000_000_000;
         let recs = self.records(|k, r| {
-            !have.contains(&r.ev.seq)
+            settled(&snap, r.ev.seq)
+                && !have.contains(&r.ev.seq)
                 && (r.ev.ts_ns > floor
-                    || (k.class == pd_common::class::CLIENT && r.ev.ts_ns > recent))
+                    || (k.class == pd_common::class::CLIENT
+                        && r.ev.ts_ns > floor.saturating_sub(window)))
         });
         let replayed = recs.len();
         let mut all = backlog;
         all.extend(recs);
         all.sort_by_key(|m| (m.ts_ns, m.seq));
         self.parking = true;
+        self.settled = Some(snap.clone());
         let applied = self.ingest(all, Timing::Kernel, false).await;
+        self.settled = None;
         self.parking = false;
         self.retry_parked().await;
-        for (cpu, hw) in settled.iter().enumerate() {
+        for (cpu, hw) in snap.iter().enumerate() {
             self.tracker.seed(cpu as u16, *hw);
         }
-        self.ringbuf_full_seen = self.counters.get(Counter::RingbufFull);
+        self.ringbuf_full_seen = full;
         self.resync.replayed += replayed as u64;
         info!(
             backlog = n,
@@ -609,6 +634,17 @@ impl Agent {
             unparked = self.resync.unparked,
             "caught up with what the kernel saw while no agent ran"
         );
+    }
+
+    /// The kernel's per-CPU message counters right now.
+    fn seq_snapshot(&self) -> Vec<u64> {
+        match self.seq.get(&0, 0) {
+            Ok(v) => v.iter().copied().collect(),
+            Err(e) => {
+                warn!(error = %crate::chain(&e), "reading {}", ebpf::SEQ_MAP);
+                Vec::new()
+            }
+        }
     }
 
     /// Messages were lost since the last look.
@@ -620,15 +656,25 @@ impl Agent {
     /// Replay, in the order the kernel saw them, the records in
     /// `pd_clients_v1` of messages this agent has not applied (and no
     /// earlier agent had, per the store's seen mark).
-    async fn resync_from_records(&mut self) {
+    async fn resync(&mut self, ring: &mut RingBuf<MapData>, asm: &mut Assembler) {
         let t = std::time::Instant::now();
-        self.ringbuf_full_seen = self.counters.get(Counter::RingbufFull);
+        // Only messages up to these counters are judged: later ones may
+        // still be in the ring buffer (and a loss among them shows later).
+        let snap = self.seq_snapshot();
+        let full = self.counters.get(Counter::RingbufFull);
+        let msgs = drain(ring, asm, &mut self.decode_errors);
+        self.ingest(msgs, Timing::Now, false).await;
         let missing = self.tracker.missing();
         let floor = self.floor_ns.saturating_sub(1_000_000_000);
-        let msgs = self.records(|_, r| r.ev.ts_ns > floor && self.tracker.is_new(r.ev.seq));
-        let replayed = self.ingest(msgs, Timing::Kernel, true).await;
+        let msgs = self.records(|_, r| {
+            settled(&snap, r.ev.seq) && r.ev.ts_ns > floor && self.tracker.is_new(r.ev.seq)
+        });
+        let replayed = self.ingest(msgs, Timing::Kernel, false).await;
         self.retry_parked().await;
-        let given_up = self.tracker.forget_missing();
+        let given_up = self.tracker.forget_missing(&snap);
+        let actions = self.table.expire(now());
+        self.apply(actions).await;
+        self.ringbuf_full_seen = full;
         self.resync.runs += 1;
         self.resync.replayed += replayed as u64;
         self.resync.given_up += given_up;
@@ -638,7 +684,7 @@ impl Agent {
                 missing,
                 given_up,
                 ms = t.elapsed().as_millis() as u64,
-                ring_buffer_full = self.ringbuf_full_seen,
+                ring_buffer_full = full,
                 "resynchronised from {}",
                 ebpf::CLIENTS_MAP
             );
@@ -708,9 +754,9 @@ impl Agent {
         if let Err(e) = attach(&mut self.progs, &name, &self.links_dir) {
             warn!(iface = %name, error = %format!("{e:#}"), "attaching to the new interface");
         }
-        let mode = self.sav_modes.get(&name).copied().unwrap_or(SavMode::Off);
+        let flags = self.iface_flags.get(&name).copied().unwrap_or(0);
         let _ = self.sav.set_iface(old, 0);
-        if let Err(e) = self.sav.set_iface(ev.index, mode.flags()) {
+        if let Err(e) = self.sav.set_iface(ev.index, flags) {
             warn!(error = %crate::chain(&e), "map");
         }
         let moved = self.table.reindex(old, ev.index);

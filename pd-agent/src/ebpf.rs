@@ -458,7 +458,7 @@ impl Programs {
     /// kernels without tcx the clsact filter is not pinned).
     pub fn attach_tc_pinned(&mut self, iface: &str, links: &Path) -> Result<Attached, LoadError> {
         if !tcx_available() {
-            return self.attach_tc_netlink(iface);
+            return self.attach_tc_netlink(iface, links);
         }
         let path = link_path(links, "tc", iface)?;
         if let Some(fd) = open_link(&path) {
@@ -492,12 +492,20 @@ impl Programs {
     /// outlives the agent like a pinned link (netlink filters are not tied
     /// to a file descriptor), and the next agent replaces its program in
     /// place instead of adding a second filter.
-    fn attach_tc_netlink(&mut self, iface: &str) -> Result<Attached, LoadError> {
+    fn attach_tc_netlink(&mut self, iface: &str, links: &Path) -> Result<Attached, LoadError> {
         let err = |source| LoadError::Attach {
             program: TC_PROGRAM,
             iface: iface.into(),
             source,
         };
+        // A marker (an empty directory: bpffs holds no plain files), so
+        // that a later agent no longer managing this interface, or using
+        // tcx, knows to remove the filter.
+        let marker = links.join(format!("tcnl_{iface}"));
+        std::fs::create_dir_all(&marker).map_err(|source| LoadError::PinDir {
+            path: marker.clone(),
+            source,
+        })?;
         let _ = tc::qdisc_add_clsact(iface);
         if let Ok(old) =
             SchedClassifierLink::attached(iface, TcAttachType::Egress, TC_PRIORITY, TC_HANDLE, None)
@@ -638,6 +646,16 @@ pub fn prune_links(links: &Path, keep: &[String]) -> Vec<String> {
     };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(iface) = name.strip_prefix("tcnl_") {
+            // A clsact filter of an earlier agent without tcx: it outlives
+            // agents, so it is removed explicitly when no longer wanted.
+            if !keep.iter().any(|k| k == iface) || tcx_available() {
+                detach_tc_netlink(iface);
+                let _ = std::fs::remove_dir(e.path());
+                removed.push(name);
+            }
+            continue;
+        }
         let Some(rest) = name
             .strip_prefix("xdp_")
             .or_else(|| name.strip_prefix("tc_"))
@@ -658,19 +676,19 @@ pub fn prune_links(links: &Path, keep: &[String]) -> Vec<String> {
 }
 
 /// Unpin every link (`--flush-on-exit`): the programs go with the agent.
+fn detach_tc_netlink(iface: &str) {
+    if let Ok(l) =
+        SchedClassifierLink::attached(iface, TcAttachType::Egress, TC_PRIORITY, TC_HANDLE, None)
+    {
+        let _ = aya::programs::Link::detach(l);
+    }
+}
+
 pub fn unpin_links(links: &Path, ifaces: &[String]) {
     let _ = std::fs::remove_dir_all(links);
     if !tcx_available() {
         for iface in ifaces {
-            if let Ok(l) = SchedClassifierLink::attached(
-                iface,
-                TcAttachType::Egress,
-                TC_PRIORITY,
-                TC_HANDLE,
-                None,
-            ) {
-                let _ = aya::programs::Link::detach(l);
-            }
+            detach_tc_netlink(iface);
         }
     }
 }

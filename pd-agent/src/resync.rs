@@ -14,7 +14,7 @@
 //! state of every client survives any loss, and older messages of the same
 //! client that were lost are superseded by it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use pd_common::SEQ_CPU_SHIFT;
 
@@ -22,7 +22,8 @@ use pd_common::SEQ_CPU_SHIFT;
 /// resyncs reaches this; the oldest range is then given up.
 const MAX_RANGES: usize = 4096;
 
-fn split(seq: u64) -> (u16, u64) {
+/// (CPU, per-CPU counter) of a message's `seq`.
+pub fn split(seq: u64) -> (u16, u64) {
     (
         (seq >> SEQ_CPU_SHIFT) as u16,
         seq & ((1 << SEQ_CPU_SHIFT) - 1),
@@ -33,8 +34,8 @@ fn split(seq: u64) -> (u16, u64) {
 struct Cpu {
     /// Highest counter seen.
     hw: u64,
-    /// Inclusive ranges of counters below `hw` not seen.
-    missing: Vec<(u64, u64)>,
+    /// Counters below `hw` not seen: inclusive ranges, start -> end.
+    missing: BTreeMap<u64, u64>,
 }
 
 impl Cpu {
@@ -42,30 +43,50 @@ impl Cpu {
         if a > b {
             return 0;
         }
-        self.missing.push((a, b));
+        self.missing.insert(a, b);
         if self.missing.len() > MAX_RANGES {
-            let oldest = (0..self.missing.len())
-                .min_by_key(|&i| self.missing[i].0)
-                .unwrap_or(0);
-            let (a, b) = self.missing.swap_remove(oldest);
-            return b - a + 1;
+            if let Some((a, b)) = self.missing.pop_first() {
+                return b - a + 1;
+            }
         }
         0
     }
 
+    /// The range holding `n`, if any.
+    fn range_of(&self, n: u64) -> Option<(u64, u64)> {
+        self.missing
+            .range(..=n)
+            .next_back()
+            .map(|(a, b)| (*a, *b))
+            .filter(|&(_, b)| n <= b)
+    }
+
     fn take(&mut self, n: u64) -> bool {
-        let Some(i) = self.missing.iter().position(|&(a, b)| a <= n && n <= b) else {
+        let Some((a, b)) = self.range_of(n) else {
             return false;
         };
-        let (a, b) = self.missing[i];
-        self.missing.swap_remove(i);
+        self.missing.remove(&a);
         if a < n {
-            self.missing.push((a, n - 1));
+            self.missing.insert(a, n - 1);
         }
         if n < b {
-            self.missing.push((n + 1, b));
+            self.missing.insert(n + 1, b);
         }
         true
+    }
+
+    /// Drop what lies at or below `upto`; returns how many counters.
+    fn settle(&mut self, upto: u64) -> u64 {
+        let mut dropped = 0;
+        let below: Vec<(u64, u64)> = self.missing.range(..=upto).map(|(a, b)| (*a, *b)).collect();
+        for (a, b) in below {
+            self.missing.remove(&a);
+            dropped += b.min(upto) - a + 1;
+            if b > upto {
+                self.missing.insert(upto + 1, b);
+            }
+        }
+        dropped
     }
 }
 
@@ -86,10 +107,8 @@ pub struct SeqTracker {
 }
 
 impl SeqTracker {
-    /// Note a message as applied. The first message of a CPU marks every
-    /// earlier counter of that CPU missing: an earlier agent may have died
-    /// holding them (the replay's time floor keeps this from replaying
-    /// what that agent had applied).
+    /// Note a message as applied. A jump past the highest counter seen
+    /// marks the counters in between missing.
     pub fn observe(&mut self, seq: u64) -> Seen {
         let (cpu, n) = split(seq);
         let c = self.cpus.entry(cpu).or_default();
@@ -107,13 +126,12 @@ impl SeqTracker {
 
     /// At start, once the backlog and the records are applied: counters up
     /// to `hw` (the kernel's, read before draining) are settled, whatever
-    /// was or was not seen of them.
+    /// was or was not seen of them; later ones still come.
     pub fn seed(&mut self, cpu: u16, hw: u64) {
         let c = self.cpus.entry(cpu).or_default();
-        c.hw = c.hw.max(hw);
-        c.missing.retain(|&(a, _)| a > hw);
-        for r in c.missing.iter_mut() {
-            r.0 = r.0.max(hw + 1);
+        c.settle(hw);
+        if hw > c.hw {
+            c.hw = hw;
         }
     }
 
@@ -122,7 +140,7 @@ impl SeqTracker {
         let (cpu, n) = split(seq);
         match self.cpus.get(&cpu) {
             None => true,
-            Some(c) => n > c.hw || c.missing.iter().any(|&(a, b)| a <= n && n <= b),
+            Some(c) => n > c.hw || c.range_of(n).is_some(),
         }
     }
 
@@ -135,13 +153,18 @@ impl SeqTracker {
             .sum()
     }
 
-    /// After a replay: what is still missing had no record left (a newer
-    /// message of the same client replaced it, or the LRU evicted it).
-    /// Returns how many.
-    pub fn forget_missing(&mut self) -> u64 {
-        let n = self.missing();
-        for c in self.cpus.values_mut() {
-            c.missing.clear();
+    /// After a replay of the records up to the kernel's counters `upto`
+    /// (per CPU, read before the ring buffer was drained): what is still
+    /// missing at or below them had no record left (a newer message of the
+    /// same client replaced it, or the LRU evicted it) and is given up.
+    /// Later counters may still be on their way through the ring buffer.
+    /// Returns how many were given up.
+    pub fn forget_missing(&mut self, upto: &[u64]) -> u64 {
+        let mut n = 0;
+        for (cpu, c) in self.cpus.iter_mut() {
+            if let Some(&u) = upto.get(*cpu as usize) {
+                n += c.settle(u);
+            }
         }
         self.given_up += n;
         n
@@ -201,9 +224,12 @@ mod tests {
         assert_eq!(t.observe(s(1, 5)), Seen::New);
         assert_eq!(t.observe(s(1, 5)), Seen::Duplicate);
         assert_eq!(t.missing(), 7);
-        assert_eq!(t.forget_missing(), 7);
-        assert_eq!(t.given_up, 7);
+        // Only counters up to the kernel's snapshot are given up.
+        assert_eq!(t.forget_missing(&[0, 7]), 5);
+        assert_eq!(t.given_up, 5);
         assert!(!t.is_new(s(1, 6)));
+        assert!(t.is_new(s(1, 8)));
+        assert_eq!(t.forget_missing(&[0, 10]), 2);
     }
 
     #[test]
@@ -216,6 +242,33 @@ mod tests {
         assert!(t.is_new(s(2, 1)));
         assert!(t.is_new(s(0, 2)));
         assert!(!t.is_new(s(3, 1)));
+    }
+
+    #[test]
+    fn seeding_keeps_what_lies_beyond_the_snapshot() {
+        let mut t = SeqTracker::default();
+        t.observe(s(0, 130));
+        t.seed(0, 120);
+        assert!(!t.is_new(s(0, 100)));
+        assert!(
+            t.is_new(s(0, 125)),
+            "emitted after the snapshot, still in the ring"
+        );
+        assert_eq!(t.missing(), 9);
+        assert_eq!(t.observe(s(0, 125)), Seen::New);
+        assert_eq!(t.observe(s(0, 125)), Seen::Duplicate);
+    }
+
+    #[test]
+    fn many_gaps_stay_cheap_and_bounded() {
+        let mut t = SeqTracker::default();
+        for n in (2..20_000u64).step_by(2) {
+            t.observe(s(0, n));
+        }
+        assert_eq!(t.missing(), MAX_RANGES as u64);
+        assert!(t.given_up > 0);
+        assert!(t.is_new(s(0, 19_997)));
+        assert!(!t.is_new(s(0, 19_998)));
     }
 
     #[test]

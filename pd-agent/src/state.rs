@@ -30,6 +30,7 @@ use crate::binding::{Binding, BindingKey};
 
 const SNAPSHOT: &str = "bindings.json";
 const JOURNAL: &str = "journal.jsonl";
+const LOCK: &str = "lock";
 const VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,8 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error("state directory {0} is in use by another pd-agent")]
+    Locked(PathBuf),
     #[error("state file {path} is not valid")]
     Parse {
         path: PathBuf,
@@ -86,6 +89,8 @@ pub struct Store {
     journal: File,
     /// Lines in the journal since the last compaction.
     records: usize,
+    /// Holds the directory's flock for as long as the store is open.
+    _lock: File,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StateError + '_ {
@@ -98,17 +103,30 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StateError + '_ {
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // One agent per state directory: a second one would interleave
+        // its writes with the first's.
+        let lp = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lp)
+            .map_err(io_err(&lp))?;
+        if unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } != 0
+        {
+            return Err(StateError::Locked(dir.into()));
+        }
         let jp = dir.join(JOURNAL);
         // A line torn by a crash mid-write is dropped, so that what is
         // appended next starts on a line of its own.
-        if let Ok(bytes) = fs::read(&jp) {
-            if bytes.last().is_some_and(|b| *b != b'\n') {
-                let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&jp)
-                    .map_err(io_err(&jp))?;
-                f.set_len(keep as u64).map_err(io_err(&jp))?;
+        if let Ok(f) = OpenOptions::new().read(true).write(true).open(&jp) {
+            if let Some(keep) = torn_tail(&f).map_err(io_err(&jp))? {
+                f.set_len(keep).map_err(io_err(&jp))?;
                 f.sync_all().map_err(io_err(&jp))?;
             }
         }
@@ -125,6 +143,7 @@ impl Store {
             dir: dir.into(),
             journal,
             records,
+            _lock: lock,
         })
     }
 
@@ -198,6 +217,33 @@ impl Store {
 }
 
 /// Bindings stored in `dir` (snapshot, then the journal replayed).
+/// Where to cut a journal whose last line is torn (no final newline):
+/// after its last newline. Reads only the tail.
+fn torn_tail(f: &File) -> std::io::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut last = [0u8; 1];
+    f.read_exact_at(&mut last, len - 1)?;
+    if last[0] == b'\n' {
+        return Ok(None);
+    }
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            return Ok(Some(start + i as u64 + 1));
+        }
+        end = start;
+    }
+    Ok(Some(0))
+}
+
 pub fn load_dir(dir: &Path) -> Result<Vec<Binding>, StateError> {
     load_all(dir).map(|l| l.bindings)
 }
@@ -334,6 +380,7 @@ mod tests {
             ["2001:db8:3::/56"]
         );
         // Reopening counts the journal's lines.
+        drop(s);
         assert_eq!(Store::open(&d).unwrap().records, 1);
         fs::remove_dir_all(&d).unwrap();
     }
@@ -383,6 +430,16 @@ mod tests {
         }])
         .unwrap();
         assert_eq!(load_dir(&d).unwrap().len(), 2);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_directory_is_refused() {
+        let d = tmp();
+        let s = Store::open(&d).unwrap();
+        assert!(matches!(Store::open(&d), Err(StateError::Locked(_))));
+        drop(s);
+        assert!(Store::open(&d).is_ok());
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -430,6 +430,9 @@ pub mod ifflags {
     pub const SAV: u32 = 1 << 0;
     /// Strict mode: also drop sources neither delegated nor on-link here.
     pub const SAV_STRICT: u32 = 1 << 1;
+    /// An upstream interface: a DHCPv6 message forwarded from it and
+    /// leaving another is recorded (see `pd_clients_v1`).
+    pub const UPSTREAM: u32 = 1 << 2;
 }
 
 #[cfg(feature = "user")]

@@ -54,7 +54,7 @@ static PD_EVENTS: RingBuf = RingBuf::pinned(16 << 20, 0);
 #[map(name = "pd_counters_v1")]
 static PD_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
 
-/// Per-CPU message sequence numbers (the low 56 bits of `PdEvent::seq`).
+/// Per-CPU message counters (`PdEvent::seq` below `SEQ_CPU_SHIFT`).
 #[map(name = "pd_seq_v1")]
 static PD_SEQ: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
@@ -643,9 +643,12 @@ fn emit(s: &mut Scratch) {
         s.ev.t2 = ia.t2;
         s.ev.ia_status = ia.status;
     }
-    // Not what this host forwarded (a rogue's hairpinned Reply must not
-    // replace the server's record).
-    if s.ev.client_duid_len > 0 && s.ev.in_ifindex == 0 {
+    // Not what this host forwarded from anywhere but upstream (a rogue's
+    // hairpinned Reply must not replace the server's record).
+    let in_ifindex = s.ev.in_ifindex;
+    let trusted = in_ifindex == 0
+        || unsafe { PD_IFACES.get(&in_ifindex) }.is_some_and(|f| *f & ifflags::UPSTREAM != 0);
+    if s.ev.client_duid_len > 0 && trusted {
         record(s);
     }
     let n = s.nprefix as usize;

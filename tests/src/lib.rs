@@ -20,6 +20,11 @@ use anyhow::{bail, Context, Result};
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A short unique tag for names (interfaces are limited to 15 bytes).
+/// The page size (the smallest ring buffer the kernel accepts).
+pub fn page_size() -> usize {
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize
+}
+
 pub fn unique(tag: &str) -> String {
     format!(
         "pd{}{}{}",
