@@ -132,6 +132,8 @@ struct Agent {
     parking: bool,
     /// During catch-up: the kernel's counters read before draining.
     settled: Option<Vec<u64>>,
+    /// Recreated interfaces the programs could not be attached to yet.
+    unattached: HashSet<u32>,
     tracker: SeqTracker,
     /// Records at or before this kernel time were applied by an earlier
     /// agent (from the store's seen mark; 0 after a reboot).
@@ -264,6 +266,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         parked: Vec::new(),
         parking: false,
         settled: None,
+        unattached: HashSet::new(),
         tracker: SeqTracker::default(),
         floor_ns: 0,
         seen_ns: 0,
@@ -724,6 +727,26 @@ impl Agent {
             return;
         }
         if known {
+            if self.unattached.contains(&ev.index) {
+                // An attach that failed when the interface appeared: try
+                // again on each change of it.
+                let name = self
+                    .ifaces
+                    .downstream
+                    .get(&ev.index)
+                    .or(self.ifaces.upstream.get(&ev.index))
+                    .cloned();
+                if let Some(name) = name {
+                    match attach(&mut self.progs, &name, &self.links_dir) {
+                        Ok(()) => {
+                            self.unattached.remove(&ev.index);
+                        }
+                        Err(e) => {
+                            warn!(iface = %name, error = %format!("{e:#}"), "attaching to the new interface, again")
+                        }
+                    }
+                }
+            }
             if ev.up && self.ifaces.downstream.contains_key(&ev.index) {
                 // The kernel drops IPv6 routes through a link that goes
                 // down; put ours back when it returns.
@@ -752,7 +775,8 @@ impl Agent {
         side.insert(ev.index, name.clone());
         info!(iface = %name, old_ifindex = old, ifindex = ev.index, "interface created again; attaching the programs");
         if let Err(e) = attach(&mut self.progs, &name, &self.links_dir) {
-            warn!(iface = %name, error = %format!("{e:#}"), "attaching to the new interface");
+            warn!(iface = %name, error = %format!("{e:#}"), "attaching to the new interface; will retry when it changes");
+            self.unattached.insert(ev.index);
         }
         let flags = self.iface_flags.get(&name).copied().unwrap_or(0);
         let _ = self.sav.set_iface(old, 0);
