@@ -48,8 +48,6 @@ pub struct RouteMap {
     slots: HashMap<Ipv6Net, u32>,
     free: Vec<u32>,
     next_slot: u32,
-    /// CPUs, for zeroed per-CPU counters (read once: it comes from a file).
-    cpus: Option<usize>,
 }
 
 impl RouteMap {
@@ -64,7 +62,6 @@ impl RouteMap {
             slots: HashMap::new(),
             free: Vec::new(),
             next_slot: 0,
-            cpus: aya::util::nr_cpus().ok(),
         };
         for (net, v) in m.entries_raw() {
             if v.slot != NO_SLOT && v.slot < FWD_STATS_SLOTS {
@@ -89,13 +86,11 @@ impl RouteMap {
             }
             None => return NO_SLOT,
         };
-        // A fresh slot starts from zero (the pinned counters may hold an
-        // earlier binding's).
-        if let Some(zero) = self
-            .cpus
-            .and_then(|n| PerCpuValues::try_from(vec![FwdStats::default(); n]).ok())
-        {
-            let _ = self.stats.set(s, zero, 0);
+        // A fresh slot starts from zero.
+        if let Ok(n) = aya::util::nr_cpus() {
+            if let Ok(zero) = PerCpuValues::try_from(vec![FwdStats::default(); n]) {
+                let _ = self.stats.set(s, zero, 0);
+            }
         }
         self.slots.insert(prefix, s);
         s
