@@ -103,11 +103,10 @@ struct ResyncStats {
     runs: u64,
     /// Messages replayed from the kernel's records.
     replayed: u64,
-    /// Replies that answered no client message seen while messages were
-    /// known lost, held until the replay...
-    parked: u64,
-    /// ...and applied after it.
-    unparked: u64,
+    /// Replies from the ring buffer that answered no client message seen
+    /// while messages were known lost: left for the replay, which applies
+    /// their records after the client messages that came before them.
+    deferred: u64,
     /// Messages known lost whose records had been superseded or evicted.
     given_up: u64,
     /// Ring buffer messages skipped because a replay had applied them.
@@ -119,7 +118,6 @@ struct Agent {
     ifaces: Ifaces,
     progs: Programs,
     links_dir: PathBuf,
-    /// Names of managed interfaces -> source-address validation mode.
     /// Names of managed interfaces -> their `pd_ifaces_v1` flags.
     iface_flags: std::collections::HashMap<String, u32>,
     clients: BpfHashMap<MapData, ClientKey, ClientRecord>,
@@ -127,11 +125,6 @@ struct Agent {
     client_records: u32,
     /// The kernel's per-CPU message counters (`pd_seq_v1`).
     seq: aya::maps::PerCpuArray<MapData, u64>,
-    parked: Vec<(Message, u64)>,
-    /// Park unsolicited Replies (start-up catch-up).
-    parking: bool,
-    /// During catch-up: the kernel's counters read before draining.
-    settled: Option<Vec<u64>>,
     /// Recreated interfaces the programs could not be attached to yet.
     unattached: HashSet<u32>,
     tracker: SeqTracker,
@@ -263,9 +256,6 @@ pub async fn run(cfg: Config) -> Result<()> {
         client_records,
         seq,
         clients,
-        parked: Vec::new(),
-        parking: false,
-        settled: None,
         unattached: HashSet::new(),
         tracker: SeqTracker::default(),
         floor_ns: 0,
@@ -338,7 +328,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 let mut guard = guard?;
                 let msgs = drain(guard.get_inner_mut(), &mut asm, &mut agent.decode_errors);
                 guard.clear_ready();
-                agent.ingest(msgs, Timing::Now, false).await;
+                agent.ingest(msgs, Timing::Now, None).await;
                 // Lost messages (a jump in sequence numbers, or the kernel
                 // counting a full ring buffer): replay the kernel's records,
                 // at most once a second while a storm goes on.
@@ -419,9 +409,6 @@ fn settled(snap: &[u64], seq: u64) -> bool {
     snap.get(cpu as usize).is_some_and(|&hw| n <= hw)
 }
 
-/// Replies parked at most (beyond, they are refused at once).
-const MAX_PARKED: usize = 65536;
-
 /// Attach both programs to `name` through pinned links, reusing an earlier
 /// agent's. Downstream egress carries Replies to clients; upstream egress
 /// this host's own Release/Decline (for acquired prefixes).
@@ -465,24 +452,26 @@ fn drain(
 
 impl Agent {
     /// Apply messages from the ring buffer or replayed from the kernel's
-    /// records; `expire` drops what has run out since (after a replay).
-    /// Messages this agent already applied are skipped. While messages are
-    /// known lost, a Reply that answers no client message seen is parked
-    /// rather than refused: its client message may be among the lost, and
-    /// [`Agent::retry_parked`] tries it again after the replay.
-    async fn ingest(&mut self, msgs: Vec<Message>, timing: Timing, expire: bool) -> usize {
+    /// records. Messages this agent already applied are skipped, except
+    /// during the catch-up at start (`settled`: the kernel's counters read
+    /// before draining), whose caller removed duplicates itself.
+    ///
+    /// While messages are known lost, a Reply from the ring buffer that
+    /// answers no client message seen is not refused: its client message
+    /// may be among the lost. It is marked unseen again, so the replay
+    /// applies its record in the kernel's order, after that client message.
+    async fn ingest(
+        &mut self,
+        msgs: Vec<Message>,
+        timing: Timing,
+        settled_upto: Option<&[u64]>,
+    ) -> usize {
         let mut fresh = Vec::with_capacity(msgs.len());
         for m in msgs {
             // A record holding only some of a message's prefixes does not
             // settle it: the whole message may still come from the ring.
             let partial = m.from_record && m.flags & pd_common::flags::PREFIXES_DROPPED != 0;
-            let new = if self
-                .settled
-                .as_ref()
-                .is_some_and(|snap| settled(snap, m.seq))
-            {
-                // Catch-up: the caller deduplicated these, and the tracker
-                // is seeded with the snapshot afterwards.
+            let new = if settled_upto.is_some_and(|snap| settled(snap, m.seq)) {
                 true
             } else if partial {
                 self.tracker.is_new(m.seq)
@@ -501,7 +490,7 @@ impl Agent {
         if fresh.iter().any(|m| self.needs_addresses(m)) {
             self.refresh_addresses().await;
         }
-        let park = self.parking || self.lost_events();
+        let defer = settled_upto.is_none() && self.lost_events();
         let (unix, boot) = (now(), resync::boot_ns());
         let mut actions = Vec::new();
         for m in &fresh {
@@ -514,19 +503,13 @@ impl Agent {
             let unsolicited = self.table.stats.unsolicited_replies;
             actions.extend(self.table.handle(m, &self.ifaces, t));
             let refusals = self.table.take_refusals();
-            if park
-                && self.table.stats.unsolicited_replies > unsolicited
-                && self.parked.len() < MAX_PARKED
-            {
+            if defer && !m.from_record && self.table.stats.unsolicited_replies > unsolicited {
                 self.table.stats.unsolicited_replies = unsolicited;
-                self.parked.push((m.clone(), t));
-                self.resync.parked += 1;
+                self.tracker.unobserve(m.seq);
+                self.resync.deferred += 1;
                 continue;
             }
             self.log_refusals(m, refusals);
-        }
-        if expire {
-            actions.extend(self.table.expire(now()));
         }
         self.apply(actions).await;
         fresh.len()
@@ -534,33 +517,9 @@ impl Agent {
 
     fn log_refusals(&self, m: &Message, refusals: Vec<(Ipv6Net, &'static str)>) {
         for (prefix, why) in refusals {
-            let iface = self
-                .ifaces
-                .downstream
-                .get(&m.ifindex)
-                .or(self.ifaces.upstream.get(&m.ifindex));
+            let iface = self.ifaces.name(m.ifindex);
             warn!(%prefix, iface = iface.map(String::as_str).unwrap_or("?"), next_hop = %m.dst, reason = why, "delegation ignored");
         }
-    }
-
-    /// Parked Replies, once the replay may have brought their client
-    /// messages back; refused for good if it did not.
-    async fn retry_parked(&mut self) {
-        let parked = std::mem::take(&mut self.parked);
-        if parked.is_empty() {
-            return;
-        }
-        let mut actions = Vec::new();
-        for (m, t) in &parked {
-            let unsolicited = self.table.stats.unsolicited_replies;
-            actions.extend(self.table.handle(m, &self.ifaces, *t));
-            if self.table.stats.unsolicited_replies == unsolicited {
-                self.resync.unparked += 1;
-            }
-            let refusals = self.table.take_refusals();
-            self.log_refusals(m, refusals);
-        }
-        self.apply(actions).await;
     }
 
     /// The records in `pd_clients_v1` that `keep` accepts, in the order
@@ -619,12 +578,7 @@ impl Agent {
         let mut all = backlog;
         all.extend(recs);
         all.sort_by_key(|m| (m.ts_ns, m.seq));
-        self.parking = true;
-        self.settled = Some(snap.clone());
-        let applied = self.ingest(all, Timing::Kernel, false).await;
-        self.settled = None;
-        self.parking = false;
-        self.retry_parked().await;
+        let applied = self.ingest(all, Timing::Kernel, Some(&snap)).await;
         for (cpu, hw) in snap.iter().enumerate() {
             self.tracker.seed(cpu as u16, *hw);
         }
@@ -632,10 +586,7 @@ impl Agent {
         self.resync.replayed += replayed as u64;
         info!(
             backlog = n,
-            replayed,
-            applied,
-            unparked = self.resync.unparked,
-            "caught up with what the kernel saw while no agent ran"
+            replayed, applied, "caught up with what the kernel saw while no agent ran"
         );
     }
 
@@ -666,14 +617,13 @@ impl Agent {
         let snap = self.seq_snapshot();
         let full = self.counters.get(Counter::RingbufFull);
         let msgs = drain(ring, asm, &mut self.decode_errors);
-        self.ingest(msgs, Timing::Now, false).await;
+        self.ingest(msgs, Timing::Now, None).await;
         let missing = self.tracker.missing();
         let floor = self.floor_ns.saturating_sub(1_000_000_000);
         let msgs = self.records(|_, r| {
             settled(&snap, r.ev.seq) && r.ev.ts_ns > floor && self.tracker.is_new(r.ev.seq)
         });
-        let replayed = self.ingest(msgs, Timing::Kernel, false).await;
-        self.retry_parked().await;
+        let replayed = self.ingest(msgs, Timing::Kernel, None).await;
         let given_up = self.tracker.forget_missing(&snap);
         let actions = self.table.expire(now());
         self.apply(actions).await;
@@ -701,49 +651,32 @@ impl Agent {
         if ev.address {
             // On-link prefixes (strict SAV, next-hop checks) and this host's
             // own addresses follow the interfaces' addresses.
-            if self.ifaces.downstream.contains_key(&ev.index)
-                || self.ifaces.upstream.contains_key(&ev.index)
-            {
+            if self.ifaces.name(ev.index).is_some() {
                 self.refresh_addresses().await;
             }
             return;
         }
-        let known = self.ifaces.downstream.contains_key(&ev.index)
-            || self.ifaces.upstream.contains_key(&ev.index);
+        let known = self.ifaces.name(ev.index).cloned();
         if ev.deleted {
-            if known {
-                let name = self
-                    .ifaces
-                    .downstream
-                    .get(&ev.index)
-                    .or(self.ifaces.upstream.get(&ev.index))
-                    .cloned();
+            if let Some(name) = known {
                 warn!(
-                    iface = name.as_deref().unwrap_or("?"),
+                    iface = %name,
                     ifindex = ev.index,
                     "interface deleted; its bindings are kept until it returns or they expire"
                 );
             }
             return;
         }
-        if known {
+        if let Some(name) = known {
+            // An attach that failed when the interface appeared: try again
+            // on each change of it.
             if self.unattached.contains(&ev.index) {
-                // An attach that failed when the interface appeared: try
-                // again on each change of it.
-                let name = self
-                    .ifaces
-                    .downstream
-                    .get(&ev.index)
-                    .or(self.ifaces.upstream.get(&ev.index))
-                    .cloned();
-                if let Some(name) = name {
-                    match attach(&mut self.progs, &name, &self.links_dir) {
-                        Ok(()) => {
-                            self.unattached.remove(&ev.index);
-                        }
-                        Err(e) => {
-                            warn!(iface = %name, error = %format!("{e:#}"), "attaching to the new interface, again")
-                        }
+                match attach(&mut self.progs, &name, &self.links_dir) {
+                    Ok(()) => {
+                        self.unattached.remove(&ev.index);
+                    }
+                    Err(e) => {
+                        warn!(iface = %name, error = %format!("{e:#}"), "attaching to the new interface, again")
                     }
                 }
             }
@@ -955,10 +888,10 @@ impl Agent {
             })
             .collect();
         // The mark says "everything before this was applied": not while
-        // messages are known lost or Replies wait for a replay.
-        let settled = self.parked.is_empty() && !self.parking && !self.lost_events();
+        // messages are known lost (deferred Replies included). The counter
+        // behind lost_events() is read only when there is a mark to write.
         let mut marked = false;
-        if settled && self.seen_ns > self.journaled_ns {
+        if self.seen_ns > self.journaled_ns && !self.lost_events() {
             if let Some(mark) = self.seen_mark() {
                 changes.push(Change::Seen { mark });
                 marked = true;

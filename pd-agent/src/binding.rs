@@ -154,6 +154,13 @@ pub struct Ifaces {
 }
 
 impl Ifaces {
+    /// The name of a managed interface (downstream or upstream).
+    pub fn name(&self, ifindex: u32) -> Option<&String> {
+        self.downstream
+            .get(&ifindex)
+            .or(self.upstream.get(&ifindex))
+    }
+
     fn downstream_for_link_addr(&self, a: Ipv6Addr) -> Option<u32> {
         if self.downstream.len() == 1 && a.is_unspecified() {
             return self.downstream.keys().next().copied();
@@ -553,19 +560,7 @@ impl Table {
                         iaid: p.iaid,
                         prefix,
                     };
-                    match self.bindings.get(&key) {
-                        Some(b) if from.is_some_and(|f| f != b.next_hop) => {
-                            self.stats.foreign_releases += 1;
-                            self.refusals
-                                .push((prefix, "Decline from an address other than the client's"));
-                        }
-                        Some(_) => out.extend(
-                            self.bindings
-                                .remove(&key)
-                                .map(|b| Action::Remove(b, RemoveReason::Declined)),
-                        ),
-                        None => {}
-                    }
+                    out.extend(self.remove_for_client(&key, from, RemoveReason::Declined));
                 }
                 out
             }
@@ -574,6 +569,30 @@ impl Table {
                 vec![]
             }
         }
+    }
+
+    /// A client's Release or Decline of `key`, sent `from` (None: this
+    /// host's own). Only the client itself (its address is the next hop)
+    /// gives its binding up: a rogue host claiming its DUID on the same
+    /// link does not.
+    fn remove_for_client(
+        &mut self,
+        key: &BindingKey,
+        from: Option<Ipv6Addr>,
+        why: RemoveReason,
+    ) -> Option<Action> {
+        let b = self.bindings.get(key)?;
+        if from.is_some_and(|f| f != b.next_hop) {
+            self.stats.foreign_releases += 1;
+            let refusal = if why == RemoveReason::Declined {
+                "Decline from an address other than the client's"
+            } else {
+                "Release from an address other than the client's"
+            };
+            self.refusals.push((key.prefix, refusal));
+            return None;
+        }
+        self.bindings.remove(key).map(|b| Action::Remove(b, why))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -605,22 +624,7 @@ impl Table {
                     iaid,
                     prefix,
                 };
-                match self.bindings.get(&key) {
-                    // Only the client itself (its address is the next hop)
-                    // releases its binding: a rogue host claiming its DUID
-                    // on the same link does not.
-                    Some(b) if from.is_some_and(|f| f != b.next_hop) => {
-                        self.stats.foreign_releases += 1;
-                        self.refusals
-                            .push((prefix, "Release from an address other than the client's"));
-                    }
-                    Some(_) => out.extend(
-                        self.bindings
-                            .remove(&key)
-                            .map(|b| Action::Remove(b, RemoveReason::Released)),
-                    ),
-                    None => {}
-                }
+                out.extend(self.remove_for_client(&key, from, RemoveReason::Released));
             }
             return out;
         }

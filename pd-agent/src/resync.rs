@@ -124,6 +124,17 @@ impl SeqTracker {
         }
     }
 
+    /// Mark an observed message unseen again (a Reply left for the
+    /// replay to apply in order).
+    pub fn unobserve(&mut self, seq: u64) {
+        let (cpu, n) = split(seq);
+        if let Some(c) = self.cpus.get_mut(&cpu) {
+            if n <= c.hw && c.range_of(n).is_none() {
+                c.missing.insert(n, n);
+            }
+        }
+    }
+
     /// At start, once the backlog and the records are applied: counters up
     /// to `hw` (the kernel's, read before draining) are settled, whatever
     /// was or was not seen of them; later ones still come.
@@ -257,6 +268,18 @@ mod tests {
         assert_eq!(t.missing(), 9);
         assert_eq!(t.observe(s(0, 125)), Seen::New);
         assert_eq!(t.observe(s(0, 125)), Seen::Duplicate);
+    }
+
+    #[test]
+    fn an_unobserved_message_is_new_again() {
+        let mut t = SeqTracker::default();
+        t.observe(s(0, 1));
+        t.observe(s(0, 2));
+        t.unobserve(s(0, 2));
+        assert!(t.is_new(s(0, 2)));
+        assert_eq!(t.missing(), 1);
+        assert_eq!(t.observe(s(0, 2)), Seen::New);
+        assert_eq!(t.missing(), 0);
     }
 
     #[test]

@@ -54,6 +54,39 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The Server-ID of the made-up server.
+const SERVER_DUID: [u8; 10] = [0, 3, 0, 1, 2, 0, 0, 0, 0, 0xee];
+
+/// A made-up DHCPv6 server on the router: its Replies leave lan0 as a
+/// server on the router would send them, past the TC egress program.
+struct MadeUpServer {
+    sock: RawSock,
+    from: Ipv6Addr,
+    client_mac: [u8; 6],
+}
+
+impl MadeUpServer {
+    fn new(lab: &RouterLab) -> Result<Self> {
+        Ok(MadeUpServer {
+            sock: RawSock::open(&lab.router, "lan0")?,
+            from: lab.router.link_local("lan0")?,
+            client_mac: lab.client.mac("eth0")?,
+        })
+    }
+
+    /// A Reply to `c` (`xid`) delegating `prefixes` (none: a bare Success).
+    fn reply(&self, c: &SimClient, xid: u32, prefixes: &[(Ipv6Addr, u8, u32, u32)]) -> Result<()> {
+        let m = c.reply(xid, &SERVER_DUID, prefixes);
+        self.sock
+            .send_udp(Some(self.client_mac), self.from, c.addr, 547, 546, &m)
+    }
+}
+
+/// A /56 for an hour, as the made-up server delegates.
+fn lease_of(p: Ipv6Addr) -> [(Ipv6Addr, u8, u32, u32); 1] {
+    [(p, 56, 3000, 3600)]
+}
+
 /// The /56 delegated to simulated client `i` in the tests that make them up.
 fn made_up_prefix(i: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0x100 + (i >> 8), (i & 0xff) << 8, 0, 0, 0, 0)
@@ -84,30 +117,13 @@ fn lost_ring_events_are_replayed_from_client_records() -> Result<()> {
         ..AgentOpts::new(&["lan0"], &["wan0"])
     };
     let mut agent = Agent::start_opts(&lab.router, &dir, opts)?;
-    let server = RawSock::open(&lab.router, "lan0")?;
+    let server = MadeUpServer::new(&lab)?;
     let client_side = RawSock::open(&lab.client, "eth0")?;
-    let router_ll = lab.router.link_local("lan0")?;
-    let server_duid = [0, 3, 0, 1, 2, 0, 0, 0, 0, 0xee];
     let clients: Vec<SimClient> = (1..=N).map(SimClient::new).collect();
-    let reply_to = |i: usize, xid: u32, prefixes: &[(Ipv6Addr, u8, u32, u32)]| {
-        let c = &clients[i];
-        server.send_udp(
-            Some(client_side.mac),
-            router_ll,
-            c.addr,
-            547,
-            546,
-            &c.reply(xid, &server_duid, prefixes),
-        )
-    };
 
     agent.daemon.kill(libc::SIGSTOP);
-    for i in 0..N as usize {
-        reply_to(
-            i,
-            0x100 + i as u32,
-            &[(made_up_prefix(i as u16), 56, 3000, 3600)],
-        )?;
+    for (i, c) in clients.iter().enumerate() {
+        server.reply(c, 0x100 + i as u32, &lease_of(made_up_prefix(i as u16)))?;
     }
     agent.daemon.kill(libc::SIGCONT);
     let mut want: BTreeSet<(String, String)> = (0..N)
@@ -138,14 +154,14 @@ fn lost_ring_events_are_replayed_from_client_records() -> Result<()> {
         let m = c.about(
             8,
             0x9000 + i as u32,
-            &server_duid,
+            &SERVER_DUID,
             (made_up_prefix(i as u16), 56),
         );
         client_side.send_udp(None, c.addr, ALL_SERVERS, 546, 547, &m)?;
     }
     std::thread::sleep(Duration::from_millis(200));
-    for i in 0..100 {
-        reply_to(i, 0x9000 + i as u32, &[])?;
+    for (i, c) in clients.iter().enumerate().take(100) {
+        server.reply(c, 0x9000 + i as u32, &[])?;
     }
     agent.daemon.kill(libc::SIGCONT);
     want.retain(|(p, _)| !(0..100).any(|i| *p == format!("{}/56", made_up_prefix(i))));
@@ -157,6 +173,74 @@ fn lost_ring_events_are_replayed_from_client_records() -> Result<()> {
         agent.stats()?["kernel"]["ringbuf_full"].as_u64() > Some(full),
         "overflowed again"
     );
+    Ok(())
+}
+
+/// A client's Request is lost from the ring buffer but the server's Reply
+/// to it is not (require-client-message is on). The Reply is left for the
+/// replay, which applies the Request's record and then the Reply's: the
+/// route is installed. A first overflow runs one resync, so the next one
+/// (at most once a second) comes after the Reply has been read.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn reply_whose_request_was_lost_waits_for_the_replay() -> Result<()> {
+    let lab = RouterLab::new()?;
+    let dir = TempDir::new("defer")?;
+    let opts = AgentOpts {
+        args: vec!["--ring-buffer-bytes".into(), page_size().to_string()],
+        ..AgentOpts::new(&["lan0"], &["wan0"])
+    };
+    let mut agent = Agent::start_opts(&lab.router, &dir, opts)?;
+    let server = MadeUpServer::new(&lab)?;
+    let client_side = RawSock::open(&lab.client, "eth0")?;
+    let fill = page_size() / 280 + 2;
+    let messages = |agent: &Agent| {
+        agent
+            .stats()
+            .ok()
+            .and_then(|st| st["agent"]["messages"].as_u64())
+    };
+    // Fill the ring while the agent is stopped (Solicits with Rapid Commit
+    // from made-up clients 1000.., one event each); `then` comes after.
+    let overflow = |agent: &mut Agent, base: u16, then: &dyn Fn() -> Result<()>| -> Result<()> {
+        // (Asked before stopping it: a stopped agent answers nothing.)
+        let before = messages(agent).unwrap_or(0);
+        agent.daemon.kill(libc::SIGSTOP);
+        for i in 0..fill as u16 {
+            let c = SimClient::new(base + i);
+            client_side.send_udp(
+                None,
+                c.addr,
+                ALL_SERVERS,
+                546,
+                547,
+                &c.solicit_rapid(base as u32 + i as u32),
+            )?;
+        }
+        then()?;
+        std::thread::sleep(Duration::from_millis(100));
+        agent.daemon.kill(libc::SIGCONT);
+        wait_for(Duration::from_secs(5), || {
+            (messages(agent)? > before).then_some(())
+        })
+        .context("the agent did not read the ring buffer")?;
+        Ok(())
+    };
+    overflow(&mut agent, 1000, &|| Ok(()))?;
+    let x = SimClient::new(1);
+    overflow(&mut agent, 2000, &|| {
+        client_side.send_udp(None, x.addr, ALL_SERVERS, 546, 547, &x.solicit_rapid(0x777))
+    })?;
+    server.reply(&x, 0x777, &lease_of(made_up_prefix(1)))?;
+    let want: BTreeSet<(String, String)> =
+        [(format!("{}/56", made_up_prefix(1)), x.addr.to_string())].into();
+    wait_routes(&lab.router, &agent, &want, Duration::from_secs(10))?;
+    let st = agent.stats()?;
+    assert!(
+        st["resync"]["deferred"].as_u64() >= Some(1),
+        "the Reply waited for the replay: {st}"
+    );
+    assert_eq!(st["agent"]["unsolicited_replies"], 0, "{st}");
     Ok(())
 }
 
@@ -340,27 +424,21 @@ fn reply_in_the_backlog_finds_the_request_an_earlier_agent_saw() -> Result<()> {
     let lab = RouterLab::new()?;
     let dir = TempDir::new("reqx")?;
     let agent = Agent::start_opts(&lab.router, &dir, AgentOpts::new(&["lan0"], &["wan0"]))?;
-    let server = RawSock::open(&lab.router, "lan0")?;
+    let server = MadeUpServer::new(&lab)?;
     let client_side = RawSock::open(&lab.client, "eth0")?;
-    let router_ll = lab.router.link_local("lan0")?;
-    let server_duid = [0, 3, 0, 1, 2, 0, 0, 0, 0, 0xee];
     let (x, y) = (SimClient::new(1), SimClient::new(2));
-    let reply = |c: &SimClient, xid: u32, p: Ipv6Addr| -> Result<()> {
-        let m = c.reply(xid, &server_duid, &[(p, 56, 3000, 3600)]);
-        server.send_udp(Some(client_side.mac), router_ll, c.addr, 547, 546, &m)
-    };
     client_side.send_udp(None, x.addr, ALL_SERVERS, 546, 547, &x.solicit_rapid(0x111))?;
     // Well past the one-second margin the next agent's floor allows.
     std::thread::sleep(Duration::from_millis(1500));
     client_side.send_udp(None, y.addr, ALL_SERVERS, 546, 547, &y.solicit_rapid(0x222))?;
     std::thread::sleep(Duration::from_millis(50));
-    reply(&y, 0x222, made_up_prefix(2))?;
+    server.reply(&y, 0x222, &lease_of(made_up_prefix(2)))?;
     let mut want: BTreeSet<(String, String)> =
         [(format!("{}/56", made_up_prefix(2)), y.addr.to_string())].into();
     wait_routes(&lab.router, &agent, &want, Duration::from_secs(10))?;
 
     let pin_dir = agent.kill9_keeping_pins();
-    reply(&x, 0x111, made_up_prefix(1))?;
+    server.reply(&x, 0x111, &lease_of(made_up_prefix(1)))?;
     let opts = AgentOpts {
         pin_dir: Some(pin_dir),
         ..AgentOpts::new(&["lan0"], &["wan0"])
@@ -403,18 +481,8 @@ fn clsact_filter_is_replaced_in_place_without_tcx() -> Result<()> {
         "{}",
         agent.log()
     );
-    let server = RawSock::open(&lab.router, "lan0")?;
-    let router_ll = lab.router.link_local("lan0")?;
-    let server_duid = [0, 3, 0, 1, 2, 0, 0, 0, 0, 0xee];
-    let send = |i: u16| -> Result<()> {
-        let c = SimClient::new(i);
-        let m = c.reply(
-            i as u32,
-            &server_duid,
-            &[(made_up_prefix(i), 56, 3000, 3600)],
-        );
-        server.send_udp(None, router_ll, c.addr, 547, 546, &m)
-    };
+    let server = MadeUpServer::new(&lab)?;
+    let send = |i: u16| server.reply(&SimClient::new(i), i as u32, &lease_of(made_up_prefix(i)));
     let route = |i: u16| {
         (
             format!("{}/56", made_up_prefix(i)),
@@ -519,16 +587,7 @@ fn recreated_interface_gets_programs_and_routes_back() -> Result<()> {
         .exec(&["ip", "link", "set", "eth0", "address", &client_mac])?;
     lab.client.exec(&["ip", "link", "set", "eth0", "up"])?;
     lab.client.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
-    lab.router.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:ffff::1/64",
-        "dev",
-        "lan0",
-        "nodad",
-    ])?;
+    lab.router.add_addr("2001:db8:ffff::1/64", "lan0")?;
     let new_index = lab
         .router
         .exec(&["cat", "/sys/class/net/lan0/ifindex"])?
@@ -606,20 +665,15 @@ fn forged_replies_from_a_client_link_install_nothing() -> Result<()> {
     let rogue = RawSock::open(&lab.client, "eth0")?;
     let me = lab.client.link_local("eth0")?;
     let router_ll = lab.router.link_local("lan0")?;
-    let router_mac = lab.router.exec(&["cat", "/sys/class/net/lan0/address"])?;
-    let router_mac = pd_tests::wire::hex_bytes(&router_mac.trim().replace(':', ""));
-    let router_mac: [u8; 6] = router_mac
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("router MAC"))?;
+    let router_mac = lab.router.mac("lan0")?;
     let victim = SimClient::new(7);
-    let server_duid = [0, 3, 0, 1, 2, 0, 0, 0, 0, 0xee];
     let lease = [(
         Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 0),
         48u8,
         3600u32,
         7200u32,
     )];
-    let reply = victim.reply(0x4242, &server_duid, &lease);
+    let reply = victim.reply(0x4242, &SERVER_DUID, &lease);
 
     rogue.send_udp(Some(router_mac), me, router_ll, 547, 546, &reply)?;
     rogue.send_udp(None, me, ALL_SERVERS, 547, 547, &reply)?;
@@ -631,19 +685,10 @@ fn forged_replies_from_a_client_link_install_nothing() -> Result<()> {
         ..SimClient::new(8)
     };
     rogue.send_udp(None, me, ALL_SERVERS, 546, 547, &own.solicit_rapid(0x5151))?;
-    let own_reply = own.reply(0x5151, &server_duid, &lease);
+    let own_reply = own.reply(0x5151, &SERVER_DUID, &lease);
     // Hairpins: to its own link-local address, and to a neighbour's global one.
     rogue.send_udp(Some(router_mac), me, me, 547, 546, &own_reply)?;
-    lab.client.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:ffff::7/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ])?;
+    lab.client.add_addr("2001:db8:ffff::7/64", "eth0")?;
     rogue.send_udp(
         Some(router_mac),
         me,
