@@ -846,16 +846,6 @@ fn rx_packets(ns: &Netns) -> u64 {
         .unwrap_or(0)
 }
 
-fn mac_of(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
-    let out = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")])?;
-    let v: Vec<u8> = out
-        .trim()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    v.try_into().map_err(|_| anyhow::anyhow!("bad MAC"))
-}
-
 /// Sends 64-byte UDP packets from gen's own stack for `secs` (the skb
 /// path: each packet is a socket write); returns packets/s at the sink.
 fn blast(rig: &Rig, secs: f64) -> Result<f64> {
@@ -906,8 +896,8 @@ impl Generator {
             .attach("eth0", aya::programs::XdpMode::Driver)?; // registers eth0's XDP rx queue
         progs.generator()?;
         let mut frame = udp_frame(64);
-        frame[0..6].copy_from_slice(&mac_of(&rig.router, "wan0")?);
-        frame[6..12].copy_from_slice(&mac_of(&rig.gen, "eth0")?);
+        frame[0..6].copy_from_slice(&rig.router.mac("wan0")?);
+        frame[6..12].copy_from_slice(&rig.gen.mac("eth0")?);
         let dst = Ipv6Addr::new(0x2001, 0xdb8, 0x1000, 0, 0, 0, 0, 0x99).octets();
         frame[38..54].copy_from_slice(&dst);
         let ifindex = pd_agent::ebpf::if_index("eth0")?;

@@ -539,35 +539,27 @@ pub fn synthetic() -> Vec<Case> {
         ]
         .concat()),
     ));
-    let many: Vec<u8> = (0..300u16)
-        .flat_map(|i| {
-            iaprefix_raw(
-                10,
-                20,
-                64,
-                Ipv6Addr::new(0x2001, 0xdb8, 0, i, 0, 0, 0, 0),
-                &[],
-            )
-        })
-        .collect();
+    // n IAPREFIX options of 2001:db8:0:i::/64.
+    let iaprefixes = |n: u16| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| {
+                iaprefix_raw(
+                    10,
+                    20,
+                    64,
+                    Ipv6Addr::new(0x2001, 0xdb8, 0, i, 0, 0, 0, 0),
+                    &[],
+                )
+            })
+            .collect()
+    };
     v.push(case(
         "300-iaprefixes",
-        mk([c.clone(), iapd_raw(1, 0, 0, &many)].concat()),
+        mk([c.clone(), iapd_raw(1, 0, 0, &iaprefixes(300))].concat()),
     ));
-    let some: Vec<u8> = (0..20u16)
-        .flat_map(|i| {
-            iaprefix_raw(
-                10,
-                20,
-                64,
-                Ipv6Addr::new(0x2001, 0xdb8, 0, i, 0, 0, 0, 0),
-                &[],
-            )
-        })
-        .collect();
     v.push(case(
         "20-iaprefixes",
-        mk([c.clone(), iapd_raw(1, 0, 0, &some)].concat()),
+        mk([c.clone(), iapd_raw(1, 0, 0, &iaprefixes(20))].concat()),
     ));
     let ias: Vec<u8> = (0..6u32)
         .flat_map(|i| {

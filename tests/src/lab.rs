@@ -156,56 +156,11 @@ impl SeedLab {
 
         // Link addresses (not routes): the internet edge, and the subnets
         // each server is bound to.
-        isp_ns.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:ff00::1/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        isp_ns.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:ff01::1/64",
-            "dev",
-            "down0",
-            "nodad",
-        ])?;
-        internet.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("{INTERNET}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        border_ns.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "fd00:0:0:b::1/64",
-            "dev",
-            "down0",
-            "nodad",
-        ])?;
-        laptop_ns.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "fd00:0:0:c::1/64",
-            "dev",
-            "down0",
-            "nodad",
-        ])?;
+        isp_ns.add_addr("2001:db8:ff00::1/64", "eth0")?;
+        isp_ns.add_addr("2001:db8:ff01::1/64", "down0")?;
+        internet.add_addr(&format!("{INTERNET}/64"), "eth0")?;
+        border_ns.add_addr("fd00:0:0:b::1/64", "down0")?;
+        laptop_ns.add_addr("fd00:0:0:c::1/64", "down0")?;
 
         // The only static routes: each level's default towards its upstream.
         internet.exec(&[

@@ -144,6 +144,25 @@ impl Netns {
         })
     }
 
+    /// Add `cidr` to `dev`, without duplicate address detection.
+    pub fn add_addr(&self, cidr: &str, dev: &str) -> Result<()> {
+        self.exec(&["ip", "-6", "addr", "add", cidr, "dev", dev, "nodad"])
+            .map(drop)
+    }
+
+    /// The MAC address of `dev` (read through `ip netns exec`, which mounts
+    /// this namespace's /sys).
+    pub fn mac(&self, dev: &str) -> Result<[u8; 6]> {
+        let out = self.exec(&["cat", &format!("/sys/class/net/{dev}/address")])?;
+        let v: Vec<u8> = out
+            .trim()
+            .split(':')
+            .filter_map(|h| u8::from_str_radix(h, 16).ok())
+            .collect();
+        v.try_into()
+            .map_err(|_| anyhow::anyhow!("no MAC address for {dev} in {}: {out:?}", self.name))
+    }
+
     /// The link-local address of `dev`.
     pub fn link_local(&self, dev: &str) -> Result<Ipv6Addr> {
         let out = self.exec(&[
@@ -259,26 +278,8 @@ impl RouterLab {
         let upstream = Netns::new("up")?;
         let router = Netns::new("rt")?;
         veth(&router, "wan0", &upstream, "eth0")?;
-        router.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:feed::1/64",
-            "dev",
-            "wan0",
-            "nodad",
-        ])?;
-        upstream.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:feed::2/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
+        router.add_addr("2001:db8:feed::1/64", "wan0")?;
+        upstream.add_addr("2001:db8:feed::2/64", "eth0")?;
         upstream.exec(&[
             "ip",
             "-6",
@@ -289,16 +290,7 @@ impl RouterLab {
             "2001:db8:feed::1",
         ])?;
         let client = host_behind(&router, "lan0", "cl")?;
-        router.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:ffff::1/64",
-            "dev",
-            "lan0",
-            "nodad",
-        ])?;
+        router.add_addr("2001:db8:ffff::1/64", "lan0")?;
         Ok(RouterLab {
             upstream,
             router,

@@ -40,12 +40,9 @@ impl RawSock {
             );
         }
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let mac_text =
-            std::fs::read_to_string(format!("/sys/class/net/{iface}/address")).unwrap_or_default();
-        let mut mac = [0u8; 6];
-        for (i, b) in mac_text.trim().split(':').enumerate().take(6) {
-            mac[i] = u8::from_str_radix(b, 16).unwrap_or(0);
-        }
+        // Not from this thread's /sys: that is the host's, whatever the
+        // thread's network namespace.
+        let mac = ns.mac(iface)?;
         Ok(RawSock { fd, ifindex, mac })
     }
 

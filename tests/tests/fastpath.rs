@@ -26,18 +26,6 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
-fn mac(ns: &Netns, dev: &str) -> [u8; 6] {
-    let out = ns
-        .exec(&["cat", &format!("/sys/class/net/{dev}/address")])
-        .unwrap();
-    let v: Vec<u8> = out
-        .trim()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
 /// An Ethernet + IPv6 packet with `nh` and a payload.
 fn packet(src: &str, dst: &str, hop_limit: u8, nh: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0xfe, 0x86, 0xdd];
@@ -117,26 +105,8 @@ fn fast_path_table() -> Result<()> {
     veth(&rt, "wan0", &peer, "w")?;
     veth(&rt, "lan0", &peer, "l0")?;
     veth(&rt, "lan1", &peer, "l1")?;
-    rt.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:feed::1/64",
-        "dev",
-        "wan0",
-        "nodad",
-    ])?;
-    rt.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:1::1/64",
-        "dev",
-        "lan1",
-        "nodad",
-    ])?;
+    rt.add_addr("2001:db8:feed::1/64", "wan0")?;
+    rt.add_addr("2001:db8:1::1/64", "lan1")?;
     rt.exec(&[
         "ip",
         "-6",
@@ -172,7 +142,7 @@ fn fast_path_table() -> Result<()> {
         "dev",
         "lan0",
     ])?;
-    let lan0_mac = mac(&rt, "lan0");
+    let lan0_mac = rt.mac("lan0")?;
 
     let _in = InNetns::enter(&rt)?;
     let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique("fp"));

@@ -31,9 +31,11 @@ fn lan0_subnet(pool: &str) -> KeaSubnet<'_> {
 /// Kea on the router delegating /56s out of `pool` (valid lifetime
 /// `valid`) to dhclient on the client, with an agent started with `opts`
 /// watching. Returns once the client holds its prefix.
+/// Tests move out the fields they use; the rest (Kea, dhclient) keep
+/// running until the test's end.
 struct Delegation {
     agent: Agent,
-    kea: Daemon,
+    _kea: Daemon,
     dhclient: Daemon,
     cdir: TempDir,
     prefix: String,
@@ -55,7 +57,7 @@ fn delegate(
         .with_context(|| format!("dhclient got no prefix: {}", dhclient.log_text()))?;
     Ok(Delegation {
         agent,
-        kea,
+        _kea: kea,
         dhclient,
         cdir,
         prefix,
@@ -146,13 +148,11 @@ fn assert_no_route(lab: &Lab, agent: &Agent, prefix: &str, timeout: Duration) ->
 fn kea_local_to_dhclient_then_release() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("kea")?;
-    let Delegation {
-        agent,
-        kea: _kea,
-        mut dhclient,
-        cdir,
-        prefix,
-    } = delegate(&lab, &dir, "2001:db8:100::", 600, lan_opts())?;
+    let d = delegate(&lab, &dir, "2001:db8:100::", 600, lan_opts())?;
+    let agent = d.agent;
+    let mut dhclient = d.dhclient;
+    let cdir = d.cdir;
+    let prefix = d.prefix;
     assert!(prefix.ends_with("/56"), "{prefix}");
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
 
@@ -174,13 +174,10 @@ fn kea_local_to_dhclient_then_release() -> Result<()> {
 fn unrenewed_lease_expires() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("kexp")?;
-    let Delegation {
-        agent,
-        kea: _kea,
-        mut dhclient,
-        cdir: _cdir,
-        prefix,
-    } = delegate(&lab, &dir, "2001:db8:300::", 8, lan_opts())?;
+    let d = delegate(&lab, &dir, "2001:db8:300::", 8, lan_opts())?;
+    let agent = d.agent;
+    let mut dhclient = d.dhclient;
+    let prefix = d.prefix;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     let b = agent.bindings()?;
     assert_eq!(b[0]["valid_lifetime"], 8);
@@ -294,13 +291,11 @@ fn nft_hook_tracks_delegated_prefixes() -> Result<()> {
         args: vec!["--config".into(), conf_file.display().to_string()],
         ..AgentOpts::new(&[], &[])
     };
-    let Delegation {
-        agent,
-        kea: _kea,
-        mut dhclient,
-        cdir,
-        prefix,
-    } = delegate(&lab, &dir, "2001:db8:400::", 600, opts)?;
+    let d = delegate(&lab, &dir, "2001:db8:400::", 600, opts)?;
+    let agent = d.agent;
+    let mut dhclient = d.dhclient;
+    let cdir = d.cdir;
+    let prefix = d.prefix;
     let set = || {
         lab.router
             .exec(&["nft", "list", "set", "inet", "pd", "delegated"])
@@ -333,13 +328,9 @@ fn fast_path_off_still_routes() -> Result<()> {
         args: vec!["--fast-path".into(), "off".into()],
         ..AgentOpts::new(&["lan0"], &["wan0"])
     };
-    let Delegation {
-        agent,
-        kea: _kea,
-        dhclient: _dhclient,
-        cdir: _cdir,
-        prefix,
-    } = delegate(&lab, &dir, "2001:db8:500::", 600, opts)?;
+    let d = delegate(&lab, &dir, "2001:db8:500::", 600, opts)?;
+    let agent = d.agent;
+    let prefix = d.prefix;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     lab.upstream.exec(&[
         "ping",
@@ -366,13 +357,9 @@ fn fast_path_off_still_routes() -> Result<()> {
 fn restart_after_kill_reconciles() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("rst")?;
-    let Delegation {
-        mut agent,
-        kea: _kea,
-        dhclient: _dhclient,
-        cdir: _cdir,
-        prefix,
-    } = delegate(&lab, &dir, "2001:db8:600::", 600, lan_opts())?;
+    let d = delegate(&lab, &dir, "2001:db8:600::", 600, lan_opts())?;
+    let mut agent = d.agent;
+    let prefix = d.prefix;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
 
     agent.daemon.kill(libc::SIGKILL);
@@ -441,13 +428,9 @@ fn prefix_outside_allow_is_ignored() -> Result<()> {
         args: vec!["--allow".into(), "2001:db8:f000::/36".into()],
         ..AgentOpts::new(&["lan0"], &["wan0"])
     };
-    let Delegation {
-        agent,
-        kea: _kea,
-        dhclient: _dhclient,
-        cdir: _cdir,
-        prefix,
-    } = delegate(&lab, &dir, "2001:db8:700::", 600, opts)?;
+    let d = delegate(&lab, &dir, "2001:db8:700::", 600, opts)?;
+    let agent = d.agent;
+    let prefix = d.prefix;
     wait_for(Duration::from_secs(10), || {
         agent.log().contains("delegation ignored").then_some(())
     })
@@ -471,13 +454,10 @@ fn control_socket_and_stop_behaviour() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("ctl")?;
     // Valid 12 s: the client renews every 3 s.
-    let Delegation {
-        mut agent,
-        kea: _kea,
-        mut dhclient,
-        cdir: _cdir,
-        prefix,
-    } = delegate(&lab, &dir, "2001:db8:800::", 12, lan_opts())?;
+    let d = delegate(&lab, &dir, "2001:db8:800::", 12, lan_opts())?;
+    let mut agent = d.agent;
+    let mut dhclient = d.dhclient;
+    let prefix = d.prefix;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     let ctl = agent.control.display().to_string();
     let bin = agent_bin().display().to_string();
@@ -548,13 +528,9 @@ fn metrics_scrape() -> Result<()> {
         args: vec!["--metrics".into(), "[::1]:9431".into(), "--log-json".into()],
         ..AgentOpts::new(&["lan0"], &["wan0"])
     };
-    let Delegation {
-        agent,
-        kea: _kea,
-        dhclient: _dhclient,
-        cdir: _cdir,
-        prefix,
-    } = delegate(&lab, &dir, "2001:db8:900::", 600, opts)?;
+    let d = delegate(&lab, &dir, "2001:db8:900::", 600, opts)?;
+    let agent = d.agent;
+    let prefix = d.prefix;
     assert_delegated(&lab, &agent, &prefix, "eth0")?; // also pings into the prefix
     let body = {
         let _in = InNetns::enter(&lab.router)?;
@@ -661,13 +637,11 @@ fn bird_redistributes_delegated_prefixes() -> Result<()> {
     };
     let _bird_up = bird(&lab.upstream, "upstream")?;
     let _bird_rt = bird(&lab.router, "router")?;
-    let Delegation {
-        agent,
-        kea: _kea,
-        mut dhclient,
-        cdir,
-        prefix,
-    } = delegate(&lab, &dir, "2001:db8:a00::", 600, lan_opts())?;
+    let d = delegate(&lab, &dir, "2001:db8:a00::", 600, lan_opts())?;
+    let agent = d.agent;
+    let mut dhclient = d.dhclient;
+    let cdir = d.cdir;
+    let prefix = d.prefix;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
 
     let learned = || {
@@ -717,13 +691,9 @@ fn bird_redistributes_delegated_prefixes() -> Result<()> {
 fn forged_release_from_another_host_removes_nothing() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("forge")?;
-    let Delegation {
-        agent,
-        kea: _kea,
-        dhclient: _dhclient,
-        cdir: _cdir,
-        prefix,
-    } = delegate(&lab, &dir, "2001:db8:b00::", 600, lan_opts())?;
+    let d = delegate(&lab, &dir, "2001:db8:b00::", 600, lan_opts())?;
+    let agent = d.agent;
+    let prefix = d.prefix;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     let b = agent.bindings()?;
     let duid = b[0]["client_duid"].as_str().unwrap().to_string();
@@ -733,16 +703,7 @@ fn forged_release_from_another_host_removes_nothing() -> Result<()> {
         .replace(':', "");
 
     // The rogue: another address on the same link, crafting the Release by hand.
-    lab.client.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "fe80::bad/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ])?;
+    lab.client.add_addr("fe80::bad/64", "eth0")?;
     let (net, len) = prefix.split_once('/').unwrap();
     let script = format!(
         r#"
@@ -786,13 +747,10 @@ s.sendto(msg, ("ff02::1:2", 547, 0, idx))
 fn routes_come_back_with_the_link() -> Result<()> {
     let lab = lab()?;
     let dir = TempDir::new("link")?;
-    let Delegation {
-        mut agent,
-        kea: _kea,
-        mut dhclient,
-        cdir: _cdir,
-        prefix,
-    } = delegate(&lab, &dir, "2001:db8:c00::", 600, lan_opts())?;
+    let d = delegate(&lab, &dir, "2001:db8:c00::", 600, lan_opts())?;
+    let mut agent = d.agent;
+    let mut dhclient = d.dhclient;
+    let prefix = d.prefix;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
     assert_eq!(agent.bindings()?[0]["status"], "installed");
     dhclient.kill(libc::SIGKILL);
