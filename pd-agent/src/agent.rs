@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::{
     binding::{Action, BindingView, Ifaces, Kind, Policy, Table},
     control::{self, Call, Request},
+    datapath::{self, FastPathMode, LinkKind, Monitor},
     ebpf::{self, Attached, Counters, LoadOptions, Programs},
     hooks::{HookEvent, Hooks},
     maps::{RouteMap, SavMaps},
@@ -42,7 +43,7 @@ pub struct Config {
     pub hooks: Vec<PathBuf>,
     pub hook_timeout: Duration,
     /// Forward delegated prefixes in XDP.
-    pub fast_path: bool,
+    pub fast_path: FastPathMode,
     /// Source-address validation for downstream interfaces without an override.
     pub sav: SavMode,
     /// Per-interface overrides.
@@ -118,8 +119,19 @@ struct Agent {
     ifaces: Ifaces,
     progs: Programs,
     links_dir: PathBuf,
-    /// Names of managed interfaces -> their `pd_ifaces_v1` flags.
+    /// Names of managed interfaces -> their own `pd_ifaces_v1` flags
+    /// (source validation, upstream); the fast path's are added on write.
     iface_flags: std::collections::HashMap<String, u32>,
+    /// Link kind of each managed interface, by ifindex.
+    link_kinds: std::collections::HashMap<u32, LinkKind>,
+    /// What the fast path may do, kept current from the kernel's reports.
+    datapath: Monitor,
+    /// The flags last written to `pd_ifaces_v1`, by ifindex.
+    written_flags: std::collections::HashMap<u32, u32>,
+    /// The fast path's state as last logged: forwarding (or why not), and
+    /// each interface's redirect verdict.
+    logged_forwarding: Option<Result<(), String>>,
+    logged_targets: std::collections::HashMap<u32, Result<(), String>>,
     clients: BpfHashMap<MapData, ClientKey, ClientRecord>,
     /// Entries of the pinned `pd_clients_v1`.
     client_records: u32,
@@ -182,8 +194,21 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
     }
     let any_sav = cfg.downstream.iter().any(|n| sav_of(n) != SavMode::Off);
+    // Every interface's link type first: one the programs cannot read is
+    // refused before anything is attached anywhere.
+    let routes = Routes::new(cfg.proto)?;
+    let mut link_kinds = std::collections::HashMap::new();
+    for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
+        let t = routes
+            .link_type(*idx)
+            .await
+            .with_context(|| format!("reading the link type of {name}"))?;
+        let kind =
+            datapath::link_kind(t).map_err(|why| anyhow::anyhow!("interface {name}: {why}"))?;
+        link_kinds.insert(*idx, kind);
+    }
     let opts = LoadOptions {
-        fast_path: cfg.fast_path,
+        fast_path: cfg.fast_path != FastPathMode::Off,
         sav: any_sav,
         ring_bytes: cfg.ring_bytes,
         client_entries: cfg.client_records,
@@ -209,7 +234,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     let mut ring = progs.take_events()?;
     let map = RouteMap::new(progs.take_routes()?, progs.take_fwd_stats()?);
-    let mut sav = SavMaps {
+    let sav = SavMaps {
         ifaces: progs.take_ifaces()?,
         onlink: progs.take_onlink()?,
     };
@@ -227,14 +252,17 @@ pub async fn run(cfg: Config) -> Result<()> {
         } else {
             pd_common::ifflags::UPSTREAM
         };
-        sav.set_iface(*idx, flags)?;
         iface_flags.insert(name.clone(), flags);
     }
-    info!(fast_path = cfg.fast_path, sav = ?cfg.sav, "data path options");
+    for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
+        let kind = link_kinds[idx];
+        info!(iface = %name, link = ?kind, "link type");
+    }
+    let (monitor, mut listeners) = Monitor::start(cfg.fast_path, names.clone());
+    info!(fast_path = cfg.fast_path.as_str(), sav = ?cfg.sav, "data path options");
     let counters = progs.take_counters()?;
     let clients = progs.take_clients()?;
 
-    let routes = Routes::new(cfg.proto)?;
     let store = Store::open(&cfg.state_dir)?;
     let hooks = Hooks::start(cfg.hooks.clone(), cfg.hook_timeout);
 
@@ -253,6 +281,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         progs,
         links_dir,
         iface_flags,
+        link_kinds,
+        datapath: monitor,
+        written_flags: Default::default(),
+        logged_forwarding: None,
+        logged_targets: Default::default(),
         client_records,
         seq,
         clients,
@@ -275,6 +308,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         route_errors: 0,
         decode_errors: 0,
     };
+    agent.write_iface_flags()?;
     agent.refresh_addresses().await;
     let restored = agent.restore()?;
     // What the kernel saw while no agent was running, applied to the
@@ -308,6 +342,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut last_resync = tokio::time::Instant::now();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut datapath_poll = tokio::time::interval(datapath::POLL);
+    datapath_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let sleep = match agent.table.next_deadline() {
@@ -363,10 +399,28 @@ pub async fn run(cfg: Config) -> Result<()> {
                 };
                 let _ = reply.send(answer);
             }
+            r = tick(&mut listeners.features) => {
+                if r.is_none() {
+                    warn!("xdp-features notifications stopped; reading them every {}s", datapath::POLL.as_secs());
+                    listeners.features = None;
+                }
+                agent.refresh_datapath();
+            }
+            r = tick(&mut listeners.firewall) => {
+                if r.is_none() {
+                    warn!("nftables notifications stopped; reading the hooks every {}s", datapath::POLL.as_secs());
+                    listeners.firewall = None;
+                }
+                agent.refresh_datapath();
+            }
+            _ = datapath_poll.tick(), if cfg.fast_path != FastPathMode::Off => agent.refresh_datapath(),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    // Nobody watches the firewall once the agent is gone: the kernel
+    // forwards until the next agent has looked.
+    agent.release_fast_path();
     if cfg.flush_on_exit {
         let all: Vec<Ipv6Net> = agent.table.iter().map(|b| b.prefix).collect();
         let mut actions = Vec::new();
@@ -392,6 +446,15 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     let _ = std::fs::remove_file(&cfg.control);
     Ok(())
+}
+
+/// The next tick of an optional listener; `None` once it has stopped
+/// (never, when there is no listener).
+async fn tick(rx: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// When a message's time is taken.
@@ -707,14 +770,28 @@ impl Agent {
         };
         side.insert(ev.index, name.clone());
         info!(iface = %name, old_ifindex = old, ifindex = ev.index, "interface created again; attaching the programs");
-        if let Err(e) = attach(&mut self.progs, &name, &self.links_dir) {
-            warn!(iface = %name, error = %format!("{e:#}"), "attaching to the new interface; will retry when it changes");
-            self.unattached.insert(ev.index);
-        }
-        let flags = self.iface_flags.get(&name).copied().unwrap_or(0);
+        // Its flags (link type first) before the programs see a packet.
+        self.link_kinds.remove(&old);
+        self.written_flags.remove(&old);
         let _ = self.sav.set_iface(old, 0);
-        if let Err(e) = self.sav.set_iface(ev.index, flags) {
+        let kind = datapath::link_kind(ev.link_type);
+        if let Ok(k) = kind {
+            self.link_kinds.insert(ev.index, k);
+        }
+        self.datapath.refresh();
+        if let Err(e) = self.write_iface_flags() {
             warn!(error = %crate::chain(&e), "map");
+        }
+        match kind {
+            Err(why) => {
+                warn!(iface = %name, reason = %why, "the new interface is of a link type pd-agent cannot read: programs not attached");
+            }
+            Ok(_) => {
+                if let Err(e) = attach(&mut self.progs, &name, &self.links_dir) {
+                    warn!(iface = %name, error = %format!("{e:#}"), "attaching to the new interface; will retry when it changes");
+                    self.unattached.insert(ev.index);
+                }
+            }
         }
         let moved = self.table.reindex(old, ev.index);
         let changes: Vec<Change> = moved
@@ -1099,9 +1176,147 @@ impl Agent {
                     "hooks": &*self.hooks.stats,
                     "decode_errors": self.decode_errors,
                     "resync": &self.resync,
+                    "fast_path": self.fast_path_view(),
                 })
             }
         }
+    }
+}
+
+impl Agent {
+    /// Managed interfaces: (ifindex, name).
+    fn managed(&self) -> Vec<(u32, String)> {
+        self.ifaces
+            .downstream
+            .iter()
+            .chain(self.ifaces.upstream.iter())
+            .map(|(i, n)| (*i, n.clone()))
+            .collect()
+    }
+
+    /// Write every managed interface's flags: its own (source validation,
+    /// upstream) and the fast path's (link type, may forward from, may
+    /// redirect into). Logs what changed in the fast path's verdicts.
+    fn write_iface_flags(&mut self) -> Result<(), crate::maps::MapOpError> {
+        self.log_datapath();
+        for (idx, name) in self.managed() {
+            let own = self.iface_flags.get(&name).copied().unwrap_or(0);
+            let kind = self
+                .link_kinds
+                .get(&idx)
+                .copied()
+                .unwrap_or(LinkKind::Ethernet);
+            let flags = own | self.datapath.state.flags(idx, kind);
+            if self.written_flags.get(&idx) != Some(&flags) {
+                self.sav.set_iface(idx, flags)?;
+                self.written_flags.insert(idx, flags);
+            }
+        }
+        Ok(())
+    }
+
+    /// Log the fast path's state where it changed.
+    fn log_datapath(&mut self) {
+        if self.datapath.state.mode == FastPathMode::Off {
+            return;
+        }
+        let fwd = self.datapath.state.forwarding();
+        if self.logged_forwarding.as_ref() != Some(&fwd) {
+            match &fwd {
+                Ok(()) if self.datapath.state.mode == FastPathMode::BypassFirewall => warn!(
+                    mode = "bypass-firewall",
+                    "fast path forwarding in XDP; netfilter (firewall, conntrack) never sees that traffic"
+                ),
+                Ok(()) => info!(mode = "auto", "fast path forwarding in XDP: no netfilter hook on the forwarding path"),
+                Err(why) => info!(mode = self.datapath.state.mode.as_str(), reason = %why, "fast path not forwarding"),
+            }
+            self.logged_forwarding = Some(fwd);
+        }
+        for (idx, name) in self.managed() {
+            if !self.ifaces.downstream.contains_key(&idx) {
+                continue;
+            }
+            let kind = self
+                .link_kinds
+                .get(&idx)
+                .copied()
+                .unwrap_or(LinkKind::Ethernet);
+            let t = self.datapath.state.redirect_target(idx, kind);
+            if self.logged_targets.get(&idx) != Some(&t) {
+                match &t {
+                    Ok(()) => {
+                        info!(iface = %name, "redirect target: the fast path may forward into it")
+                    }
+                    Err(why) => {
+                        info!(iface = %name, reason = %why, "not a redirect target: the kernel forwards into it")
+                    }
+                }
+                self.logged_targets.insert(idx, t);
+            }
+        }
+    }
+
+    /// Read the data path's readings again (a notification, or the poll).
+    fn refresh_datapath(&mut self) {
+        self.datapath.refresh();
+        if let Err(e) = self.write_iface_flags() {
+            warn!(error = %crate::chain(&e), "writing interface flags");
+        }
+    }
+
+    /// Stop forwarding in XDP (the agent is going): nothing would notice a
+    /// firewall loaded meanwhile. Link types and snooping stay.
+    fn release_fast_path(&mut self) {
+        for (idx, flags) in self.written_flags.clone() {
+            if flags & pd_common::ifflags::FWD_IN != 0 {
+                let _ = self.sav.set_iface(idx, flags & !pd_common::ifflags::FWD_IN);
+            }
+        }
+    }
+
+    /// The fast path as `stats` shows it.
+    fn fast_path_view(&self) -> serde_json::Value {
+        let st = &self.datapath.state;
+        let mut ifs = serde_json::Map::new();
+        for (idx, name) in self.managed() {
+            let kind = self
+                .link_kinds
+                .get(&idx)
+                .copied()
+                .unwrap_or(LinkKind::Ethernet);
+            let target = st.redirect_target(idx, kind);
+            let mut v = serde_json::json!({
+                "ifindex": idx,
+                "link": kind,
+                "role": if self.ifaces.downstream.contains_key(&idx) { "downstream" } else { "upstream" },
+                "redirect_target": target.is_ok(),
+                "flags": self.written_flags.get(&idx).copied().unwrap_or(0),
+            });
+            if let Err(why) = target {
+                v["why_not"] = why.into();
+            }
+            if let Some(f) = st.features.as_ref().and_then(|f| f.get(&idx)) {
+                v["xdp_features"] = crate::xdp_features::describe(*f).into();
+            }
+            ifs.insert(name, v);
+        }
+        let fwd = st.forwarding();
+        let mut v = serde_json::json!({
+            "mode": st.mode.as_str(),
+            "forwarding": fwd.is_ok(),
+            "xdp_features_reported": st.features.is_some(),
+            "interfaces": ifs,
+        });
+        if let Err(why) = fwd {
+            v["reason"] = why.into();
+        }
+        if let datapath::Firewall::Hooks(h) = &st.firewall {
+            v["netfilter_hooks"] = h.clone().into();
+        }
+        if let Some(how) = self.datapath.firewall_method() {
+            v["netfilter_probe"] = how.into();
+        }
+        v
     }
 }
 

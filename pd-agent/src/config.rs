@@ -10,7 +10,7 @@
 //! state_dir = "/var/lib/pd-agent"
 //! control = "/run/pd-agent/control.sock"
 //! route_proto = 99
-//! fast_path = true
+//! fast_path = "auto"       # or "off", "bypass-firewall"
 //! sav = "on"                 # default for downstream interfaces
 //! hooks = ["/etc/pd-agent/hooks/nft-set.sh"]
 //! hook_timeout = 30
@@ -38,6 +38,7 @@ use serde::Deserialize;
 use crate::{
     agent::{Config, SavMode},
     control,
+    datapath::FastPathMode,
     route::DEFAULT_PROTO,
 };
 
@@ -90,7 +91,7 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub control: Option<PathBuf>,
     pub route_proto: Option<u8>,
-    pub fast_path: Option<bool>,
+    pub fast_path: Option<FastPathMode>,
     pub sav: Option<SavMode>,
     #[serde(default)]
     pub hooks: Vec<PathBuf>,
@@ -154,9 +155,11 @@ pub struct RunArgs {
     /// Seconds a hook may run before it is killed [default: 30].
     #[arg(long, env = "PD_HOOK_TIMEOUT")]
     pub hook_timeout: Option<u64>,
-    /// Forward traffic to delegated prefixes in XDP [default: on].
-    #[arg(long, env = "PD_FAST_PATH", value_parser = on_off)]
-    pub fast_path: Option<bool>,
+    /// Forward traffic to delegated prefixes in XDP: `auto` where the kernel would forward it
+    /// the same way and no netfilter hook (firewall, conntrack) is on the forwarding path;
+    /// `off`; or `bypass-firewall`, which forwards even past the firewall [default: auto].
+    #[arg(long, env = "PD_FAST_PATH", value_parser = FastPathMode::parse)]
+    pub fast_path: Option<FastPathMode>,
     /// Source-address validation on downstream interfaces [default: on].
     #[arg(long, env = "PD_SAV", value_enum)]
     pub sav: Option<SavMode>,
@@ -301,7 +304,10 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
                     .or(file.hook_timeout)
                     .unwrap_or(DEFAULT_HOOK_TIMEOUT),
             ),
-            fast_path: args.fast_path.or(file.fast_path).unwrap_or(true),
+            fast_path: args
+                .fast_path
+                .or(file.fast_path)
+                .unwrap_or(FastPathMode::Auto),
             sav: args.sav.or(file.sav).unwrap_or(SavMode::On),
             sav_iface,
             allow: if args.allow.is_empty() {
@@ -381,7 +387,7 @@ mod tests {
         assert_eq!(r.proto, 99);
         assert_eq!(r.hooks, [PathBuf::from("/etc/pd-agent/hooks/nft-set.sh")]);
         assert_eq!(r.hook_timeout, Duration::from_secs(20));
-        assert!(r.fast_path);
+        assert_eq!(r.fast_path, FastPathMode::Auto);
         assert_eq!(
             r.allow,
             ["2001:db8::/32".parse::<ipnet::Ipv6Net>().unwrap()]
@@ -396,7 +402,7 @@ mod tests {
         let args = RunArgs {
             downstream: vec!["lan9".into()],
             route_proto: Some(120),
-            fast_path: Some(false),
+            fast_path: Some(FastPathMode::Off),
             hooks: vec!["/bin/true".into()],
             ..Default::default()
         };
@@ -407,13 +413,13 @@ mod tests {
             FileConfig::parse("[[interface]]\nname = \"lan0\"\nrole = \"downstream\"\n").unwrap();
         let args = RunArgs {
             route_proto: Some(120),
-            fast_path: Some(false),
+            fast_path: Some(FastPathMode::BypassFirewall),
             ..Default::default()
         };
         let r = resolve(args, Some(f)).unwrap().config;
         assert_eq!(
             (r.proto, r.fast_path, r.downstream.clone()),
-            (120, false, vec!["lan0".to_string()])
+            (120, FastPathMode::BypassFirewall, vec!["lan0".to_string()])
         );
     }
 

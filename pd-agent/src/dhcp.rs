@@ -59,23 +59,34 @@ struct Loc {
     vlan: Option<u16>,
 }
 
-fn locate(f: &[u8]) -> Result<Option<Loc>, Counter> {
+/// Ethernet (with one optional 802.1Q/802.1ad tag), or on links without
+/// a link-layer header (`bare`) an IPv6 header first.
+fn locate(f: &[u8], bare: bool) -> Result<Option<Loc>, Counter> {
     let c = Cur { b: f };
-    let Some(mut proto) = c.u16(12) else {
-        return Ok(None);
-    };
     let mut l3 = 14;
     let mut vlan = None;
-    if proto == 0x8100 || proto == 0x88a8 {
-        let (Some(tci), Some(p)) = (c.u16(14), c.u16(16)) else {
+    if bare {
+        // IPv4 shares such links: the version nibble tells them apart
+        // (the kernel reads it as a 2-byte window).
+        if c.u16(0).is_none_or(|w| w >> 12 != 6) {
+            return Ok(None);
+        }
+        l3 = 0;
+    } else {
+        let Some(mut proto) = c.u16(12) else {
             return Ok(None);
         };
-        vlan = Some(tci & 0x0fff);
-        proto = p;
-        l3 = 18;
-    }
-    if proto != 0x86dd {
-        return Ok(None);
+        if proto == 0x8100 || proto == 0x88a8 {
+            let (Some(tci), Some(p)) = (c.u16(14), c.u16(16)) else {
+                return Ok(None);
+            };
+            vlan = Some(tci & 0x0fff);
+            proto = p;
+            l3 = 18;
+        }
+        if proto != 0x86dd {
+            return Ok(None);
+        }
     }
     if f.len() < l3 + 40 {
         return Err(Counter::TruncatedHeader);
@@ -133,8 +144,15 @@ struct Ia {
 
 /// Parse a whole frame (Ethernet first) as the kernel program would.
 pub fn parse_frame(frame: &[u8], hook: u8, ifindex: u32) -> Parsed {
+    parse_packet(frame, hook, ifindex, false)
+}
+
+/// [`parse_frame`] for any link: `bare` means the link has no link-layer
+/// header (ppp, tun, WireGuard, GRE: `ifflags::L3`), so the packet starts
+/// with its IPv6 header and the event's MACs stay zero.
+pub fn parse_packet(frame: &[u8], hook: u8, ifindex: u32, bare: bool) -> Parsed {
     let mut side = Vec::new();
-    let outcome = match parse_inner(frame, hook, ifindex, &mut side) {
+    let outcome = match parse_inner(frame, hook, ifindex, bare, &mut side) {
         Ok(o) => o,
         Err(c) => Outcome::Rejected(c),
     };
@@ -145,9 +163,10 @@ fn parse_inner(
     frame: &[u8],
     hook: u8,
     ifindex: u32,
+    bare: bool,
     side: &mut Vec<Counter>,
 ) -> Result<Outcome, Counter> {
-    let Some(loc) = locate(frame)? else {
+    let Some(loc) = locate(frame, bare)? else {
         return Ok(Outcome::NotDhcp);
     };
     if loc.len < 4 {
@@ -163,8 +182,10 @@ fn parse_inner(
         .ok_or(Counter::TruncatedHeader)?;
     ev.src = frame[loc.l3 + 8..loc.l3 + 24].try_into().unwrap();
     ev.dst = frame[loc.l3 + 24..loc.l3 + 40].try_into().unwrap();
-    ev.dst_mac = frame[0..6].try_into().unwrap();
-    ev.src_mac = frame[6..12].try_into().unwrap();
+    if !bare {
+        ev.dst_mac = frame[0..6].try_into().unwrap();
+        ev.src_mac = frame[6..12].try_into().unwrap();
+    }
     if let Some(v) = loc.vlan {
         ev.flags |= flags::VLAN;
         ev.vlan = v;

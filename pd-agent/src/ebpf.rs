@@ -501,7 +501,7 @@ impl Programs {
         // A marker (an empty directory: bpffs holds no plain files), so
         // that a later agent no longer managing this interface, or using
         // tcx, knows to remove the filter.
-        let marker = links.join(format!("tcnl_{iface}"));
+        let marker = links.join(format!("tcnl_{}", pin_escape(iface)));
         std::fs::create_dir_all(&marker).map_err(|source| LoadError::PinDir {
             path: marker.clone(),
             source,
@@ -594,16 +594,54 @@ impl Programs {
     }
 }
 
-/// `links/<prog>_<iface>_<ifindex>`. Pins of the same program and interface
-/// name with another index belong to an interface that was deleted and
-/// recreated: their links are dead, so they are removed.
+/// An interface name as a bpffs name: bpffs refuses dots (it keeps them
+/// for its own files), and Linux allows them (`eth0.10`). `.` becomes
+/// `%2e` and `%` becomes `%25`, so distinct names stay distinct and the
+/// name can be read back ([`pin_unescape`]).
+pub fn pin_escape(iface: &str) -> String {
+    let mut out = String::with_capacity(iface.len());
+    for c in iface.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '.' => out.push_str("%2e"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub fn pin_unescape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("%2e") {
+            out.push('.');
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("%25") {
+            out.push('%');
+            rest = t;
+        } else {
+            out.push('%');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `links/<prog>_<iface>_<ifindex>` (the name escaped, [`pin_escape`]).
+/// Pins of the same program and interface name with another index belong
+/// to an interface that was deleted and recreated: their links are dead,
+/// so they are removed.
 fn link_path(links: &Path, prog: &str, iface: &str) -> Result<PathBuf, LoadError> {
     let ifindex = if_index(iface)?;
     std::fs::create_dir_all(links).map_err(|source| LoadError::PinDir {
         path: links.into(),
         source,
     })?;
-    let stem = format!("{prog}_{iface}_");
+    let stem = format!("{prog}_{}_", pin_escape(iface));
     let want = format!("{stem}{ifindex}");
     if let Ok(dir) = std::fs::read_dir(links) {
         for e in dir.flatten() {
@@ -649,8 +687,9 @@ pub fn prune_links(links: &Path, keep: &[String]) -> Vec<String> {
         if let Some(iface) = name.strip_prefix("tcnl_") {
             // A clsact filter of an earlier agent without tcx: it outlives
             // agents, so it is removed explicitly when no longer wanted.
-            if !keep.iter().any(|k| k == iface) || tcx_available() {
-                detach_tc_netlink(iface);
+            let iface = pin_unescape(iface);
+            if !keep.contains(&iface) || tcx_available() {
+                detach_tc_netlink(&iface);
                 let _ = std::fs::remove_dir(e.path());
                 removed.push(name);
             }
@@ -665,8 +704,8 @@ pub fn prune_links(links: &Path, keep: &[String]) -> Vec<String> {
         let Some((iface, idx)) = rest.rsplit_once('_') else {
             continue;
         };
-        let live =
-            keep.iter().any(|k| k == iface) && if_index(iface).is_ok_and(|i| i.to_string() == idx);
+        let iface = pin_unescape(iface);
+        let live = keep.contains(&iface) && if_index(&iface).is_ok_and(|i| i.to_string() == idx);
         if !live {
             let _ = std::fs::remove_file(e.path());
             removed.push(name);
@@ -711,5 +750,29 @@ impl Counters {
             .get(&(c as u32), 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_names_hold_no_dots_and_read_back() {
+        for name in [
+            "eth0.10",
+            "lan.5",
+            "br-lan",
+            "a%2eb",
+            "wg_0",
+            "x.%.y",
+            "123456789012345",
+        ] {
+            let e = pin_escape(name);
+            assert!(!e.contains('.'), "{e}");
+            assert_eq!(pin_unescape(&e), name);
+        }
+        // Names that differ stay different.
+        assert_ne!(pin_escape("a.b"), pin_escape("a%2eb"));
     }
 }

@@ -9,15 +9,19 @@ pub mod agent;
 pub mod binding;
 pub mod config;
 pub mod control;
+pub mod datapath;
 pub mod dhcp;
 pub mod ebpf;
 pub mod hooks;
 pub mod maps;
 pub mod metrics;
+pub mod netfilter;
+pub mod netlink;
 pub mod resync;
 pub mod route;
 pub mod snoop;
 pub mod state;
+pub mod xdp_features;
 
 /// An error and its causes on one line (`a: b: c`), for log fields.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {

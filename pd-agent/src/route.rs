@@ -298,6 +298,15 @@ impl Routes {
         }
     }
 
+    /// The `ARPHRD_*` type of interface `ifindex`.
+    pub async fn link_type(&self, ifindex: u32) -> Result<u16, RouteError> {
+        let mut s = self.handle.link().get().match_index(ifindex).execute();
+        match s.try_next().await.map_err(RouteError::Dump)? {
+            Some(m) => Ok(u16::from(m.header.link_layer_type)),
+            None => Err(RouteError::Dump(rtnetlink::Error::RequestFailed)),
+        }
+    }
+
     /// Every IPv6 address on this host: (ifindex, address, prefix length).
     pub async fn addresses(&self) -> Result<Vec<(u32, Ipv6Addr, u8)>, RouteError> {
         let mut out = Vec::new();
@@ -367,6 +376,8 @@ pub struct LinkEvent {
     pub deleted: bool,
     /// Not a link change: an IPv6 address was added or removed on `index`.
     pub address: bool,
+    /// The link's `ARPHRD_*` type (link messages only).
+    pub link_type: u16,
 }
 
 pub fn link_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>, RouteError> {
@@ -401,6 +412,7 @@ pub fn link_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>, 
                         up: f.contains(LinkFlags::Up) && f.contains(LinkFlags::Running),
                         deleted: false,
                         address: false,
+                        link_type: u16::from(l.header.link_layer_type),
                     })
                 }
                 NetlinkPayload::InnerMessage(
@@ -411,6 +423,7 @@ pub fn link_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>, 
                     up: false,
                     deleted: false,
                     address: true,
+                    link_type: 0,
                 }),
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => Some(LinkEvent {
                     index: l.header.index,
@@ -418,6 +431,7 @@ pub fn link_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>, 
                     up: false,
                     deleted: true,
                     address: false,
+                    link_type: u16::from(l.header.link_layer_type),
                 }),
                 _ => None,
             };

@@ -120,6 +120,13 @@ impl Message {
         let mut m = Message::from_first(&r.ev);
         m.from_record = true;
         let n = (r.nprefix as usize).min(RECORD_PREFIXES);
+        // A message with prefixes takes its IA fields from its first
+        // prefix, as one assembled from events does (each event carries
+        // its prefix's IA; the record's header carries the first IA's).
+        if let Some(p) = r.pfx[..n].first() {
+            m.iaid = p.iaid;
+            m.ia_status = p.ia_status;
+        }
         for p in &r.pfx[..n] {
             m.prefixes.push(PrefixInfo {
                 iaid: p.iaid,

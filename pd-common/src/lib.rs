@@ -261,9 +261,19 @@ pub enum Counter {
     SavDropped,
     /// Dropped (strict mode): source neither delegated nor on-link here.
     SavStrictDropped,
+    // ---- fast path: delegated destinations left to the kernel, and why ----
+    /// The namespace has netfilter hooks on the forwarding path (or they
+    /// could not be listed): forwarding in XDP would go around them.
+    FwdFirewall,
+    /// The egress device cannot take an XDP redirect (no `ndo_xdp_xmit`
+    /// in its xdp-features: a veth whose peer has neither an XDP program
+    /// nor GRO, a bridge, a VLAN device, a tunnel), or is not managed.
+    FwdNoXmit,
+    /// The ingress link has no Ethernet header (ppp, tun, WireGuard, GRE).
+    FwdLinkType,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::SavStrictDropped as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::FwdLinkType as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -294,6 +304,9 @@ impl Counter {
         Counter::FwdNotHandled,
         Counter::SavDropped,
         Counter::SavStrictDropped,
+        Counter::FwdFirewall,
+        Counter::FwdNoXmit,
+        Counter::FwdLinkType,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -325,6 +338,9 @@ impl Counter {
             Counter::FwdNotHandled => "fwd_not_handled",
             Counter::SavDropped => "sav_dropped",
             Counter::SavStrictDropped => "sav_strict_dropped",
+            Counter::FwdFirewall => "fwd_firewall",
+            Counter::FwdNoXmit => "fwd_no_xmit",
+            Counter::FwdLinkType => "fwd_link_type",
         }
     }
 }
@@ -433,6 +449,16 @@ pub mod ifflags {
     /// An upstream interface: a DHCPv6 message forwarded from it and
     /// leaving another is recorded (see `pd_clients_v1`).
     pub const UPSTREAM: u32 = 1 << 2;
+    /// Frames on this link start with the IPv6 header (no link-layer
+    /// header: ppp, tun, WireGuard, GRE and other IP tunnels).
+    pub const L3: u32 = 1 << 3;
+    /// The fast path may forward packets arriving here: the link is
+    /// Ethernet and no netfilter hook is on the forwarding path (or the
+    /// operator chose to bypass the firewall).
+    pub const FWD_IN: u32 = 1 << 4;
+    /// The fast path may redirect into this interface: it is Ethernet and
+    /// its xdp-features say it takes redirected frames (`ndo_xdp_xmit`).
+    pub const FWD_OUT: u32 = 1 << 5;
 }
 
 #[cfg(feature = "user")]

@@ -11,9 +11,13 @@
 //! meet the XDP fast path: source-address validation on downstream
 //! interfaces (the only place a packet is ever dropped), and, for a
 //! destination inside a delegated prefix (`pd_routes_v1`), forwarding with
-//! `bpf_fib_lookup` + MAC rewrite + redirect. Anything unusual goes to the
-//! kernel untouched, and the kernel's FIB decides the egress either way, so
-//! the fast path never changes where a packet goes.
+//! `bpf_fib_lookup` + MAC rewrite + redirect, but only from an Ethernet
+//! link with no netfilter hook on the forwarding path into a device that
+//! takes redirects (the agent's `pd_ifaces_v1` flags). Anything unusual
+//! goes to the kernel untouched, counted by reason, and the kernel's FIB
+//! decides the egress either way, so the fast path never changes where a
+//! packet goes. Links without a link-layer header (ppp, tun) are parsed
+//! from their IPv6 header.
 #![no_std]
 #![no_main]
 
@@ -35,7 +39,8 @@ use pd_common::{
     MAX_TLV_STEPS, NO_SLOT, PAYLOAD_MAX, RECORD_PREFIXES, SEQ_CPU_SHIFT, SERVER_DUID_MAX, SERVER_PORT,
 };
 
-/// Set by the loader (`--fast-path on|off`): forward delegated prefixes in XDP.
+/// Set by the loader (`--fast-path` other than `off`): forward delegated
+/// prefixes in XDP where the agent's interface flags allow it.
 #[unsafe(no_mangle)]
 static FAST_PATH: u8 = 1;
 /// Set by the loader: some interface has source-address validation on.
@@ -439,27 +444,38 @@ fn ld_u16(data: usize, end: usize, off: usize) -> Option<u16> {
 }
 
 /// Find an IPv6/UDP packet to port 546 or 547. `Ok(None)`: not DHCPv6,
-/// pass it on without counting anything.
+/// pass it on without counting anything. `bare`: the link has no
+/// link-layer header, so the frame starts with the IPv6 header.
 #[inline(always)]
-fn locate(data: usize, end: usize) -> Result<Option<Located>, Counter> {
-    if data + ETH_HLEN > end {
-        return Ok(None);
-    }
+fn locate(data: usize, end: usize, bare: bool) -> Result<Option<Located>, Counter> {
     let mut l3 = ETH_HLEN;
-    let mut proto = u16::from_be(unsafe { *((data + 12) as *const u16) });
     let mut vlan = 0u16;
     let mut has_vlan = false;
-    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        if data + ETH_HLEN + 4 > end {
+    if bare {
+        // IPv4 and IPv6 share such links: the version nibble tells them
+        // apart (read as a 2-byte window, which the verifier can bound).
+        match ld_u16(data, end, 0) {
+            Some(w) if w >> 12 == 6 => {}
+            _ => return Ok(None),
+        }
+        l3 = 0;
+    } else {
+        if data + ETH_HLEN > end {
             return Ok(None);
         }
-        vlan = u16::from_be(unsafe { *((data + 14) as *const u16) }) & 0x0fff;
-        proto = u16::from_be(unsafe { *((data + 16) as *const u16) });
-        has_vlan = true;
-        l3 = ETH_HLEN + 4;
-    }
-    if proto != ETH_P_IPV6 {
-        return Ok(None);
+        let mut proto = u16::from_be(unsafe { *((data + 12) as *const u16) });
+        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            if data + ETH_HLEN + 4 > end {
+                return Ok(None);
+            }
+            vlan = u16::from_be(unsafe { *((data + 14) as *const u16) }) & 0x0fff;
+            proto = u16::from_be(unsafe { *((data + 16) as *const u16) });
+            has_vlan = true;
+            l3 = ETH_HLEN + 4;
+        }
+        if proto != ETH_P_IPV6 {
+            return Ok(None);
+        }
     }
     if data + l3 + IPV6_HLEN > end {
         return Err(Counter::TruncatedHeader);
@@ -523,9 +539,10 @@ fn snoop(
     ifindex: u32,
     in_ifindex: u32,
     hook_id: u8,
+    bare: bool,
     load: impl FnOnce(&mut Scratch, u32, u32) -> bool,
 ) -> bool {
-    let loc = match locate(data, end) {
+    let loc = match locate(data, end, bare) {
         Ok(Some(l)) => l,
         Ok(None) => return false,
         Err(c) => {
@@ -576,8 +593,13 @@ fn dhcp(
     unsafe {
         s.ev.src = *((ip + 8) as *const [u8; 16]);
         s.ev.dst = *((ip + 24) as *const [u8; 16]);
-        s.ev.dst_mac = *(data as *const [u8; 6]);
-        s.ev.src_mac = *((data + 6) as *const [u8; 6]);
+    }
+    // MACs where the link has them (zero on links without a link-layer header).
+    if loc.l3 >= ETH_HLEN && data + ETH_HLEN <= end {
+        unsafe {
+            s.ev.dst_mac = *(data as *const [u8; 6]);
+            s.ev.src_mac = *((data + 6) as *const [u8; 6]);
+        }
     }
     if loc.has_vlan {
         s.ev.flags |= flags::VLAN;
@@ -743,17 +765,25 @@ fn output(ev: &PdEvent) {
     }
 }
 
+/// The agent's flags for an interface ([`ifflags`]; 0 when unmanaged).
+#[inline(always)]
+fn iface_flags(ifindex: u32) -> u32 {
+    unsafe { PD_IFACES.get(&ifindex) }.copied().unwrap_or(0)
+}
+
 #[xdp]
 pub fn pd_xdp(ctx: XdpContext) -> u32 {
     let md = ctx.ctx;
     let ifindex = ctx.ingress_ifindex() as u32;
-    let handled = snoop(ctx.data(), ctx.data_end(), ifindex, 0, hook::XDP_INGRESS, |s, off, len| unsafe {
+    let ifl = iface_flags(ifindex);
+    let bare = ifl & ifflags::L3 != 0;
+    let handled = snoop(ctx.data(), ctx.data_end(), ifindex, 0, hook::XDP_INGRESS, bare, |s, off, len| unsafe {
         bpf_xdp_load_bytes(md as *mut xdp_md, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
     });
     if handled {
         return xdp_action::XDP_PASS;
     }
-    fast_path(&ctx, ifindex)
+    fast_path(&ctx, ifindex, ifl)
 }
 
 const IPPROTO_TCP: u8 = 6;
@@ -808,8 +838,15 @@ fn source_ok(ip: usize, end: usize, ifindex: u32, ifl: u32) -> bool {
 }
 
 /// Validation, then forwarding for delegated destinations.
+///
+/// A delegated destination is forwarded here only where that is exactly
+/// what the kernel would do: the ingress link is Ethernet and no netfilter
+/// hook sits on the forwarding path ([`ifflags::FWD_IN`], kept by the
+/// agent), and the egress device takes redirected frames
+/// ([`ifflags::FWD_OUT`]: its xdp-features list `ndo_xdp_xmit`). Anything
+/// else goes to the kernel, counted by reason.
 #[inline(always)]
-fn fast_path(ctx: &XdpContext, ifindex: u32) -> u32 {
+fn fast_path(ctx: &XdpContext, ifindex: u32, ifl: u32) -> u32 {
     // Both switches are load-time constants: with both off the verifier
     // prunes everything below and snooping is all that runs.
     let sav = unsafe { core::ptr::read_volatile(&SAV) } != 0;
@@ -819,20 +856,25 @@ fn fast_path(ctx: &XdpContext, ifindex: u32) -> u32 {
     }
     let data = ctx.data();
     let end = ctx.data_end();
+    let bare = ifl & ifflags::L3 != 0;
     // Untagged IPv6 only; everything else is the kernel's.
-    if data + ETH_HLEN + IPV6_HLEN > end {
+    let off = if bare { 0 } else { ETH_HLEN };
+    if data + off + IPV6_HLEN > end {
         return xdp_action::XDP_PASS;
     }
-    if u16::from_be(unsafe { *((data + 12) as *const u16) }) != ETH_P_IPV6 {
-        return xdp_action::XDP_PASS;
-    }
-    let ip = data + ETH_HLEN;
-    if sav {
-        if let Some(ifl) = unsafe { PD_IFACES.get(&ifindex) } {
-            if *ifl & ifflags::SAV != 0 && !source_ok(ip, end, ifindex, *ifl) {
-                return xdp_action::XDP_DROP;
-            }
+    if bare {
+        if unsafe { *(data as *const u8) } >> 4 != 6 {
+            return xdp_action::XDP_PASS;
         }
+    } else if u16::from_be(unsafe { *((data + 12) as *const u16) }) != ETH_P_IPV6 {
+        return xdp_action::XDP_PASS;
+    }
+    let ip = data + off;
+    if ip + IPV6_HLEN > end {
+        return xdp_action::XDP_PASS;
+    }
+    if sav && ifl & ifflags::SAV != 0 && !source_ok(ip, end, ifindex, ifl) {
+        return xdp_action::XDP_DROP;
     }
     if !fast_path {
         return xdp_action::XDP_PASS;
@@ -841,7 +883,22 @@ fn fast_path(ctx: &XdpContext, ifindex: u32) -> u32 {
     let Some(route) = PD_ROUTES.get(Key::new(128, dst)) else {
         return xdp_action::XDP_PASS;
     };
+    if bare {
+        count(Counter::FwdLinkType);
+        return xdp_action::XDP_PASS;
+    }
+    if ifl & ifflags::FWD_IN == 0 {
+        count(Counter::FwdFirewall);
+        return xdp_action::XDP_PASS;
+    }
     let slot = route.slot;
+    // The binding's own interface first: where it takes no redirects (a
+    // plain veth, a bridge) the FIB lookup would be wasted. The FIB's
+    // choice of egress is checked again below.
+    if iface_flags(route.ifindex) & ifflags::FWD_OUT == 0 {
+        count(Counter::FwdNoXmit);
+        return xdp_action::XDP_PASS;
+    }
     let nh = unsafe { *((ip + 6) as *const u8) };
     if nh != IPPROTO_TCP && nh != IPPROTO_UDP && nh != IPPROTO_ICMPV6 {
         count(Counter::FwdNotHandled);
@@ -866,6 +923,12 @@ fn fast_path(ctx: &XdpContext, ifindex: u32) -> u32 {
     } as u32;
     if rc != BPF_FIB_LKUP_RET_SUCCESS {
         count(if rc == BPF_FIB_LKUP_RET_NO_NEIGH { Counter::FwdNoNeigh } else { Counter::FwdFibOther });
+        return xdp_action::XDP_PASS;
+    }
+    // A redirect into a device that cannot take it is dropped after XDP
+    // returns; the kernel would have delivered the packet.
+    if iface_flags(p.ifindex) & ifflags::FWD_OUT == 0 {
+        count(Counter::FwdNoXmit);
         return xdp_action::XDP_PASS;
     }
     unsafe {
@@ -905,7 +968,8 @@ pub fn pd_tc_egress(ctx: TcContext) -> i32 {
     // Non-zero for a forwarded packet: a Reply a downstream host sent
     // through this router is not one this host's server or relay sent.
     let in_ifindex = unsafe { (*skb).ingress_ifindex };
-    let _ = snoop(ctx.data(), ctx.data_end(), ifindex, in_ifindex, hook::TC_EGRESS, |s, off, len| unsafe {
+    let bare = iface_flags(ifindex) & ifflags::L3 != 0;
+    let _ = snoop(ctx.data(), ctx.data_end(), ifindex, in_ifindex, hook::TC_EGRESS, bare, |s, off, len| unsafe {
         bpf_skb_load_bytes(skb as *const c_void, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
     });
     TC_ACT_UNSPEC

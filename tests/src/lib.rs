@@ -299,20 +299,68 @@ impl RouterLab {
     }
 }
 
-/// A host on a new router interface `iface`: its eth0 has forwarding off,
-/// GRO on (XDP_REDIRECT into a veth needs NAPI on the receiving end: a
-/// program there, or GRO; see README, "Fast path") and a default route via
-/// the router's link-local address.
+/// A host on a new router interface `iface`, as a container would be: its
+/// eth0 is a plain veth at the kernel's defaults (no XDP program, GRO off,
+/// so the router's fast path cannot redirect into it), with forwarding off
+/// and a default route via the router's link-local address.
 pub fn host_behind(router: &Netns, iface: &str, tag: &str) -> Result<Netns> {
     let host = Netns::new(tag)?;
     veth(router, iface, &host, "eth0")?;
     host.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
-    host.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
     let ll = router.link_local(iface)?.to_string();
     host.exec(&[
         "ip", "-6", "route", "add", "default", "via", &ll, "dev", "eth0",
     ])?;
     Ok(host)
+}
+
+/// Count, on `ns` itself, the ICMPv6 echo requests that arrive for `dst`
+/// (an nftables named counter in a table of its own, read with
+/// [`echo_count`]): what reaches the far end, not what ping reports.
+pub fn count_echoes(ns: &Netns, dst: &str) -> Result<()> {
+    let rules = format!(
+        "table inet pdcount {{\n\
+           counter echoes {{ }}\n\
+           chain in {{ type filter hook input priority -300; policy accept;\n\
+             ip6 daddr {dst} icmpv6 type echo-request counter name \"echoes\"\n\
+           }}\n\
+         }}\n"
+    );
+    let f = std::env::temp_dir().join(unique("count.nft"));
+    fs::write(&f, rules)?;
+    let r = ns.exec(&["nft", "-f", &f.display().to_string()]);
+    let _ = fs::remove_file(&f);
+    r.map(drop)
+}
+
+/// Echo requests counted by [`count_echoes`] so far.
+pub fn echo_count(ns: &Netns) -> Result<u64> {
+    let out = ns.exec(&["nft", "-j", "list", "counter", "inet", "pdcount", "echoes"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v["nftables"]
+        .as_array()
+        .and_then(|a| a.iter().find_map(|o| o["counter"]["packets"].as_u64()))
+        .with_context(|| format!("no counter in {out}"))
+}
+
+/// `ping -6 -c n` from `ns`, quickly; whether every reply came back is not
+/// the point (count at the far end with [`count_echoes`]).
+pub fn ping_n(ns: &Netns, dst: &str, n: u32) {
+    let _ = ns
+        .cmd(&[
+            "ping",
+            "-6",
+            "-c",
+            &n.to_string(),
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            dst,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// A process stopped on drop (SIGTERM, then SIGKILL).

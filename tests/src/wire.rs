@@ -114,7 +114,25 @@ pub fn udp6_frame(
     udp.extend((udp_len as u16).to_be_bytes());
     udp.extend([0, 0]);
     udp.extend(payload);
-    // Pseudo-header (RFC 8200 §8.1) + UDP header and data.
+    let ck = checksum6(src, dst, 17, &udp);
+    udp[6..8].copy_from_slice(&ck.to_be_bytes());
+
+    let mut f = Vec::with_capacity(14 + 40 + udp_len);
+    f.extend(dmac);
+    f.extend(smac);
+    f.extend([0x86, 0xdd]);
+    f.extend(ip6_packet(
+        src,
+        dst,
+        17,
+        if dst.is_multicast() { 1 } else { 64 },
+        &udp,
+    ));
+    f
+}
+
+/// The upper-layer checksum over the IPv6 pseudo-header (RFC 8200 §8.1).
+fn checksum6(src: Ipv6Addr, dst: Ipv6Addr, nh: u8, data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     let mut add = |b: &[u8]| {
         for c in b.chunks(2) {
@@ -123,28 +141,115 @@ pub fn udp6_frame(
     };
     add(&src.octets());
     add(&dst.octets());
-    add(&(udp_len as u32).to_be_bytes());
-    add(&[0, 0, 0, 17]);
-    add(&udp);
+    add(&(data.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, nh]);
+    add(data);
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     let ck = !(sum as u16);
-    let ck = if ck == 0 { 0xffff } else { ck };
-    udp[6..8].copy_from_slice(&ck.to_be_bytes());
+    if ck == 0 {
+        0xffff
+    } else {
+        ck
+    }
+}
 
-    let mut f = Vec::with_capacity(14 + 40 + udp_len);
-    f.extend(dmac);
-    f.extend(smac);
-    f.extend([0x86, 0xdd]);
+/// An IPv6 header and `payload` (no link-layer header: what a tun or ppp
+/// device carries).
+pub fn ip6_packet(src: Ipv6Addr, dst: Ipv6Addr, nh: u8, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(40 + payload.len());
     f.extend([0x60, 0, 0, 0]);
-    f.extend((udp_len as u16).to_be_bytes());
-    f.push(17);
-    f.push(if dst.is_multicast() { 1 } else { 64 });
+    f.extend((payload.len() as u16).to_be_bytes());
+    f.push(nh);
+    f.push(hop_limit);
     f.extend(src.octets());
     f.extend(dst.octets());
-    f.extend(udp);
+    f.extend(payload);
     f
+}
+
+/// An ICMPv6 echo request with a correct checksum, as a bare IPv6 packet.
+pub fn icmp6_echo(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16) -> Vec<u8> {
+    let mut m = vec![128, 0, 0, 0];
+    m.extend(id.to_be_bytes());
+    m.extend(seq.to_be_bytes());
+    m.extend(b"pd-agent");
+    let ck = checksum6(src, dst, 58, &m);
+    m[2..4].copy_from_slice(&ck.to_be_bytes());
+    ip6_packet(src, dst, 58, 64, &m)
+}
+
+/// A bare IPv6/UDP packet with a correct checksum.
+pub fn udp6_packet(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    udp6_frame([0; 6], [0; 6], src, dst, sport, dport, payload)[14..].to_vec()
+}
+
+/// A tun device (TUN mode, no packet information header) created in a
+/// namespace, held open by this process: what is written to it arrives
+/// on the interface as if from the wire, and what the interface sends can
+/// be read. The device goes when this is dropped.
+pub struct Tun {
+    file: std::fs::File,
+}
+
+impl Tun {
+    pub fn create(ns: &Netns, name: &str) -> Result<Self> {
+        const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+        const IFF_TUN: i16 = 0x0001;
+        const IFF_NO_PI: i16 = 0x1000;
+        let _in = InNetns::enter(ns)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")?;
+        // struct ifreq: the name, then the flags.
+        let mut ifr = [0u8; 40];
+        ifr[..name.len()].copy_from_slice(name.as_bytes());
+        ifr[16..18].copy_from_slice(&(IFF_TUN | IFF_NO_PI).to_ne_bytes());
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) } != 0 {
+            bail!(
+                "TUNSETIFF {name} in {}: {}",
+                ns.name,
+                std::io::Error::last_os_error()
+            );
+        }
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+            bail!("O_NONBLOCK: {}", std::io::Error::last_os_error());
+        }
+        Ok(Tun { file })
+    }
+
+    /// Deliver one IPv6 packet to the interface.
+    pub fn write(&self, packet: &[u8]) -> Result<()> {
+        use std::io::Write;
+        (&self.file).write_all(packet)?;
+        Ok(())
+    }
+
+    /// The packets the interface sent, until none comes for `quiet`.
+    pub fn read_until_quiet(&self, quiet: std::time::Duration) -> Vec<Vec<u8>> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        let mut last = std::time::Instant::now();
+        let mut buf = vec![0u8; 65536];
+        while last.elapsed() < quiet {
+            match (&self.file).read(&mut buf) {
+                Ok(n) => {
+                    out.push(buf[..n].to_vec());
+                    last = std::time::Instant::now();
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        out
+    }
 }
 
 /// A simulated requesting router: its DUID (DUID-LL), IAID and link-local address.

@@ -34,6 +34,38 @@ fn missing_interface_is_named() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// A link type the programs cannot read (here loopback) is refused at
+/// start, naming the interface and the type, before anything is attached.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn unsupported_link_type_is_refused() {
+    let ns = Netns::new("cli").unwrap();
+    let dir = TempDir::new("cli").unwrap();
+    let state = dir.path("state").display().to_string();
+    let pin = format!("/sys/fs/bpf/{}", pd_tests::unique("lt"));
+    let (code, err) = run_agent(
+        &ns,
+        &[],
+        &[
+            "run",
+            "--downstream",
+            "lo",
+            "--state-dir",
+            &state,
+            "--pin-dir",
+            &pin,
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&pin);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("interface lo: link type loopback (772) is not supported"),
+        "{err}"
+    );
+    let links = ns.exec(&["ip", "link", "show", "lo"]).unwrap();
+    assert!(!links.contains("xdp"), "nothing attached: {links}");
+}
+
 /// Without privileges the agent says it needs root instead of failing obscurely.
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]

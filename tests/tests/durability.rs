@@ -586,7 +586,6 @@ fn recreated_interface_gets_programs_and_routes_back() -> Result<()> {
     lab.client
         .exec(&["ip", "link", "set", "eth0", "address", &client_mac])?;
     lab.client.exec(&["ip", "link", "set", "eth0", "up"])?;
-    lab.client.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
     lab.router.add_addr("2001:db8:ffff::1/64", "lan0")?;
     let new_index = lab
         .router

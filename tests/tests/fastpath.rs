@@ -6,9 +6,11 @@
 //! that has the routes and neighbours the FIB lookup needs.
 //!
 //! `fast_path_in_namespaces`: real traffic. An upstream host pings into a
-//! prefix Kea delegated; the binding's counters grow by exactly the packets
-//! sent; a client on another downstream link spoofing a source inside that
-//! prefix is dropped and counted.
+//! prefix Kea delegated to a client whose veth can take redirects (GRO on);
+//! the binding's counters grow by exactly the packets sent; a client on
+//! another downstream link spoofing a source inside that prefix is dropped
+//! and counted. `tests/datapath.rs` covers the links where the fast path
+//! must leave the packet to the kernel.
 
 use std::{collections::BTreeMap, net::Ipv6Addr, time::Duration};
 
@@ -96,7 +98,12 @@ struct Row {
 /// Topology (all in one namespace `rt`, peers elsewhere):
 /// wan0 (2001:db8:feed::1/64); lan0 with 2001:db8:100::/56 via fe80::c
 /// (static neighbour) and 2001:db8:200::/56 via fe80::d (no neighbour);
-/// lan1 in strict mode with on-link 2001:db8:1::/64.
+/// lan1 in strict mode with on-link 2001:db8:1::/64 and 2001:db8:300::/56
+/// via fe80::e (static neighbour), and 2001:db8:400::/56 bound to lan0 but
+/// routed by the kernel out of lan1. The flags are the agent's: wan0 may
+/// forward (no firewall), lan0 takes redirects, lan1 does not (a plain
+/// veth); fw0 is an ingress while a firewall is loaded (no FWD_IN); l3 a
+/// link without Ethernet header (tun, ppp) with source validation.
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
 fn fast_path_table() -> Result<()> {
@@ -105,6 +112,8 @@ fn fast_path_table() -> Result<()> {
     veth(&rt, "wan0", &peer, "w")?;
     veth(&rt, "lan0", &peer, "l0")?;
     veth(&rt, "lan1", &peer, "l1")?;
+    veth(&rt, "fw0", &peer, "fwp")?;
+    veth(&rt, "l3", &peer, "l3p")?;
     rt.add_addr("2001:db8:feed::1/64", "wan0")?;
     rt.add_addr("2001:db8:1::1/64", "lan1")?;
     rt.exec(&[
@@ -142,25 +151,68 @@ fn fast_path_table() -> Result<()> {
         "dev",
         "lan0",
     ])?;
+    rt.exec(&[
+        "ip",
+        "-6",
+        "neigh",
+        "replace",
+        "fe80::e",
+        "dev",
+        "lan1",
+        "lladdr",
+        "02:00:00:00:00:0e",
+        "nud",
+        "permanent",
+    ])?;
+    rt.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:db8:300::/56",
+        "via",
+        "fe80::e",
+        "dev",
+        "lan1",
+    ])?;
+    // A prefix bound to lan0 that the kernel routes out of lan1 (someone
+    // else's route won): the FIB's egress is what counts.
+    rt.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:db8:400::/56",
+        "via",
+        "fe80::e",
+        "dev",
+        "lan1",
+    ])?;
     let lan0_mac = rt.mac("lan0")?;
 
     let _in = InNetns::enter(&rt)?;
     let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique("fp"));
     let _pin_guard = PinGuard(pin.clone());
     let mut progs = Programs::load(&pin)?;
-    for i in ["wan0", "lan0", "lan1"] {
+    for i in ["wan0", "lan0", "lan1", "fw0", "l3"] {
         progs.attach_xdp(i)?;
     }
     let (lan0, lan1, wan0) = (if_index("lan0")?, if_index("lan1")?, if_index("wan0")?);
+    let (fw0, l3) = (if_index("fw0")?, if_index("l3")?);
     let mut routes = RouteMap::new(progs.take_routes()?, progs.take_fwd_stats()?);
     routes.insert(&binding("2001:db8:100::/56", "lan0", lan0, "fe80::c"))?;
     routes.insert(&binding("2001:db8:200::/56", "lan0", lan0, "fe80::d"))?;
+    routes.insert(&binding("2001:db8:300::/56", "lan1", lan1, "fe80::e"))?;
+    routes.insert(&binding("2001:db8:400::/56", "lan0", lan0, "fe80::c"))?;
     let mut sav = SavMaps {
         ifaces: progs.take_ifaces()?,
         onlink: progs.take_onlink()?,
     };
-    sav.set_iface(lan0, ifflags::SAV)?;
-    sav.set_iface(lan1, ifflags::SAV | ifflags::SAV_STRICT)?;
+    sav.set_iface(wan0, ifflags::FWD_IN)?;
+    sav.set_iface(lan0, ifflags::SAV | ifflags::FWD_IN | ifflags::FWD_OUT)?;
+    sav.set_iface(lan1, ifflags::SAV | ifflags::SAV_STRICT | ifflags::FWD_IN)?;
+    sav.set_iface(fw0, ifflags::FWD_OUT)?;
+    sav.set_iface(l3, ifflags::L3 | ifflags::SAV)?;
     sav.set_onlink(&[(lan1, "2001:db8:1::/64".parse()?)])?;
     let counters = progs.take_counters()?;
 
@@ -173,6 +225,10 @@ fn fast_path_table() -> Result<()> {
     let mut ipv4 = echo("2001:db8:feed::2", "2001:db8:100::1", 64);
     ipv4[12] = 0x08;
     ipv4[13] = 0x00;
+    // Links without a link-layer header carry the IPv6 header first.
+    let bare = |f: Vec<u8>| f[14..].to_vec();
+    let mut bare_v4 = bare(echo("2001:db8:feed::2", "2001:db8:100::1", 64));
+    bare_v4[0] = 0x45;
     let rows = vec![
         Row {
             what: "delegated destination is forwarded",
@@ -326,6 +382,70 @@ fn fast_path_table() -> Result<()> {
             counter: None,
         },
         Row {
+            what: "egress that cannot take redirects: the kernel forwards",
+            ingress: "wan0",
+            input: echo("2001:db8:feed::2", "2001:db8:300::1", 64),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: Some(Counter::FwdNoXmit),
+        },
+        Row {
+            what: "the FIB's egress cannot take redirects: the kernel forwards",
+            ingress: "wan0",
+            input: echo("2001:db8:feed::2", "2001:db8:400::1", 64),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: Some(Counter::FwdNoXmit),
+        },
+        Row {
+            what: "firewall on the forwarding path: the kernel forwards",
+            ingress: "fw0",
+            input: echo("2001:db8:feed::2", "2001:db8:100::1", 64),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: Some(Counter::FwdFirewall),
+        },
+        Row {
+            what: "firewall: a non-delegated destination passes uncounted",
+            ingress: "fw0",
+            input: echo("2001:db8:feed::2", "2001:db8:999::1", 64),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: None,
+        },
+        Row {
+            what: "bare IPv6 link: a delegated destination goes to the kernel",
+            ingress: "l3",
+            input: bare(echo("2001:db8:feed::2", "2001:db8:100::1", 64)),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: Some(Counter::FwdLinkType),
+        },
+        Row {
+            what: "bare IPv6 link: a spoofed source drops",
+            ingress: "l3",
+            input: bare(echo("2001:db8:100::5", "2001:db8:feed::2", 64)),
+            action: XDP_DROP,
+            out: Out::Same,
+            counter: Some(Counter::SavDropped),
+        },
+        Row {
+            what: "bare IPv6 link: DHCPv6 is snooped",
+            ingress: "l3",
+            input: bare(udp("fe80::9", "ff02::1:2", 547)),
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: Some(Counter::IgnoredType),
+        },
+        Row {
+            what: "bare link: IPv4 passes",
+            ingress: "l3",
+            input: bare_v4,
+            action: XDP_PASS,
+            out: Out::Same,
+            counter: None,
+        },
+        Row {
             what: "truncated IPv6 header passes",
             ingress: "wan0",
             input: echo("2001:db8:feed::2", "2001:db8:100::1", 64)[..40].to_vec(),
@@ -346,6 +466,8 @@ fn fast_path_table() -> Result<()> {
     let ifindex = |n: &str| match n {
         "lan0" => lan0,
         "lan1" => lan1,
+        "fw0" => fw0,
+        "l3" => l3,
         _ => wan0,
     };
     let mut failures = Vec::new();
@@ -430,6 +552,9 @@ fn fast_path_in_namespaces() -> Result<()> {
         client: c1,
     } = RouterLab::new()?;
     let c2 = host_behind(&router, "lan1", "c2")?;
+    // client1's veth can take XDP redirects (GRO gives it a NAPI instance,
+    // as a NIC's driver has one); datapath.rs tests the plain veth.
+    c1.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
     let dir = TempDir::new("fpns")?;
     let agent = Agent::start(&router, &dir, &["lan0", "lan1"], &["wan0"])?;
     let conf = kea_config(
@@ -476,6 +601,7 @@ fn fast_path_in_namespaces() -> Result<()> {
             .as_u64()
             .context("rx_packets in bindings --json")
     };
+    count_echoes(&c1, &host)?;
     let before = rx(&agent)?;
     const N: u64 = 20;
     upstream.exec(&[
@@ -495,6 +621,7 @@ fn fast_path_in_namespaces() -> Result<()> {
         N,
         "binding counters grew by exactly the {N} echo requests"
     );
+    assert_eq!(echo_count(&c1)?, N, "every echo request reached client1");
     let stats = agent.stats()?;
     assert!(
         stats["kernel"]["fwd_redirected"].as_u64() >= Some(N),

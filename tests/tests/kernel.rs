@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, net::Ipv6Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use pd_agent::{
-    dhcp::{parse_frame, Outcome},
+    dhcp::{parse_packet, Outcome},
     ebpf::{Counters, Programs},
 };
 use pd_common::{hook, Counter, PdEvent};
@@ -93,8 +93,10 @@ fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<PdEvent> {
 }
 
 /// Run `frame` through both programs and compare with the reference
-/// parser; returns how many program runs were compared.
-fn check(l: &mut Loaded, name: &str, frame: &[u8]) -> usize {
+/// parser; returns how many program runs were compared. `bare`: the test
+/// runs' interface (loopback) is flagged as a link without link-layer
+/// header, and `frame` starts with its IPv6 header.
+fn check(l: &mut Loaded, name: &str, frame: &[u8], bare: bool) -> usize {
     let mut checked = 0;
     for (h, want_ret) in [
         (hook::XDP_INGRESS, XDP_PASS),
@@ -120,7 +122,8 @@ fn check(l: &mut Loaded, name: &str, frame: &[u8]) -> usize {
             // runs are also limited to one page.
             Err(_)
                 if frame.len() < 14
-                    || (h == hook::TC_EGRESS && (frame.len() < 54 || frame.len() > 3500)) =>
+                    || (h == hook::TC_EGRESS
+                        && (frame.len() < 54 || frame.len() > 3500 || bare)) =>
             {
                 continue
             }
@@ -134,7 +137,7 @@ fn check(l: &mut Loaded, name: &str, frame: &[u8]) -> usize {
         );
 
         let got = drain(&mut l.ring);
-        let p = parse_frame(frame, h, got.first().map(|e| e.ifindex).unwrap_or(0));
+        let p = parse_packet(frame, h, got.first().map(|e| e.ifindex).unwrap_or(0), bare);
         let want: Vec<PdEvent> = match &p.outcome {
             Outcome::Events(e) => e.clone(),
             _ => vec![],
@@ -243,8 +246,54 @@ fn kernel_matches_reference_parser_on_corpus() {
     let mut l = load();
     let cases = corpus::all();
     assert!(cases.len() > 90, "corpus has {} cases", cases.len());
-    let checked: usize = cases.iter().map(|c| check(&mut l, &c.name, &c.frame)).sum();
+    let checked: usize = cases
+        .iter()
+        .map(|c| check(&mut l, &c.name, &c.frame, false))
+        .sum();
     eprintln!("{checked} frame/program runs agree");
+}
+
+/// The same corpus and mutants as they arrive on a link without a
+/// link-layer header (ppp, tun, WireGuard): the IPv6 header first, on an
+/// interface the agent flagged `L3`.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn kernel_matches_reference_parser_on_bare_ip_links() {
+    let mut l = load();
+    // Test runs without a context see the loopback device (ifindex 1).
+    let mut ifaces = l.progs.take_ifaces().unwrap();
+    ifaces.insert(1u32, pd_common::ifflags::L3, 0).unwrap();
+    let cases = corpus::all();
+    let untagged = |f: &[u8]| f.len() > 14 && f[12..14] == [0x86, 0xdd];
+    let mut checked = 0;
+    let mut with_events = 0;
+    let mut run = |l: &mut Loaded, name: &str, f: &[u8]| {
+        let before = snapshot(&l.counters)[Counter::Events.name()];
+        checked += check(l, name, &f[14..], true);
+        if snapshot(&l.counters)[Counter::Events.name()] > before {
+            with_events += 1;
+        }
+    };
+    for c in cases.iter().filter(|c| untagged(&c.frame)) {
+        run(&mut l, &c.name, &c.frame);
+    }
+    let mut rng = Rng(0x05ee_d0f9_db4e);
+    for i in 0..1000 {
+        let c = &cases[rng.below(cases.len())];
+        let m = mutate(&mut rng, &c.frame);
+        if untagged(&m) {
+            run(&mut l, &format!("bare mutant {i} of {}", c.name), &m);
+        }
+    }
+    // An IPv4 packet on the same link is not DHCPv6 (version nibble).
+    let mut v4 = corpus::all()[0].frame[14..].to_vec();
+    v4[0] = 0x45;
+    checked += check(&mut l, "IPv4 on a bare link", &v4, true);
+    eprintln!("{checked} bare runs agree ({with_events} produced events)");
+    assert!(
+        with_events > 100,
+        "bare frames reach the event path: {with_events}"
+    );
 }
 
 /// A small deterministic PRNG (xorshift64*): the same mutants every run.
@@ -337,7 +386,7 @@ fn kernel_matches_reference_parser_on_mutants() {
         let c = &cases[rng.below(cases.len())];
         let m = mutate(&mut rng, &c.frame);
         let before = snapshot(&l.counters)[Counter::Events.name()];
-        checked += check(&mut l, &format!("mutant {i} of {}", c.name), &m);
+        checked += check(&mut l, &format!("mutant {i} of {}", c.name), &m, false);
         if snapshot(&l.counters)[Counter::Events.name()] > before {
             with_events += 1;
         }

@@ -69,6 +69,7 @@ const APT_PACKAGES: &[&str] = &[
     "radvd",
     "ethtool",
     "nftables",
+    "conntrack",
     "python3",
     "bird2",
     "systemd",
