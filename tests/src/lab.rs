@@ -1,11 +1,12 @@
 //! The seed scenario as a lab: delegation four levels deep.
 //!
 //! ```text
-//!  internet --- isp ----------- border ---------- laptop ----------- vm ---- br0 --- container1
-//!   eth0     eth0  down0     up0     down0     up0    down0      up0                 container2
-//!           Kea: /56s out of  dhclient -P      dhcpcd             dhclient -P
-//!           2001:db8:1000::/48 acquires a /56  acquires a /60     acquires a /64
-//!                             ISC dhcpd: /60s  Kea: /64s          radvd on br0
+//!  internet --- isp ----------- border ---------- laptop --br0--+-- vm ---- br0 --- container1
+//!   eth0     eth0  down0     up0     down0     up0      vm0/cpe0 |  up0               container2
+//!           Kea: /56s out of  dhclient -P      dhcpcd            |  dhclient -P
+//!           2001:db8:1000::/48 acquires a /56  acquires a /60    |  acquires a /64, radvd on br0
+//!                             ISC dhcpd: /60s  Kea on br0: /64s  +-- cpe (up0): dhclient -P
+//!                                                                   acquires a /64, no pd-agent
 //! ```
 //!
 //! pd-agent runs on isp, border, laptop and vm. The isp's agent routes the
@@ -14,6 +15,14 @@
 //! acquired (`hooks/dhcpd-prefix6.py`, `hooks/kea-pd-pool.py`); the vm's hook
 //! (`hooks/bridge-radvd.sh`) puts its /64 on br0 and advertises it. The only
 //! static routes are each level's default route towards its upstream.
+//!
+//! The laptop's VMs sit on a Linux bridge, as they do on a real laptop,
+//! and next to the vm a customer router (`cpe`) runs a DHCP client and no
+//! pd-agent: nothing on its plain veth lets the laptop's fast path
+//! redirect into it, and the bridge takes no redirects either, so traffic
+//! to both goes through the kernel. The containers' links are plain veths
+//! too; the only links that take XDP redirects are the ones whose far end
+//! runs pd-agent (isp -> border, border -> laptop).
 
 use std::{
     path::PathBuf,
@@ -46,12 +55,13 @@ impl Names {
     pub fn get(&self, role: &str) -> String {
         format!("{}{role}", self.prefix)
     }
-    pub const ROLES: [&'static str; 7] = [
+    pub const ROLES: [&'static str; 8] = [
         "internet",
         "isp",
         "border",
         "laptop",
         "vm",
+        "cpe",
         "container1",
         "container2",
     ];
@@ -92,6 +102,10 @@ pub struct SeedLab {
     pub laptop: Level,
     pub vm: Level,
     pub containers: [Netns; 2],
+    /// The customer router on the laptop's bridge: a DHCP client, no pd-agent.
+    pub cpe: Netns,
+    pub cpe_client: Option<Daemon>,
+    pub cpe_dir: TempDir,
     pub isp_kea: Daemon,
     pub laptop_kea: Daemon,
     /// Seconds from the first DHCP client starting until every level was routed.
@@ -133,6 +147,7 @@ impl SeedLab {
         let border_ns = ns("border")?;
         let laptop_ns = ns("laptop")?;
         let vm_ns = ns("vm")?;
+        let cpe = ns("cpe")?;
         let c1 = ns("container1")?;
         let c2 = ns("container2")?;
 
@@ -140,7 +155,12 @@ impl SeedLab {
         link(&isp_ns, "eth0", &internet, "eth0")?;
         link(&isp_ns, "down0", &border_ns, "up0")?;
         link(&border_ns, "down0", &laptop_ns, "up0")?;
-        link(&laptop_ns, "down0", &vm_ns, "up0")?;
+        laptop_ns.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        laptop_ns.exec(&["ip", "link", "set", "br0", "up"])?;
+        for (port, host) in [("vm0", &vm_ns), ("cpe0", &cpe)] {
+            link(&laptop_ns, port, host, "up0")?;
+            laptop_ns.exec(&["ip", "link", "set", port, "master", "br0"])?;
+        }
         vm_ns.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
         vm_ns.exec(&["ip", "link", "set", "br0", "up"])?;
         for (i, c) in [&c1, &c2].into_iter().enumerate() {
@@ -160,7 +180,7 @@ impl SeedLab {
         isp_ns.add_addr("2001:db8:ff01::1/64", "down0")?;
         internet.add_addr(&format!("{INTERNET}/64"), "eth0")?;
         border_ns.add_addr("fd00:0:0:b::1/64", "down0")?;
-        laptop_ns.add_addr("fd00:0:0:c::1/64", "down0")?;
+        laptop_ns.add_addr("fd00:0:0:c::1/64", "br0")?;
 
         // The only static routes: each level's default towards its upstream.
         internet.exec(&[
@@ -174,7 +194,8 @@ impl SeedLab {
         ])?;
         default_via(&border_ns, "up0", &isp_ns, "down0")?;
         default_via(&laptop_ns, "up0", &border_ns, "down0")?;
-        default_via(&vm_ns, "up0", &laptop_ns, "down0")?;
+        default_via(&vm_ns, "up0", &laptop_ns, "br0")?;
+        default_via(&cpe, "up0", &laptop_ns, "br0")?;
 
         // isp: Kea delegating /56s, an agent routing them.
         let isp_dir = TempDir::new("isp")?;
@@ -240,7 +261,7 @@ impl SeedLab {
         let lconf = kea_config(
             &laptop_dir,
             &[KeaSubnet {
-                iface: "down0",
+                iface: "br0",
                 subnet: "fd00:0:0:c::/64",
                 pool: "",
                 pool_len: 0,
@@ -261,7 +282,7 @@ impl SeedLab {
                     ("PD_KEA_PID", laptop_kea.pid().to_string()),
                     ("PD_KEA_DELEGATED_LEN", "64".into()),
                 ]),
-                ..AgentOpts::new(&["down0"], &["up0"])
+                ..AgentOpts::new(&["br0"], &["up0"])
             },
         )?;
 
@@ -308,6 +329,9 @@ impl SeedLab {
                 dir: vm_dir,
             },
             containers: [c1, c2],
+            cpe,
+            cpe_client: None,
+            cpe_dir: TempDir::new("cpe")?,
             isp_kea,
             laptop_kea,
             routed_after: 0.0,
@@ -329,7 +353,29 @@ impl SeedLab {
         lab.laptop.client = Some(start_dhcpcd(&lab.laptop.ns, &lab.laptop.dir, "up0")?);
         lab.wait_acquired("laptop", &lab.laptop, 60)?;
         lab.vm.client = Some(start_dhclient(&lab.vm.ns, &lab.vm.dir, "up0")?);
+        lab.cpe_client = Some(start_dhclient(&lab.cpe, &lab.cpe_dir, "up0")?);
         lab.wait_acquired("vm", &lab.vm, 64)?;
+        let cpe_prefix = wait_for(Duration::from_secs(60), || dhclient_prefix(&lab.cpe_dir))
+            .with_context(|| {
+                format!(
+                    "the cpe acquired no prefix: {}",
+                    lab.cpe_client
+                        .as_ref()
+                        .map(|c| c.log_text())
+                        .unwrap_or_default()
+                )
+            })?;
+        // The customer router numbers itself out of its prefix.
+        let host = format!("{}1", cpe_prefix.split('/').next().unwrap());
+        lab.cpe.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{host}/128"),
+            "dev",
+            "lo",
+        ])?;
         lab.wait_routed(Duration::from_secs(30))?;
         lab.routed_after = t0.elapsed().as_secs_f64();
         Ok(lab)
@@ -379,7 +425,9 @@ impl SeedLab {
         let ok = wait_for(timeout, || {
             let e = self.expected_routes().ok()?;
             (self.routes().ok()? == e
-                && e[..3].iter().all(|r| r.len() == 1)
+                && e[0].len() == 1
+                && e[1].len() == 1
+                && e[2].len() == 2
                 && self.container_addrs().ok()?.len() == 2)
                 .then_some(())
         });
@@ -412,7 +460,8 @@ impl SeedLab {
     }
 
     /// What each level should route: the prefix the level below acquired,
-    /// via that level's upstream link-local address.
+    /// via that level's upstream link-local address (at the laptop, the
+    /// vm's and the cpe's).
     pub fn expected_routes(&self) -> Result<[Vec<(String, String)>; 4]> {
         let below = |l: &Level| -> Result<Vec<(String, String)>> {
             Ok(match Self::acquired(l) {
@@ -420,12 +469,67 @@ impl SeedLab {
                 None => vec![],
             })
         };
-        Ok([
-            below(&self.border)?,
-            below(&self.laptop)?,
-            below(&self.vm)?,
-            vec![],
-        ])
+        let mut laptop = below(&self.vm)?;
+        laptop.extend(self.cpe_route()?);
+        laptop.sort();
+        Ok([below(&self.border)?, below(&self.laptop)?, laptop, vec![]])
+    }
+
+    /// The cpe's prefix (from its DHCP client's lease) and the route the
+    /// laptop should hold for it.
+    pub fn cpe_route(&self) -> Result<Option<(String, String)>> {
+        Ok(match dhclient_prefix(&self.cpe_dir) {
+            Some(p) => Some((p, self.cpe.link_local("up0")?.to_string())),
+            None => None,
+        })
+    }
+
+    /// The cpe's own address (the first of its prefix).
+    pub fn cpe_host(&self) -> Option<String> {
+        let p = dhclient_prefix(&self.cpe_dir)?;
+        Some(format!("{}1", p.split('/').next()?))
+    }
+
+    /// `n` echo requests from the internet host to the cpe: how many
+    /// arrived, counted on the cpe.
+    pub fn internet_to_cpe(&self, n: u32) -> Result<u64> {
+        let host = self.cpe_host().context("the cpe has no prefix")?;
+        if echo_count(&self.cpe).is_err() {
+            count_echoes(&self.cpe, &host)?;
+        }
+        // The first one resolves neighbours on the way.
+        self.internet.ping(&host, 3);
+        let before = echo_count(&self.cpe)?;
+        ping_n(&self.internet, &host, n);
+        Ok(echo_count(&self.cpe)? - before)
+    }
+
+    /// Each router's fast path, one line per managed downstream interface:
+    /// whether it takes XDP redirects, and why not.
+    pub fn fast_paths(&self) -> Result<String> {
+        let mut s = String::new();
+        for (name, l) in self.levels() {
+            let st = l.agent.stats()?;
+            let fp = &st["fast_path"];
+            let Some(ifs) = fp["interfaces"].as_object() else {
+                continue;
+            };
+            for (iface, v) in ifs.iter().filter(|(_, v)| v["role"] == "downstream") {
+                let verdict = if v["redirect_target"] == true {
+                    "XDP redirects into it (its far end runs an XDP program)".to_string()
+                } else {
+                    format!(
+                        "the kernel forwards: {}",
+                        v["why_not"].as_str().unwrap_or("?")
+                    )
+                };
+                s += &format!(
+                    "  {name:<8} {iface:<6} {verdict}; redirected {}, left to the kernel {}\n",
+                    st["kernel"]["fwd_redirected"], st["kernel"]["fwd_no_xmit"]
+                );
+            }
+        }
+        Ok(s)
     }
 
     /// Global addresses of the containers (from the vm's RA).
@@ -472,6 +576,12 @@ impl SeedLab {
                     b["valid_lifetime"]
                 );
             }
+        }
+        if let Some(p) = dhclient_prefix(&self.cpe_dir) {
+            s += &format!(
+                "{:<8} {:<9} {:<24} {:<7} {:<26}\n",
+                "cpe", "acquired", p, "up0", "(dhclient; no pd-agent)"
+            );
         }
         s += "\nroutes (ip -6 route show proto 99):\n";
         for (name, l) in self.levels() {

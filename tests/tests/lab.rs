@@ -2,9 +2,11 @@
 //! every level (see `pd_tests::lab`).
 //!
 //! Asserts: every level's routes and bindings; container <-> internet
-//! connectivity both ways; after the vm releases its /64 and after the
-//! laptop's /60 runs out, the routes at every level are exactly what is
-//! still delegated.
+//! connectivity both ways; traffic from the internet reaches the customer
+//! router on the laptop's bridge, which runs no pd-agent (counted there),
+//! through the kernel where XDP cannot redirect; after the vm releases its
+//! /64 and after the laptop's /60 runs out, the routes at every level are
+//! exactly what is still delegated.
 
 use std::time::Duration;
 
@@ -55,25 +57,28 @@ fn seed_scenario_four_levels() -> Result<()> {
     );
     assert_eq!(lab.routes()?, lab.expected_routes()?);
 
-    // Bindings: each router has its delegated binding and (but isp) an acquired one.
+    // Bindings: each router has its delegated bindings (the laptop's to the
+    // vm and the cpe) and (but isp) an acquired one.
+    let cpe_p = lab.cpe_route()?.context("the cpe's prefix")?.0;
+    let mut laptop_delegated = vec![laptop_p.clone(), cpe_p];
+    laptop_delegated.sort();
     for (name, level, delegated, acquired) in [
-        ("isp", &lab.isp, Some(&isp_p), None),
-        ("border", &lab.border, Some(&border_p), Some(&isp_p)),
-        ("laptop", &lab.laptop, Some(&laptop_p), Some(&border_p)),
-        ("vm", &lab.vm, None, Some(&laptop_p)),
+        ("isp", &lab.isp, vec![isp_p.clone()], None),
+        ("border", &lab.border, vec![border_p.clone()], Some(&isp_p)),
+        ("laptop", &lab.laptop, laptop_delegated, Some(&border_p)),
+        ("vm", &lab.vm, vec![], Some(&laptop_p)),
     ] {
         let b = level.agent.bindings()?;
         let of = |kind: &str| {
-            b.iter()
+            let mut v = b
+                .iter()
                 .filter(|x| x["kind"] == kind)
                 .map(|x| x["prefix"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            v.sort();
+            v
         };
-        assert_eq!(
-            of("delegated"),
-            delegated.into_iter().cloned().collect::<Vec<_>>(),
-            "{name} delegated: {b:?}"
-        );
+        assert_eq!(of("delegated"), delegated, "{name} delegated: {b:?}");
         assert_eq!(
             of("acquired"),
             acquired.into_iter().cloned().collect::<Vec<_>>(),
@@ -91,7 +96,45 @@ fn seed_scenario_four_levels() -> Result<()> {
         assert!(back, "internet -> container {addr}");
     }
 
-    // The vm releases its /64: laptop's route goes, the rest stays.
+    // The customer router next to the vm runs no pd-agent: its plain veth
+    // and the laptop's bridge take no XDP redirects, so the laptop leaves
+    // that traffic to the kernel, and every packet arrives.
+    let cpe_route = lab.cpe_route()?.context("cpe route")?;
+    assert!(
+        cpe_route.0.ends_with("/64") && in_net(&cpe_route.0, &border_p),
+        "{cpe_route:?} inside {border_p}"
+    );
+    let left_before = lab.laptop.agent.stats()?["kernel"]["fwd_no_xmit"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(
+        lab.internet_to_cpe(10)?,
+        10,
+        "internet -> cpe, counted on the cpe"
+    );
+    let st = lab.laptop.agent.stats()?;
+    assert!(
+        st["kernel"]["fwd_no_xmit"].as_u64().unwrap_or(0) >= left_before + 10,
+        "the laptop left them to the kernel: {st}"
+    );
+    assert_eq!(
+        st["fast_path"]["interfaces"]["br0"]["redirect_target"],
+        false
+    );
+    // Where the next hop runs pd-agent (an XDP program), XDP forwards.
+    let isp = lab.isp.agent.stats()?;
+    assert_eq!(
+        isp["fast_path"]["interfaces"]["down0"]["redirect_target"], true,
+        "{isp}"
+    );
+    assert!(
+        isp["kernel"]["fwd_redirected"].as_u64().unwrap_or(0) > 0,
+        "{isp}"
+    );
+    eprintln!("fast paths:\n{}", lab.fast_paths()?);
+
+    // The vm releases its /64: laptop's route to it goes, the rest stays
+    // (the cpe keeps its /64).
     lab.vm_release()?;
     let want = [
         vec![(isp_p.clone(), lab.border.ns.link_local("up0")?.to_string())],
@@ -99,7 +142,7 @@ fn seed_scenario_four_levels() -> Result<()> {
             border_p.clone(),
             lab.laptop.ns.link_local("up0")?.to_string(),
         )],
-        vec![],
+        vec![cpe_route.clone()],
         vec![],
     ];
     wait_for(Duration::from_secs(20), || {
@@ -119,11 +162,13 @@ fn seed_scenario_four_levels() -> Result<()> {
     );
 
     // The laptop's client dies: its /60 expires at border (20 s lifetime).
+    // The laptop's server still delegates the cpe's /64 until that lease
+    // ends, so the laptop still routes it.
     lab.laptop_client_dies()?;
     let want = [
         vec![(isp_p.clone(), lab.border.ns.link_local("up0")?.to_string())],
         vec![],
-        vec![],
+        vec![cpe_route],
         vec![],
     ];
     wait_for(Duration::from_secs(45), || {

@@ -1,14 +1,17 @@
 //! `cargo xtask demo`: the seed scenario, live, in network namespaces.
 //!
 //! ```text
-//!  internet -- isp (Kea) -- border (dhcpd) -- laptop (Kea) -- vm -- br0 -- container1, container2
+//!  internet -- isp (Kea) -- border (dhcpd) -- laptop (Kea) -- br0 -+- vm -- br0 -- container1, container2
+//!                                                                  +- cpe (a customer router, no pd-agent)
 //! ```
 //!
 //! The isp delegates a /56 to border; border's agent hook points its ISC
 //! dhcpd at that /56 and it delegates a /60 to laptop; laptop's hook points
 //! its Kea at the /60 and it delegates a /64 to the vm, whose hook puts it on
-//! a bridge and advertises it to two containers. pd-agent routes every level
-//! from what it sees on the wire. See `tests/src/lab.rs`.
+//! a bridge and advertises it to two containers, and another /64 to a
+//! customer router next to the vm that runs no pd-agent. pd-agent routes
+//! every level from what it sees on the wire. Every link is at the kernel's
+//! defaults (no GRO switched on anywhere). See `tests/src/lab.rs`.
 
 use std::{path::Path, time::Instant};
 
@@ -69,11 +72,12 @@ pub fn run(bin: &Path, keep: bool) -> Result<()> {
 }
 
 fn demo(keep: bool) -> Result<()> {
-    step("building the lab: internet -- isp -- border -- laptop -- vm -- containers");
+    step("building the lab: internet -- isp -- border -- laptop -- vm -- containers, and a cpe beside the vm");
     println!("    isp:    Kea delegates /56s out of 2001:db8:1000::/48; pd-agent routes them");
     println!("    border: dhclient acquires a /56; the agent's hook points ISC dhcpd at it (/60s)");
     println!("    laptop: dhcpcd acquires a /60; the agent's hook points Kea at it (/64s)");
     println!("    vm:     dhclient acquires a /64; the agent's hook puts it on br0 and runs radvd");
+    println!("    cpe:    a customer router on the laptop's bridge: dhclient acquires a /64, no pd-agent");
     let lab = SeedLab::build(&Names::fixed(PREFIX), Lifetimes::default(), Some(PIN_ROOT))?;
     println!(
         "every level routed {:.1}s after the first DHCP client started",
@@ -96,9 +100,19 @@ fn demo(keep: bool) -> Result<()> {
         );
         all_ok &= there && back;
     }
+    let n = 10;
+    let got = lab.internet_to_cpe(n)?;
+    println!(
+        "    internet -> cpe {} (no pd-agent there): {got} of {n} echo requests arrived, counted on the cpe",
+        lab.cpe_host().unwrap_or_default()
+    );
+    all_ok &= got == n as u64;
     if !all_ok {
         anyhow::bail!("some pings failed");
     }
+
+    step("the fast path at each level (XDP redirects only into links that can take them)");
+    print!("{}", lab.fast_paths()?);
 
     if keep {
         step("the lab stays up (--keep); look around:");
