@@ -122,10 +122,13 @@ struct Agent {
     /// Names of managed interfaces -> their own `pd_ifaces_v1` flags
     /// (source validation, upstream); the fast path's are added on write.
     iface_flags: std::collections::HashMap<String, u32>,
-    /// Link kind of each managed interface, by ifindex.
+    /// Link kind of each managed interface, by ifindex (absent: a type the
+    /// programs cannot read, so not attached).
     link_kinds: std::collections::HashMap<u32, LinkKind>,
     /// What the fast path may do, kept current from the kernel's reports.
     datapath: Monitor,
+    /// `pd_fwd_lease_v1`: renewed while the readings are kept current.
+    lease: aya::maps::Array<MapData, u64>,
     /// The flags last written to `pd_ifaces_v1`, by ifindex.
     written_flags: std::collections::HashMap<u32, u32>,
     /// The fast path's state as last logged: forwarding (or why not), and
@@ -203,8 +206,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             .link_type(*idx)
             .await
             .with_context(|| format!("reading the link type of {name}"))?;
-        let kind =
-            datapath::link_kind(t).map_err(|why| anyhow::anyhow!("interface {name}: {why}"))?;
+        let kind = datapath::link_kind(t).map_err(|e| anyhow::anyhow!("interface {name}: {e}"))?;
         link_kinds.insert(*idx, kind);
     }
     let opts = LoadOptions {
@@ -228,9 +230,6 @@ pub async fn run(cfg: Config) -> Result<()> {
         .collect();
     for gone in ebpf::prune_links(&links_dir, &names) {
         info!(link = %gone, "unpinned the link of an interface no longer managed");
-    }
-    for name in &names {
-        attach(&mut progs, name, &links_dir)?;
     }
     let mut ring = progs.take_events()?;
     let map = RouteMap::new(progs.take_routes()?, progs.take_fwd_stats()?);
@@ -262,6 +261,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     info!(fast_path = cfg.fast_path.as_str(), sav = ?cfg.sav, "data path options");
     let counters = progs.take_counters()?;
     let clients = progs.take_clients()?;
+    let lease = progs.take_lease()?;
 
     let store = Store::open(&cfg.state_dir)?;
     let hooks = Hooks::start(cfg.hooks.clone(), cfg.hook_timeout);
@@ -283,6 +283,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         iface_flags,
         link_kinds,
         datapath: monitor,
+        lease,
         written_flags: Default::default(),
         logged_forwarding: None,
         logged_targets: Default::default(),
@@ -308,7 +309,16 @@ pub async fn run(cfg: Config) -> Result<()> {
         route_errors: 0,
         decode_errors: 0,
     };
+    // Every interface's flags (link type first) before the programs see a
+    // packet there; entries of interfaces no longer managed go (their
+    // xdp-features are no longer watched).
+    let managed: HashSet<u32> = agent.managed().into_iter().map(|(i, _)| i).collect();
+    agent.sav.retain_ifaces(&managed)?;
     agent.write_iface_flags()?;
+    agent.renew_lease();
+    for name in &names {
+        attach(&mut agent.progs, name, &agent.links_dir)?;
+    }
     agent.refresh_addresses().await;
     let restored = agent.restore()?;
     // What the kernel saw while no agent was running, applied to the
@@ -419,8 +429,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
     }
     // Nobody watches the firewall once the agent is gone: the kernel
-    // forwards until the next agent has looked.
-    agent.release_fast_path();
+    // forwards until the next agent has looked (after a crash, once the
+    // lease runs out).
+    agent.revoke_lease();
     if cfg.flush_on_exit {
         let all: Vec<Ipv6Net> = agent.table.iter().map(|b| b.prefix).collect();
         let mut actions = Vec::new();
@@ -1114,6 +1125,26 @@ impl Agent {
                 by,
             );
         }
+        let st = &self.datapath.state;
+        m.fast_path_forwarding.clear();
+        m.fast_path_forwarding
+            .get_or_create(&vec![
+                ("mode".into(), st.mode.as_str().into()),
+                ("reason".into(), st.forwarding_reason().into()),
+            ])
+            .set(st.forwarding().is_ok() as i64);
+        m.fast_path_redirect_target.clear();
+        for (idx, name) in self.managed() {
+            if let (Some(kind), true) = (
+                self.link_kinds.get(&idx),
+                self.ifaces.downstream.contains_key(&idx),
+            ) {
+                let yes = st.mode != FastPathMode::Off && st.redirect_target(idx, *kind).is_ok();
+                m.fast_path_redirect_target
+                    .get_or_create(&Metrics::label("iface", &name))
+                    .set(yes as i64);
+            }
+        }
         for (name, v) in self.counters.read() {
             Metrics::set(&m.kernel.get_or_create(&Metrics::label("outcome", name)), v);
             if name == pd_common::Counter::RingbufFull.name() {
@@ -1201,12 +1232,10 @@ impl Agent {
         self.log_datapath();
         for (idx, name) in self.managed() {
             let own = self.iface_flags.get(&name).copied().unwrap_or(0);
-            let kind = self
-                .link_kinds
-                .get(&idx)
-                .copied()
-                .unwrap_or(LinkKind::Ethernet);
-            let flags = own | self.datapath.state.flags(idx, kind);
+            let flags = match self.link_kinds.get(&idx) {
+                Some(kind) => own | self.datapath.state.flags(idx, *kind),
+                None => own,
+            };
             if self.written_flags.get(&idx) != Some(&flags) {
                 self.sav.set_iface(idx, flags)?;
                 self.written_flags.insert(idx, flags);
@@ -1236,11 +1265,9 @@ impl Agent {
             if !self.ifaces.downstream.contains_key(&idx) {
                 continue;
             }
-            let kind = self
-                .link_kinds
-                .get(&idx)
-                .copied()
-                .unwrap_or(LinkKind::Ethernet);
+            let Some(kind) = self.link_kinds.get(&idx).copied() else {
+                continue;
+            };
             let t = self.datapath.state.redirect_target(idx, kind);
             if self.logged_targets.get(&idx) != Some(&t) {
                 match &t {
@@ -1256,22 +1283,33 @@ impl Agent {
         }
     }
 
-    /// Read the data path's readings again (a notification, or the poll).
+    /// Read the data path's readings again (a notification, or the poll),
+    /// and vouch for the flags for another lease.
     fn refresh_datapath(&mut self) {
         self.datapath.refresh();
-        if let Err(e) = self.write_iface_flags() {
-            warn!(error = %crate::chain(&e), "writing interface flags");
+        match self.write_iface_flags() {
+            Ok(()) => self.renew_lease(),
+            Err(e) => warn!(error = %crate::chain(&e), "writing interface flags"),
         }
     }
 
-    /// Stop forwarding in XDP (the agent is going): nothing would notice a
-    /// firewall loaded meanwhile. Link types and snooping stay.
-    fn release_fast_path(&mut self) {
-        for (idx, flags) in self.written_flags.clone() {
-            if flags & pd_common::ifflags::FWD_IN != 0 {
-                let _ = self.sav.set_iface(idx, flags & !pd_common::ifflags::FWD_IN);
-            }
+    /// Let the fast path forward for [`datapath::LEASE`] more: the flags are
+    /// current. An agent that stops renewing (crashed, hung, killed) stops
+    /// XDP forwarding when the lease runs out.
+    fn renew_lease(&mut self) {
+        if self.datapath.state.mode == FastPathMode::Off {
+            return;
         }
+        let until = resync::boot_ns() + datapath::LEASE.as_nanos() as u64;
+        if let Err(e) = self.lease.set(0, until, 0) {
+            warn!(error = %crate::chain(&e), "renewing {}", ebpf::LEASE_MAP);
+        }
+    }
+
+    /// Stop forwarding in XDP now (the agent is going): nothing would
+    /// notice a firewall loaded meanwhile. Link types and snooping stay.
+    fn revoke_lease(&mut self) {
+        let _ = self.lease.set(0, 0, 0);
     }
 
     /// The fast path as `stats` shows it.
@@ -1279,12 +1317,18 @@ impl Agent {
         let st = &self.datapath.state;
         let mut ifs = serde_json::Map::new();
         for (idx, name) in self.managed() {
-            let kind = self
-                .link_kinds
-                .get(&idx)
-                .copied()
-                .unwrap_or(LinkKind::Ethernet);
-            let target = st.redirect_target(idx, kind);
+            let Some(kind) = self.link_kinds.get(&idx).copied() else {
+                ifs.insert(
+                    name,
+                    serde_json::json!({"ifindex": idx, "link": "unsupported", "redirect_target": false}),
+                );
+                continue;
+            };
+            let target = if st.mode == FastPathMode::Off {
+                Err("--fast-path off".to_string())
+            } else {
+                st.redirect_target(idx, kind)
+            };
             let mut v = serde_json::json!({
                 "ifindex": idx,
                 "link": kind,

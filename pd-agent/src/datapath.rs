@@ -85,8 +85,24 @@ pub enum LinkKind {
     Bare,
 }
 
+/// A link type the programs cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("link type {name} ({arphrd}) is not supported: {why}")]
+pub struct UnsupportedLink {
+    pub arphrd: u16,
+    pub name: &'static str,
+    pub why: &'static str,
+}
+
 /// The link kind of an `ARPHRD_*` device type, or why it is refused.
-pub fn link_kind(arphrd: u16) -> Result<LinkKind, String> {
+pub fn link_kind(arphrd: u16) -> Result<LinkKind, UnsupportedLink> {
+    let refuse = |why| {
+        Err(UnsupportedLink {
+            arphrd,
+            name: arphrd_name(arphrd),
+            why,
+        })
+    };
     match arphrd {
         1 => Ok(LinkKind::Ethernet), // ARPHRD_ETHER
         // ARPHRD_PPP, ARPHRD_RAWIP, ARPHRD_TUNNEL (ipip), ARPHRD_TUNNEL6
@@ -96,16 +112,14 @@ pub fn link_kind(arphrd: u16) -> Result<LinkKind, String> {
         512 | 519 | 768 | 769 | 776 | 0xfffe => Ok(LinkKind::Bare),
         // ARPHRD_IPGRE, ARPHRD_IP6GRE: without a unicast remote these carry
         // header_ops, and XDP (and TC egress) see the outer header first.
-        778 | 823 => Err(format!(
-            "link type {} ({arphrd}) is not supported: on GRE devices the programs can see the outer \
-             header where they expect the inner one; use gretap, ip6gretap or WireGuard",
-            arphrd_name(arphrd)
-        )),
-        _ => Err(format!(
-            "link type {} ({arphrd}) is not supported: pd-agent reads Ethernet links and links \
-             that carry bare IP packets (ppp, tun, WireGuard, ipip, sit, ip6tnl)",
-            arphrd_name(arphrd)
-        )),
+        778 | 823 => refuse(
+            "on GRE devices the programs can see the outer header where they expect the inner one; \
+             use gretap, ip6gretap or WireGuard",
+        ),
+        _ => refuse(
+            "pd-agent reads Ethernet links and links that carry bare IP packets \
+             (ppp, tun, WireGuard, ipip, sit, ip6tnl)",
+        ),
     }
 }
 
@@ -175,6 +189,19 @@ impl Datapath {
         }
     }
 
+    /// [`Datapath::forwarding`] as a metric label: `forwarding`, `off`,
+    /// `firewall` or `hooks_unknown`.
+    pub fn forwarding_reason(&self) -> &'static str {
+        match (self.mode, &self.firewall) {
+            (FastPathMode::Off, _) => "off",
+            (FastPathMode::BypassFirewall, _) | (FastPathMode::Auto, Firewall::Clear) => {
+                "forwarding"
+            }
+            (FastPathMode::Auto, Firewall::Hooks(_)) => "firewall",
+            (FastPathMode::Auto, Firewall::Unknown(_)) => "hooks_unknown",
+        }
+    }
+
     /// Whether `ifindex` takes redirected frames; else why not.
     pub fn redirect_target(&self, ifindex: u32, kind: LinkKind) -> Result<(), String> {
         if kind == LinkKind::Bare {
@@ -223,6 +250,9 @@ pub struct Monitor {
 
 /// How often the hooks and features are read again without a notification.
 pub const POLL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long the kernel trusts the flags without the agent renewing them
+/// (it renews at every [`POLL`]).
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(6);
 
 /// Ticks from the kernel's change notifications.
 #[derive(Default)]
@@ -255,7 +285,8 @@ impl Monitor {
                 m.netdev = Some(n);
             }
             Ok(None) => tracing::warn!(
-                "the kernel reports no xdp-features (netdev netlink family, Linux 6.3+):                  the fast path redirects into no device, the kernel forwards everything"
+                "the kernel reports no xdp-features (netdev netlink family, Linux 6.3+): the fast path \
+                 redirects into no device, the kernel forwards everything"
             ),
             Err(e) => tracing::warn!(error = %crate::chain(&e), "reading xdp-features: the fast path redirects into no device"),
         }
@@ -389,11 +420,19 @@ mod tests {
         for t in [512, 519, 768, 769, 776, 0xfffe] {
             assert_eq!(link_kind(t), Ok(LinkKind::Bare), "{t}");
         }
-        assert!(link_kind(778).unwrap_err().contains("gre (778)"));
-        assert!(link_kind(823).unwrap_err().contains("ip6gre (823)"));
-        assert!(link_kind(32)
+        assert!(link_kind(778)
             .unwrap_err()
-            .contains("infiniband (32) is not supported"));
+            .to_string()
+            .contains("gre (778)"));
+        assert!(link_kind(823)
+            .unwrap_err()
+            .to_string()
+            .contains("ip6gre (823)"));
+        assert_eq!(link_kind(32).unwrap_err().name, "infiniband");
+        assert!(link_kind(772)
+            .unwrap_err()
+            .to_string()
+            .starts_with("link type loopback (772) is not supported: "));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub const ROUTES_MAP: &str = "pd_routes_v1";
 pub const FWD_STATS_MAP: &str = "pd_fwd_stats_v1";
 pub const IFACES_MAP: &str = "pd_ifaces_v1";
 pub const ONLINK_MAP: &str = "pd_onlink_v1";
+/// Until when the agent vouches for the fast path (boot-time ns).
+pub const LEASE_MAP: &str = "pd_fwd_lease_v1";
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -218,7 +220,7 @@ pub struct Programs {
 
 /// The pinned maps and the layout this build expects of each:
 /// (name, key size, value size, max entries).
-fn pinned_layouts(opts: &LoadOptions) -> [(&'static str, u32, u32, u32); 8] {
+fn pinned_layouts(opts: &LoadOptions) -> [(&'static str, u32, u32, u32); 9] {
     use std::mem::size_of;
     [
         (
@@ -244,6 +246,7 @@ fn pinned_layouts(opts: &LoadOptions) -> [(&'static str, u32, u32, u32); 8] {
         ),
         (IFACES_MAP, 4, 4, 1024),
         (ONLINK_MAP, 20, 4, 4096),
+        (LEASE_MAP, 4, 8, 1),
     ]
 }
 
@@ -587,6 +590,10 @@ impl Programs {
 
     pub fn take_clients(&mut self) -> Result<HashMap<MapData, ClientKey, ClientRecord>, LoadError> {
         self.take(CLIENTS_MAP)
+    }
+
+    pub fn take_lease(&mut self) -> Result<aya::maps::Array<MapData, u64>, LoadError> {
+        self.take(LEASE_MAP)
     }
 
     pub fn take_counters(&mut self) -> Result<Counters, LoadError> {

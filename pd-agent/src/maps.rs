@@ -184,6 +184,24 @@ impl SavMaps {
         })
     }
 
+    /// Remove the flags of every interface not in `keep` (left by an
+    /// earlier agent that managed more interfaces).
+    pub fn retain_ifaces(
+        &mut self,
+        keep: &std::collections::HashSet<u32>,
+    ) -> Result<(), MapOpError> {
+        let stale: Vec<u32> = self
+            .ifaces
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for k in stale {
+            self.set_iface(k, 0)?;
+        }
+        Ok(())
+    }
+
     /// Replace the on-link prefixes with `prefixes`.
     pub fn set_onlink(&mut self, prefixes: &[(u32, Ipv6Net)]) -> Result<(), MapOpError> {
         let old: Vec<Key<[u8; 16]>> = self.onlink.keys().filter_map(|k| k.ok()).collect();

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub hook_failures: Counter,
     pub forwarded_packets: Family<Labels, Counter>,
     pub forwarded_bytes: Family<Labels, Counter>,
+    pub fast_path_forwarding: Family<Labels, Gauge>,
+    pub fast_path_redirect_target: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -70,6 +72,8 @@ impl Metrics {
             hook_failures: Counter::default(),
             forwarded_packets: Family::default(),
             forwarded_bytes: Family::default(),
+            fast_path_forwarding: Family::default(),
+            fast_path_redirect_target: Family::default(),
         };
         r.register(
             "bindings",
@@ -122,6 +126,17 @@ impl Metrics {
             "forwarded_bytes",
             "Bytes forwarded by the XDP fast path, by interface",
             m.forwarded_bytes.clone(),
+        );
+        r.register(
+            "fast_path_forwarding",
+            "1 while the XDP fast path may forward delegated traffic; 0 while the kernel forwards it all \
+             (labels: mode, and reason: firewall, hooks_unknown, off)",
+            m.fast_path_forwarding.clone(),
+        );
+        r.register(
+            "fast_path_redirect_target",
+            "1 for a downstream interface the fast path may redirect into (its xdp-features take redirects)",
+            m.fast_path_redirect_target.clone(),
         );
         m.registry = Arc::new(r);
         m

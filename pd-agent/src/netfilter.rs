@@ -26,7 +26,6 @@ use crate::netlink::{attr_str, attrs, put_attr, NlError, NlSocket};
 const NFNL_SUBSYS_HOOK: u16 = 12;
 const NFNL_MSG_HOOK_GET: u16 = 0;
 const NFNLA_HOOK_HOOKNUM: u16 = 1;
-const NFNLA_HOOK_PRIORITY: u16 = 2;
 const NFNLA_HOOK_DEV: u16 = 3;
 const NFNLA_HOOK_FUNCTION_NAME: u16 = 4;
 const NFNLA_HOOK_MODULE_NAME: u16 = 5;
@@ -36,8 +35,11 @@ const NFNLA_HOOK_INFO_TYPE: u16 = 2;
 const NFNLA_CHAIN_TABLE: u16 = 1;
 const NFNLA_CHAIN_FAMILY: u16 = 2;
 const NFNLA_CHAIN_NAME: u16 = 3;
-/// `NFNL_HOOK_TYPE_BPF`: the description holds a program id, not a chain.
+/// `NFNL_HOOK_TYPE_*`: what registered a hook.
+const HOOK_TYPE_NFTABLES: u32 = 1;
+/// The description holds a program id, not a chain.
 const HOOK_TYPE_BPF: u32 = 2;
+const HOOK_TYPE_NFT_FLOWTABLE: u32 = 3;
 const NFNLA_HOOK_BPF_ID: u16 = 1;
 
 const NFPROTO_INET: u8 = 1;
@@ -45,6 +47,15 @@ const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_NETDEV: u8 = 5;
 const NFPROTO_BRIDGE: u8 = 7;
 const NFPROTO_IPV6: u8 = 10;
+
+/// `ip_sabotage_in`, which br_netfilter registers on IPv6 prerouting in
+/// every namespace once loaded (Docker loads it): it only keeps bridged
+/// frames from passing the IP hooks twice, and decides nothing about
+/// routed packets.
+fn is_benign(h: &Hook) -> bool {
+    let f = "kernel function ip_sabotage_in";
+    h.owner == f || h.owner.starts_with(&format!("{f} ("))
+}
 
 /// `NFNLGRP_NFTABLES`: every nf_tables ruleset change.
 pub const NFNLGRP_NFTABLES: u32 = 7;
@@ -60,7 +71,6 @@ const NETDEV_HOOKS: [(u32, &str); 2] = [(0, "ingress"), (1, "egress")];
 pub struct Hook {
     /// `ip6 forward`, `netdev ingress lan0`, ...
     pub place: String,
-    pub priority: i32,
     /// What registered it: an nftables chain, a BPF program, or the
     /// kernel function (ip6tables, conntrack, ...) and its module.
     pub owner: String,
@@ -145,8 +155,14 @@ impl Netfilter {
                         place: format!("netdev {name} {dev}"),
                         ..h
                     })),
-                    // The device went away, or the kernel has no egress hook.
-                    Err(e) if matches!(e.errno(), Some(libc::ENODEV | libc::EOPNOTSUPP)) => {}
+                    // The device went away, or the kernel has no egress hook
+                    // (before 5.16: EOPNOTSUPP; without CONFIG_NETFILTER_EGRESS:
+                    // EPROTONOSUPPORT).
+                    Err(e)
+                        if matches!(
+                            e.errno(),
+                            Some(libc::ENODEV | libc::EOPNOTSUPP | libc::EPROTONOSUPPORT)
+                        ) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -154,6 +170,7 @@ impl Netfilter {
         // An inet chain is registered for IPv4 and IPv6 alike; list it once.
         let mut seen = std::collections::HashSet::new();
         out.retain(|h| seen.insert((h.place.clone(), h.owner.clone())));
+        out.retain(|h| !is_benign(h));
         Ok(out)
     }
 
@@ -222,7 +239,6 @@ impl BaseChain {
         };
         Some(Hook {
             place,
-            priority: 0,
             owner: format!(
                 "nftables chain {} {} {}",
                 family_name(self.family),
@@ -273,7 +289,6 @@ fn legacy_tables(names: &str) -> Vec<Hook> {
         .filter(|n| !n.is_empty())
         .map(|n| Hook {
             place: "ip6".into(),
-            priority: 0,
             owner: format!("ip6tables-legacy table {n}"),
         })
         .collect()
@@ -293,13 +308,11 @@ fn family_name(f: u8) -> &'static str {
 /// One hook of a dump (payload after the netlink header: nfgenmsg, then
 /// attributes).
 fn parse_hook(p: &[u8]) -> Option<Hook> {
-    let mut priority = 0;
     let mut function = String::new();
     let mut module = String::new();
     let mut chain = None;
     for (k, v) in attrs(p.get(4..)?) {
         match k {
-            NFNLA_HOOK_PRIORITY => priority = i32::from_be_bytes(v.get(0..4)?.try_into().ok()?),
             NFNLA_HOOK_FUNCTION_NAME => function = attr_str(v),
             NFNLA_HOOK_MODULE_NAME => module = attr_str(v),
             NFNLA_HOOK_CHAIN_INFO => chain = parse_chain(v),
@@ -314,14 +327,13 @@ fn parse_hook(p: &[u8]) -> Option<Hook> {
     };
     Some(Hook {
         place: String::new(),
-        priority,
         owner,
     })
 }
 
 /// `nftables chain inet filter forward`, or `BPF program 42`.
 fn parse_chain(v: &[u8]) -> Option<String> {
-    let mut ty = 1;
+    let mut ty = HOOK_TYPE_NFTABLES;
     let mut desc = None;
     for (k, a) in attrs(v) {
         match k {
@@ -346,7 +358,11 @@ fn parse_chain(v: &[u8]) -> Option<String> {
             _ => {}
         }
     }
-    let what = if ty == 3 { "flowtable" } else { "chain" };
+    let what = if ty == HOOK_TYPE_NFT_FLOWTABLE {
+        "flowtable"
+    } else {
+        "chain"
+    };
     Some(format!(
         "nftables {what} {} {table} {name}",
         family_name(family)
@@ -378,12 +394,11 @@ mod tests {
             (NFNLA_HOOK_FUNCTION_NAME, b"nft_do_chain_inet\0".to_vec()),
             (NFNLA_HOOK_MODULE_NAME, b"nf_tables\0".to_vec()),
             (NFNLA_HOOK_HOOKNUM, 2u32.to_be_bytes().to_vec()),
-            (NFNLA_HOOK_PRIORITY, (-150i32).to_be_bytes().to_vec()),
+            (2, (-150i32).to_be_bytes().to_vec()), // NFNLA_HOOK_PRIORITY
             (NFNLA_HOOK_CHAIN_INFO | 0x8000, info),
         ]);
         let h = parse_hook(&p).unwrap();
         assert_eq!(h.owner, "nftables chain inet filter forward");
-        assert_eq!(h.priority, -150);
     }
 
     fn chain(family: u8, table: &str, name: &str, hooknum: u32, devs: &[&str]) -> Vec<u8> {
@@ -462,5 +477,13 @@ mod tests {
             parse_hook(&hook(&[])).unwrap().owner,
             "a hook the kernel does not name"
         );
+        // br_netfilter's hook filters nothing routed; conntrack's does.
+        let sabotage = parse_hook(&hook(&[
+            (NFNLA_HOOK_FUNCTION_NAME, b"ip_sabotage_in\0".to_vec()),
+            (NFNLA_HOOK_MODULE_NAME, b"br_netfilter\0".to_vec()),
+        ]))
+        .unwrap();
+        assert!(is_benign(&sabotage));
+        assert!(!is_benign(&parse_hook(&p).unwrap()));
     }
 }

@@ -33,6 +33,10 @@ pub enum NlError {
     Timeout(Duration),
     #[error("netlink: malformed reply")]
     Malformed,
+    /// The kernel interrupted a dump every time (what it listed changed
+    /// meanwhile): a partial list is not an answer.
+    #[error("netlink: dump interrupted {0} times in a row")]
+    Interrupted(usize),
 }
 
 impl NlError {
@@ -53,7 +57,6 @@ const DUMP_TRIES: usize = 4;
 /// One socket for requests and dumps, answered in order.
 pub struct NlSocket {
     sock: Socket,
-    protocol: isize,
     seq: u32,
     rx: Vec<u8>,
 }
@@ -67,15 +70,10 @@ impl NlSocket {
         set_timeout(&sock, TIMEOUT).map_err(err)?;
         Ok(NlSocket {
             sock,
-            protocol,
             seq: 0,
             // Dump parts are at most 32 KiB; a bigger buffer never truncates.
             rx: vec![0; 64 << 10],
         })
-    }
-
-    pub fn protocol(&self) -> isize {
-        self.protocol
     }
 
     /// Send one request (`flags` gets NLM_F_REQUEST) and collect the
@@ -87,7 +85,7 @@ impl NlSocket {
             tries += 1;
             match self.call_once(ty, flags, payload)? {
                 (msgs, false) => return Ok(msgs),
-                (msgs, true) if tries >= DUMP_TRIES => return Ok(msgs),
+                (_, true) if tries >= DUMP_TRIES => return Err(NlError::Interrupted(tries)),
                 _ => {}
             }
         }
@@ -141,15 +139,19 @@ impl NlSocket {
                 }
                 interrupted |= msg.flags() & NLM_F_DUMP_INTR != 0;
                 match msg.message_type() {
-                    NLMSG_DONE => return Ok((out, interrupted)),
-                    NLMSG_ERROR => {
-                        let p = msg.payload();
-                        let code = p.get(0..4).ok_or(NlError::Malformed)?;
-                        let errno = -i32::from_ne_bytes(code.try_into().unwrap());
-                        if errno != 0 {
-                            return Err(NlError::Errno(errno));
+                    // Both carry an errno: a dump's callback reports its
+                    // failure in NLMSG_DONE, a request's in NLMSG_ERROR
+                    // (0: an ack).
+                    ty @ (NLMSG_DONE | NLMSG_ERROR) => {
+                        let code = match msg.payload().get(0..4) {
+                            Some(c) => i32::from_ne_bytes(c.try_into().unwrap()),
+                            None if ty == NLMSG_DONE => 0,
+                            None => return Err(NlError::Malformed),
+                        };
+                        if code < 0 {
+                            return Err(NlError::Errno(code.wrapping_neg()));
                         }
-                        return Ok((out, interrupted)); // an ack
+                        return Ok((out, interrupted));
                     }
                     _ => {
                         out.push(msg.payload().to_vec());
@@ -246,8 +248,12 @@ pub fn listen(protocol: isize, groups: &[u32]) -> Result<tokio::sync::mpsc::Rece
                 match guard.get_inner().recv(&mut &mut buf[..], 0) {
                     Ok(_) => got = true,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    // ENOBUFS: notifications were lost; the reader re-reads all.
-                    Err(_) => got = true,
+                    // ENOBUFS: notifications were lost; the reader re-reads
+                    // everything. The error is reported once.
+                    Err(_) => {
+                        got = true;
+                        break;
+                    }
                 }
             }
             guard.clear_ready();

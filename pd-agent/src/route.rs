@@ -308,14 +308,26 @@ impl Routes {
     }
 
     /// Every IPv6 address on this host: (ifindex, address, prefix length).
+    /// On a point-to-point link (ppp) IFA_ADDRESS is the peer's address and
+    /// IFA_LOCAL ours; elsewhere IFA_ADDRESS alone is ours.
     pub async fn addresses(&self) -> Result<Vec<(u32, Ipv6Addr, u8)>, RouteError> {
         let mut out = Vec::new();
         let mut s = self.handle.address().get().execute();
         while let Some(m) = s.try_next().await.map_err(RouteError::Dump)? {
-            for a in &m.attributes {
-                if let AddressAttribute::Address(IpAddr::V6(v6)) = a {
-                    out.push((m.header.index, *v6, m.header.prefix_len));
-                }
+            let v6 = |a: &IpAddr| match a {
+                IpAddr::V6(v6) => Some(*v6),
+                IpAddr::V4(_) => None,
+            };
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(a) => v6(a),
+                _ => None,
+            });
+            let address = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(a) => v6(a),
+                _ => None,
+            });
+            if let Some(a) = local.or(address) {
+                out.push((m.header.index, a, m.header.prefix_len));
             }
         }
         Ok(out)

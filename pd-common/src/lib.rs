@@ -269,11 +269,14 @@ pub enum Counter {
     /// in its xdp-features: a veth whose peer has neither an XDP program
     /// nor GRO, a bridge, a VLAN device, a tunnel), or is not managed.
     FwdNoXmit,
-    /// The ingress link has no Ethernet header (ppp, tun, WireGuard, GRE).
+    /// The ingress link has no Ethernet header (ppp, tun, WireGuard).
     FwdLinkType,
+    /// No agent has confirmed the fast path's flags recently (it stopped,
+    /// crashed or hangs): nobody watches the firewall or the devices.
+    FwdNoAgent,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::FwdLinkType as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::FwdNoAgent as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -307,6 +310,7 @@ impl Counter {
         Counter::FwdFirewall,
         Counter::FwdNoXmit,
         Counter::FwdLinkType,
+        Counter::FwdNoAgent,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -341,6 +345,7 @@ impl Counter {
             Counter::FwdFirewall => "fwd_firewall",
             Counter::FwdNoXmit => "fwd_no_xmit",
             Counter::FwdLinkType => "fwd_link_type",
+            Counter::FwdNoAgent => "fwd_no_agent",
         }
     }
 }
@@ -450,7 +455,7 @@ pub mod ifflags {
     /// leaving another is recorded (see `pd_clients_v1`).
     pub const UPSTREAM: u32 = 1 << 2;
     /// Frames on this link start with the IPv6 header (no link-layer
-    /// header: ppp, tun, WireGuard, GRE and other IP tunnels).
+    /// header: ppp, tun, WireGuard, ipip, sit, ip6tnl).
     pub const L3: u32 = 1 << 3;
     /// The fast path may forward packets arriving here: the link is
     /// Ethernet and no netfilter hook is on the forwarding path (or the

@@ -30,7 +30,7 @@ use aya_ebpf::{
         bpf_skb_load_bytes, bpf_xdp_load_bytes,
     },
     macros::{classifier, map, xdp},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use pd_common::{
@@ -86,6 +86,13 @@ static PD_FWD_STATS: PerCpuArray<FwdStats> = PerCpuArray::pinned(FWD_STATS_SLOTS
 /// Per-interface flags ([`ifflags`]), written by the agent.
 #[map(name = "pd_ifaces_v1")]
 static PD_IFACES: HashMap<u32, u32> = HashMap::pinned(1024, 0);
+
+/// Until when (`bpf_ktime_get_boot_ns`) the agent vouches for the fast
+/// path's flags: it renews this every few seconds while it watches the
+/// firewall and the devices' xdp-features. Past it (the agent stopped,
+/// crashed or hangs) nothing is forwarded in XDP.
+#[map(name = "pd_fwd_lease_v1")]
+static PD_FWD_LEASE: Array<u64> = Array::pinned(1, 0);
 
 /// On-link prefixes of downstream interfaces -> ifindex (strict SAV).
 #[map(name = "pd_onlink_v1")]
@@ -857,19 +864,21 @@ fn fast_path(ctx: &XdpContext, ifindex: u32, ifl: u32) -> u32 {
     let data = ctx.data();
     let end = ctx.data_end();
     let bare = ifl & ifflags::L3 != 0;
-    // Untagged IPv6 only; everything else is the kernel's.
-    let off = if bare { 0 } else { ETH_HLEN };
-    if data + off + IPV6_HLEN > end {
-        return xdp_action::XDP_PASS;
-    }
-    if bare {
-        if unsafe { *(data as *const u8) } >> 4 != 6 {
+    // Untagged IPv6 only; everything else is the kernel's. Each link kind
+    // checks its own constant bounds.
+    let ip = if bare {
+        if data + IPV6_HLEN > end || unsafe { *(data as *const u8) } >> 4 != 6 {
             return xdp_action::XDP_PASS;
         }
-    } else if u16::from_be(unsafe { *((data + 12) as *const u16) }) != ETH_P_IPV6 {
-        return xdp_action::XDP_PASS;
-    }
-    let ip = data + off;
+        data
+    } else {
+        if data + ETH_HLEN + IPV6_HLEN > end
+            || u16::from_be(unsafe { *((data + 12) as *const u16) }) != ETH_P_IPV6
+        {
+            return xdp_action::XDP_PASS;
+        }
+        data + ETH_HLEN
+    };
     if ip + IPV6_HLEN > end {
         return xdp_action::XDP_PASS;
     }
@@ -889,6 +898,11 @@ fn fast_path(ctx: &XdpContext, ifindex: u32, ifl: u32) -> u32 {
     }
     if ifl & ifflags::FWD_IN == 0 {
         count(Counter::FwdFirewall);
+        return xdp_action::XDP_PASS;
+    }
+    let lease = PD_FWD_LEASE.get(0).copied().unwrap_or(0);
+    if unsafe { bpf_ktime_get_boot_ns() } >= lease {
+        count(Counter::FwdNoAgent);
         return xdp_action::XDP_PASS;
     }
     let slot = route.slot;

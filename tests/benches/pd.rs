@@ -1040,6 +1040,7 @@ fn row8_fast_path_cost(b: &mut Bench) -> Result<()> {
     };
     ifs.set_iface(wan0, pd_common::ifflags::FWD_IN)?;
     ifs.set_iface(rig.lan0, pd_common::ifflags::FWD_OUT)?;
+    p.take_lease()?.set(0, u64::MAX, 0)?;
     let mut routes = pd_agent::maps::RouteMap::new(p.take_routes()?, p.take_fwd_stats()?);
     routes.insert(&pd_agent::binding::Binding {
         prefix: "2001:db8:1000::/64".parse()?,
@@ -1158,6 +1159,7 @@ fn row9_pass_decision_cost(b: &mut Bench) -> Result<()> {
         ifaces: p.take_ifaces()?,
         onlink: p.take_onlink()?,
     };
+    p.take_lease()?.set(0, u64::MAX, 0)?;
     let mut routes = pd_agent::maps::RouteMap::new(p.take_routes()?, p.take_fwd_stats()?);
     routes.insert(&pd_agent::binding::Binding {
         prefix: "2001:db8:1000::/64".parse()?,

@@ -491,14 +491,14 @@ impl SeedLab {
     }
 
     /// `n` echo requests from the internet host to the cpe: how many
-    /// arrived, counted on the cpe.
+    /// arrived, counted on the cpe. The first call also resolves the
+    /// neighbours on the way (one ping before counting).
     pub fn internet_to_cpe(&self, n: u32) -> Result<u64> {
         let host = self.cpe_host().context("the cpe has no prefix")?;
         if echo_count(&self.cpe).is_err() {
             count_echoes(&self.cpe, &host)?;
+            self.internet.ping(&host, 3);
         }
-        // The first one resolves neighbours on the way.
-        self.internet.ping(&host, 3);
         let before = echo_count(&self.cpe)?;
         ping_n(&self.internet, &host, n);
         Ok(echo_count(&self.cpe)? - before)

@@ -686,6 +686,36 @@ impl Agent {
     }
 }
 
+/// A kernel counter of the pinned `pd_counters_v1` under `pin_dir`,
+/// summed over CPUs and read with bpftool: works while no agent runs.
+pub fn pinned_counter(pin_dir: &Path, c: pd_common::Counter) -> Result<u64> {
+    let path = pin_dir.join("pd_counters_v1");
+    let key = (c as u32).to_le_bytes();
+    let mut args = vec![
+        "bpftool".to_string(),
+        "-j".into(),
+        "map".into(),
+        "lookup".into(),
+        "pinned".into(),
+        path.display().to_string(),
+        "key".into(),
+    ];
+    args.extend(key.iter().map(|b| b.to_string()));
+    let out = sh(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let mut sum = 0u64;
+    for cpu in v["values"].as_array().context("per-CPU values")? {
+        let bytes: Vec<u8> = cpu["value"]
+            .as_array()
+            .context("value bytes")?
+            .iter()
+            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+            .collect();
+        sum += u64::from_le_bytes(bytes.get(..8).context("8 bytes")?.try_into()?);
+    }
+    Ok(sum)
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         self.daemon.stop();
@@ -937,4 +967,5 @@ pub fn dhcpcd_release(ns: &Netns, dir: &TempDir, iface: &str) -> Result<()> {
 
 pub mod corpus;
 pub mod lab;
+pub mod matrix;
 pub mod wire;

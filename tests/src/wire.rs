@@ -204,6 +204,10 @@ impl Tun {
         const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
         const IFF_TUN: i16 = 0x0001;
         const IFF_NO_PI: i16 = 0x1000;
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            // Loading the module makes the device node (a VM's devtmpfs).
+            let _ = std::process::Command::new("modprobe").arg("tun").status();
+        }
         let _in = InNetns::enter(ns)?;
         let file = std::fs::OpenOptions::new()
             .read(true)

@@ -215,6 +215,9 @@ fn fast_path_table() -> Result<()> {
     sav.set_iface(l3, ifflags::L3 | ifflags::SAV)?;
     sav.set_onlink(&[(lan1, "2001:db8:1::/64".parse()?)])?;
     let counters = progs.take_counters()?;
+    // The agent's lease on the flags, as a running agent keeps it.
+    let mut lease = progs.take_lease()?;
+    lease.set(0, u64::MAX, 0)?;
 
     let fwd = Out::Forwarded {
         dmac: [2, 0, 0, 0, 0, 0x0c],
@@ -529,6 +532,24 @@ fn fast_path_table() -> Result<()> {
     let (pkts, bytes) = routes.counters("2001:db8:100::/56".parse()?).unwrap();
     assert_eq!(pkts, 2);
     assert_eq!(bytes, (rows[0].input.len() + rows[1].input.len()) as u64);
+
+    // Without an agent's lease (stopped, crashed) nothing is forwarded.
+    lease.set(0, 0, 0)?;
+    let before = counters.get(Counter::FwdNoAgent);
+    let mut ctx = [0u32; 6];
+    ctx[1] = rows[0].input.len() as u32;
+    ctx[3] = wan0;
+    let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|x| x.to_ne_bytes()).collect();
+    let mut out = vec![0u8; rows[0].input.len() + 64];
+    let res = progs.xdp().test_run(TestRunOptions {
+        data_in: Some(&rows[0].input),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx_bytes),
+        ..Default::default()
+    })?;
+    assert_eq!(res.return_value, XDP_PASS, "no lease: the kernel forwards");
+    assert_eq!(&out[..res.data_size_out as usize], rows[0].input.as_slice());
+    assert_eq!(counters.get(Counter::FwdNoAgent), before + 1);
     Ok(())
 }
 

@@ -567,6 +567,21 @@ fn metrics_scrape() -> Result<()> {
         "{body}"
     );
     assert_eq!(value("pd_hook_failures_total"), Some(0.0), "{body}");
+    // The fast path's state: no firewall here, lan0 a plain veth.
+    assert_eq!(
+        value("pd_fast_path_forwarding{mode=\"auto\",reason=\"forwarding\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        value("pd_fast_path_redirect_target{iface=\"lan0\"}"),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(
+        value("pd_kernel_packets_total{outcome=\"fwd_no_xmit\"}").is_some(),
+        "{body}"
+    );
     assert!(body.contains("# EOF"), "OpenMetrics text ends with # EOF");
     // --log-json: one JSON object per line; the binding change carries its fields.
     let lines: Vec<serde_json::Value> = agent

@@ -28,13 +28,17 @@ enum Cmd {
     Deps,
     /// Build the kernel programs; prints the object's path.
     BuildEbpf,
-    /// Unit tests, then root integration tests (needs root).
+    /// Unit tests, root integration tests, then the VM tier (needs root).
+    /// `cargo xtask test FILTER` runs the root tests matching FILTER;
+    /// `cargo xtask test vm [KERNEL...]` only the VM tier, on the given
+    /// kernels (a /boot/vmlinuz-* path or its version; default: Debian
+    /// 12's).
     Test {
         /// Only the unit tests (no root needed).
         #[arg(long)]
         unit: bool,
-        /// Extra filter passed to the root tests.
-        filter: Option<String>,
+        /// A filter for the root tests, or `vm` and kernels.
+        args: Vec<String>,
     },
     /// The performance table (needs root); writes target/bench/results.json.
     Bench {
@@ -91,7 +95,10 @@ fn run() -> Result<()> {
             println!("{}", obj.display());
             Ok(())
         }
-        Cmd::Test { unit, filter } => test(unit, filter),
+        Cmd::Test { unit, args } => match args.split_first() {
+            Some((first, kernels)) if first == "vm" => test_vm(kernels),
+            _ => test(unit, args.first().cloned()),
+        },
         Cmd::Bench { quick, row } => bench(quick, row),
         Cmd::Demo { keep } => {
             deps()?;
@@ -287,12 +294,260 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
         ])
         .env("PD_AGENT_BIN", &bin)
         .env("PD_EBPF_OBJ", &obj);
-    if let Some(f) = filter {
+    // The VM tier's tests run in the VM only.
+    cmd.args(["--skip", "vm_"]);
+    if let Some(f) = &filter {
         cmd.arg(f);
     }
     tally.run(&mut cmd)?;
+    if filter.is_none() {
+        vm_tier(&mut tally, &[])?;
+    }
     tally.print();
     Ok(())
+}
+
+/// Debian packages the VM tier needs on the host (the guest shares its
+/// root file system): QEMU, the initramfs' busybox, and what its tests use
+/// that the host tests do not.
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "ppp", "pppoe"];
+/// virtme-ng (PyPI) boots a kernel over the host's root file system.
+const VIRTME_NG: &str = "virtme-ng==1.42";
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing Debian packages {missing:?}; run as root (e.g. sudo -E cargo xtask deps)");
+    }
+    eprintln!("xtask: installing {missing:?}");
+    status(Command::new("apt-get").args(["update", "-q"]))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Debian 12's kernel (the generic flavour: the cloud one lacks 9p), the
+/// newest 6.1 the archive has, installed if no 6.1 is in /boot yet.
+fn debian12_kernel() -> Result<PathBuf> {
+    let newest = |names: Vec<String>| {
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let abi = n.strip_prefix("6.1.0-")?.strip_suffix("-amd64")?;
+                Some((abi.parse::<u32>().ok()?, n))
+            })
+            .max()
+            .map(|(_, n)| n)
+    };
+    let in_boot: Vec<String> = std::fs::read_dir("/boot")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_prefix("vmlinuz-")
+                        .map(String::from)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(v) = newest(in_boot) {
+        return Ok(PathBuf::from(format!("/boot/vmlinuz-{v}")));
+    }
+    let out = Command::new("apt-cache")
+        .args([
+            "search",
+            "--names-only",
+            r"^linux-image-6\.1\.0-[0-9]+-amd64$",
+        ])
+        .output()
+        .context("apt-cache search for Debian 12's kernel")?;
+    let names = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .next()?
+                .strip_prefix("linux-image-")
+                .map(String::from)
+        })
+        .collect();
+    let v = newest(names).context("no linux-image-6.1.0-*-amd64 in the package archive")?;
+    apt_install(&[&format!("linux-image-{v}")])?;
+    Ok(PathBuf::from(format!("/boot/vmlinuz-{v}")))
+}
+
+/// The `vng` script of the Python that runs `python3`, installed if needed.
+fn vng() -> Result<PathBuf> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .context("python3 (virtme-ng runs on it)")?;
+    let vng = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("vng");
+    if !vng.exists() {
+        eprintln!("xtask: installing {VIRTME_NG}");
+        status(Command::new("python3").args(["-m", "pip", "install", "-q", VIRTME_NG]))?;
+    }
+    Ok(vng)
+}
+
+fn test_vm(kernels: &[String]) -> Result<()> {
+    deps()?;
+    build_agent()?;
+    let mut tally = Tally::default();
+    vm_tier(&mut tally, kernels)?;
+    tally.print();
+    if tally.failed > 0 {
+        bail!("{} VM test(s) failed", tally.failed);
+    }
+    Ok(())
+}
+
+/// Boot each kernel (default: Debian 12's) in a VM without KVM (nested
+/// KVM fails on these machines) and run the `vm_` tests there.
+fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the VM tier needs root: run `sudo -E cargo xtask test vm`");
+    }
+    apt_install(VM_PACKAGES)?;
+    let vng = vng()?;
+    let kernels: Vec<PathBuf> = if kernels.is_empty() {
+        vec![debian12_kernel()?]
+    } else {
+        kernels
+            .iter()
+            .map(|k| {
+                let p = if k.starts_with('/') {
+                    PathBuf::from(k)
+                } else {
+                    PathBuf::from(format!("/boot/vmlinuz-{k}"))
+                };
+                if p.exists() {
+                    Ok(p)
+                } else {
+                    bail!("kernel {k}: {} does not exist", p.display())
+                }
+            })
+            .collect::<Result<_>>()?
+    };
+    let obj = root_dir().join("target/bpf/bpfel-unknown-none/release/pd-ebpf");
+    let exe = test_executable("vm", &obj)?;
+    let out = root_dir().join("target/vm");
+    std::fs::create_dir_all(&out)?;
+    for kernel in kernels {
+        let log = out.join("vm-test.log");
+        let rc = out.join("rc");
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(&rc);
+        let script = out.join("run.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh
+                 mkdir -p /run/netns
+                 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+                 export PD_AGENT_BIN={bin} PD_EBPF_OBJ={obj} RUST_BACKTRACE=1
+                 uname -r > {log}
+                 {exe} --ignored --test-threads=1 --nocapture vm_ >> {log} 2>&1
+                 echo $? > {rc}
+",
+                bin = root_dir().join("target/debug/pd-agent").display(),
+                obj = obj.display(),
+                exe = exe.display(),
+                log = log.display(),
+                rc = rc.display(),
+            ),
+        )?;
+        status(Command::new("chmod").arg("+x").arg(&script))?;
+        eprintln!("xtask: VM tier on {} (no KVM: slow)", kernel.display());
+        let t = std::time::Instant::now();
+        let st = Command::new("timeout")
+            .arg("1200")
+            .arg(&vng)
+            .arg("-r")
+            .arg(&kernel)
+            .args(["--disable-kvm", "--memory", "2G", "--cpus", "2"])
+            .args([
+                "--overlay-rwdir",
+                "/tmp",
+                "--overlay-rwdir",
+                "/etc",
+                "--overlay-rwdir",
+                "/var/lib",
+            ])
+            .arg("--rwdir")
+            .arg(&out)
+            .arg("--exec")
+            .arg(&script)
+            .current_dir(root_dir())
+            .stdin(std::process::Stdio::null())
+            .status()
+            .context("running vng")?;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        tally.scan(&text);
+        println!("{text}");
+        let code = std::fs::read_to_string(&rc).unwrap_or_default();
+        eprintln!(
+            "xtask: VM tier on {} took {:.0}s",
+            kernel.display(),
+            t.elapsed().as_secs_f64()
+        );
+        if code.trim() != "0" {
+            tally.print();
+            bail!(
+                "the VM tier on {} failed (vng {st}, tests exit {:?}); log: {}",
+                kernel.display(),
+                code.trim(),
+                log.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The path of a pd-tests test target's executable (built if needed).
+fn test_executable(target: &str, obj: &Path) -> Result<PathBuf> {
+    let out = Command::new("cargo")
+        .current_dir(root_dir())
+        .args([
+            "test",
+            "-p",
+            "pd-tests",
+            "--test",
+            target,
+            "--no-run",
+            "--message-format=json",
+        ])
+        .env("PD_EBPF_OBJ", obj)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the VM tests")?;
+    if !out.status.success() {
+        bail!("building the VM tests failed");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["name"] == target)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("no executable for test target {target}"))
 }
 
 /// Adds up cargo test's "test result:" lines so the run ends with one
@@ -305,6 +560,32 @@ struct Tally {
 }
 
 impl Tally {
+    /// Add the "test result:" lines of a finished run's output.
+    fn scan(&mut self, text: &str) {
+        for line in text.lines() {
+            self.line(line);
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split(';')
+                    .find_map(|p| {
+                        p.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(word)
+                    })
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            self.passed += num(" passed");
+            self.failed += num(" failed");
+            self.ignored += num(" ignored");
+        }
+    }
+
     fn run(&mut self, cmd: &mut Command) -> Result<()> {
         use std::io::{BufRead, BufReader};
         let mut child = cmd
@@ -314,22 +595,7 @@ impl Tally {
         for line in BufReader::new(child.stdout.take().unwrap()).lines() {
             let line = line?;
             println!("{line}");
-            if let Some(rest) = line.strip_prefix("test result: ") {
-                let num = |word: &str| {
-                    rest.split(';')
-                        .find_map(|p| {
-                            p.trim()
-                                .trim_start_matches("ok. ")
-                                .trim_start_matches("FAILED. ")
-                                .strip_suffix(word)
-                        })
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
-                self.passed += num(" passed");
-                self.failed += num(" failed");
-                self.ignored += num(" ignored");
-            }
+            self.line(&line);
         }
         let st = child.wait()?;
         if !st.success() {

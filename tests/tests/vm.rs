@@ -1,0 +1,346 @@
+//! Links the development kernel cannot build (it has no 8021q and no ppp):
+//! these run inside a VM booted on Debian 12's own kernel, started by
+//! `cargo xtask test vm` (and by `cargo xtask test`, after the host tests).
+//! Their names start with `vm_`; the host run skips them.
+//!
+//! Each test delegates a prefix with a real Kea to a real dhclient across
+//! the link under test, checks the route pd-agent installed, and counts on
+//! the client what arrives from upstream.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pd_tests::*;
+
+/// Kea on `ns` delegating /56s out of `pool` on `iface` (on-link `subnet`).
+fn kea_on(ns: &Netns, dir: &TempDir, iface: &str, subnet: &str, pool: &str) -> Result<Daemon> {
+    let conf = kea_config(
+        dir,
+        &[KeaSubnet {
+            iface,
+            subnet,
+            pool,
+            pool_len: 48,
+            plen: 56,
+            relayed: false,
+        }],
+        600,
+    )?;
+    start_kea(ns, dir, &conf)
+}
+
+/// The route `ns` holds for `prefix` (via, dev), waiting for it.
+fn route_for(ns: &Netns, agent: &Agent, prefix: &str) -> Result<(String, String)> {
+    wait_for(Duration::from_secs(30), || {
+        our_routes(ns)
+            .ok()?
+            .into_iter()
+            .find(|(p, _, _)| p == prefix)
+            .map(|(_, via, dev)| (via, dev))
+    })
+    .with_context(|| format!("no route for {prefix}: {}", agent.log()))
+}
+
+/// ```text
+///  upstream --- wan0 router lan0 ==trunk== eth0 client
+///                       lan0.10 (VLAN 10)   eth0.10
+/// ```
+/// The LAN is VLAN 10 on a trunk; the agent manages the VLAN
+/// sub-interface `lan0.10` under its usual name. Kea on lan0.10 delegates
+/// a /56 to dhclient on the client's eth0.10: the route goes via the
+/// client's link-local address on lan0.10, the links are pinned under the
+/// escaped name, and 10 echo requests from upstream all arrive.
+#[test]
+#[ignore = "needs 8021q: run with cargo xtask test vm"]
+fn vm_vlan_sub_interface() -> Result<()> {
+    let _ = sh(&["modprobe", "8021q"]);
+    let upstream = Netns::new("vup")?;
+    let router = Netns::new("vrt")?;
+    let client = Netns::new("vcl")?;
+    veth(&router, "wan0", &upstream, "eth0")?;
+    router.add_addr("2001:db8:feed::1/64", "wan0")?;
+    upstream.add_addr("2001:db8:feed::2/64", "eth0")?;
+    upstream.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:feed::1",
+    ])?;
+    veth(&router, "lan0", &client, "eth0")?;
+    router.exec(&[
+        "ip", "link", "add", "link", "lan0", "name", "lan0.10", "type", "vlan", "id", "10",
+    ])?;
+    router.exec(&["ip", "link", "set", "lan0.10", "up"])?;
+    router.add_addr("2001:db8:ffff::1/64", "lan0.10")?;
+    client.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
+    client.exec(&[
+        "ip", "link", "add", "link", "eth0", "name", "eth0.10", "type", "vlan", "id", "10",
+    ])?;
+    client.exec(&["ip", "link", "set", "eth0.10", "up"])?;
+    let ll = wait_for(Duration::from_secs(10), || {
+        router.link_local("lan0.10").ok()
+    })
+    .context("lan0.10 link-local")?
+    .to_string();
+    client.exec(&[
+        "ip", "-6", "route", "add", "default", "via", &ll, "dev", "eth0.10",
+    ])?;
+
+    let dir = TempDir::new("vlan")?;
+    let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique("vlan"));
+    let agent = Agent::start_opts(
+        &router,
+        &dir,
+        AgentOpts {
+            pin_dir: Some(pin.clone()),
+            ..AgentOpts::new(&["lan0.10"], &["wan0"])
+        },
+    )?;
+    let _kea = kea_on(
+        &router,
+        &dir,
+        "lan0.10",
+        "2001:db8:ffff::/64",
+        "2001:db8:1100::",
+    )?;
+    let cdir = TempDir::new("vlanc")?;
+    let dhclient = start_dhclient(&client, &cdir, "eth0.10")?;
+    let prefix = wait_for(Duration::from_secs(60), || dhclient_prefix(&cdir))
+        .with_context(|| format!("dhclient got no prefix: {}", dhclient.log_text()))?;
+    let (via, dev) = route_for(&router, &agent, &prefix)?;
+    assert_eq!(via, client.link_local("eth0.10")?.to_string());
+    assert_eq!(dev, "lan0.10");
+    let idx = router
+        .exec(&["cat", "/sys/class/net/lan0.10/ifindex"])?
+        .trim()
+        .to_string();
+    assert!(pin
+        .join("links")
+        .join(format!("xdp_lan0%2e10_{idx}"))
+        .exists());
+
+    let host = format!("{}1", prefix.split('/').next().unwrap());
+    client.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{host}/128"),
+        "dev",
+        "lo",
+    ])?;
+    count_echoes(&client, &host)?;
+    upstream.ping(&host, 5);
+    let before = echo_count(&client)?;
+    ping_n(&upstream, &host, 10);
+    assert_eq!(
+        echo_count(&client)? - before,
+        10,
+        "every echo request reached the client over VLAN 10"
+    );
+    let fp = &agent.stats()?["fast_path"];
+    assert_eq!(
+        fp["interfaces"]["lan0.10"]["redirect_target"], false,
+        "{fp}"
+    );
+    Ok(())
+}
+
+/// pppd options for both ends: no authentication, IPv6, and IPv4 scripts
+/// that touch nothing (pppd 2.4.9 has no option for the IPv6 ones; the VM's
+/// /etc is an overlay).
+const PPP_OPTS: &[&str] = &[
+    "noauth",
+    "+ipv6",
+    "nodefaultroute",
+    "lcp-echo-interval",
+    "0",
+    "ip-up-script",
+    "/bin/true",
+    "ip-down-script",
+    "/bin/true",
+];
+
+/// ```text
+///  internet --- wan0 bng srv0 ==PPPoE== eth0 cpe
+///                    ppp0 <--session--> ppp0
+///                    Kea, pd-agent      dhcpcd, pd-agent
+/// ```
+/// DHCPv6-PD over a PPPoE session, as a DSL line carries it. The bng
+/// (the ISP's router: pppoe-server and Kea) delegates a /56 over its ppp0;
+/// its pd-agent manages ppp0 as downstream and routes the prefix via the
+/// cpe's link-local address on ppp0. The cpe's pd-agent manages its ppp0
+/// as upstream and holds the prefix as acquired. Traffic from the internet
+/// into the prefix reaches the cpe, left to the kernel at the bng (ppp0
+/// takes no XDP redirects).
+#[test]
+#[ignore = "needs ppp and pppoe: run with cargo xtask test vm"]
+fn vm_pppoe_session() -> Result<()> {
+    let _ = sh(&["modprobe", "pppoe"]);
+    let internet = Netns::new("pin")?;
+    let bng = Netns::new("pbng")?;
+    let cpe = Netns::new("pcpe")?;
+    veth(&bng, "wan0", &internet, "eth0")?;
+    bng.add_addr("2001:db8:feed::1/64", "wan0")?;
+    internet.add_addr("2001:db8:feed::2/64", "eth0")?;
+    internet.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:feed::1",
+    ])?;
+    veth(&bng, "srv0", &cpe, "eth0")?;
+    cpe.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
+
+    let dir = TempDir::new("ppp")?;
+    let opts = dir.path("pppoe-server.opts");
+    std::fs::write(&opts, PPP_OPTS.join(" "))?;
+    let _server = bng.spawn(
+        &[
+            "pppoe-server",
+            "-F",
+            "-k",
+            "-I",
+            "srv0",
+            "-L",
+            "10.0.0.1",
+            "-R",
+            "10.0.0.2",
+            "-N",
+            "1",
+            "-O",
+            &opts.display().to_string(),
+        ],
+        &dir.path("pppoe-server.log"),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let mut args = vec![
+        "pppd",
+        "plugin",
+        "rp-pppoe.so",
+        "eth0",
+        "user",
+        "cpe",
+        "nodetach",
+    ];
+    args.extend_from_slice(PPP_OPTS);
+    let _pppd = cpe.spawn(&args, &dir.path("pppd.log"))?;
+    // The link-local address IPv6CP negotiated (the one with a peer): the
+    // kernel's own goes when it arrives, and a server bound to that one
+    // would hear nothing.
+    let ll_of = |ns: &Netns| {
+        let out = ns
+            .exec(&[
+                "ip", "-6", "-o", "addr", "show", "dev", "ppp0", "scope", "link",
+            ])
+            .ok()?;
+        let line = out.lines().find(|l| l.contains(" peer "))?;
+        let a = line
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)?;
+        Some(a.split('/').next()?.to_string())
+    };
+    let cpe_ll = wait_for(Duration::from_secs(30), || ll_of(&cpe)).with_context(|| {
+        format!(
+            "no PPP session: {}",
+            std::fs::read_to_string(dir.path("pppd.log")).unwrap_or_default()
+        )
+    })?;
+    wait_for(Duration::from_secs(10), || ll_of(&bng)).context("bng's ppp0")?;
+    cpe.exec(&["ip", "-6", "route", "add", "default", "dev", "ppp0"])?;
+
+    // The bng's agent and server on the session's interface.
+    let bdir = TempDir::new("pbng")?;
+    let bng_agent = Agent::start_opts(&bng, &bdir, AgentOpts::new(&["ppp0"], &["wan0"]))?;
+    assert!(
+        bng_agent.log().contains("iface=ppp0 link=Bare"),
+        "{}",
+        bng_agent.log()
+    );
+    // Kea 2.2 takes the session's peer address for its own on a PPP
+    // device and cannot bind it; a link-local address of its own (without
+    // peer) gives it one to listen on. ISC dhcpd and dhclient refuse PPP
+    // devices outright.
+    bng.add_addr("fe80::1/64", "ppp0")?;
+    let kea = kea_on(&bng, &bdir, "ppp0", "2001:db8:ff00::/64", "2001:db8:1200::")?;
+    // The cpe's agent watches its uplink.
+    let cdir = TempDir::new("pcpe")?;
+    let cpe_agent = Agent::start_opts(&cpe, &cdir, AgentOpts::new(&[], &["ppp0"]))?;
+
+    // dhcpcd, as CPE routers run it.
+    let ddir = TempDir::new("pdhc")?;
+    let dhcpcd = start_dhcpcd(&cpe, &ddir, "ppp0")?;
+    let acquired = wait_for(Duration::from_secs(60), || {
+        cpe_agent
+            .bindings()
+            .ok()?
+            .into_iter()
+            .find(|b| b["kind"] == "acquired")
+    })
+    .with_context(|| {
+        format!(
+            "the cpe's agent saw no prefix acquired over PPPoE: {}\n{}\ndhcpcd: {}\nkea: {}\nbng: {}",
+            cpe_agent.log(),
+            cpe_agent.stats().unwrap_or_default(),
+            dhcpcd.log_text(),
+            kea.log_text(),
+            bng_agent.stats().unwrap_or_default()["kernel"]
+        )
+    })?;
+    let prefix = acquired["prefix"].as_str().context("prefix")?.to_string();
+    assert_eq!(acquired["iface"], "ppp0");
+    let (via, dev) = route_for(&bng, &bng_agent, &prefix)?;
+    assert_eq!((via.as_str(), dev.as_str()), (cpe_ll.as_str(), "ppp0"));
+
+    let host = format!("{}1", prefix.split('/').next().unwrap());
+    cpe.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{host}/128"),
+        "dev",
+        "lo",
+    ])?;
+    count_echoes(&cpe, &host)?;
+    internet.ping(&host, 5);
+    let left = bng_agent.stats()?["kernel"]["fwd_no_xmit"]
+        .as_u64()
+        .unwrap_or(0);
+    let before = echo_count(&cpe)?;
+    ping_n(&internet, &host, 10);
+    assert_eq!(
+        echo_count(&cpe)? - before,
+        10,
+        "every echo request crossed the PPPoE session"
+    );
+    let st = bng_agent.stats()?;
+    assert!(
+        st["kernel"]["fwd_no_xmit"].as_u64().unwrap_or(0) >= left + 10,
+        "{st}"
+    );
+    Ok(())
+}
+
+/// The matrix of `datapath.rs` on Debian 12's kernel, with a VLAN LAN and
+/// a flowtable row (this kernel has nf_flow_table). Without xdp-features
+/// (before 6.3) nothing is a redirect target.
+#[test]
+#[ignore = "needs 8021q: run with cargo xtask test vm"]
+fn vm_fast_path_matrix() -> Result<()> {
+    let _ = sh(&["modprobe", "8021q"]);
+    let (cells, features) = pd_tests::matrix::run(true)?;
+    eprintln!(
+        "kernel {}\n{}",
+        sh(&["uname", "-r"])?.trim(),
+        pd_tests::matrix::table(&cells)
+    );
+    pd_tests::matrix::check(&cells, features)
+}
