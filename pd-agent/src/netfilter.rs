@@ -48,13 +48,26 @@ const NFPROTO_NETDEV: u8 = 5;
 const NFPROTO_BRIDGE: u8 = 7;
 const NFPROTO_IPV6: u8 = 10;
 
-/// `ip_sabotage_in`, which br_netfilter registers on IPv6 prerouting in
-/// every namespace once loaded (Docker loads it): it only keeps bridged
-/// frames from passing the IP hooks twice, and decides nothing about
-/// routed packets.
+/// Hooks every namespace carries that decide nothing about the packets
+/// the fast path forwards:
+/// - `ip_sabotage_in`: br_netfilter (Docker loads it) keeps bridged frames
+///   from passing the IP hooks twice;
+/// - `apparmor_ip_postroute`, `selinux_ip_forward`, `selinux_ip_postroute`:
+///   the security modules' network mediation, which only acts on labelled
+///   packets (SECMARK rules, which are hooks of their own, or labelled
+///   IPsec). Debian's kernels enable AppArmor by default.
+const BENIGN_HOOKS: [&str; 4] = [
+    "ip_sabotage_in",
+    "apparmor_ip_postroute",
+    "selinux_ip_forward",
+    "selinux_ip_postroute",
+];
+
 fn is_benign(h: &Hook) -> bool {
-    let f = "kernel function ip_sabotage_in";
-    h.owner == f || h.owner.starts_with(&format!("{f} ("))
+    BENIGN_HOOKS.iter().any(|f| {
+        let f = format!("kernel function {f}");
+        h.owner == f || h.owner.starts_with(&format!("{f} ("))
+    })
 }
 
 /// `NFNLGRP_NFTABLES`: every nf_tables ruleset change.
@@ -484,6 +497,12 @@ mod tests {
         ]))
         .unwrap();
         assert!(is_benign(&sabotage));
+        let apparmor = parse_hook(&hook(&[(
+            NFNLA_HOOK_FUNCTION_NAME,
+            b"apparmor_ip_postroute\0".to_vec(),
+        )]))
+        .unwrap();
+        assert!(is_benign(&apparmor));
         assert!(!is_benign(&parse_hook(&p).unwrap()));
     }
 }

@@ -201,15 +201,18 @@ pub fn run(vlan: bool) -> Result<(Vec<Cell>, bool)> {
     let snapshot = || -> Result<Vec<u64>> { COUNTERS.iter().map(|c| kernel(c)).collect() };
     // Flowtables take plain devices (not the bridge, not the VLAN).
     let ft_devices = ["lan1", "lan2"];
+    // Whether this kernel has flowtables, tried in a namespace of its own.
     let flowtable_ok = {
+        let probe = Netns::new("mft")?;
+        probe.exec(&[
+            "ip", "link", "add", "wan0", "type", "veth", "peer", "name", "p",
+        ])?;
         let t = dir.path("probe.nft");
         std::fs::write(
             &t,
             "table inet probe {\n  flowtable ft { hook ingress priority 0; devices = { wan0 }; }\n}\n",
         )?;
-        let ok = rt.exec(&["nft", "-f", &t.display().to_string()]).is_ok();
-        let _ = rt.exec(&["nft", "delete", "table", "inet", "probe"]);
-        ok
+        probe.exec(&["nft", "-f", &t.display().to_string()]).is_ok()
     };
     let mut setups = vec![
         ("none", None),
