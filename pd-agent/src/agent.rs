@@ -24,10 +24,11 @@ use crate::{
     datapath::{self, FastPathMode, LinkKind, Monitor},
     ebpf::{self, Attached, Counters, LoadOptions, Programs},
     hooks::{HookEvent, Hooks},
+    keeper::Keeper,
     maps::{RouteMap, SavMaps},
     metrics::{self, Metrics},
     resync::{self, Seen, SeqTracker},
-    route::Routes,
+    route::{KernelRoute, RouteChange, RouteEvent, RouteFailure, Routes},
     snoop::{self, Assembler, Message},
     state::{Change, SeenMark, Store},
 };
@@ -40,6 +41,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub control: PathBuf,
     pub proto: u8,
+    /// Metric of our routes (their slot: prefix, table, metric).
+    pub route_metric: u32,
     pub hooks: Vec<PathBuf>,
     pub hook_timeout: Duration,
     /// Forward delegated prefixes in XDP.
@@ -161,6 +164,10 @@ struct Agent {
     metrics: Metrics,
     /// Routes whose installation failed, retried with backoff.
     retries: std::collections::BTreeMap<Ipv6Net, Retry>,
+    /// The routing table as the bindings want it, against what is there.
+    keeper: Keeper,
+    /// `net.ipv6.conf.all.forwarding`, as last read.
+    ipv6_forwarding: Option<bool>,
     route_errors: u64,
     decode_errors: u64,
 }
@@ -199,7 +206,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let any_sav = cfg.downstream.iter().any(|n| sav_of(n) != SavMode::Off);
     // Every interface's link type first: one the programs cannot read is
     // refused before anything is attached anywhere.
-    let routes = Routes::new(cfg.proto)?;
+    let routes = Routes::new(cfg.proto, cfg.route_metric)?;
     let mut link_kinds = std::collections::HashMap::new();
     for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
         let t = routes
@@ -306,6 +313,8 @@ pub async fn run(cfg: Config) -> Result<()> {
         hooks,
         metrics: Metrics::new(),
         retries: Default::default(),
+        keeper: Keeper::new(cfg.route_metric),
+        ipv6_forwarding: None,
         route_errors: 0,
         decode_errors: 0,
     };
@@ -345,6 +354,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         .map_err(std::io::Error::from)
         .context("ring buffer fd")?;
     let mut links = crate::route::link_events()?;
+    let mut route_events = crate::route::route_events()?;
+    let mut route_scan = tokio::time::interval(ROUTE_SCAN);
+    route_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Route changes of a burst (a flush) are handled together.
+    let mut converge_at: Option<tokio::time::Instant> = None;
     // Losses the catch-up could not settle (messages after its snapshot).
     let mut resync_at: Option<tokio::time::Instant> = agent
         .lost_events()
@@ -356,9 +370,15 @@ pub async fn run(cfg: Config) -> Result<()> {
     datapath_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        if converge_at.is_none() && !agent.keeper.dirty.is_empty() {
+            converge_at = Some(tokio::time::Instant::now() + Duration::from_millis(20));
+        }
+        // Due now when the deadline has come: `expire` then removes all
+        // that is due, so the next deadline lies ahead. (A floor here would
+        // let anything arriving more often, such as a monitor polling the
+        // control socket, put expiry off for ever.)
         let sleep = match agent.table.next_deadline() {
-            Some(t) => Duration::from_millis(t.saturating_sub(now()) * 1000)
-                .max(Duration::from_millis(200)),
+            Some(t) => Duration::from_secs(t.saturating_sub(now())),
             None => Duration::from_secs(3600),
         };
         let retry_in = agent
@@ -369,6 +389,17 @@ pub async fn run(cfg: Config) -> Result<()> {
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             _ = tokio::time::sleep(retry_in) => agent.retry_routes(None).await,
+            Some(ev) = route_events.recv() => {
+                if agent.route_event(ev) {
+                    agent.scan_routes().await;
+                }
+            }
+            _ = tokio::time::sleep_until(converge_at.unwrap_or_else(tokio::time::Instant::now)), if converge_at.is_some() => {
+                converge_at = None;
+                let dirty: Vec<Ipv6Net> = agent.keeper.dirty.iter().copied().collect();
+                agent.converge(dirty, false).await;
+            }
+            _ = route_scan.tick() => agent.scan_routes().await,
             Some(ev) = links.recv() => agent.link_event(ev).await,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -907,23 +938,37 @@ impl Agent {
             .map(|b| b.prefix)
             .collect();
         // Routes of ours the kernel already has, exactly as a binding wants
-        // them, are left alone (a restart without a reboot touches nothing).
+        // them, are left alone (a restart without a reboot touches nothing);
+        // other protocols' routes for a binding's prefix are conflicts.
         let mut present: HashSet<(Ipv6Net, std::net::Ipv6Addr, u32)> = HashSet::new();
         let mut ops = Vec::new();
-        for r in self.routes.dump_ours().await? {
-            if !live.contains(&r.prefix) {
-                ops.push(RouteOp::Delete(
-                    r.prefix,
-                    r.next_hop.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED),
-                    r.ifindex.unwrap_or(0),
-                ));
-                stale += 1;
-            } else if let (Some(nh), Some(i)) = (r.next_hop, r.ifindex) {
-                present.insert((r.prefix, nh, i));
+        for r in self.routes.dump_all().await? {
+            if r.proto != self.routes.proto() {
+                if live.contains(&r.prefix) {
+                    let wanted = self.wanted(r.prefix);
+                    self.keeper.on_route(&r, false, false, wanted);
+                }
+                continue;
+            }
+            match (self.routes.is_ours(&r), r.next_hop, r.ifindex) {
+                (true, Some(nh), Some(i)) if live.contains(&r.prefix) => {
+                    present.insert((r.prefix, nh, i));
+                }
+                // A multipath group of ours with another's next hop: the
+                // binding's converge looks into it; nothing is deleted.
+                (true, None, None) if live.contains(&r.prefix) => {}
+                _ => {
+                    ops.extend(r.deletes());
+                    stale += 1;
+                }
             }
         }
         let failed = run_route_ops(&self.routes, &self.metrics, ops).await;
         self.note_failures(failed);
+        self.ipv6_forwarding = crate::route::ipv6_forwarding();
+        if self.ipv6_forwarding == Some(false) {
+            warn!("IPv6 forwarding is off in this namespace (net.ipv6.conf.all.forwarding=0): the delegated prefixes' routes cannot carry traffic; pd-agent does not change it");
+        }
         for (p, _, _) in self.map.entries() {
             if !live.contains(&p) {
                 self.map.remove(p)?;
@@ -935,14 +980,13 @@ impl Agent {
             .filter(|b| b.kind == Kind::Delegated)
             .cloned()
             .collect();
-        let ops: Vec<RouteOp> = all
+        let missing: Vec<Ipv6Net> = all
             .iter()
             .filter(|b| !present.contains(&(b.prefix, b.next_hop, b.ifindex)))
-            .map(|b| RouteOp::Replace(b.prefix, b.next_hop, b.ifindex))
+            .map(|b| b.prefix)
             .collect();
-        let readded = ops.len();
-        let failed = run_route_ops(&self.routes, &self.metrics, ops).await;
-        self.note_failures(failed);
+        let readded = missing.len();
+        self.converge(missing, false).await;
         for b in &all {
             self.map.insert(b)?;
         }
@@ -958,6 +1002,7 @@ impl Agent {
             expired,
             routes_readded = readded,
             stale_routes_removed = stale,
+            conflicts = self.keeper.conflicts(),
             "reconciled with the kernel"
         );
         Ok(())
@@ -1022,7 +1067,7 @@ impl Agent {
                     info!(event = "delegated", prefix = %b.prefix, next_hop = %b.next_hop, iface = %b.iface,
                         valid = b.valid_lifetime, preferred = b.preferred_lifetime, iaid = b.iaid,
                         client_duid = %hex::encode(&b.client_duid), "binding");
-                    ops.push(RouteOp::Replace(b.prefix, b.next_hop, b.ifindex));
+                    ops.push(RouteChange::Add(b.prefix, b.next_hop, b.ifindex));
                     inserts.push(b.clone());
                 }
                 Action::Refresh(b) => {
@@ -1036,13 +1081,21 @@ impl Agent {
                         warn!(error = %crate::chain(&e), "map");
                     }
                     inserts.retain(|i| i.prefix != b.prefix);
-                    ops.push(RouteOp::Delete(b.prefix, b.next_hop, b.ifindex));
+                    // Ours only: another protocol's route for the prefix stays.
+                    let (nh, i) = (b.next_hop, b.ifindex);
+                    ops.push(RouteChange::Delete(
+                        b.prefix,
+                        (!nh.is_unspecified()).then_some(nh),
+                        (i != 0).then_some(i),
+                        self.routes.metric(),
+                    ));
+                    self.keeper.forget(b.prefix);
+                    self.retries.remove(&b.prefix);
                 }
             }
             self.hooks.send(ev);
         }
-        let failed = run_route_ops(&self.routes, &self.metrics, ops).await;
-        self.note_failures(failed);
+        self.run_routes(ops).await;
         for b in inserts {
             if let Err(e) = self.map.insert(&b) {
                 warn!(error = %crate::chain(&e), "map");
@@ -1070,16 +1123,21 @@ impl Agent {
                 let c = (b.kind == Kind::Delegated)
                     .then(|| self.map.counters(b.prefix))
                     .flatten();
+                // What the kernel really holds: failed, conflict, missing,
+                // else installed.
                 let status =
                     (b.kind == Kind::Delegated).then(|| match self.retries.get(&b.prefix) {
-                        None => "installed".to_string(),
                         Some(r) => format!(
-                            "route failed ({}), attempt {}, next in {}s",
+                            "failed: {}, attempt {}, next in {}s",
                             r.error,
                             r.attempts,
                             r.at.saturating_duration_since(std::time::Instant::now())
                                 .as_secs()
                         ),
+                        None => self
+                            .keeper
+                            .status(b.prefix)
+                            .unwrap_or_else(|| "installed".to_string()),
                     });
                 BindingView {
                     binding: b.clone(),
@@ -1160,6 +1218,8 @@ impl Agent {
             }
         }
         Metrics::set(&m.route_errors, self.route_errors);
+        Metrics::set(&m.routes_restored, self.keeper.stats.restored);
+        m.route_conflicts.set(self.keeper.conflicts() as i64);
         Metrics::set(
             &m.hook_runs,
             self.hooks
@@ -1207,6 +1267,17 @@ impl Agent {
                     "hooks": &*self.hooks.stats,
                     "decode_errors": self.decode_errors,
                     "resync": &self.resync,
+                    "routes": {
+                        "metric": self.routes.metric(),
+                        "restored": self.keeper.stats.restored,
+                        "conflicts": self.keeper.conflicts(),
+                        "conflicts_seen": self.keeper.stats.conflicts_seen,
+                        "missing": self.keeper.missing(),
+                        "failing": self.retries.len(),
+                        "scans": self.keeper.stats.scans,
+                        "overruns": self.keeper.stats.overruns,
+                    },
+                    "ipv6_forwarding": crate::route::ipv6_forwarding(),
                     "fast_path": self.fast_path_view(),
                 })
             }
@@ -1374,24 +1445,197 @@ struct Retry {
 
 /// Longest wait between attempts to install a route.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+/// How often our routes are compared with the bindings, besides the
+/// kernel's notifications (a safety net, as BIRD's kernel scan).
+const ROUTE_SCAN: Duration = Duration::from_secs(10);
 
 impl Agent {
-    /// Count failed route operations; failed installs are retried.
-    fn note_failures(&mut self, failed: Vec<(RouteOp, String)>) {
-        for (op, error) in failed {
+    /// The next hop and interface a delegated binding of `p` wants.
+    fn wanted(&self, p: Ipv6Net) -> Option<(std::net::Ipv6Addr, u32)> {
+        self.table
+            .by_prefix(p)
+            .into_iter()
+            .find(|b| b.kind == Kind::Delegated)
+            .map(|b| (b.next_hop, b.ifindex))
+    }
+
+    /// Count failed route operations; failed installs are retried with backoff.
+    fn note_failures(&mut self, failed: Vec<RouteFailure>) {
+        for f in failed {
             self.route_errors += 1;
-            if let RouteOp::Replace(p, ..) = op {
-                let attempts = self.retries.get(&p).map(|r| r.attempts + 1).unwrap_or(1);
-                let backoff = Duration::from_secs(1u64 << attempts.min(6)).min(MAX_RETRY_BACKOFF);
-                self.retries.insert(
-                    p,
-                    Retry {
-                        attempts,
-                        at: std::time::Instant::now() + backoff,
-                        error,
-                    },
-                );
+            warn!(prefix = %f.change.prefix(), error = %f, "route");
+            if let RouteChange::Add(p, ..) | RouteChange::Replace(p, ..) = f.change {
+                self.retry_later(p, f.to_string());
             }
+        }
+    }
+
+    /// Try `p` again after a backoff (1 s doubling to a minute).
+    fn retry_later(&mut self, p: Ipv6Net, error: String) {
+        let attempts = self.retries.get(&p).map(|r| r.attempts + 1).unwrap_or(1);
+        let backoff = Duration::from_secs(1u64 << attempts.min(6)).min(MAX_RETRY_BACKOFF);
+        self.retries.insert(
+            p,
+            Retry {
+                attempts,
+                at: std::time::Instant::now() + backoff,
+                error,
+            },
+        );
+    }
+
+    /// Bring each prefix's route in line with its binding: ours added
+    /// exclusively at our metric, which can never displace another route.
+    /// A prefix whose slot another protocol holds is left alone, unless
+    /// `recheck`: then the exclusive add asks the kernel again (the holder
+    /// may have gone without our seeing it).
+    async fn converge(&mut self, prefixes: Vec<Ipv6Net>, recheck: bool) {
+        let mut ops = Vec::new();
+        for p in prefixes {
+            self.keeper.dirty.remove(&p);
+            match self.wanted(p) {
+                Some(_) if self.keeper.withheld(p) && !recheck => {
+                    self.retries.remove(&p);
+                }
+                Some((nh, i)) => ops.push(RouteChange::Add(p, nh, i)),
+                None => {
+                    self.keeper.forget(p);
+                    self.retries.remove(&p);
+                }
+            }
+        }
+        self.run_routes(ops).await;
+    }
+
+    /// Carry out route changes. An add the kernel refuses because a route
+    /// already holds the slot is looked into ([`Agent::resolve_taken`]);
+    /// other failures are retried.
+    async fn run_routes(&mut self, ops: Vec<RouteChange>) {
+        if ops.is_empty() {
+            return;
+        }
+        let adds: Vec<Ipv6Net> = ops
+            .iter()
+            .filter(|c| matches!(c, RouteChange::Add(..)))
+            .map(|c| c.prefix())
+            .collect();
+        let failed = run_route_ops(&self.routes, &self.metrics, ops).await;
+        let refused: HashSet<Ipv6Net> = failed.iter().map(|f| f.change.prefix()).collect();
+        let (taken, other): (Vec<RouteFailure>, Vec<RouteFailure>) = failed
+            .into_iter()
+            .partition(|f| matches!(f.change, RouteChange::Add(..)) && f.errno == libc::EEXIST);
+        for p in adds.into_iter().filter(|p| !refused.contains(p)) {
+            // The add went in, so the slot was empty: if the binding had a
+            // route before, someone had taken it away.
+            self.route_in(p, true);
+        }
+        self.note_failures(other);
+        if !taken.is_empty() {
+            self.resolve_taken(taken.iter().map(|f| f.change.prefix()).collect())
+                .await;
+        }
+    }
+
+    /// Our route for `p` is in; `added`: by an add of ours just now (a
+    /// restore, if it had gone missing).
+    fn route_in(&mut self, p: Ipv6Net, added: bool) {
+        if self.keeper.installed(p, added) {
+            info!(prefix = %p, "our route had been removed or replaced by someone else; put back");
+        }
+        if self.retries.remove(&p).is_some() {
+            info!(prefix = %p, "route installed after retry");
+        }
+    }
+
+    /// Adds refused because a route holds the slot (prefix, table, metric):
+    /// if it is ours, it stays (or gets our binding's next hop); if another
+    /// protocol's, or a multipath group someone appended to, ours is
+    /// withheld and the binding says so. Nothing of another's is touched.
+    async fn resolve_taken(&mut self, taken: Vec<Ipv6Net>) {
+        let metric = self.routes.metric();
+        let ours: std::collections::HashMap<Ipv6Net, KernelRoute> =
+            match self.routes.dump_ours().await {
+                Ok(v) => v
+                    .into_iter()
+                    .filter(|r| r.metric == metric)
+                    .map(|r| (r.prefix, r))
+                    .collect(),
+                Err(e) => {
+                    let e = format!("reading our routes: {}", crate::chain(&e));
+                    warn!(error = %e, "route");
+                    for p in taken {
+                        self.retry_later(p, e.clone());
+                    }
+                    return;
+                }
+            };
+        let mut replace = Vec::new();
+        let mut foreign = Vec::new();
+        for p in taken {
+            let Some((nh, i)) = self.wanted(p) else {
+                continue;
+            };
+            match ours.get(&p) {
+                Some(r) if !r.multipath.is_empty() => {
+                    // Ours, with another's next hop appended beside it: a
+                    // replace would take the whole group.
+                    self.withhold(p, r.clone());
+                }
+                Some(r) if r.next_hop == Some(nh) && r.ifindex == Some(i) => {
+                    self.route_in(p, false)
+                }
+                Some(_) => replace.push(RouteChange::Replace(p, nh, i)),
+                None => foreign.push(p),
+            }
+        }
+        if !foreign.is_empty() {
+            // Which route holds each slot: the kernel's choice for the
+            // prefix, else (a more specific route answers) the table's.
+            let proto = self.routes.proto();
+            let mut all: Option<Vec<KernelRoute>> = None;
+            for p in foreign {
+                let held = match self.routes.best_route(p).await {
+                    Ok(Some(r)) if r.prefix == p && r.metric == metric && r.proto != proto => {
+                        Some(r)
+                    }
+                    _ => {
+                        if all.is_none() {
+                            all = self.routes.dump_all().await.ok();
+                        }
+                        all.iter()
+                            .flatten()
+                            .find(|r| r.prefix == p && r.metric == metric && r.proto != proto)
+                            .cloned()
+                    }
+                };
+                match held {
+                    Some(r) => self.withhold(p, r),
+                    // Gone meanwhile, or not to be seen: try again later.
+                    None => self.retry_later(
+                        p,
+                        format!(
+                            "a route holds {p} at metric {metric}, but the table does not show it"
+                        ),
+                    ),
+                }
+            }
+        }
+        if !replace.is_empty() {
+            let ps: Vec<Ipv6Net> = replace.iter().map(|c| c.prefix()).collect();
+            let failed = run_route_ops(&self.routes, &self.metrics, replace).await;
+            let refused: HashSet<Ipv6Net> = failed.iter().map(|f| f.change.prefix()).collect();
+            for p in ps.into_iter().filter(|p| !refused.contains(p)) {
+                self.route_in(p, false);
+            }
+            self.note_failures(failed);
+        }
+    }
+
+    /// Another protocol's route (or a multipath group) holds `p`'s slot.
+    fn withhold(&mut self, p: Ipv6Net, route: KernelRoute) {
+        self.retries.remove(&p);
+        if self.keeper.withhold(p, route.clone()) {
+            warn!(prefix = %p, route = %route, "another protocol's route holds the prefix; ours is withheld until it goes");
         }
     }
 
@@ -1413,73 +1657,117 @@ impl Agent {
                 .map(|(p, _)| *p)
                 .collect(),
         };
-        let mut ops = Vec::new();
-        for p in prefixes {
-            match self
-                .table
-                .by_prefix(p)
-                .into_iter()
-                .find(|b| b.kind == Kind::Delegated)
-            {
-                Some(b) => ops.push(RouteOp::Replace(b.prefix, b.next_hop, b.ifindex)),
-                None => {
-                    self.retries.remove(&p);
+        self.converge(prefixes, false).await;
+    }
+
+    /// A route change the kernel announced. Returns true when the table
+    /// must be checked as a whole (notifications were lost).
+    fn route_event(&mut self, ev: RouteEvent) -> bool {
+        match ev {
+            RouteEvent::Overrun => {
+                self.keeper.stats.overruns += 1;
+                warn!("route notifications were lost (socket overrun); checking every route");
+                true
+            }
+            RouteEvent::Changed { route, deleted } => {
+                // Our protocol at another metric: left by an earlier
+                // setting, removed by the scan, not kept.
+                if route.proto == self.routes.proto() && !self.routes.is_ours(&route) {
+                    return false;
                 }
+                let ours = self.routes.is_ours(&route) && route.multipath.is_empty();
+                let wanted = self.wanted(route.prefix);
+                let had = self.keeper.status(route.prefix);
+                self.keeper.on_route(&route, ours, deleted, wanted);
+                if !ours && wanted.is_some() && self.keeper.status(route.prefix) != had {
+                    match self.keeper.status(route.prefix) {
+                        Some(st) => {
+                            warn!(prefix = %route.prefix, status = %st, "another protocol's route for a delegated prefix")
+                        }
+                        None => info!(prefix = %route.prefix, "the other protocol's route is gone"),
+                    }
+                }
+                false
             }
         }
-        if ops.is_empty() {
-            return;
+    }
+
+    /// Compare our routes (a kernel-filtered dump) with the bindings: put
+    /// back what is missing, ask again where another protocol held the
+    /// slot (its going may have been missed), remove what no binding
+    /// explains.
+    async fn scan_routes(&mut self) {
+        self.keeper.stats.scans += 1;
+        let fwd = crate::route::ipv6_forwarding();
+        if fwd != self.ipv6_forwarding {
+            if fwd == Some(false) {
+                warn!("IPv6 forwarding is off in this namespace (net.ipv6.conf.all.forwarding=0): the delegated prefixes' routes cannot carry traffic; pd-agent does not change it");
+            } else if fwd == Some(true) {
+                info!("IPv6 forwarding is on");
+            }
+            self.ipv6_forwarding = fwd;
         }
-        let tried: Vec<Ipv6Net> = ops.iter().map(|o| o.prefix()).collect();
-        let failed = run_route_ops(&self.routes, &self.metrics, ops).await;
-        let failed_set: HashSet<Ipv6Net> = failed.iter().map(|(o, _)| o.prefix()).collect();
-        for p in tried {
-            if !failed_set.contains(&p) && self.retries.remove(&p).is_some() {
-                info!(prefix = %p, "route installed after retry");
+        let ours = match self.routes.dump_ours().await {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %crate::chain(&e), "reading our routes");
+                return;
+            }
+        };
+        let metric = self.routes.metric();
+        let mut have = std::collections::HashMap::new();
+        let mut stale = Vec::new();
+        for r in ours {
+            match self.wanted(r.prefix) {
+                Some(_) if r.metric == metric => {
+                    have.insert(r.prefix, r);
+                }
+                _ => stale.extend(r.deletes()),
             }
         }
-        self.note_failures(failed);
+        let bindings: Vec<(Ipv6Net, std::net::Ipv6Addr, u32)> = self
+            .table
+            .iter()
+            .filter(|b| b.kind == Kind::Delegated)
+            .map(|b| (b.prefix, b.next_hop, b.ifindex))
+            .collect();
+        let mut recheck = Vec::new();
+        for (p, nh, i) in bindings {
+            if self.retries.contains_key(&p) {
+                continue;
+            }
+            if self.keeper.withheld(p) {
+                recheck.push(p);
+                continue;
+            }
+            match have.get(&p) {
+                Some(r) if r.next_hop == Some(nh) && r.ifindex == Some(i) => {}
+                _ => self.keeper.lost(p),
+            }
+        }
+        if !stale.is_empty() {
+            info!(
+                routes = stale.len(),
+                "removing routes of ours that no binding explains"
+            );
+            let failed = run_route_ops(&self.routes, &self.metrics, stale).await;
+            self.note_failures(failed);
+        }
+        self.converge(recheck, true).await;
     }
 }
 
-/// A kernel route change.
-#[derive(Debug, Clone, Copy)]
-enum RouteOp {
-    Replace(Ipv6Net, std::net::Ipv6Addr, u32),
-    Delete(Ipv6Net, std::net::Ipv6Addr, u32),
-}
-
-impl RouteOp {
-    fn prefix(&self) -> Ipv6Net {
-        match self {
-            RouteOp::Replace(p, ..) | RouteOp::Delete(p, ..) => *p,
-        }
-    }
-}
-
-/// Carry out `ops` in order, batched over netlink (the kernel applies a
+/// Carry out `changes` in order, batched over netlink (the kernel applies a
 /// batch's requests in order, so a prefix's operations keep theirs).
 /// Returns the failures.
 async fn run_route_ops(
     routes: &Routes,
     metrics: &Metrics,
-    ops: Vec<RouteOp>,
-) -> Vec<(RouteOp, String)> {
-    use crate::route::RouteChange;
-    if ops.is_empty() {
+    changes: Vec<RouteChange>,
+) -> Vec<RouteFailure> {
+    if changes.is_empty() {
         return vec![];
     }
-    let changes: Vec<RouteChange> = ops
-        .iter()
-        .map(|op| match *op {
-            RouteOp::Replace(p, nh, i) => RouteChange::Replace(p, nh, i),
-            RouteOp::Delete(p, nh, i) => RouteChange::Delete(
-                p,
-                (!nh.is_unspecified()).then_some(nh),
-                (i != 0).then_some(i),
-            ),
-        })
-        .collect();
     let t = std::time::Instant::now();
     let n = changes.len();
     let failed = routes.batch(changes).await;
@@ -1489,18 +1777,4 @@ async fn run_route_ops(
         metrics.observe_route_op(took);
     }
     failed
-        .into_iter()
-        .map(|(c, e)| {
-            let op = match c {
-                RouteChange::Replace(p, nh, i) => RouteOp::Replace(p, nh, i),
-                RouteChange::Delete(p, nh, i) => RouteOp::Delete(
-                    p,
-                    nh.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED),
-                    i.unwrap_or(0),
-                ),
-            };
-            warn!(prefix = %op.prefix(), error = %e, "route");
-            (op, e)
-        })
-        .collect()
 }

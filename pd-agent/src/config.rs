@@ -10,6 +10,7 @@
 //! state_dir = "/var/lib/pd-agent"
 //! control = "/run/pd-agent/control.sock"
 //! route_proto = 99
+//! route_metric = 1024        # our routes' slot; another protocol's there wins
 //! fast_path = "auto"       # or "off", "bypass-firewall"
 //! sav = "on"                 # default for downstream interfaces
 //! hooks = ["/etc/pd-agent/hooks/nft-set.sh"]
@@ -39,7 +40,7 @@ use crate::{
     agent::{Config, SavMode},
     control,
     datapath::FastPathMode,
-    route::DEFAULT_PROTO,
+    route::{DEFAULT_METRIC, DEFAULT_PROTO},
 };
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pd-agent";
@@ -91,6 +92,7 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub control: Option<PathBuf>,
     pub route_proto: Option<u8>,
+    pub route_metric: Option<u32>,
     pub fast_path: Option<FastPathMode>,
     pub sav: Option<SavMode>,
     #[serde(default)]
@@ -149,6 +151,11 @@ pub struct RunArgs {
     /// Route protocol number tagging our routes [default: 99] (see README: rt_protos.d).
     #[arg(long, env = "PD_ROUTE_PROTO", value_parser = clap::value_parser!(u8).range(5..=254))]
     pub route_proto: Option<u8>,
+    /// Metric of our routes [default: 1024, the kernel's]. A route of another protocol at
+    /// the same prefix and metric is left alone and ours withheld; at another metric both
+    /// stay and the kernel prefers the lower.
+    #[arg(long, env = "PD_ROUTE_METRIC", value_parser = clap::value_parser!(u32).range(1..))]
+    pub route_metric: Option<u32>,
     /// Executable run on every binding change (repeatable, run in order).
     #[arg(long = "hook", env = "PD_HOOKS", value_delimiter = ',')]
     pub hooks: Vec<PathBuf>,
@@ -298,6 +305,15 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
                 .or(file.control)
                 .unwrap_or_else(|| control::DEFAULT_PATH.into()),
             proto: route_proto,
+            route_metric: match args.route_metric.or(file.route_metric) {
+                Some(0) => {
+                    return Err(ConfigError::Invalid(
+                        "route_metric must be at least 1 (0 means the kernel's default, 1024)"
+                            .into(),
+                    ))
+                }
+                m => m.unwrap_or(DEFAULT_METRIC),
+            },
             hooks,
             hook_timeout: Duration::from_secs(
                 args.hook_timeout

@@ -13,6 +13,7 @@ pub mod datapath;
 pub mod dhcp;
 pub mod ebpf;
 pub mod hooks;
+pub mod keeper;
 pub mod maps;
 pub mod metrics;
 pub mod netfilter;

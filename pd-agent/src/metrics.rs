@@ -38,6 +38,8 @@ pub struct Metrics {
     pub route_op_seconds: Histogram,
     pub route_ops: Counter,
     pub route_errors: Counter,
+    pub routes_restored: Counter,
+    pub route_conflicts: Gauge,
     pub hook_runs: Counter,
     pub hook_failures: Counter,
     pub forwarded_packets: Family<Labels, Counter>,
@@ -68,6 +70,8 @@ impl Metrics {
             ),
             route_ops: Counter::default(),
             route_errors: Counter::default(),
+            routes_restored: Counter::default(),
+            route_conflicts: Gauge::default(),
             hook_runs: Counter::default(),
             hook_failures: Counter::default(),
             forwarded_packets: Family::default(),
@@ -110,6 +114,16 @@ impl Metrics {
             "route_errors",
             "Failed netlink route operations",
             m.route_errors.clone(),
+        );
+        r.register(
+            "routes_restored",
+            "Routes of ours put back after someone else removed or replaced them",
+            m.routes_restored.clone(),
+        );
+        r.register(
+            "route_conflicts",
+            "Delegated prefixes for which another protocol also has a route",
+            m.route_conflicts.clone(),
         );
         r.register("hook_runs", "Hook executions", m.hook_runs.clone());
         r.register(

@@ -76,6 +76,18 @@ impl NlSocket {
         })
     }
 
+    /// Ask the kernel to check requests strictly (`NETLINK_GET_STRICT_CHK`,
+    /// Linux 4.20+): a dump's header and attributes then filter it.
+    pub fn strict(self) -> Result<Self, NlError> {
+        self.sock
+            .set_netlink_get_strict_chk(true)
+            .map_err(|source| NlError::Socket {
+                protocol: 0,
+                source,
+            })?;
+        Ok(self)
+    }
+
     /// Send one request (`flags` gets NLM_F_REQUEST) and collect the
     /// payloads of its answers: one message, or every part of a dump
     /// (NLM_F_DUMP), which is tried again if the kernel interrupted it.
@@ -244,15 +256,18 @@ pub fn listen(protocol: isize, groups: &[u32]) -> Result<tokio::sync::mpsc::Rece
                 return;
             };
             let mut got = false;
+            let mut errored = false;
             loop {
                 match guard.get_inner().recv(&mut &mut buf[..], 0) {
                     Ok(_) => got = true,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     // ENOBUFS: notifications were lost; the reader re-reads
-                    // everything. The error is reported once.
+                    // everything. The error is reported once and what is still
+                    // queued is read on; a second error in a row ends the round.
+                    Err(_) if got && errored => break,
                     Err(_) => {
                         got = true;
-                        break;
+                        errored = true;
                     }
                 }
             }

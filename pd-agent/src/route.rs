@@ -1,53 +1,95 @@
-//! Kernel routes over rtnetlink: `prefix via next-hop dev iface proto N`,
-//! installed with replace semantics and always tagged with our protocol
-//! number, so we can find (and only ever touch) our own routes.
+//! Kernel routes over rtnetlink: `prefix via next-hop dev iface proto N
+//! metric M`, always tagged with our protocol number and metric, so that we
+//! find, and only ever touch, our own routes. A route is added exclusively
+//! (the kernel refuses it if any route already holds that prefix, table
+//! and metric), replaced only where ours is, and deleted by protocol and
+//! metric; another protocol's route is never overwritten or removed.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr},
+};
 
 use futures::TryStreamExt;
 use ipnet::Ipv6Net;
 use rtnetlink::{
+    packet_core::{Emitable, NLM_F_DUMP},
     packet_route::{
         address::AddressAttribute,
-        route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
+        route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol},
+        AddressFamily,
     },
     Handle, RouteMessageBuilder,
 };
 
+use crate::netlink::{NlError, NlSocket};
+
 /// Default protocol number (unassigned in /etc/iproute2/rt_protos).
 pub const DEFAULT_PROTO: u8 = 99;
+/// Default metric: the kernel's own for IPv6 routes given without one.
+pub const DEFAULT_METRIC: u32 = 1024;
 const MAIN_TABLE: u32 = 254;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTM_GETROUTE: u16 = 26;
+/// `RTNLGRP_IPV6_ROUTE`: every IPv6 route change.
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("netlink socket")]
     Socket(#[source] std::io::Error),
-    #[error("adding route {prefix} via {next_hop} dev ifindex {ifindex}")]
-    Add {
-        prefix: Ipv6Net,
-        next_hop: Ipv6Addr,
-        ifindex: u32,
-        #[source]
-        source: rtnetlink::Error,
-    },
-    #[error("deleting route {prefix}")]
-    Del {
-        prefix: Ipv6Net,
-        #[source]
-        source: rtnetlink::Error,
-    },
     #[error("dumping routes")]
     Dump(#[source] rtnetlink::Error),
+    #[error("reading the routing table")]
+    Table(#[source] NlError),
+    #[error("interface with index {0} not found")]
+    NoLink(u32),
 }
 
 /// One route change for [`Routes::batch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteChange {
-    /// `ip route replace prefix via next_hop dev ifindex proto N`.
+    /// Add our route; the kernel refuses it (EEXIST) while any route holds
+    /// the same prefix, table and metric.
+    Add(Ipv6Net, Ipv6Addr, u32),
+    /// Replace the route at our prefix, table and metric: only where the
+    /// route there is known to be ours.
     Replace(Ipv6Net, Ipv6Addr, u32),
-    /// Delete our route for the prefix (through that next hop and
-    /// interface when given); one already gone is not an error.
-    Delete(Ipv6Net, Option<Ipv6Addr>, Option<u32>),
+    /// Delete our route for the prefix at that metric (through that next
+    /// hop and interface when given); one already gone is not an error. The
+    /// protocol and metric are part of the request, so another's route
+    /// never matches.
+    Delete(Ipv6Net, Option<Ipv6Addr>, Option<u32>, u32),
+}
+
+impl RouteChange {
+    pub fn prefix(&self) -> Ipv6Net {
+        match self {
+            RouteChange::Add(p, ..) | RouteChange::Replace(p, ..) | RouteChange::Delete(p, ..) => {
+                *p
+            }
+        }
+    }
+}
+
+/// A change the kernel refused, with its errno.
+#[derive(Debug, Clone)]
+pub struct RouteFailure {
+    pub change: RouteChange,
+    pub errno: i32,
+}
+
+impl fmt::Display for RouteFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let err = std::io::Error::from_raw_os_error(self.errno);
+        match self.change {
+            RouteChange::Add(p, nh, i) | RouteChange::Replace(p, nh, i) => {
+                write!(f, "adding route {p} via {nh} dev ifindex {i}: {err}")
+            }
+            RouteChange::Delete(p, ..) => write!(f, "deleting route {p}: {err}"),
+        }
+    }
 }
 
 /// Requests per sendmsg: about 80 bytes each, and 36-byte acks
@@ -78,13 +120,13 @@ impl BatchSocket {
         })
     }
 
-    /// Send `msgs` (one sendmsg per [`BATCH`]) and collect each one's
-    /// errno (0: done).
-    fn run(&mut self, msgs: Vec<(RouteMessage, bool)>) -> std::io::Result<Vec<i32>> {
+    /// Send `msgs` (one sendmsg per [`BATCH`]) with their netlink flags and
+    /// collect each one's errno (0: done).
+    fn run(&mut self, msgs: Vec<(RouteMessage, u16)>) -> std::io::Result<Vec<i32>> {
         use rtnetlink::{
             packet_core::{
-                NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
-                NLM_F_REPLACE, NLM_F_REQUEST,
+                NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_ERROR, NLM_F_ACK,
+                NLM_F_REQUEST,
             },
             packet_route::RouteNetlinkMessage,
         };
@@ -95,16 +137,15 @@ impl BatchSocket {
             buf.clear();
             let first_seq = self.seq.wrapping_add(1);
             let mut idx = Vec::with_capacity(BATCH);
-            for (i, (m, replace)) in msgs.by_ref().take(BATCH) {
+            for (i, (m, flags)) in msgs.by_ref().take(BATCH) {
                 self.seq = self.seq.wrapping_add(1);
                 let mut h = NetlinkHeader::default();
                 h.sequence_number = self.seq;
-                h.flags = NLM_F_REQUEST | NLM_F_ACK;
-                let payload = if replace {
-                    h.flags |= NLM_F_CREATE | NLM_F_REPLACE;
-                    RouteNetlinkMessage::NewRoute(m)
-                } else {
+                h.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+                let payload = if flags == 0 {
                     RouteNetlinkMessage::DelRoute(m)
+                } else {
+                    RouteNetlinkMessage::NewRoute(m)
                 };
                 let mut nl = NetlinkMessage::new(h, NetlinkPayload::InnerMessage(payload));
                 nl.finalize();
@@ -127,8 +168,9 @@ impl BatchSocket {
                     if len < 16 || off + len > n {
                         break;
                     }
-                    if ty == 2 {
-                        let errno = -i32::from_ne_bytes(b[16..20].try_into().unwrap());
+                    if ty == NLMSG_ERROR {
+                        let errno =
+                            i32::from_ne_bytes(b[16..20].try_into().unwrap()).wrapping_neg();
                         let k = seq.wrapping_sub(first_seq) as usize;
                         if k < idx.len() {
                             results[idx[k]] = errno;
@@ -143,58 +185,221 @@ impl BatchSocket {
     }
 }
 
-/// A route of ours as the kernel has it.
+/// A route as the kernel has it (main table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelRoute {
     pub prefix: Ipv6Net,
     pub next_hop: Option<Ipv6Addr>,
     pub ifindex: Option<u32>,
+    /// Protocol of the route, or of a multipath group's first next hop.
+    pub proto: u8,
+    pub metric: u32,
+    /// The next hops of a multipath (ECMP) group: routes of the same
+    /// prefix and metric that someone appended beside each other, each
+    /// with its own protocol. Empty for a plain route.
+    pub multipath: Vec<(Option<Ipv6Addr>, u32)>,
+}
+
+impl KernelRoute {
+    /// Deletes that remove this route if it is ours, and never another's:
+    /// a multipath group is deleted one next hop at a time, each with its
+    /// gateway, so the kernel checks each one's protocol (a delete without
+    /// gateway would take the whole group).
+    pub fn deletes(&self) -> Vec<RouteChange> {
+        if self.multipath.is_empty() {
+            vec![RouteChange::Delete(
+                self.prefix,
+                self.next_hop,
+                self.ifindex,
+                self.metric,
+            )]
+        } else {
+            self.multipath
+                .iter()
+                .filter(|(gw, _)| gw.is_some())
+                .map(|(gw, i)| RouteChange::Delete(self.prefix, *gw, Some(*i), self.metric))
+                .collect()
+        }
+    }
+}
+
+impl fmt::Display for KernelRoute {
+    /// As `ip -6 route` prints it (interfaces by name where known).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dev = |f: &mut fmt::Formatter<'_>, i: u32| match if_name(i) {
+            Some(n) => write!(f, " dev {n}"),
+            None => write!(f, " dev ifindex {i}"),
+        };
+        write!(f, "{}", self.prefix)?;
+        if let Some(nh) = self.next_hop {
+            write!(f, " via {nh}")?;
+        }
+        if let Some(i) = self.ifindex {
+            dev(f, i)?;
+        }
+        write!(
+            f,
+            " proto {} metric {}",
+            proto_name(self.proto),
+            self.metric
+        )?;
+        for (gw, i) in &self.multipath {
+            write!(f, " nexthop")?;
+            if let Some(gw) = gw {
+                write!(f, " via {gw}")?;
+            }
+            dev(f, *i)?;
+        }
+        Ok(())
+    }
+}
+
+/// iproute2's names for the protocols the kernel UAPI defines.
+fn proto_name(p: u8) -> String {
+    match p {
+        1 => "redirect".into(),
+        2 => "kernel".into(),
+        3 => "boot".into(),
+        4 => "static".into(),
+        8 => "gated".into(),
+        9 => "ra".into(),
+        10 => "mrt".into(),
+        11 => "zebra".into(),
+        12 => "bird".into(),
+        16 => "dhcp".into(),
+        42 => "babel".into(),
+        186 => "bgp".into(),
+        187 => "isis".into(),
+        188 => "ospf".into(),
+        189 => "rip".into(),
+        192 => "eigrp".into(),
+        n => n.to_string(),
+    }
+}
+
+fn if_name(i: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    let p = unsafe { libc::if_indextoname(i, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    let c = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(c.to_string_lossy().into_owned())
+}
+
+/// The main-table IPv6 route a route message describes.
+pub fn kernel_route(m: &RouteMessage) -> Option<KernelRoute> {
+    if m.header.address_family != AddressFamily::Inet6 {
+        return None;
+    }
+    let mut dst = Ipv6Addr::UNSPECIFIED;
+    let mut next_hop = None;
+    let mut ifindex = None;
+    let mut metric = 0;
+    let mut table = m.header.table as u32;
+    let mut multipath = Vec::new();
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = *d,
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => next_hop = Some(*g),
+            RouteAttribute::Oif(i) => ifindex = Some(*i),
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Priority(p) => metric = *p,
+            RouteAttribute::MultiPath(hops) => {
+                for h in hops {
+                    let gw = h.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(*g),
+                        _ => None,
+                    });
+                    multipath.push((gw, h.interface_index));
+                }
+            }
+            _ => {}
+        }
+    }
+    if table != MAIN_TABLE {
+        return None;
+    }
+    Some(KernelRoute {
+        prefix: Ipv6Net::new(dst, m.header.destination_prefix_length).ok()?,
+        next_hop,
+        ifindex,
+        proto: u8::from(m.header.protocol),
+        metric,
+        multipath,
+    })
 }
 
 #[derive(Clone)]
 pub struct Routes {
     handle: Handle,
     proto: u8,
+    metric: u32,
     batch: std::sync::Arc<std::sync::Mutex<BatchSocket>>,
+    /// Filtered dumps and single-route lookups (strict checking on).
+    table: std::sync::Arc<std::sync::Mutex<NlSocket>>,
 }
 
 impl Routes {
     /// Open a netlink connection (its task runs on the current runtime).
-    pub fn new(proto: u8) -> Result<Self, RouteError> {
+    pub fn new(proto: u8, metric: u32) -> Result<Self, RouteError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Socket)?;
         tokio::spawn(conn);
         let batch = std::sync::Arc::new(std::sync::Mutex::new(
             BatchSocket::new().map_err(RouteError::Socket)?,
         ));
+        let table = NlSocket::open(rtnetlink::sys::protocols::NETLINK_ROUTE)
+            .and_then(|s| s.strict())
+            .map_err(RouteError::Table)?;
         Ok(Routes {
             handle,
             proto,
+            metric,
             batch,
+            table: std::sync::Arc::new(std::sync::Mutex::new(table)),
         })
     }
 
+    pub fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    pub fn metric(&self) -> u32 {
+        self.metric
+    }
+
+    /// Whether `r` is one of ours (protocol and metric).
+    pub fn is_ours(&self, r: &KernelRoute) -> bool {
+        r.proto == self.proto && r.metric == self.metric
+    }
+
     /// Carry out `changes` in order, batched (several per sendmsg, on a
-    /// blocking thread). Returns each failure with its errno's text.
-    pub async fn batch(&self, changes: Vec<RouteChange>) -> Vec<(RouteChange, String)> {
+    /// blocking thread). Returns the changes the kernel refused.
+    pub async fn batch(&self, changes: Vec<RouteChange>) -> Vec<RouteFailure> {
+        use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
         if changes.is_empty() {
             return vec![];
         }
-        let msgs: Vec<(RouteMessage, bool)> = changes
+        let msgs: Vec<(RouteMessage, u16)> = changes
             .iter()
             .map(|c| match *c {
+                RouteChange::Add(p, nh, i) => (
+                    self.message(p).gateway(nh).output_interface(i).build(),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                ),
                 RouteChange::Replace(p, nh, i) => (
                     self.message(p).gateway(nh).output_interface(i).build(),
-                    true,
+                    NLM_F_CREATE | NLM_F_REPLACE,
                 ),
-                RouteChange::Delete(p, nh, i) => {
-                    let mut b = self.message(p);
+                RouteChange::Delete(p, nh, i, metric) => {
+                    let mut b = self.message_at(p, metric);
                     if let Some(nh) = nh {
                         b = b.gateway(nh);
                     }
                     if let Some(i) = i {
                         b = b.output_interface(i);
                     }
-                    (b.build(), false)
+                    (b.build(), 0)
                 }
             })
             .collect();
@@ -210,7 +415,10 @@ impl Routes {
         match res {
             Err(e) => changes
                 .into_iter()
-                .map(|c| (c, format!("netlink: {e}")))
+                .map(|change| RouteFailure {
+                    change,
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
+                })
                 .collect(),
             Ok(errnos) => changes
                 .into_iter()
@@ -220,82 +428,21 @@ impl Routes {
                         && !(matches!(c, RouteChange::Delete(..))
                             && matches!(*e, libc::ESRCH | libc::ENOENT | libc::ENODEV))
                 })
-                .map(|(c, e)| {
-                    let what = match c {
-                        RouteChange::Replace(p, nh, i) => {
-                            format!("adding route {p} via {nh} dev ifindex {i}")
-                        }
-                        RouteChange::Delete(p, ..) => format!("deleting route {p}"),
-                    };
-                    (
-                        c,
-                        format!("{what}: {}", std::io::Error::from_raw_os_error(e)),
-                    )
-                })
+                .map(|(change, errno)| RouteFailure { change, errno })
                 .collect(),
         }
     }
 
-    pub fn proto(&self) -> u8 {
-        self.proto
+    fn message(&self, prefix: Ipv6Net) -> RouteMessageBuilder<Ipv6Addr> {
+        self.message_at(prefix, self.metric)
     }
 
-    fn message(&self, prefix: Ipv6Net) -> RouteMessageBuilder<Ipv6Addr> {
+    fn message_at(&self, prefix: Ipv6Net, metric: u32) -> RouteMessageBuilder<Ipv6Addr> {
         RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(prefix.network(), prefix.prefix_len())
             .protocol(RouteProtocol::from(self.proto))
             .table_id(MAIN_TABLE)
-    }
-
-    pub async fn replace(
-        &self,
-        prefix: Ipv6Net,
-        next_hop: Ipv6Addr,
-        ifindex: u32,
-    ) -> Result<(), RouteError> {
-        let msg = self
-            .message(prefix)
-            .gateway(next_hop)
-            .output_interface(ifindex)
-            .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(|source| RouteError::Add {
-                prefix,
-                next_hop,
-                ifindex,
-                source,
-            })
-    }
-
-    /// Delete our route for `prefix` through `next_hop`/`ifindex`. A route
-    /// that is already gone is not an error.
-    pub async fn delete(
-        &self,
-        prefix: Ipv6Net,
-        next_hop: Option<Ipv6Addr>,
-        ifindex: Option<u32>,
-    ) -> Result<(), RouteError> {
-        let mut b = self.message(prefix);
-        if let Some(nh) = next_hop {
-            b = b.gateway(nh);
-        }
-        if let Some(i) = ifindex {
-            b = b.output_interface(i);
-        }
-        match self.handle.route().del(b.build()).execute().await {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e))
-                if matches!(-e.raw_code(), libc::ESRCH | libc::ENOENT | libc::ENODEV) =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(RouteError::Del { prefix, source }),
-        }
+            .priority(metric)
     }
 
     /// The `ARPHRD_*` type of interface `ifindex`.
@@ -303,7 +450,7 @@ impl Routes {
         let mut s = self.handle.link().get().match_index(ifindex).execute();
         match s.try_next().await.map_err(RouteError::Dump)? {
             Some(m) => Ok(u16::from(m.header.link_layer_type)),
-            None => Err(RouteError::Dump(rtnetlink::Error::RequestFailed)),
+            None => Err(RouteError::NoLink(ifindex)),
         }
     }
 
@@ -333,46 +480,173 @@ impl Routes {
         Ok(out)
     }
 
-    /// Every IPv6 route in the main table carrying our protocol number.
-    pub async fn dump_ours(&self) -> Result<Vec<KernelRoute>, RouteError> {
+    /// Every IPv6 route in the main table, of any protocol (at start).
+    pub async fn dump_all(&self) -> Result<Vec<KernelRoute>, RouteError> {
         let req = RouteMessageBuilder::<Ipv6Addr>::new().build();
         let mut stream = self.handle.route().get(req).execute();
         let mut out = Vec::new();
         while let Some(m) = stream.try_next().await.map_err(RouteError::Dump)? {
-            if let Some(r) = self.ours(&m) {
-                out.push(r);
-            }
+            out.extend(kernel_route(&m));
         }
         Ok(out)
     }
 
-    fn ours(&self, m: &RouteMessage) -> Option<KernelRoute> {
-        if u8::from(m.header.protocol) != self.proto {
-            return None;
-        }
-        let mut dst = Ipv6Addr::UNSPECIFIED;
-        let mut next_hop = None;
-        let mut ifindex = None;
-        let mut table = m.header.table as u32;
-        for a in &m.attributes {
-            match a {
-                RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = *d,
-                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => next_hop = Some(*g),
-                RouteAttribute::Oif(i) => ifindex = Some(*i),
-                RouteAttribute::Table(t) => table = *t,
-                _ => {}
-            }
-        }
-        if table != MAIN_TABLE {
-            return None;
-        }
-        let prefix = Ipv6Net::new(dst, m.header.destination_prefix_length).ok()?;
-        Some(KernelRoute {
-            prefix,
-            next_hop,
-            ifindex,
-        })
+    /// Our routes (our protocol, any metric), filtered by the kernel
+    /// (strict checking): the answer holds ours only, however big the
+    /// table is.
+    pub async fn dump_ours(&self) -> Result<Vec<KernelRoute>, RouteError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet6;
+        req.header.protocol = RouteProtocol::from(self.proto);
+        req.attributes.push(RouteAttribute::Table(MAIN_TABLE));
+        let replies = self.request(req, NLM_F_DUMP).await?;
+        Ok(replies
+            .into_iter()
+            .filter(|r| r.proto == self.proto)
+            .collect())
     }
+
+    /// The route the kernel uses for `prefix`'s first address (the most
+    /// specific, then the lowest metric); `None` if nothing routes it.
+    pub async fn best_route(&self, prefix: Ipv6Net) -> Result<Option<KernelRoute>, RouteError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet6;
+        req.header.destination_prefix_length = 128;
+        req.header.flags = RouteFlags::FibMatch;
+        req.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet6(
+                prefix.network(),
+            )));
+        match self.request(req, 0).await {
+            Ok(r) => Ok(r.into_iter().next()),
+            Err(RouteError::Table(e))
+                if matches!(
+                    e.errno(),
+                    Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ENOENT)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One RTM_GETROUTE on the strict socket, on a blocking thread (the
+    /// event loop keeps running meanwhile).
+    async fn request(&self, req: RouteMessage, flags: u16) -> Result<Vec<KernelRoute>, RouteError> {
+        let mut buf = vec![0u8; req.buffer_len()];
+        req.emit(&mut buf);
+        let sock = self.table.clone();
+        let replies = tokio::task::spawn_blocking(move || {
+            let mut sock = sock
+                .lock()
+                .map_err(|_| RouteError::Socket(std::io::Error::other("poisoned")))?;
+            sock.call(RTM_GETROUTE, flags, &buf)
+                .map_err(RouteError::Table)
+        })
+        .await
+        .map_err(|e| RouteError::Socket(std::io::Error::other(e)))??;
+        use rtnetlink::packet_core::Parseable;
+        Ok(replies
+            .iter()
+            .filter_map(|p| RouteMessage::parse(&p[..]).ok())
+            .filter_map(|m| kernel_route(&m))
+            .collect())
+    }
+}
+
+/// A change the route monitor saw.
+#[derive(Debug, Clone)]
+pub enum RouteEvent {
+    /// A main-table IPv6 route appeared or changed (`deleted`: went).
+    Changed { route: KernelRoute, deleted: bool },
+    /// The socket overran: changes were lost, read the table again.
+    Overrun,
+}
+
+/// Every IPv6 route change in this namespace (`RTNLGRP_IPV6_ROUTE`), main
+/// table only; an overrun (ENOBUFS) is reported as such.
+pub fn route_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<RouteEvent>, RouteError> {
+    use rtnetlink::{
+        packet_core::NetlinkBuffer,
+        sys::{protocols::NETLINK_ROUTE, Socket},
+    };
+    let mut sock = Socket::new(NETLINK_ROUTE).map_err(RouteError::Socket)?;
+    sock.bind_auto().map_err(RouteError::Socket)?;
+    sock.add_membership(RTNLGRP_IPV6_ROUTE)
+        .map_err(RouteError::Socket)?;
+    let _ = sock.set_rx_buf_sz(4 << 20);
+    sock.set_non_blocking(true).map_err(RouteError::Socket)?;
+    // SAFETY: the socket owns its fd, which stays open for as long as the
+    // AsyncFd (and with it the socket) lives.
+    let fd = unsafe { tokio::io::unix::AsyncFd::register(sock) }
+        .map_err(|e| RouteError::Socket(std::io::Error::from(e)))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use rtnetlink::packet_core::Parseable;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let Ok(mut guard) = fd.readable().await else {
+                return;
+            };
+            let mut errored = false;
+            loop {
+                let n = match guard.get_inner().recv(&mut &mut buf[..], 0) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) if errored => break,
+                    Err(_) => {
+                        // ENOBUFS: changes were lost (reported once); what is
+                        // still queued is read on. A second error in a row ends
+                        // this round (no spinning on a broken socket).
+                        errored = true;
+                        if tx.send(RouteEvent::Overrun).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                let mut off = 0;
+                while off + 16 <= n {
+                    let Ok(msg) = NetlinkBuffer::new_checked(&buf[off..n]) else {
+                        break;
+                    };
+                    let len = msg.length() as usize;
+                    if len < 16 {
+                        break;
+                    }
+                    off += (len + 3) & !3;
+                    let ty = msg.message_type();
+                    if ty != RTM_NEWROUTE && ty != RTM_DELROUTE {
+                        continue;
+                    }
+                    let Some(route) = RouteMessage::parse(msg.payload())
+                        .ok()
+                        .and_then(|m| kernel_route(&m))
+                    else {
+                        continue;
+                    };
+                    let ev = RouteEvent::Changed {
+                        route,
+                        deleted: ty == RTM_DELROUTE,
+                    };
+                    if tx.send(ev).is_err() {
+                        return;
+                    }
+                }
+            }
+            guard.clear_ready();
+        }
+    });
+    Ok(rx)
+}
+
+/// Whether this namespace forwards IPv6 (`net.ipv6.conf.all.forwarding`);
+/// `None` if it cannot be read.
+pub fn ipv6_forwarding() -> Option<bool> {
+    std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
+        .ok()
+        .map(|s| s.trim() != "0")
 }
 
 /// Up/down changes of interfaces: (ifindex, up). A link counts as up when

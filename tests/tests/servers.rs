@@ -795,7 +795,7 @@ fn routes_come_back_with_the_link() -> Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    assert!(status.starts_with("route failed"), "{status}");
+    assert!(status.starts_with("failed: "), "{status}");
     assert!(!has_route());
     lab.router.exec(&["ip", "link", "set", "lan0", "up"])?;
     wait_for(Duration::from_secs(10), || has_route().then_some(())).with_context(|| {

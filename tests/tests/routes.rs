@@ -1,0 +1,442 @@
+//! The routing table stays true: routes of ours that others remove come
+//! back, routes of other protocols are never overwritten or removed, and
+//! `bindings` says what the kernel really holds.
+//!
+//! ```text
+//!  upstream eth0 --- wan0 router lan0 --- eth0 client (dhclient)
+//!                    Kea: one /56 (2001:db8:a100::/56) to delegate
+//! ```
+//! Each test prints `ip -6 route show PREFIX` at every step (with
+//! `--nocapture`).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pd_tests::*;
+
+const PREFIX: &str = "2001:db8:a100::/56";
+
+/// Kea on the router delegating exactly [`PREFIX`] on `iface` (`subnet`).
+fn kea_one(
+    router: &Netns,
+    dir: &TempDir,
+    iface: &str,
+    subnet: &str,
+    pool: &str,
+    valid: u32,
+) -> Result<Daemon> {
+    let conf = kea_config(
+        dir,
+        &[KeaSubnet {
+            iface,
+            subnet,
+            pool,
+            pool_len: 56,
+            plen: 56,
+            relayed: false,
+        }],
+        valid,
+    )?;
+    start_kea(router, dir, &conf)
+}
+
+/// `ip -6 route show PREFIX` in `ns`, one line per route.
+fn show(ns: &Netns, prefix: &str) -> Result<String> {
+    Ok(ns
+        .exec(&["ip", "-6", "route", "show", prefix])?
+        .trim()
+        .to_string())
+}
+
+fn status_of(agent: &Agent, prefix: &str) -> Option<String> {
+    agent
+        .bindings()
+        .ok()?
+        .into_iter()
+        .find(|b| b["prefix"] == prefix)?["status"]
+        .as_str()
+        .map(String::from)
+}
+
+fn routes_stat(agent: &Agent, key: &str) -> u64 {
+    agent
+        .stats()
+        .ok()
+        .and_then(|s| s["routes"][key].as_u64())
+        .unwrap_or(0)
+}
+
+/// Waits for our route of `prefix` (proto 99, metric 1024, via `via`).
+fn wait_ours(ns: &Netns, prefix: &str, via: &str, within: Duration) -> Result<()> {
+    wait_for_every(within, Duration::from_millis(20), || {
+        ns.exec(&[
+            "ip", "-6", "-o", "route", "show", prefix, "proto", PROTO, "metric", "1024",
+        ])
+        .ok()?
+        .lines()
+        .any(|l| l.contains(&format!("via {via} ")))
+        .then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "no route of ours for {prefix} via {via}: {}",
+            show(ns, prefix).unwrap_or_default()
+        )
+    })
+}
+
+/// A delegation of [`PREFIX`] from Kea on the router to dhclient on the client.
+struct Setup {
+    lab: RouterLab,
+    agent: Agent,
+    _kea: Daemon,
+    dhclient: Option<Daemon>,
+    cdir: TempDir,
+    _dir: TempDir,
+    client_ll: String,
+}
+
+fn setup(valid: u32, before: impl FnOnce(&RouterLab) -> Result<()>) -> Result<Setup> {
+    let lab = RouterLab::new()?;
+    before(&lab)?;
+    let dir = TempDir::new("rt")?;
+    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
+    let kea = kea_one(
+        &lab.router,
+        &dir,
+        "lan0",
+        "2001:db8:ffff::/64",
+        "2001:db8:a100::",
+        valid,
+    )?;
+    let cdir = TempDir::new("rtc")?;
+    let dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let got = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir))
+        .with_context(|| format!("dhclient got no prefix: {}", dhclient.log_text()))?;
+    assert_eq!(got, PREFIX);
+    wait_for(Duration::from_secs(10), || status_of(&agent, PREFIX))
+        .with_context(|| format!("no binding: {}", agent.log()))?;
+    let client_ll = lab.client.link_local("eth0")?.to_string();
+    Ok(Setup {
+        lab,
+        agent,
+        _kea: kea,
+        dhclient: Some(dhclient),
+        cdir,
+        _dir: dir,
+        client_ll,
+    })
+}
+
+impl Setup {
+    fn release(&mut self) -> Result<()> {
+        if let Some(mut d) = self.dhclient.take() {
+            d.stop();
+        }
+        dhclient_release(&self.lab.client, &self.cdir, "eth0")?;
+        wait_for(Duration::from_secs(10), || {
+            (!self
+                .agent
+                .bindings()
+                .ok()?
+                .iter()
+                .any(|b| b["prefix"] == PREFIX))
+            .then_some(())
+        })
+        .with_context(|| format!("the release removed no binding: {}", self.agent.log()))
+    }
+}
+
+/// Our route deleted by hand (as a route manager's cleanup would) comes
+/// back within a second; `stats` counts it, the log says it, and the
+/// binding says `installed` again.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn deleted_route_comes_back() -> Result<()> {
+    let s = setup(600, |_| Ok(()))?;
+    wait_ours(&s.lab.router, PREFIX, &s.client_ll, Duration::from_secs(5))?;
+    eprintln!("before: {}", show(&s.lab.router, PREFIX)?);
+    s.lab.router.exec(&["ip", "-6", "route", "del", PREFIX])?;
+    eprintln!("deleted: {:?}", show(&s.lab.router, PREFIX)?);
+    wait_ours(&s.lab.router, PREFIX, &s.client_ll, Duration::from_secs(1))?;
+    eprintln!("after: {}", show(&s.lab.router, PREFIX)?);
+    assert_eq!(routes_stat(&s.agent, "restored"), 1);
+    assert_eq!(status_of(&s.agent, PREFIX).as_deref(), Some("installed"));
+    assert!(s.agent.log().contains("put back"), "{}", s.agent.log());
+    Ok(())
+}
+
+/// ```text
+///  router lan0 --- client1 (2001:db8:a100::/56)
+///         lan1 --- client2 (2001:db8:a200::/56)
+/// ```
+/// `ip -6 route flush proto 99` removes both of our routes; both come back
+/// within a second.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn flushed_routes_all_come_back() -> Result<()> {
+    let lab = RouterLab::new()?;
+    let c2 = host_behind(&lab.router, "lan1", "c2")?;
+    lab.router.add_addr("2001:db8:fffe::1/64", "lan1")?;
+    let dir = TempDir::new("fl")?;
+    let agent = Agent::start(&lab.router, &dir, &["lan0", "lan1"], &["wan0"])?;
+    let conf = kea_config(
+        &dir,
+        &[
+            KeaSubnet {
+                iface: "lan0",
+                subnet: "2001:db8:ffff::/64",
+                pool: "2001:db8:a100::",
+                pool_len: 56,
+                plen: 56,
+                relayed: false,
+            },
+            KeaSubnet {
+                iface: "lan1",
+                subnet: "2001:db8:fffe::/64",
+                pool: "2001:db8:a200::",
+                pool_len: 56,
+                plen: 56,
+                relayed: false,
+            },
+        ],
+        600,
+    )?;
+    let _kea = start_kea(&lab.router, &dir, &conf)?;
+    let (d1, d2) = (TempDir::new("fl1")?, TempDir::new("fl2")?);
+    let _c1 = start_dhclient(&lab.client, &d1, "eth0")?;
+    let _c2 = start_dhclient(&c2, &d2, "eth0")?;
+    let want = [
+        (
+            "2001:db8:a100::/56",
+            lab.client.link_local("eth0")?.to_string(),
+        ),
+        ("2001:db8:a200::/56", c2.link_local("eth0")?.to_string()),
+    ];
+    for (p, via) in &want {
+        wait_ours(&lab.router, p, via, Duration::from_secs(30))?;
+    }
+    eprintln!(
+        "before: {}",
+        lab.router
+            .exec(&["ip", "-6", "route", "show", "proto", PROTO])?
+            .trim()
+    );
+    lab.router
+        .exec(&["ip", "-6", "route", "flush", "proto", PROTO])?;
+    eprintln!(
+        "flushed: {:?}",
+        lab.router
+            .exec(&["ip", "-6", "route", "show", "proto", PROTO])?
+            .trim()
+    );
+    for (p, via) in &want {
+        wait_ours(&lab.router, p, via, Duration::from_secs(1))?;
+    }
+    eprintln!(
+        "after: {}",
+        lab.router
+            .exec(&["ip", "-6", "route", "show", "proto", PROTO])?
+            .trim()
+    );
+    // `ip route flush` deletes until a dump comes back empty: on a busy
+    // machine it may take a route we put back a second time.
+    assert!(routes_stat(&agent, "restored") >= 2);
+    Ok(())
+}
+
+/// An operator's static route for the prefix the server later delegates:
+/// it is still there, unchanged, after the delegation (the binding shows
+/// the conflict, ours is withheld), after the release, and after a second
+/// delegation runs out unrenewed.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn static_route_before_delegation_is_left_alone() -> Result<()> {
+    let stat = "2001:db8:a100::/56 via fe80::99 dev lan0 proto static metric 1024 pref medium";
+    let mut s = setup(8, |lab| {
+        lab.router.exec(&[
+            "ip", "-6", "route", "add", PREFIX, "via", "fe80::99", "dev", "lan0", "proto", "static",
+        ])?;
+        Ok(())
+    })?;
+    eprintln!("before: {stat}");
+    let status = wait_for(Duration::from_secs(5), || {
+        status_of(&s.agent, PREFIX).filter(|st| st.starts_with("conflict"))
+    })
+    .with_context(|| format!("no conflict shown: {:?}", status_of(&s.agent, PREFIX)))?;
+    assert_eq!(
+        status,
+        "conflict: 2001:db8:a100::/56 via fe80::99 dev lan0 proto static metric 1024 holds the prefix; \
+         ours is withheld until it goes"
+    );
+    assert_eq!(show(&s.lab.router, PREFIX)?, stat, "after the delegation");
+    assert_eq!(routes_stat(&s.agent, "conflicts"), 1);
+    eprintln!("after the delegation: {}", show(&s.lab.router, PREFIX)?);
+
+    s.release()?;
+    assert_eq!(show(&s.lab.router, PREFIX)?, stat, "after the release");
+    eprintln!("after the release: {}", show(&s.lab.router, PREFIX)?);
+
+    // Delegated again (8 s lease), and the client dies without a word.
+    s.dhclient = Some(start_dhclient(&s.lab.client, &s.cdir, "eth0")?);
+    wait_for(Duration::from_secs(30), || status_of(&s.agent, PREFIX)).context("delegated again")?;
+    if let Some(mut d) = s.dhclient.take() {
+        d.kill(libc::SIGKILL);
+    }
+    wait_for(Duration::from_secs(20), || {
+        (!s.agent
+            .bindings()
+            .ok()?
+            .iter()
+            .any(|b| b["prefix"] == PREFIX))
+        .then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "the binding did not expire: {:?}\n{:?}\n{}",
+            s.agent.bindings(),
+            s.agent.stats().map(|v| v["routes"].clone()),
+            s.agent.log()
+        )
+    })?;
+    assert!(
+        s.agent.log().contains("event=\"expired\""),
+        "{}",
+        s.agent.log()
+    );
+    assert_eq!(show(&s.lab.router, PREFIX)?, stat, "after the expiry");
+    eprintln!("after the expiry: {}", show(&s.lab.router, PREFIX)?);
+    Ok(())
+}
+
+/// Another protocol's route replacing ours after the delegation is left
+/// alone (the binding shows the conflict); when it goes, ours comes back.
+/// A second foreign route at another metric coexists with ours. The
+/// release removes ours only.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn foreign_routes_after_delegation_are_left_alone() -> Result<()> {
+    let mut s = setup(600, |_| Ok(()))?;
+    let r = &s.lab.router;
+    wait_ours(r, PREFIX, &s.client_ll, Duration::from_secs(5))?;
+    eprintln!("delegated: {}", show(r, PREFIX)?);
+
+    r.exec(&[
+        "ip", "-6", "route", "replace", PREFIX, "via", "fe80::77", "dev", "lan0", "proto", "static",
+    ])?;
+    let replaced = show(r, PREFIX)?;
+    eprintln!("replaced by proto static: {replaced}");
+    wait_for(Duration::from_secs(3), || {
+        status_of(&s.agent, PREFIX)
+            .filter(|st| st.contains("via fe80::77") && st.contains("withheld"))
+    })
+    .with_context(|| format!("no conflict shown: {:?}", status_of(&s.agent, PREFIX)))?;
+    // Through a periodic check too (it asks the kernel again).
+    let scans = routes_stat(&s.agent, "scans");
+    wait_for(Duration::from_secs(12), || {
+        (routes_stat(&s.agent, "scans") > scans).then_some(())
+    })
+    .context("no scan")?;
+    assert_eq!(
+        show(r, PREFIX)?,
+        replaced,
+        "the foreign route is left as it is"
+    );
+
+    r.exec(&["ip", "-6", "route", "del", PREFIX, "proto", "static"])?;
+    wait_ours(r, PREFIX, &s.client_ll, Duration::from_secs(1))?;
+    eprintln!("static route deleted: {}", show(r, PREFIX)?);
+    assert_eq!(status_of(&s.agent, PREFIX).as_deref(), Some("installed"));
+
+    r.exec(&[
+        "ip", "-6", "route", "add", PREFIX, "via", "fe80::77", "dev", "lan0", "proto", "static",
+        "metric", "100",
+    ])?;
+    wait_for(Duration::from_secs(3), || {
+        status_of(&s.agent, PREFIX)
+            .filter(|st| st.contains("is preferred; ours is installed at metric 1024"))
+    })
+    .with_context(|| format!("no conflict shown: {:?}", status_of(&s.agent, PREFIX)))?;
+    let both = show(r, PREFIX)?;
+    eprintln!("a static route at metric 100 beside ours: {both}");
+    assert_eq!(both.lines().count(), 2, "{both}");
+
+    s.release()?;
+    let left = show(&s.lab.router, PREFIX)?;
+    eprintln!("after the release: {left}");
+    assert_eq!(
+        left,
+        "2001:db8:a100::/56 via fe80::77 dev lan0 proto static metric 100 pref medium"
+    );
+    Ok(())
+}
+
+/// With IPv6 forwarding off the agent says so at start and in `stats`, and
+/// does not change it.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn forwarding_off_is_reported() -> Result<()> {
+    let lab = RouterLab::new()?;
+    lab.router
+        .exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
+    let dir = TempDir::new("fwd")?;
+    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
+    assert!(
+        agent.log().contains("IPv6 forwarding is off"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.stats()?["ipv6_forwarding"], false);
+    assert_eq!(
+        lab.router
+            .exec(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"])?
+            .trim(),
+        "0"
+    );
+    Ok(())
+}
+
+/// Someone appends another protocol's next hop to our route (`ip route
+/// append`: the kernel groups routes of one prefix and metric as equal-cost
+/// next hops). The agent shows the conflict and leaves the group alone;
+/// a restarted agent does too; the release removes our next hop only.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn appended_next_hop_is_left_alone() -> Result<()> {
+    let mut s = setup(600, |_| Ok(()))?;
+    wait_ours(&s.lab.router, PREFIX, &s.client_ll, Duration::from_secs(5))?;
+    s.lab.router.exec(&[
+        "ip", "-6", "route", "append", PREFIX, "via", "fe80::77", "dev", "lan0", "proto", "static",
+    ])?;
+    let group = show(&s.lab.router, PREFIX)?;
+    eprintln!("appended: {group}");
+    assert!(group.contains("nexthop via fe80::77"), "{group}");
+    wait_for(Duration::from_secs(3), || {
+        status_of(&s.agent, PREFIX).filter(|st| st.starts_with("conflict"))
+    })
+    .with_context(|| format!("no conflict shown: {:?}", status_of(&s.agent, PREFIX)))?;
+
+    // A new agent reconciles: it deletes nothing of the group. (It takes
+    // over the pinned links and the store.)
+    s.agent.daemon.stop();
+    let pin = std::mem::take(&mut s.agent.pin_dir);
+    s.agent = Agent::start_opts(
+        &s.lab.router,
+        &s._dir,
+        AgentOpts {
+            pin_dir: Some(pin),
+            ..AgentOpts::new(&["lan0"], &["wan0"])
+        },
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(show(&s.lab.router, PREFIX)?, group, "after a restart");
+
+    s.release()?;
+    let left = show(&s.lab.router, PREFIX)?;
+    eprintln!("after the release: {left}");
+    assert_eq!(
+        left,
+        "2001:db8:a100::/56 via fe80::77 dev lan0 proto static metric 1024 pref medium"
+    );
+    Ok(())
+}
