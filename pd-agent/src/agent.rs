@@ -354,7 +354,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         .map_err(std::io::Error::from)
         .context("ring buffer fd")?;
     let mut links = crate::route::link_events()?;
-    let mut route_events = crate::route::route_events()?;
+    let mut route_events = crate::route::route_events(cfg.proto)?;
     let mut route_scan = tokio::time::interval(ROUTE_SCAN);
     route_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Route changes of a burst (a flush) are handled together.

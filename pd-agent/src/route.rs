@@ -565,8 +565,13 @@ pub enum RouteEvent {
 }
 
 /// Every IPv6 route change in this namespace (`RTNLGRP_IPV6_ROUTE`), main
-/// table only; an overrun (ENOBUFS) is reported as such.
-pub fn route_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<RouteEvent>, RouteError> {
+/// table only; an overrun (ENOBUFS) is reported as such. Routes of
+/// protocol `ours` appearing are not reported: they are our own adds (the
+/// periodic scan checks any other), and a burst of installs would
+/// otherwise come back as as many events.
+pub fn route_events(
+    ours: u8,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<RouteEvent>, RouteError> {
     use rtnetlink::{
         packet_core::NetlinkBuffer,
         sys::{protocols::NETLINK_ROUTE, Socket},
@@ -626,6 +631,9 @@ pub fn route_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<RouteEvent>
                     else {
                         continue;
                     };
+                    if ty == RTM_NEWROUTE && route.proto == ours {
+                        continue;
+                    }
                     let ev = RouteEvent::Changed {
                         route,
                         deleted: ty == RTM_DELROUTE,
