@@ -130,6 +130,8 @@ struct Agent {
     link_kinds: std::collections::HashMap<u32, LinkKind>,
     /// What the fast path may do, kept current from the kernel's reports.
     datapath: Monitor,
+    /// The programs read links without Ethernet header (loaded so).
+    bare_links: bool,
     /// `pd_fwd_lease_v1`: renewed while the readings are kept current.
     lease: aya::maps::Array<MapData, u64>,
     /// The flags last written to `pd_ifaces_v1`, by ifindex.
@@ -216,9 +218,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         let kind = datapath::link_kind(t).map_err(|e| anyhow::anyhow!("interface {name}: {e}"))?;
         link_kinds.insert(*idx, kind);
     }
+    let bare_links = link_kinds.values().any(|k| *k == LinkKind::Bare);
     let opts = LoadOptions {
         fast_path: cfg.fast_path != FastPathMode::Off,
         sav: any_sav,
+        bare_links,
         ring_bytes: cfg.ring_bytes,
         client_entries: cfg.client_records,
     };
@@ -290,6 +294,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         iface_flags,
         link_kinds,
         datapath: monitor,
+        bare_links,
         lease,
         written_flags: Default::default(),
         logged_forwarding: None,
@@ -816,7 +821,17 @@ impl Agent {
         self.link_kinds.remove(&old);
         self.written_flags.remove(&old);
         let _ = self.sav.set_iface(old, 0);
-        let kind = datapath::link_kind(ev.link_type);
+        let kind = datapath::link_kind(ev.link_type)
+            .map_err(|e| e.to_string())
+            .and_then(|k| match k {
+                // The programs were loaded for Ethernet links only.
+                LinkKind::Bare if !self.bare_links => Err(
+                    "it carries bare IP packets and the programs were loaded for Ethernet links \
+                     only; restart pd-agent to read it"
+                        .to_string(),
+                ),
+                k => Ok(k),
+            });
         if let Ok(k) = kind {
             self.link_kinds.insert(ev.index, k);
         }

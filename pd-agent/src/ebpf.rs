@@ -175,6 +175,9 @@ pub struct LoadOptions {
     pub fast_path: bool,
     /// Some interface validates source addresses.
     pub sav: bool,
+    /// Some managed link carries bare IP packets (ppp, tun): the programs
+    /// read each interface's link type from its flags.
+    pub bare_links: bool,
     /// Ring buffer size in bytes (a power-of-2 multiple of the page size);
     /// None: the object's 16 MiB.
     pub ring_bytes: Option<u32>,
@@ -187,6 +190,7 @@ impl Default for LoadOptions {
         LoadOptions {
             fast_path: true,
             sav: true,
+            bare_links: true,
             ring_bytes: None,
             client_entries: None,
         }
@@ -279,11 +283,13 @@ impl Programs {
         ensure_pin_dir(pin_dir)?;
         let fast_path = opts.fast_path as u8;
         let sav = opts.sav as u8;
+        let bare_links = opts.bare_links as u8;
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(pin_dir)
             .override_global("FAST_PATH", &fast_path, true)
-            .override_global("SAV", &sav, true);
+            .override_global("SAV", &sav, true)
+            .override_global("BARE_LINKS", &bare_links, true);
         loader.map_max_entries(EVENTS_MAP, opts.ring_bytes.unwrap_or(DEFAULT_RING_BYTES));
         loader.map_max_entries(
             CLIENTS_MAP,

@@ -46,6 +46,10 @@ static FAST_PATH: u8 = 1;
 /// Set by the loader: some interface has source-address validation on.
 #[unsafe(no_mangle)]
 static SAV: u8 = 1;
+/// Set by the loader: some managed link carries bare IP packets (`L3`).
+/// Without one, the TC program needs no flag lookup per packet.
+#[unsafe(no_mangle)]
+static BARE_LINKS: u8 = 1;
 
 // The event path's maps are pinned like the agent's: the programs stay
 // attached through pinned links while the agent restarts, and the next
@@ -778,11 +782,24 @@ fn iface_flags(ifindex: u32) -> u32 {
     unsafe { PD_IFACES.get(&ifindex) }.copied().unwrap_or(0)
 }
 
+/// Whether a load-time switch is on (read so that the verifier prunes
+/// what is off).
+#[inline(always)]
+fn on(switch: &u8) -> bool {
+    unsafe { core::ptr::read_volatile(switch) != 0 }
+}
+
 #[xdp]
 pub fn pd_xdp(ctx: XdpContext) -> u32 {
     let md = ctx.ctx;
     let ifindex = ctx.ingress_ifindex() as u32;
-    let ifl = iface_flags(ifindex);
+    // One flag lookup serves the link type, source validation and the fast
+    // path; with none of them loaded there is nothing to look up.
+    let ifl = if on(&BARE_LINKS) || on(&SAV) || on(&FAST_PATH) {
+        iface_flags(ifindex)
+    } else {
+        0
+    };
     let bare = ifl & ifflags::L3 != 0;
     let handled = snoop(ctx.data(), ctx.data_end(), ifindex, 0, hook::XDP_INGRESS, bare, |s, off, len| unsafe {
         bpf_xdp_load_bytes(md as *mut xdp_md, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
@@ -856,8 +873,8 @@ fn source_ok(ip: usize, end: usize, ifindex: u32, ifl: u32) -> bool {
 fn fast_path(ctx: &XdpContext, ifindex: u32, ifl: u32) -> u32 {
     // Both switches are load-time constants: with both off the verifier
     // prunes everything below and snooping is all that runs.
-    let sav = unsafe { core::ptr::read_volatile(&SAV) } != 0;
-    let fast_path = unsafe { core::ptr::read_volatile(&FAST_PATH) } != 0;
+    let sav = on(&SAV);
+    let fast_path = on(&FAST_PATH);
     if !sav && !fast_path {
         return xdp_action::XDP_PASS;
     }
@@ -982,7 +999,7 @@ pub fn pd_tc_egress(ctx: TcContext) -> i32 {
     // Non-zero for a forwarded packet: a Reply a downstream host sent
     // through this router is not one this host's server or relay sent.
     let in_ifindex = unsafe { (*skb).ingress_ifindex };
-    let bare = iface_flags(ifindex) & ifflags::L3 != 0;
+    let bare = on(&BARE_LINKS) && iface_flags(ifindex) & ifflags::L3 != 0;
     let _ = snoop(ctx.data(), ctx.data_end(), ifindex, in_ifindex, hook::TC_EGRESS, bare, |s, off, len| unsafe {
         bpf_skb_load_bytes(skb as *const c_void, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
     });
