@@ -178,6 +178,8 @@ fn load(fast_path: bool) -> Result<(Programs, Pin)> {
         LoadOptions {
             fast_path,
             sav: fast_path,
+            // The rigs' links are Ethernet, as the agent would load for them.
+            bare_links: false,
             ..Default::default()
         },
     )?;
@@ -249,13 +251,21 @@ fn row1_snoop_cost(b: &mut Bench) -> Result<()> {
     for size in [64usize, 1500] {
         let f = udp_frame(size);
         // Interleave and take medians so both see the same machine state.
-        let (mut base, mut agent, mut agent_off) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut base, mut agent, mut agent_off, mut tc) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..7 {
             base.push(ns_per_run(on.baseline()?, &f, repeat / 7, 1)?);
             agent.push(ns_per_run(on.xdp(), &f, repeat / 7, 1)?);
             agent_off.push(ns_per_run(off.xdp(), &f, repeat / 7, 1)?);
+            let r = off.tc().test_run(TestRunOptions {
+                data_in: Some(&f),
+                repeat: repeat / 7,
+                ..Default::default()
+            })?;
+            tc.push(r.duration.as_nanos() as f64);
         }
-        let (base, agent, agent_off) = (median(base), median(agent), median(agent_off));
+        let (base, agent, agent_off, tc) =
+            (median(base), median(agent), median(agent_off), median(tc));
         let ratio = agent_off / base;
         b.push(Row {
             row: 1,
@@ -267,7 +277,8 @@ fn row1_snoop_cost(b: &mut Bench) -> Result<()> {
             met: Some(ratio <= 1.10),
             notes: format!(
                 "BPF_PROG_TEST_RUN, {repeat} repetitions per program, median of 7 interleaved runs; \
-                 with the fast path on the same packet also pays its LPM lookup (ratio {:.2})",
+                 with the fast path on the same packet also pays its LPM lookup (ratio {:.2}); \
+                 the TC egress program on the same packet: {tc:.1} ns/pkt",
                 agent / base
             ),
             command: b.cmd(1),
@@ -942,11 +953,20 @@ impl Generator {
 fn row7_fast_path(b: &mut Bench) -> Result<()> {
     let secs = if b.quick { 2.0 } else { 8.0 };
     let rig = rig()?;
-    // Where the fast path applies: the sink's veth has a NAPI instance to
-    // take redirected frames (GRO on; a NIC's driver always has one). On a
-    // plain veth the agent leaves everything to the kernel (row 9 prices
-    // that decision), so on/off would measure the same path twice.
-    rig.sink.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
+    // Where the fast path applies: the next hop runs an XDP program on its
+    // end of the link (as a downstream router running pd-agent does, and
+    // as the lab's routers do), which gives its veth the NAPI instance that
+    // takes redirected frames. On a plain veth the agent leaves everything
+    // to the kernel (row 9 prices that decision), so on/off would measure
+    // the same path twice.
+    let _sink_xdp = {
+        let _in = InNetns::enter(&rig.sink)?;
+        let (mut p, pin) = load(false)?;
+        p.baseline()?
+            .attach("eth0", aya::programs::XdpMode::Driver)
+            .context("XDP on the sink's eth0")?;
+        (p, pin)
+    };
     // (socket pps, live-frames pps, redirected) for auto, then off.
     let mut res = Vec::new();
     for mode in ["auto", "off"] {
@@ -1010,12 +1030,22 @@ fn row7_fast_path(b: &mut Bench) -> Result<()> {
 
 // ---------------------------------------------------------------- row 8
 
-/// Per-packet cost of the fast path in BPF_PROG_TEST_RUN, inside a namespace
-/// with the route and neighbour a hit needs: a hit (forwarded), a miss
-/// (destination not delegated) and a non-IPv6 packet, each against the
-/// empty program, all in this run.
-fn row8_fast_path_cost(b: &mut Bench) -> Result<()> {
-    let repeat = if b.quick { 10_000 } else { 100_000 };
+/// A router namespace with `pd_xdp` on wan0, a route and a binding for
+/// 2001:db8:1000::/64 via the sink on lan0 (a static neighbour), and a
+/// lease as a running agent keeps it; no interface flags yet. The calling
+/// thread stays in the router's namespace while it lives.
+struct FastPathRig {
+    p: Programs,
+    ifs: pd_agent::maps::SavMaps,
+    wan0: u32,
+    lan0: u32,
+    _routes: pd_agent::maps::RouteMap,
+    _pin: Pin,
+    _in: InNetns,
+    _rig: Rig,
+}
+
+fn fast_path_rig() -> Result<FastPathRig> {
     let rig = rig()?;
     let _in = InNetns::enter(&rig.router)?;
     rig.router.exec(&[
@@ -1032,14 +1062,10 @@ fn row8_fast_path_cost(b: &mut Bench) -> Result<()> {
     let (mut p, _pin) = load(true)?;
     p.attach_xdp("wan0")?;
     let wan0 = pd_agent::ebpf::if_index("wan0")?;
-    // The agent's flags where the fast path applies: wan0 may forward (no
-    // firewall), lan0 takes redirects.
-    let mut ifs = pd_agent::maps::SavMaps {
+    let ifs = pd_agent::maps::SavMaps {
         ifaces: p.take_ifaces()?,
         onlink: p.take_onlink()?,
     };
-    ifs.set_iface(wan0, pd_common::ifflags::FWD_IN)?;
-    ifs.set_iface(rig.lan0, pd_common::ifflags::FWD_OUT)?;
     p.take_lease()?.set(0, u64::MAX, 0)?;
     let mut routes = pd_agent::maps::RouteMap::new(p.take_routes()?, p.take_fwd_stats()?);
     routes.insert(&pd_agent::binding::Binding {
@@ -1057,6 +1083,31 @@ fn row8_fast_path_cost(b: &mut Bench) -> Result<()> {
         expires_at: None,
         updated_at: 0,
     })?;
+    Ok(FastPathRig {
+        p,
+        ifs,
+        wan0,
+        lan0: rig.lan0,
+        _routes: routes,
+        _pin,
+        _in,
+        _rig: rig,
+    })
+}
+
+/// Per-packet cost of the fast path in BPF_PROG_TEST_RUN, inside a namespace
+/// with the route and neighbour a hit needs: a hit (forwarded), a miss
+/// (destination not delegated) and a non-IPv6 packet, each against the
+/// empty program, all in this run.
+fn row8_fast_path_cost(b: &mut Bench) -> Result<()> {
+    let repeat = if b.quick { 10_000 } else { 100_000 };
+    // The rest of the rig lives to the end of the row (namespaces, pins).
+    let mut rig = fast_path_rig()?;
+    let (p, wan0) = (&mut rig.p, rig.wan0);
+    // The agent's flags where the fast path applies: wan0 may forward (no
+    // firewall), lan0 takes redirects.
+    rig.ifs.set_iface(wan0, pd_common::ifflags::FWD_IN)?;
+    rig.ifs.set_iface(rig.lan0, pd_common::ifflags::FWD_OUT)?;
     let mut hit = udp_frame(64);
     hit[38..54].copy_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0x1000, 0, 0, 0, 0, 0x99).octets());
     let miss = udp_frame(64);
@@ -1139,43 +1190,9 @@ fn row8_fast_path_cost(b: &mut Bench) -> Result<()> {
 /// lookup, one flag lookup). Both pass the packet to the kernel.
 fn row9_pass_decision_cost(b: &mut Bench) -> Result<()> {
     let repeat = if b.quick { 10_000 } else { 100_000 };
-    let rig = rig()?;
-    let _in = InNetns::enter(&rig.router)?;
-    rig.router.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "2001:db8:1000::/64",
-        "via",
-        NEXT_HOP,
-        "dev",
-        "lan0",
-    ])?;
-    let (mut p, _pin) = load(true)?;
-    p.attach_xdp("wan0")?;
-    let wan0 = pd_agent::ebpf::if_index("wan0")?;
-    let mut ifs = pd_agent::maps::SavMaps {
-        ifaces: p.take_ifaces()?,
-        onlink: p.take_onlink()?,
-    };
-    p.take_lease()?.set(0, u64::MAX, 0)?;
-    let mut routes = pd_agent::maps::RouteMap::new(p.take_routes()?, p.take_fwd_stats()?);
-    routes.insert(&pd_agent::binding::Binding {
-        prefix: "2001:db8:1000::/64".parse()?,
-        kind: pd_agent::binding::Kind::Delegated,
-        iface: "lan0".into(),
-        ifindex: rig.lan0,
-        next_hop: NEXT_HOP.parse()?,
-        client_duid: vec![1],
-        iaid: 1,
-        t1: 0,
-        t2: 0,
-        preferred_lifetime: 60,
-        valid_lifetime: 60,
-        expires_at: None,
-        updated_at: 0,
-    })?;
+    // The rest of the rig lives to the end of the row (namespaces, pins).
+    let mut rig = fast_path_rig()?;
+    let (p, ifs, wan0) = (&mut rig.p, &mut rig.ifs, rig.wan0);
     let counters = p.take_counters()?;
     let mut f = udp_frame(64);
     f[38..54].copy_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0x1000, 0, 0, 0, 0, 0x99).octets());

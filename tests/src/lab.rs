@@ -116,14 +116,6 @@ fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
     veth(a, a_if, b, b_if)
 }
 
-fn default_via(ns: &Netns, dev: &str, upstream: &Netns, up_dev: &str) -> Result<()> {
-    let ll = upstream.link_local(up_dev)?.to_string();
-    ns.exec(&[
-        "ip", "-6", "route", "add", "default", "via", &ll, "dev", dev,
-    ])?;
-    Ok(())
-}
-
 fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
     pairs
         .iter()
@@ -192,10 +184,10 @@ impl SeedLab {
             "via",
             "2001:db8:ff00::1",
         ])?;
-        default_via(&border_ns, "up0", &isp_ns, "down0")?;
-        default_via(&laptop_ns, "up0", &border_ns, "down0")?;
-        default_via(&vm_ns, "up0", &laptop_ns, "br0")?;
-        default_via(&cpe, "up0", &laptop_ns, "br0")?;
+        border_ns.default_via("up0", &isp_ns, "down0")?;
+        laptop_ns.default_via("up0", &border_ns, "down0")?;
+        vm_ns.default_via("up0", &laptop_ns, "br0")?;
+        cpe.default_via("up0", &laptop_ns, "br0")?;
 
         // isp: Kea delegating /56s, an agent routing them.
         let isp_dir = TempDir::new("isp")?;
@@ -366,16 +358,7 @@ impl SeedLab {
                 )
             })?;
         // The customer router numbers itself out of its prefix.
-        let host = format!("{}1", cpe_prefix.split('/').next().unwrap());
-        lab.cpe.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("{host}/128"),
-            "dev",
-            "lo",
-        ])?;
+        lab.cpe.host_in(&cpe_prefix)?;
         lab.wait_routed(Duration::from_secs(30))?;
         lab.routed_after = t0.elapsed().as_secs_f64();
         Ok(lab)

@@ -177,6 +177,56 @@ impl Netns {
         Ok(a.parse()?)
     }
 
+    /// Put the first address of `prefix` (`2001:db8:a100::/56` gives
+    /// `2001:db8:a100::1`) on the loopback: a host inside the prefix.
+    pub fn host_in(&self, prefix: &str) -> Result<String> {
+        let net = prefix.split('/').next().context("a prefix")?;
+        let host = format!("{net}1");
+        self.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{host}/128"),
+            "dev",
+            "lo",
+        ])?;
+        Ok(host)
+    }
+
+    /// A VLAN sub-interface `name` (802.1Q id `id`) of `parent`, up.
+    pub fn add_vlan(&self, parent: &str, name: &str, id: u16) -> Result<()> {
+        self.exec(&[
+            "ip",
+            "link",
+            "add",
+            "link",
+            parent,
+            "name",
+            name,
+            "type",
+            "vlan",
+            "id",
+            &id.to_string(),
+        ])?;
+        self.exec(&["ip", "link", "set", name, "up"]).map(drop)
+    }
+
+    /// This host's default route via `router`'s link-local address on
+    /// `router_dev`, out of `dev` (waiting for that address: a bridge or
+    /// VLAN device gets it a moment after it comes up).
+    pub fn default_via(&self, dev: &str, router: &Netns, router_dev: &str) -> Result<()> {
+        let ll = wait_for(Duration::from_secs(10), || {
+            router.link_local(router_dev).ok()
+        })
+        .with_context(|| format!("no link-local address on {router_dev} in {}", router.name))?
+        .to_string();
+        self.exec(&[
+            "ip", "-6", "route", "add", "default", "via", &ll, "dev", dev,
+        ])
+        .map(drop)
+    }
+
     /// `ping -6` until it answers or `tries` run out.
     pub fn ping(&self, addr: &str, tries: u32) -> bool {
         for _ in 0..tries {
@@ -273,22 +323,30 @@ pub struct RouterLab {
     pub client: Netns,
 }
 
+/// An upstream host and a router: the upstream's eth0
+/// (2001:db8:feed::2/64, its default route via the router) to the
+/// router's wan0 (2001:db8:feed::1/64). The LAN side is the caller's.
+pub fn upstream_and_router() -> Result<(Netns, Netns)> {
+    let upstream = Netns::new("up")?;
+    let router = Netns::new("rt")?;
+    veth(&router, "wan0", &upstream, "eth0")?;
+    router.add_addr("2001:db8:feed::1/64", "wan0")?;
+    upstream.add_addr("2001:db8:feed::2/64", "eth0")?;
+    upstream.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:feed::1",
+    ])?;
+    Ok((upstream, router))
+}
+
 impl RouterLab {
     pub fn new() -> Result<Self> {
-        let upstream = Netns::new("up")?;
-        let router = Netns::new("rt")?;
-        veth(&router, "wan0", &upstream, "eth0")?;
-        router.add_addr("2001:db8:feed::1/64", "wan0")?;
-        upstream.add_addr("2001:db8:feed::2/64", "eth0")?;
-        upstream.exec(&[
-            "ip",
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "2001:db8:feed::1",
-        ])?;
+        let (upstream, router) = upstream_and_router()?;
         let client = host_behind(&router, "lan0", "cl")?;
         router.add_addr("2001:db8:ffff::1/64", "lan0")?;
         Ok(RouterLab {
@@ -307,10 +365,7 @@ pub fn host_behind(router: &Netns, iface: &str, tag: &str) -> Result<Netns> {
     let host = Netns::new(tag)?;
     veth(router, iface, &host, "eth0")?;
     host.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
-    let ll = router.link_local(iface)?.to_string();
-    host.exec(&[
-        "ip", "-6", "route", "add", "default", "via", &ll, "dev", "eth0",
-    ])?;
+    host.default_via("eth0", router, iface)?;
     Ok(host)
 }
 
@@ -839,6 +894,84 @@ pub fn start_kea(ns: &Netns, dir: &TempDir, conf: &Path) -> Result<Daemon> {
     .with_context(|| format!("kea did not start: {}", d.log_text()))?;
     d.check_alive()?;
     Ok(d)
+}
+
+/// Kea in `ns` serving one subnet, with valid lifetime `valid`.
+pub fn start_kea_subnet(
+    ns: &Netns,
+    dir: &TempDir,
+    subnet: KeaSubnet,
+    valid: u32,
+) -> Result<Daemon> {
+    let conf = kea_config(dir, &[subnet], valid)?;
+    start_kea(ns, dir, &conf)
+}
+
+/// Wait until the dhclient whose lease file is in `cdir` holds a prefix
+/// and `agent` has put it in its map; the prefix.
+pub fn wait_delegated(agent: &Agent, cdir: &TempDir, dhclient: &Daemon) -> Result<String> {
+    let prefix = wait_for(Duration::from_secs(60), || dhclient_prefix(cdir))
+        .with_context(|| format!("dhclient got no prefix: {}", dhclient.log_text()))?;
+    wait_for(Duration::from_secs(10), || {
+        agent.map_prefixes().ok()?.contains(&prefix).then_some(())
+    })
+    .with_context(|| format!("{prefix} not routed: {}", agent.log()))?;
+    Ok(prefix)
+}
+
+/// A prefix Kea on a router delegated (a /56 of a /48 pool) to dhclient on
+/// a client, routed by the router's agent, with the first address of it on
+/// the client's loopback (`host`).
+pub struct Delegated {
+    pub agent: Agent,
+    pub kea: Daemon,
+    pub dhclient: Daemon,
+    pub cdir: TempDir,
+    pub dir: TempDir,
+    pub prefix: String,
+    pub host: String,
+}
+
+/// Start an agent on `router` with `opts`, Kea there on `lan` (on-link
+/// `subnet`, /56s out of `pool`/48) and dhclient on `client`'s `client_if`;
+/// wait for the delegation.
+pub fn delegate(
+    router: &Netns,
+    lan: &str,
+    subnet: &str,
+    pool: &str,
+    client: &Netns,
+    client_if: &str,
+    opts: AgentOpts,
+) -> Result<Delegated> {
+    let dir = TempDir::new("dlg")?;
+    let agent = Agent::start_opts(router, &dir, opts)?;
+    let kea = start_kea_subnet(
+        router,
+        &dir,
+        KeaSubnet {
+            iface: lan,
+            subnet,
+            pool,
+            pool_len: 48,
+            plen: 56,
+            relayed: false,
+        },
+        600,
+    )?;
+    let cdir = TempDir::new("dlgc")?;
+    let dhclient = start_dhclient(client, &cdir, client_if)?;
+    let prefix = wait_delegated(&agent, &cdir, &dhclient)?;
+    let host = client.host_in(&prefix)?;
+    Ok(Delegated {
+        agent,
+        kea,
+        dhclient,
+        cdir,
+        dir,
+        prefix,
+        host,
+    })
 }
 
 /// Start ISC dhcpd -6 in `ns` on `iface` with `conf` text.

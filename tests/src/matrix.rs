@@ -3,13 +3,15 @@
 //!
 //! ```text
 //!                        +-- lan1 --- eth0 c1        a plain veth (a container)
-//!  upstream -- wan0 rt --+-- lan2 --- eth0 c2 (GRO)  a veth that takes redirects
-//!             tun0 ------+-- br-lan [p3] --- eth0 c3 (GRO)   a bridged LAN
+//!  upstream -- wan0 rt --+-- lan2 --- eth0 c2        a router below running pd-agent
+//!             tun0 ------+-- br-lan [p3] --- eth0 c3 a bridged LAN
 //!          (test writes) +-- lan4.10 === eth0.10 c4  a VLAN (needs 8021q)
 //! ```
 //!
 //! One Kea on rt delegates a /56 to dhclient on each client; one pd-agent
-//! at its defaults manages every LAN. For each firewall set-up (none; a
+//! at its defaults manages every LAN. Every link is at the kernel's
+//! defaults; c2 runs pd-agent on its uplink, and that program is what lets
+//! rt's fast path redirect into lan2. For each firewall set-up (none; a
 //! stateful forward chain; the same with a flowtable offloading flows,
 //! where the kernel has one), 10 echo requests go from upstream to each
 //! client, and 10 are written into the uplink tun0 (a link without
@@ -80,54 +82,38 @@ struct Client {
     _dir: TempDir,
 }
 
+/// The link to the router below that runs pd-agent (the only kind a
+/// router's fast path redirects into without anyone tuning a link).
+pub const ROUTER_BELOW: &str = "veth to a router running pd-agent";
+
 /// Build the topology, run every cell; returns the cells and whether the
 /// kernel reports xdp-features (without them nothing is a redirect target).
 pub fn run(vlan: bool) -> Result<(Vec<Cell>, bool)> {
-    let upstream = Netns::new("mup")?;
-    let rt = Netns::new("mrt")?;
-    veth(&rt, "wan0", &upstream, "eth0")?;
-    rt.add_addr("2001:db8:feed::1/64", "wan0")?;
-    upstream.add_addr("2001:db8:feed::2/64", "eth0")?;
-    upstream.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "2001:db8:feed::1",
-    ])?;
+    let (upstream, rt) = upstream_and_router()?;
     let tun = Tun::create(&rt, "tun0")?;
     rt.exec(&["ip", "link", "set", "tun0", "up"])?;
     rt.add_addr("2001:db8:fee0::1/64", "tun0")?;
 
-    // (link, router iface, client netns, client iface, GRO at the client)
+    // (link, router iface, client netns, client iface), every link at the
+    // kernel's defaults.
     let mut lans: Vec<(&'static str, &'static str, Netns, &'static str)> = Vec::new();
     let c1 = Netns::new("mc1")?;
     veth(&rt, "lan1", &c1, "eth0")?;
-    lans.push(("veth (no XDP, GRO off)", "lan1", c1, "eth0"));
+    lans.push(("veth (a container: no XDP, GRO off)", "lan1", c1, "eth0"));
     let c2 = Netns::new("mc2")?;
     veth(&rt, "lan2", &c2, "eth0")?;
-    c2.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
-    lans.push(("veth, GRO on", "lan2", c2, "eth0"));
+    lans.push((ROUTER_BELOW, "lan2", c2, "eth0"));
     let c3 = Netns::new("mc3")?;
     rt.exec(&["ip", "link", "add", "br-lan", "type", "bridge"])?;
     rt.exec(&["ip", "link", "set", "br-lan", "up"])?;
     veth(&rt, "p3", &c3, "eth0")?;
     rt.exec(&["ip", "link", "set", "p3", "master", "br-lan"])?;
-    c3.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
-    lans.push(("bridge (port veth GRO on)", "br-lan", c3, "eth0"));
+    lans.push(("bridge", "br-lan", c3, "eth0"));
     if vlan {
         let c4 = Netns::new("mc4")?;
         veth(&rt, "lan4", &c4, "eth0")?;
-        rt.exec(&[
-            "ip", "link", "add", "link", "lan4", "name", "lan4.10", "type", "vlan", "id", "10",
-        ])?;
-        rt.exec(&["ip", "link", "set", "lan4.10", "up"])?;
-        c4.exec(&[
-            "ip", "link", "add", "link", "eth0", "name", "eth0.10", "type", "vlan", "id", "10",
-        ])?;
-        c4.exec(&["ip", "link", "set", "eth0.10", "up"])?;
+        rt.add_vlan("lan4", "lan4.10", 10)?;
+        c4.add_vlan("eth0", "eth0.10", 10)?;
         lans.push(("VLAN sub-interface", "lan4.10", c4, "eth0.10"));
     }
     let mut subnets = Vec::new();
@@ -135,12 +121,7 @@ pub fn run(vlan: bool) -> Result<(Vec<Cell>, bool)> {
     for (i, (_, iface, c, cif)) in lans.iter().enumerate() {
         rt.add_addr(&format!("2001:db8:ff{i}0::1/64"), iface)?;
         c.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
-        let ll = wait_for(Duration::from_secs(10), || rt.link_local(iface).ok())
-            .with_context(|| format!("{iface} link-local"))?
-            .to_string();
-        c.exec(&[
-            "ip", "-6", "route", "add", "default", "via", &ll, "dev", cif,
-        ])?;
+        c.default_via(cif, &rt, iface)?;
         subnets.push(format!("2001:db8:ff{i}0::/64"));
         pools.push(format!("2001:db8:a{i}00::"));
     }
@@ -162,26 +143,17 @@ pub fn run(vlan: bool) -> Result<(Vec<Cell>, bool)> {
     let agent = Agent::start_opts(&rt, &dir, AgentOpts::new(&downstream, &["wan0", "tun0"]))?;
     let _kea = start_kea(&rt, &dir, &conf)?;
     let mut clients = Vec::new();
+    let mut below = None;
     for (link, _, ns, cif) in lans {
         let cdir = TempDir::new("mxc")?;
         let dhclient = start_dhclient(&ns, &cdir, cif)?;
-        let prefix = wait_for(Duration::from_secs(60), || dhclient_prefix(&cdir))
-            .with_context(|| format!("{link}: dhclient got no prefix: {}", dhclient.log_text()))?;
-        wait_for(Duration::from_secs(10), || {
-            agent.map_prefixes().ok()?.contains(&prefix).then_some(())
-        })
-        .with_context(|| format!("{link}: {prefix} not routed: {}", agent.log()))?;
-        let host = format!("{}1", prefix.split('/').next().unwrap());
-        ns.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("{host}/128"),
-            "dev",
-            "lo",
-        ])?;
+        let prefix = wait_delegated(&agent, &cdir, &dhclient).with_context(|| link.to_string())?;
+        let host = ns.host_in(&prefix)?;
         count_echoes(&ns, &host)?;
+        if link == ROUTER_BELOW {
+            let bdir = TempDir::new("mxb")?;
+            below = Some((Agent::start(&ns, &bdir, &[], &[cif])?, bdir));
+        }
         // Resolve the neighbours on the way before counting.
         upstream.ping(&host, 5);
         clients.push(Client {
@@ -191,6 +163,14 @@ pub fn run(vlan: bool) -> Result<(Vec<Cell>, bool)> {
             _dhclient: dhclient,
             _dir: cdir,
         });
+    }
+    let features = agent.stats()?["fast_path"]["xdp_features_reported"] == true;
+    if features {
+        wait_for(Duration::from_secs(5), || {
+            (agent.stats().ok()?["fast_path"]["interfaces"]["lan2"]["redirect_target"] == true)
+                .then_some(())
+        })
+        .context("the router below's link never took redirects")?;
     }
 
     let kernel = |name: &str| -> Result<u64> {
@@ -286,7 +266,7 @@ pub fn run(vlan: bool) -> Result<(Vec<Cell>, bool)> {
     if cells.is_empty() {
         bail!("no cells");
     }
-    let features = agent.stats()?["fast_path"]["xdp_features_reported"] == true;
+    drop(below);
     Ok((cells, features))
 }
 
@@ -299,7 +279,7 @@ pub fn check(cells: &[Cell], xdp_features: bool) -> Result<()> {
             "fwd_link_type"
         } else if c.firewall != "none" {
             "fwd_firewall"
-        } else if c.link == "veth, GRO on" && xdp_features {
+        } else if c.link == ROUTER_BELOW && xdp_features {
             "fwd_redirected"
         } else {
             "fwd_no_xmit"

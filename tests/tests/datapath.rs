@@ -15,67 +15,41 @@ use pd_tests::{
     *,
 };
 
-/// A prefix Kea on `router` delegated to dhclient on `client`'s eth0 over
-/// `lan`, and an address of it on the client's loopback.
-struct Delegated {
-    agent: Agent,
-    _kea: Daemon,
-    _dhclient: Daemon,
-    _cdir: TempDir,
-    _dir: TempDir,
-    prefix: String,
-    host: String,
-}
-
-fn delegate(
+/// Kea on `router` delegates a /56 out of `pool` over `lan` (on-link
+/// 2001:db8:ffff::/64) to dhclient on `client`'s eth0.
+fn delegate_over(
     router: &Netns,
-    client: &Netns,
     lan: &str,
     pool: &str,
+    client: &Netns,
     opts: AgentOpts,
 ) -> Result<Delegated> {
-    let dir = TempDir::new("dp")?;
-    let conf = kea_config(
-        &dir,
-        &[KeaSubnet {
-            iface: lan,
-            subnet: "2001:db8:ffff::/64",
-            pool,
-            pool_len: 48,
-            plen: 56,
-            relayed: false,
-        }],
-        600,
-    )?;
-    let agent = Agent::start_opts(router, &dir, opts)?;
-    let kea = start_kea(router, &dir, &conf)?;
-    let cdir = TempDir::new("dpc")?;
-    let dhclient = start_dhclient(client, &cdir, "eth0")?;
-    let prefix = wait_for(Duration::from_secs(30), || dhclient_prefix(&cdir))
-        .with_context(|| format!("dhclient got no prefix: {}", dhclient.log_text()))?;
-    wait_for(Duration::from_secs(10), || {
-        agent.map_prefixes().ok()?.contains(&prefix).then_some(())
+    delegate(
+        router,
+        lan,
+        "2001:db8:ffff::/64",
+        pool,
+        client,
+        "eth0",
+        opts,
+    )
+}
+
+/// A pd-agent on `ns` managing `uplink` as upstream, as a router below
+/// this one runs it: its XDP program on the link is what lets the router
+/// above redirect into it (the lab's routers are such next hops).
+fn router_below(ns: &Netns, uplink: &str) -> Result<(Agent, TempDir)> {
+    let dir = TempDir::new("below")?;
+    Ok((Agent::start(ns, &dir, &[], &[uplink])?, dir))
+}
+
+/// Wait until `agent` says `iface` takes redirects (or not).
+fn wait_target(agent: &Agent, iface: &str, yes: bool) -> Result<()> {
+    wait_for(Duration::from_secs(5), || {
+        (agent.stats().ok()?["fast_path"]["interfaces"][iface]["redirect_target"] == yes)
+            .then_some(())
     })
-    .with_context(|| format!("{prefix} not routed: {}", agent.log()))?;
-    let host = format!("{}1", prefix.split('/').next().unwrap());
-    client.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{host}/128"),
-        "dev",
-        "lo",
-    ])?;
-    Ok(Delegated {
-        agent,
-        _kea: kea,
-        _dhclient: dhclient,
-        _cdir: cdir,
-        _dir: dir,
-        prefix,
-        host,
-    })
+    .with_context(|| format!("{iface} redirect target {yes}: {}", agent.log()))
 }
 
 /// A kernel counter of the agent's.
@@ -120,11 +94,11 @@ fn arrived(from: &Netns, client: &Netns, host: &str, n: u32) -> Result<u64> {
 #[ignore = "needs root; run with cargo xtask test"]
 fn plain_veth_client_gets_every_packet() -> Result<()> {
     let lab = RouterLab::new()?;
-    let d = delegate(
+    let d = delegate_over(
         &lab.router,
-        &lab.client,
         "lan0",
         "2001:db8:a00::",
+        &lab.client,
         AgentOpts::new(&["lan0"], &["wan0"]),
     )?;
     count_echoes(&lab.client, &d.host)?;
@@ -151,48 +125,28 @@ fn plain_veth_client_gets_every_packet() -> Result<()> {
 }
 
 /// ```text
-///  upstream --- wan0 router br-lan [port0] --- eth0 client (GRO on)
+///  upstream --- wan0 router br-lan [port0] --- eth0 client
 /// ```
-/// The LAN is a Linux bridge; the agent manages br-lan. Even with GRO on
-/// at the client, the route's device is the bridge, which takes no
+/// The LAN is a Linux bridge; the agent manages br-lan, which takes no
 /// redirects: every packet arrives, each one left to the kernel.
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
 fn bridged_lan_gets_every_packet() -> Result<()> {
-    let upstream = Netns::new("bup")?;
-    let router = Netns::new("brt")?;
+    let (upstream, router) = upstream_and_router()?;
     let client = Netns::new("bcl")?;
-    veth(&router, "wan0", &upstream, "eth0")?;
-    router.add_addr("2001:db8:feed::1/64", "wan0")?;
-    upstream.add_addr("2001:db8:feed::2/64", "eth0")?;
-    upstream.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "2001:db8:feed::1",
-    ])?;
     router.exec(&["ip", "link", "add", "br-lan", "type", "bridge"])?;
     router.exec(&["ip", "link", "set", "br-lan", "up"])?;
     veth(&router, "port0", &client, "eth0")?;
     router.exec(&["ip", "link", "set", "port0", "master", "br-lan"])?;
     router.add_addr("2001:db8:ffff::1/64", "br-lan")?;
     client.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
-    client.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
-    let ll = wait_for(Duration::from_secs(5), || router.link_local("br-lan").ok())
-        .context("br-lan link-local")?
-        .to_string();
-    client.exec(&[
-        "ip", "-6", "route", "add", "default", "via", &ll, "dev", "eth0",
-    ])?;
+    client.default_via("eth0", &router, "br-lan")?;
 
-    let d = delegate(
+    let d = delegate_over(
         &router,
-        &client,
         "br-lan",
         "2001:db8:b00::",
+        &client,
         AgentOpts::new(&["br-lan"], &["wan0"]),
     )?;
     count_echoes(&client, &d.host)?;
@@ -256,7 +210,8 @@ fn tcp_exchange(upstream: &Netns, client: &Netns, from: &str, dir: &TempDir) -> 
 }
 
 /// ```text
-///  upstream --- wan0 router lan0 --- eth0 client (GRO on: lan0 takes redirects)
+///  upstream --- wan0 router lan0 --- eth0 client (a router below, running
+///               pd-agent: lan0 takes redirects)
 ///               nftables: forward policy drop, established/related accept
 /// ```
 /// Without a firewall the fast path forwards in XDP. Once the ruleset is
@@ -269,14 +224,15 @@ fn tcp_exchange(upstream: &Netns, client: &Netns, from: &str, dir: &TempDir) -> 
 #[ignore = "needs root; run with cargo xtask test"]
 fn stateful_firewall_keeps_deciding() -> Result<()> {
     let lab = RouterLab::new()?;
-    lab.client.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
-    let d = delegate(
+    let d = delegate_over(
         &lab.router,
-        &lab.client,
         "lan0",
         "2001:db8:c00::",
+        &lab.client,
         AgentOpts::new(&["lan0"], &["wan0"]),
     )?;
+    let _below = router_below(&lab.client, "eth0")?;
+    wait_target(&d.agent, "lan0", true)?;
     count_echoes(&lab.client, &d.host)?;
     arrived(&lab.upstream, &lab.client, &d.host, 1)?;
     let (got, moved) = counted(&d.agent, &["fwd_redirected"], || {
@@ -360,11 +316,11 @@ fn l3_uplink_is_snooped_and_forwarded() -> Result<()> {
     router.exec(&["ip", "link", "set", "tun0", "up"])?;
     router.add_addr("fe80::1/64", "tun0")?;
     router.add_addr("2001:db8:feed::1/64", "tun0")?;
-    let d = delegate(
+    let d = delegate_over(
         &router,
-        &client,
         "lan0",
         "2001:db8:e00::",
+        &client,
         AgentOpts::new(&["lan0"], &["tun0"]),
     )?;
     assert!(
@@ -488,20 +444,7 @@ fn l3_uplink_is_snooped_and_forwarded() -> Result<()> {
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
 fn dotted_interface_name_works() -> Result<()> {
-    let upstream = Netns::new("dup")?;
-    let router = Netns::new("drt")?;
-    veth(&router, "wan0", &upstream, "eth0")?;
-    router.add_addr("2001:db8:feed::1/64", "wan0")?;
-    upstream.add_addr("2001:db8:feed::2/64", "eth0")?;
-    upstream.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "2001:db8:feed::1",
-    ])?;
+    let (upstream, router) = upstream_and_router()?;
     let client = host_behind(&router, "lan.5", "dcl")?;
     router.add_addr("2001:db8:ffff::1/64", "lan.5")?;
     let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique("dot"));
@@ -509,7 +452,7 @@ fn dotted_interface_name_works() -> Result<()> {
         pin_dir: Some(pin.clone()),
         ..AgentOpts::new(&["lan.5"], &["wan0"])
     };
-    let d = delegate(&router, &client, "lan.5", "2001:db8:d00::", opts.clone())?;
+    let d = delegate_over(&router, "lan.5", "2001:db8:d00::", &client, opts.clone())?;
     let routes = our_routes(&router)?;
     assert!(
         routes
@@ -542,81 +485,56 @@ fn dotted_interface_name_works() -> Result<()> {
 }
 
 /// ```text
-///  upstream --- wan0 router lan0 --- eth0 client (GRO on: lan0 takes redirects)
+///  upstream --- wan0 router lan0 --- eth0 client
 /// ```
 /// The kernel trusts the fast path's flags only while an agent renews its
-/// lease. Stopped cleanly, the agent revokes it at once; killed, it runs
-/// out within 6 s. Either way the kernel forwards meanwhile (nothing is
-/// lost, counted `fwd_no_agent`, read from the pinned counters), and the
-/// next agent forwards in XDP again.
+/// lease. While one runs, the client's packets are judged by the flags (a
+/// plain veth: `fwd_no_xmit`). Stopped cleanly, the agent revokes the lease
+/// at once; killed, it runs out within 6 s. Either way the kernel forwards
+/// meanwhile, nothing is lost, and each packet is counted `fwd_no_agent`
+/// (read from the pinned counters); the next agent judges by the flags
+/// again.
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
 fn fast_path_stops_with_the_agent() -> Result<()> {
     let lab = RouterLab::new()?;
-    lab.client.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
     let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique("lease"));
     let opts = AgentOpts {
         pin_dir: Some(pin.clone()),
         ..AgentOpts::new(&["lan0"], &["wan0"])
     };
-    let d = delegate(
+    let d = delegate_over(
         &lab.router,
-        &lab.client,
         "lan0",
         "2001:db8:f00::",
+        &lab.client,
         opts.clone(),
     )?;
     count_echoes(&lab.client, &d.host)?;
     arrived(&lab.upstream, &lab.client, &d.host, 1)?;
-    let read = |c| pinned_counter(&pin, c);
-    use pd_common::Counter::{FwdNoAgent, FwdRedirected};
-    let (got, moved) = counted(&d.agent, &["fwd_redirected"], || {
-        arrived(&lab.upstream, &lab.client, &d.host, 5)
-    })?;
-    assert_eq!(
-        (got, moved[0]),
-        (5, 5),
-        "forwarded in XDP while the agent runs"
-    );
+    use pd_common::Counter::{FwdNoAgent, FwdNoXmit};
+    // (arrived, fwd_no_xmit, fwd_no_agent) over 5 echo requests.
+    let five = || -> Result<(u64, u64, u64)> {
+        let read = |c| pinned_counter(&pin, c);
+        let (x0, a0) = (read(FwdNoXmit)?, read(FwdNoAgent)?);
+        let got = arrived(&lab.upstream, &lab.client, &d.host, 5)?;
+        Ok((got, read(FwdNoXmit)? - x0, read(FwdNoAgent)? - a0))
+    };
+    assert_eq!(five()?, (5, 5, 0), "while the agent runs, the flags decide");
 
     // A clean stop revokes the lease at once.
-    let Delegated {
-        mut agent,
-        _dir: dir,
-        ..
-    } = d;
+    let Delegated { mut agent, .. } = d;
     agent.daemon.stop();
     std::mem::take(&mut agent.pin_dir);
-    let (r0, n0) = (read(FwdRedirected)?, read(FwdNoAgent)?);
-    assert_eq!(
-        arrived(&lab.upstream, &lab.client, &d.host, 5)?,
-        5,
-        "the kernel forwards"
-    );
-    assert_eq!((read(FwdRedirected)? - r0, read(FwdNoAgent)? - n0), (0, 5));
+    assert_eq!(five()?, (5, 0, 5), "no agent: the kernel forwards");
 
-    // The next agent forwards in XDP again; killed, its lease runs out.
+    // The next agent takes over; killed, its lease runs out.
     let dir2 = TempDir::new("lease2")?;
     let again = Agent::start_opts(&lab.router, &dir2, opts)?;
-    wait_for(Duration::from_secs(5), || {
-        (again.stats().ok()?["fast_path"]["interfaces"]["lan0"]["redirect_target"] == true)
-            .then_some(())
-    })
-    .context("the new agent sees lan0 take redirects")?;
-    let (got, moved) = counted(&again, &["fwd_redirected"], || {
-        arrived(&lab.upstream, &lab.client, &d.host, 5)
-    })?;
-    assert_eq!((got, moved[0]), (5, 5), "a new agent forwards in XDP again");
+    assert_eq!(five()?, (5, 5, 0), "a new agent: the flags decide again");
     let pins = again.kill9_keeping_pins();
     std::thread::sleep(pd_agent::datapath::LEASE + Duration::from_secs(1));
-    let (r0, n0) = (read(FwdRedirected)?, read(FwdNoAgent)?);
-    assert_eq!(
-        arrived(&lab.upstream, &lab.client, &d.host, 5)?,
-        5,
-        "the kernel forwards"
-    );
-    assert_eq!((read(FwdRedirected)? - r0, read(FwdNoAgent)? - n0), (0, 5));
-    drop(dir);
+    assert_eq!(five()?, (5, 0, 5), "the lease ran out: the kernel forwards");
     let _ = std::fs::remove_dir_all(pins);
     Ok(())
 }

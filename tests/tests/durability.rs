@@ -614,16 +614,7 @@ fn recreated_interface_gets_programs_and_routes_back() -> Result<()> {
     lab.client.exec(&[
         "ip", "-6", "route", "replace", "default", "via", &ll, "dev", "eth0",
     ])?;
-    let host = prefix.split('/').next().unwrap().to_string() + "1";
-    lab.client.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "replace",
-        &format!("{host}/128"),
-        "dev",
-        "lo",
-    ])?;
+    let host = lab.client.host_in(&prefix)?;
     assert!(
         lab.upstream.ping(&host, 5),
         "ping {host} from upstream; log:\n{}",

@@ -599,16 +599,7 @@ fn fast_path_in_namespaces() -> Result<()> {
         agent.map_prefixes().ok()?.contains(&prefix).then_some(())
     })
     .with_context(|| format!("{prefix} not in the map: {}", agent.log()))?;
-    let host = format!("{}1", prefix.split('/').next().unwrap());
-    c1.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{host}/128"),
-        "dev",
-        "lo",
-    ])?;
+    let host = c1.host_in(&prefix)?;
 
     // Warm up: the first packet resolves the neighbour through the kernel.
     assert!(upstream.ping(&host, 5), "ping {host}");

@@ -16,7 +16,8 @@ use pd_tests::*;
 
 const PREFIX: &str = "2001:db8:a100::/56";
 
-/// Kea on the router delegating exactly [`PREFIX`] on `iface` (`subnet`).
+/// Kea on the router delegating exactly the /56 `pool` on `iface`
+/// (on-link `subnet`).
 fn kea_one(
     router: &Netns,
     dir: &TempDir,
@@ -25,19 +26,15 @@ fn kea_one(
     pool: &str,
     valid: u32,
 ) -> Result<Daemon> {
-    let conf = kea_config(
-        dir,
-        &[KeaSubnet {
-            iface,
-            subnet,
-            pool,
-            pool_len: 56,
-            plen: 56,
-            relayed: false,
-        }],
-        valid,
-    )?;
-    start_kea(router, dir, &conf)
+    let subnet = KeaSubnet {
+        iface,
+        subnet,
+        pool,
+        pool_len: 56,
+        plen: 56,
+        relayed: false,
+    };
+    start_kea_subnet(router, dir, subnet, valid)
 }
 
 /// `ip -6 route show PREFIX` in `ns`, one line per route.

@@ -104,16 +104,7 @@ fn assert_delegated(lab: &Lab, agent: &Agent, prefix: &str, client_if: &str) -> 
         .is_some_and(|t| t > pd_agent::agent::now()));
 
     // Traffic from upstream reaches an address inside the delegated prefix.
-    let host = prefix.split('/').next().unwrap().to_string() + "1";
-    lab.client.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{host}/128"),
-        "dev",
-        "lo",
-    ])?;
+    let host = lab.client.host_in(prefix)?;
     assert!(lab.upstream.ping(&host, 5), "ping {host} from upstream");
     Ok(())
 }

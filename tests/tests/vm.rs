@@ -12,23 +12,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use pd_tests::*;
 
-/// Kea on `ns` delegating /56s out of `pool` on `iface` (on-link `subnet`).
-fn kea_on(ns: &Netns, dir: &TempDir, iface: &str, subnet: &str, pool: &str) -> Result<Daemon> {
-    let conf = kea_config(
-        dir,
-        &[KeaSubnet {
-            iface,
-            subnet,
-            pool,
-            pool_len: 48,
-            plen: 56,
-            relayed: false,
-        }],
-        600,
-    )?;
-    start_kea(ns, dir, &conf)
-}
-
 /// The route `ns` holds for `prefix` (via, dev), waiting for it.
 fn route_for(ns: &Netns, agent: &Agent, prefix: &str) -> Result<(String, String)> {
     wait_for(Duration::from_secs(30), || {
@@ -54,63 +37,31 @@ fn route_for(ns: &Netns, agent: &Agent, prefix: &str) -> Result<(String, String)
 #[ignore = "needs 8021q: run with cargo xtask test vm"]
 fn vm_vlan_sub_interface() -> Result<()> {
     let _ = sh(&["modprobe", "8021q"]);
-    let upstream = Netns::new("vup")?;
-    let router = Netns::new("vrt")?;
+    let (upstream, router) = upstream_and_router()?;
     let client = Netns::new("vcl")?;
-    veth(&router, "wan0", &upstream, "eth0")?;
-    router.add_addr("2001:db8:feed::1/64", "wan0")?;
-    upstream.add_addr("2001:db8:feed::2/64", "eth0")?;
-    upstream.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "2001:db8:feed::1",
-    ])?;
     veth(&router, "lan0", &client, "eth0")?;
-    router.exec(&[
-        "ip", "link", "add", "link", "lan0", "name", "lan0.10", "type", "vlan", "id", "10",
-    ])?;
-    router.exec(&["ip", "link", "set", "lan0.10", "up"])?;
+    router.add_vlan("lan0", "lan0.10", 10)?;
     router.add_addr("2001:db8:ffff::1/64", "lan0.10")?;
     client.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
-    client.exec(&[
-        "ip", "link", "add", "link", "eth0", "name", "eth0.10", "type", "vlan", "id", "10",
-    ])?;
-    client.exec(&["ip", "link", "set", "eth0.10", "up"])?;
-    let ll = wait_for(Duration::from_secs(10), || {
-        router.link_local("lan0.10").ok()
-    })
-    .context("lan0.10 link-local")?
-    .to_string();
-    client.exec(&[
-        "ip", "-6", "route", "add", "default", "via", &ll, "dev", "eth0.10",
-    ])?;
+    client.add_vlan("eth0", "eth0.10", 10)?;
+    client.default_via("eth0.10", &router, "lan0.10")?;
 
-    let dir = TempDir::new("vlan")?;
     let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique("vlan"));
-    let agent = Agent::start_opts(
+    let opts = AgentOpts {
+        pin_dir: Some(pin.clone()),
+        ..AgentOpts::new(&["lan0.10"], &["wan0"])
+    };
+    let d = delegate(
         &router,
-        &dir,
-        AgentOpts {
-            pin_dir: Some(pin.clone()),
-            ..AgentOpts::new(&["lan0.10"], &["wan0"])
-        },
-    )?;
-    let _kea = kea_on(
-        &router,
-        &dir,
         "lan0.10",
         "2001:db8:ffff::/64",
         "2001:db8:1100::",
+        &client,
+        "eth0.10",
+        opts,
     )?;
-    let cdir = TempDir::new("vlanc")?;
-    let dhclient = start_dhclient(&client, &cdir, "eth0.10")?;
-    let prefix = wait_for(Duration::from_secs(60), || dhclient_prefix(&cdir))
-        .with_context(|| format!("dhclient got no prefix: {}", dhclient.log_text()))?;
-    let (via, dev) = route_for(&router, &agent, &prefix)?;
+    let (agent, host) = (&d.agent, &d.host);
+    let (via, dev) = route_for(&router, agent, &d.prefix)?;
     assert_eq!(via, client.link_local("eth0.10")?.to_string());
     assert_eq!(dev, "lan0.10");
     let idx = router
@@ -122,20 +73,10 @@ fn vm_vlan_sub_interface() -> Result<()> {
         .join(format!("xdp_lan0%2e10_{idx}"))
         .exists());
 
-    let host = format!("{}1", prefix.split('/').next().unwrap());
-    client.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{host}/128"),
-        "dev",
-        "lo",
-    ])?;
-    count_echoes(&client, &host)?;
-    upstream.ping(&host, 5);
+    count_echoes(&client, host)?;
+    upstream.ping(host, 5);
     let before = echo_count(&client)?;
-    ping_n(&upstream, &host, 10);
+    ping_n(&upstream, host, 10);
     assert_eq!(
         echo_count(&client)? - before,
         10,
@@ -180,21 +121,8 @@ const PPP_OPTS: &[&str] = &[
 #[ignore = "needs ppp and pppoe: run with cargo xtask test vm"]
 fn vm_pppoe_session() -> Result<()> {
     let _ = sh(&["modprobe", "pppoe"]);
-    let internet = Netns::new("pin")?;
-    let bng = Netns::new("pbng")?;
+    let (internet, bng) = upstream_and_router()?;
     let cpe = Netns::new("pcpe")?;
-    veth(&bng, "wan0", &internet, "eth0")?;
-    bng.add_addr("2001:db8:feed::1/64", "wan0")?;
-    internet.add_addr("2001:db8:feed::2/64", "eth0")?;
-    internet.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "2001:db8:feed::1",
-    ])?;
     veth(&bng, "srv0", &cpe, "eth0")?;
     cpe.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
 
@@ -269,7 +197,19 @@ fn vm_pppoe_session() -> Result<()> {
     // peer) gives it one to listen on. ISC dhcpd and dhclient refuse PPP
     // devices outright.
     bng.add_addr("fe80::1/64", "ppp0")?;
-    let kea = kea_on(&bng, &bdir, "ppp0", "2001:db8:ff00::/64", "2001:db8:1200::")?;
+    let kea = start_kea_subnet(
+        &bng,
+        &bdir,
+        KeaSubnet {
+            iface: "ppp0",
+            subnet: "2001:db8:ff00::/64",
+            pool: "2001:db8:1200::",
+            pool_len: 48,
+            plen: 56,
+            relayed: false,
+        },
+        600,
+    )?;
     // The cpe's agent watches its uplink.
     let cdir = TempDir::new("pcpe")?;
     let cpe_agent = Agent::start_opts(&cpe, &cdir, AgentOpts::new(&[], &["ppp0"]))?;
@@ -299,16 +239,7 @@ fn vm_pppoe_session() -> Result<()> {
     let (via, dev) = route_for(&bng, &bng_agent, &prefix)?;
     assert_eq!((via.as_str(), dev.as_str()), (cpe_ll.as_str(), "ppp0"));
 
-    let host = format!("{}1", prefix.split('/').next().unwrap());
-    cpe.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{host}/128"),
-        "dev",
-        "lo",
-    ])?;
+    let host = cpe.host_in(&prefix)?;
     count_echoes(&cpe, &host)?;
     internet.ping(&host, 5);
     let left = bng_agent.stats()?["kernel"]["fwd_no_xmit"]

@@ -135,31 +135,7 @@ fn succeeds(cmd: &mut Command) -> bool {
 }
 
 fn deps() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            let out = Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output();
-            !out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        })
-        .collect();
-    if !missing.is_empty() {
-        if !is_root() {
-            bail!(
-                "missing Debian packages {missing:?}; run as root (e.g. sudo -E cargo xtask deps)"
-            );
-        }
-        eprintln!("xtask: installing {missing:?}");
-        status(Command::new("apt-get").args(["update", "-q"]))?;
-        status(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
+    apt_install(APT_PACKAGES)?;
     let installed = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
@@ -468,6 +444,8 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
         let rc = out.join("rc");
         let _ = std::fs::remove_file(&log);
         let _ = std::fs::remove_file(&rc);
+        let console = out.join("console.log");
+        let console_err = out.join("console.err");
         let script = out.join("run.sh");
         std::fs::write(
             &script,
@@ -510,6 +488,10 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
             .arg(&script)
             .current_dir(root_dir())
             .stdin(std::process::Stdio::null())
+            // The guest's console goes to a file: QEMU can reopen and
+            // truncate an inherited stdout, taking the host tests' log.
+            .stdout(std::fs::File::create(&console)?)
+            .stderr(std::fs::File::create(&console_err)?)
             .status()
             .context("running vng")?;
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -524,10 +506,11 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
         if code.trim() != "0" {
             tally.print();
             bail!(
-                "the VM tier on {} failed (vng {st}, tests exit {:?}); log: {}",
+                "the VM tier on {} failed (vng {st}, tests exit {:?}); log: {}, console: {}",
                 kernel.display(),
                 code.trim(),
-                log.display()
+                log.display(),
+                console.display()
             );
         }
     }
