@@ -1,11 +1,7 @@
 //! The daemon: wires the kernel programs, the binding table, the route
 //! executor, the pinned map, the state store and the control socket.
 
-use std::{
-    collections::HashSet,
-    path::PathBuf,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashSet, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
@@ -66,6 +62,8 @@ pub struct Config {
     pub ring_bytes: Option<u32>,
     /// Entries of the kernel's per-client records (None: the default).
     pub client_records: Option<u32>,
+    /// Entries of the forwarding counters (None: the default).
+    pub forwarding_counters: Option<u32>,
 }
 
 /// Source-address validation on a downstream interface (RFC 8987 §3.1).
@@ -92,12 +90,8 @@ impl SavMode {
     }
 }
 
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+/// The lease clock (CLOCK_BOOTTIME seconds): see [`crate::clock`].
+pub use crate::clock::now;
 
 /// Lost-event recovery, as shown by `stats`.
 #[derive(Debug, Default, serde::Serialize)]
@@ -115,6 +109,31 @@ struct ResyncStats {
     given_up: u64,
     /// Ring buffer messages skipped because a replay had applied them.
     duplicates: u64,
+    /// Records deleted from `pd_clients_v1` because the store covers them.
+    pruned: u64,
+}
+
+/// How often the kernel's records the store covers are deleted
+/// (`PD_AGENT_PRUNE_SECS` overrides it, for tests).
+const PRUNE: Duration = Duration::from_secs(60);
+
+/// How long before the store's seen mark a record is kept: the second the
+/// catch-up and the resync look back across CPUs, the client-message
+/// window the catch-up replays, and a minute of slack
+/// (`PD_AGENT_RECORD_KEEP_SECS` overrides it, for tests).
+const RECORD_KEEP_SECS: u64 = 1 + crate::binding::CLIENT_MESSAGE_WINDOW_SECS + 60;
+
+/// A duration in seconds from the environment, else `default`.
+fn env_secs(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Records older than this (kernel ns) may go, given the store's mark.
+fn prune_cutoff(journaled_ns: u64, keep_secs: u64) -> u64 {
+    journaled_ns.saturating_sub(keep_secs * 1_000_000_000)
 }
 
 struct Agent {
@@ -155,6 +174,8 @@ struct Agent {
     seen_ns: u64,
     journaled_ns: u64,
     boot_id: String,
+    /// The clock reading the store's times are anchored to (last written).
+    clock: crate::clock::Anchor,
     ringbuf_full_seen: u64,
     resync: ResyncStats,
     routes: Routes,
@@ -225,8 +246,15 @@ pub async fn run(cfg: Config) -> Result<()> {
         bare_links,
         ring_bytes: cfg.ring_bytes,
         client_entries: cfg.client_records,
+        fwd_counters: cfg.forwarding_counters,
     };
     let mut progs = Programs::load_with(&cfg.pin_dir, opts)?;
+    // Loading parsed the kernel's BTF (aya does, even unused): ~10 MiB
+    // of heap, freed now; give it back rather than keep it for ever.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
     for note in &progs.notes {
         warn!("{note}");
     }
@@ -307,6 +335,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         floor_ns: 0,
         seen_ns: 0,
         journaled_ns: 0,
+        clock: crate::clock::Anchor::now(&resync::boot_id()),
         boot_id: resync::boot_id(),
         ringbuf_full_seen,
         resync: ResyncStats::default(),
@@ -371,6 +400,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut last_resync = tokio::time::Instant::now();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut prune = tokio::time::interval(Duration::from_secs(env_secs(
+        "PD_AGENT_PRUNE_SECS",
+        PRUNE.as_secs(),
+    )));
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut datapath_poll = tokio::time::interval(datapath::POLL);
     datapath_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -405,6 +439,10 @@ pub async fn run(cfg: Config) -> Result<()> {
                 agent.converge(dirty, false).await;
             }
             _ = route_scan.tick() => agent.scan_routes().await,
+            _ = prune.tick() => {
+                agent.prune_records();
+                agent.note_clock();
+            }
             Some(ev) = links.recv() => agent.link_event(ev).await,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -601,13 +639,13 @@ impl Agent {
             self.refresh_addresses().await;
         }
         let defer = settled_upto.is_none() && self.lost_events();
-        let (unix, boot) = (now(), resync::boot_ns());
+        let at = now();
         let mut actions = Vec::new();
         for m in &fresh {
             tracing::debug!(?m, "message");
             let t = match timing {
-                Timing::Now => unix,
-                Timing::Kernel => resync::unix_time_of(m.ts_ns, unix, boot),
+                Timing::Now => at,
+                Timing::Kernel => crate::clock::of_kernel(m.ts_ns),
             };
             self.seen_ns = self.seen_ns.max(m.ts_ns);
             let unsolicited = self.table.stats.unsolicited_replies;
@@ -698,6 +736,43 @@ impl Agent {
             backlog = n,
             replayed, applied, "caught up with what the kernel saw while no agent ran"
         );
+    }
+
+    /// Delete the kernel's records that no replay can want any more: older
+    /// than the stored seen mark by [`RECORD_KEEP_SECS`]. The map then
+    /// holds about the last few minutes' clients, not every client since
+    /// boot.
+    fn prune_records(&mut self) {
+        let keep = env_secs("PD_AGENT_RECORD_KEEP_SECS", RECORD_KEEP_SECS);
+        let cutoff = prune_cutoff(self.journaled_ns, keep);
+        if cutoff == 0 {
+            return;
+        }
+        let mut stale = Vec::new();
+        for item in self
+            .clients
+            .iter()
+            .take(2 * self.client_records as usize + 16)
+        {
+            match item {
+                Ok((k, r)) if r.ev.ts_ns < cutoff => stale.push(k),
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %crate::chain(&e), "reading {}", ebpf::CLIENTS_MAP);
+                    break;
+                }
+            }
+        }
+        for k in &stale {
+            match self.clients.remove(k) {
+                Ok(()) => self.resync.pruned += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => {
+                    warn!(error = %crate::chain(&e), "pruning {}", ebpf::CLIENTS_MAP);
+                    break;
+                }
+            }
+        }
     }
 
     /// The kernel's per-CPU message counters right now.
@@ -909,8 +984,46 @@ impl Agent {
                 self.journaled_ns = mark.ns;
             }
         }
+        // Times are lease-clock seconds of the boot that wrote them: carry
+        // them into this boot (see `clock::rebase`).
+        let here = crate::clock::Anchor::now(&self.boot_id);
+        let same_boot = loaded
+            .clock
+            .as_ref()
+            .is_some_and(|a| a.boot_id == here.boot_id);
+        let mut bindings = loaded.bindings;
+        if !same_boot {
+            // What the store proves the previous boot ran past its anchor.
+            let ran = loaded.clock.as_ref().map_or(0, |a| {
+                let mut last = bindings.iter().map(|b| b.updated_at).max().unwrap_or(0);
+                if let Some(m) = loaded.seen.as_ref().filter(|m| m.boot_id == a.boot_id) {
+                    last = last.max(crate::clock::of_kernel(m.ns));
+                }
+                last.saturating_sub(a.boot)
+            });
+            let shift = crate::clock::rebase(loaded.clock.as_ref(), &here, ran);
+            for b in &mut bindings {
+                b.expires_at = b.expires_at.map(|t| crate::clock::shifted(t, shift));
+                b.updated_at = crate::clock::shifted(b.updated_at, shift);
+            }
+            if !bindings.is_empty() {
+                info!(
+                    bindings = bindings.len(),
+                    shift,
+                    "state store of another boot (or an older version): lifetimes carried over by the wall clock"
+                );
+            }
+            // From here on the store's times are this boot's: rewrite it
+            // before anything is appended.
+            self.store
+                .compact(bindings.iter(), loaded.seen.clone(), here.clone())?;
+            self.clock = here;
+        } else if let Some(a) = &loaded.clock {
+            // A step while no agent ran is written with the reconcile.
+            self.clock = a.clone();
+        }
         let mut restored = 0;
-        for mut b in loaded.bindings {
+        for mut b in bindings {
             // Interface indexes change across reboots: trust the name.
             let side = match b.kind {
                 Kind::Delegated => &self.ifaces.downstream,
@@ -1006,11 +1119,14 @@ impl Agent {
             self.map.insert(b)?;
         }
         changes.extend(self.seen_mark().map(|mark| Change::Seen { mark }));
+        changes.extend(self.clock_line());
         self.store.append(&changes)?;
         self.store.sync()?;
         self.journaled_ns = self.seen_ns;
         if self.store.needs_compaction(self.table.len()) {
-            self.store.compact(self.table.iter(), self.seen_mark())?;
+            self.clock = crate::clock::Anchor::now(&self.boot_id);
+            self.store
+                .compact(self.table.iter(), self.seen_mark(), self.clock.clone())?;
         }
         info!(
             restored,
@@ -1038,6 +1154,7 @@ impl Agent {
         // The mark says "everything before this was applied": not while
         // messages are known lost (deferred Replies included). The counter
         // behind lost_events() is read only when there is a mark to write.
+        changes.extend(self.clock_line());
         let mut marked = false;
         if self.seen_ns > self.journaled_ns && !self.lost_events() {
             if let Some(mark) = self.seen_mark() {
@@ -1055,7 +1172,11 @@ impl Agent {
                 boot_id: self.boot_id.clone(),
                 ns: self.journaled_ns,
             });
-            if let Err(e) = self.store.compact(self.table.iter(), mark) {
+            self.clock = crate::clock::Anchor::now(&self.boot_id);
+            if let Err(e) = self
+                .store
+                .compact(self.table.iter(), mark, self.clock.clone())
+            {
                 warn!(error = %crate::chain(&e), "compacting the state store");
             }
         }
@@ -1121,6 +1242,32 @@ impl Agent {
         }
     }
 
+    /// A journal line with a new clock reading, if the wall clock stepped
+    /// since the last one (so that after a reboot, the time since is
+    /// measured from a reading the wall clock still agrees with).
+    fn clock_line(&mut self) -> Option<Change> {
+        let here = crate::clock::Anchor::now(&self.boot_id);
+        if !here.stepped_since(&self.clock) {
+            return None;
+        }
+        info!(
+            step_secs = here.offset() - self.clock.offset(),
+            "the wall clock stepped; lifetimes run on the boot clock and are unaffected"
+        );
+        self.clock = here.clone();
+        Some(Change::Clock { clock: here })
+    }
+
+    /// Write a clock line now if the wall clock stepped (checked each
+    /// minute and with every batch).
+    fn note_clock(&mut self) {
+        if let Some(line) = self.clock_line() {
+            if let Err(e) = self.store.append(&[line]).and_then(|()| self.store.sync()) {
+                warn!(error = %crate::chain(&e), "writing the state journal");
+            }
+        }
+    }
+
     fn seen_mark(&self) -> Option<SeenMark> {
         (self.seen_ns > 0 && !self.boot_id.is_empty()).then(|| SeenMark {
             boot_id: self.boot_id.clone(),
@@ -1131,6 +1278,8 @@ impl Agent {
     /// Bindings as shown to operators (with forwarding counters), all or
     /// those of one prefix.
     fn views(&self, prefix: Option<Ipv6Net>) -> Vec<BindingView> {
+        // Lease-clock times shown in wall-clock time as of now.
+        let here = crate::clock::Anchor::now(&self.boot_id);
         self.table
             .iter()
             .filter(|b| prefix.is_none_or(|p| b.prefix == p))
@@ -1154,8 +1303,12 @@ impl Agent {
                             .status(b.prefix)
                             .unwrap_or_else(|| "installed".to_string()),
                     });
+                let mut binding = b.clone();
+                binding.expires_at = b.expires_at.map(|t| here.to_unix(t));
+                binding.updated_at = here.to_unix(b.updated_at);
                 BindingView {
-                    binding: b.clone(),
+                    binding,
+                    expires_in: b.expires_at.map(|t| t.saturating_sub(here.boot)),
                     rx_packets: c.map(|c| c.0),
                     rx_bytes: c.map(|c| c.1),
                     status,
@@ -1792,4 +1945,22 @@ async fn run_route_ops(
         metrics.observe_route_op(took);
     }
     failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_what_a_replay_looks_back_to() {
+        const S: u64 = 1_000_000_000;
+        let mark = 10_000 * S;
+        // The catch-up replays records after the mark less a second, and
+        // client messages up to the client-message window before that.
+        let oldest_wanted = mark - S - crate::binding::CLIENT_MESSAGE_WINDOW_SECS * S;
+        assert!(prune_cutoff(mark, RECORD_KEEP_SECS) < oldest_wanted);
+        // Nothing stored yet, or a mark younger than the keep time: none.
+        assert_eq!(prune_cutoff(0, RECORD_KEEP_SECS), 0);
+        assert_eq!(prune_cutoff(5 * S, 10), 0);
+    }
 }

@@ -75,9 +75,12 @@ pub struct Binding {
     pub t2: u32,
     pub preferred_lifetime: u32,
     pub valid_lifetime: u32,
-    /// Unix seconds when the valid lifetime ends; `None` = infinite.
+    /// When the valid lifetime ends, in lease-clock seconds
+    /// (CLOCK_BOOTTIME, see `clock`); `None` = infinite. Operators see it
+    /// in unix seconds ([`BindingView`]).
     pub expires_at: Option<u64>,
-    /// Unix seconds of the Reply that created or last refreshed it.
+    /// When the Reply that created or last refreshed it was seen
+    /// (lease clock, like `expires_at`).
     pub updated_at: u64,
 }
 
@@ -85,8 +88,13 @@ pub struct Binding {
 /// counters for delegated prefixes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BindingView {
+    /// The binding, its `expires_at` and `updated_at` in unix seconds by
+    /// the wall clock at the time of asking.
     #[serde(flatten)]
     pub binding: Binding,
+    /// Seconds of valid lifetime left (`None`: infinite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_packets: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -107,6 +107,7 @@ pub struct FileConfig {
     pub require_client_message: Option<bool>,
     pub ring_buffer_bytes: Option<u32>,
     pub client_records: Option<u32>,
+    pub forwarding_counters: Option<u32>,
 }
 
 impl FileConfig {
@@ -186,13 +187,18 @@ pub struct RunArgs {
     /// Rapid Commit) seen with the same transaction id and Client-ID within 60 s [default: on].
     #[arg(long, env = "PD_REQUIRE_CLIENT_MESSAGE", value_parser = on_off)]
     pub require_client_message: Option<bool>,
-    /// Ring buffer size in bytes: a power of two, at least the page size [default: 16 MiB].
+    /// Ring buffer size in bytes: a power of two, at least the page size [default: 1 MiB].
     #[arg(long, env = "PD_RING_BUFFER_BYTES", value_parser = ring_bytes)]
     pub ring_buffer_bytes: Option<u32>,
-    /// Clients' latest messages the kernel keeps for resynchronising after
-    /// lost events (LRU; about 0.5 KiB each) [default: 65536].
+    /// Most clients' latest messages the kernel keeps for resynchronising
+    /// after lost events (about 0.6 KiB each, taken as clients come; the
+    /// agent deletes those it has applied and stored) [default: 65536].
     #[arg(long, env = "PD_CLIENT_RECORDS", value_parser = clap::value_parser!(u32).range(1..))]
     pub client_records: Option<u32>,
+    /// Bindings with forwarding counters (16 bytes per CPU each, allocated
+    /// at start); bindings past it forward uncounted [default: 4096].
+    #[arg(long, env = "PD_FORWARDING_COUNTERS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub forwarding_counters: Option<u32>,
     /// Serve Prometheus metrics on ADDR:PORT (GET /metrics), e.g. [::1]:9431.
     #[arg(long, env = "PD_METRICS")]
     pub metrics: Option<std::net::SocketAddr>,
@@ -346,6 +352,14 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
                 Some(0) => {
                     return Err(ConfigError::Invalid(
                         "client_records must be at least 1".into(),
+                    ))
+                }
+                n => n,
+            },
+            forwarding_counters: match args.forwarding_counters.or(file.forwarding_counters) {
+                Some(0) => {
+                    return Err(ConfigError::Invalid(
+                        "forwarding_counters must be at least 1".into(),
                     ))
                 }
                 n => n,

@@ -179,10 +179,13 @@ pub struct LoadOptions {
     /// read each interface's link type from its flags.
     pub bare_links: bool,
     /// Ring buffer size in bytes (a power-of-2 multiple of the page size);
-    /// None: the object's 16 MiB.
+    /// None: the object's 1 MiB.
     pub ring_bytes: Option<u32>,
-    /// Entries of `pd_clients_v1`; None: the object's 65536.
+    /// Most entries of `pd_clients_v1`; None: the object's 65536.
     pub client_entries: Option<u32>,
+    /// Entries of `pd_fwd_stats_v1` (bindings with forwarding counters);
+    /// None: the object's [`pd_common::FWD_STATS_SLOTS`].
+    pub fwd_counters: Option<u32>,
 }
 
 impl Default for LoadOptions {
@@ -193,6 +196,7 @@ impl Default for LoadOptions {
             bare_links: true,
             ring_bytes: None,
             client_entries: None,
+            fwd_counters: None,
         }
     }
 }
@@ -223,39 +227,49 @@ pub struct Programs {
 }
 
 /// The pinned maps and the layout this build expects of each:
-/// (name, key size, value size, max entries).
-fn pinned_layouts(opts: &LoadOptions) -> [(&'static str, u32, u32, u32); 9] {
+/// (name, key size, value size, max entries, flags).
+fn pinned_layouts(opts: &LoadOptions) -> [(&'static str, u32, u32, u32, u32); 9] {
     use std::mem::size_of;
+    const NO_PREALLOC: u32 = 1;
     [
         (
             EVENTS_MAP,
             0,
             0,
             opts.ring_bytes.unwrap_or(DEFAULT_RING_BYTES),
+            0,
         ),
-        (COUNTERS_MAP, 4, 8, COUNTER_COUNT),
-        (SEQ_MAP, 4, 8, 1),
+        (COUNTERS_MAP, 4, 8, COUNTER_COUNT, 0),
+        (SEQ_MAP, 4, 8, 1, 0),
         (
             CLIENTS_MAP,
             size_of::<ClientKey>() as u32,
             size_of::<ClientRecord>() as u32,
             opts.client_entries.unwrap_or(DEFAULT_CLIENT_RECORDS),
+            NO_PREALLOC,
         ),
-        (ROUTES_MAP, 20, size_of::<RouteValue>() as u32, 1 << 20),
+        (
+            ROUTES_MAP,
+            20,
+            size_of::<RouteValue>() as u32,
+            1 << 20,
+            NO_PREALLOC,
+        ),
         (
             FWD_STATS_MAP,
             4,
             size_of::<FwdStats>() as u32,
-            pd_common::FWD_STATS_SLOTS,
+            opts.fwd_counters.unwrap_or(pd_common::FWD_STATS_SLOTS),
+            0,
         ),
-        (IFACES_MAP, 4, 4, 1024),
-        (ONLINK_MAP, 20, 4, 4096),
-        (LEASE_MAP, 4, 8, 1),
+        (IFACES_MAP, 4, 4, 1024, 0),
+        (ONLINK_MAP, 20, 4, 4096, NO_PREALLOC),
+        (LEASE_MAP, 4, 8, 1, 0),
     ]
 }
 
 /// The object's ring buffer size and record count (see `pd-ebpf`).
-pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
 pub const DEFAULT_CLIENT_RECORDS: u32 = 65536;
 
 /// Priority and handle of the egress filter where tcx is missing (kernels
@@ -286,6 +300,9 @@ impl Programs {
         let bare_links = opts.bare_links as u8;
         let mut loader = EbpfLoader::new();
         loader
+            // The programs carry no CO-RE relocations: the kernel's own
+            // BTF (parsed, it peaks at ~10 MiB of heap) is not needed.
+            .btf(None)
             .default_map_pin_directory(pin_dir)
             .override_global("FAST_PATH", &fast_path, true)
             .override_global("SAV", &sav, true)
@@ -295,21 +312,27 @@ impl Programs {
             CLIENTS_MAP,
             opts.client_entries.unwrap_or(DEFAULT_CLIENT_RECORDS),
         );
+        loader.map_max_entries(
+            FWD_STATS_MAP,
+            opts.fwd_counters.unwrap_or(pd_common::FWD_STATS_SLOTS),
+        );
         // A pinned map is reused as it is (aya checks nothing): one of
         // another layout or size, left by another version or setting, is
         // replaced, and what it held is lost.
         let mut notes = Vec::new();
-        for (name, key, value, max) in pinned_layouts(&opts) {
+        for (name, key, value, max, flags) in pinned_layouts(&opts) {
             let path = pin_dir.join(name);
             if let Ok(i) = MapInfo::from_pin(&path) {
-                if (i.key_size(), i.value_size(), i.max_entries()) != (key, value, max) {
+                let have = (i.key_size(), i.value_size(), i.max_entries(), i.map_flags());
+                if have != (key, value, max, flags) {
                     let _ = std::fs::remove_file(&path);
                     notes.push(format!(
-                        "pinned map {} had key/value/entries {}/{}/{}, this build wants {key}/{value}/{max}: replaced",
+                        "pinned map {} had key/value/entries/flags {}/{}/{}/{:#x}, this build wants {key}/{value}/{max}/{flags:#x}: replaced",
                         path.display(),
-                        i.key_size(),
-                        i.value_size(),
-                        i.max_entries()
+                        have.0,
+                        have.1,
+                        have.2,
+                        have.3
                     ));
                 }
             }

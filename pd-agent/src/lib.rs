@@ -7,6 +7,7 @@
 //! programs are tested against.
 pub mod agent;
 pub mod binding;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod datapath;

@@ -72,8 +72,11 @@ async fn real_main() -> Result<()> {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
             // Log lines are written by a thread of their own: one line per
-            // binding change must not slow the event loop down.
+            // binding change must not slow the event loop down. The
+            // queue is bounded small (the default preallocates 4 MiB for
+            // 128k lines); past it the loop waits for the writer.
             let (writer, _guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .buffered_lines_limit(4096)
                 .lossy(false)
                 .finish(std::io::stderr());
             let fmt = tracing_subscriber::fmt()
@@ -103,6 +106,9 @@ async fn real_main() -> Result<()> {
                     state::load_dir(&state_dir)?
                         .into_iter()
                         .map(|binding| BindingView {
+                            expires_in: binding
+                                .expires_at
+                                .map(|t| t.saturating_sub(pd_agent::clock::unix_now())),
                             binding,
                             rx_packets: None,
                             rx_bytes: None,
@@ -142,16 +148,15 @@ fn reply(v: serde_json::Value) -> Result<()> {
 }
 
 fn print_table(list: &[BindingView]) {
-    let now = agent::now();
     println!(
         "{:<28} {:<9} {:<10} {:<28} {:>10} {:>8} {:>10} {:>12}",
         "PREFIX", "KIND", "IFACE", "NEXT HOP", "IAID", "EXPIRES", "RX PKTS", "RX BYTES"
     );
     for v in list {
         let b = &v.binding;
-        let exp = match b.expires_at {
+        let exp = match v.expires_in {
             None => "never".to_string(),
-            Some(t) => format!("{}s", t.saturating_sub(now)),
+            Some(t) => format!("{t}s"),
         };
         let kind = serde_json::to_value(b.kind)
             .ok()

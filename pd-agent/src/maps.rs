@@ -16,7 +16,7 @@ use aya::maps::{
     lpm_trie::Key, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues,
 };
 use ipnet::Ipv6Net;
-use pd_common::{FwdStats, RouteValue, FWD_STATS_SLOTS, NO_SLOT};
+use pd_common::{FwdStats, RouteValue, NO_SLOT};
 
 use crate::binding::Binding;
 
@@ -48,6 +48,8 @@ pub struct RouteMap {
     slots: HashMap<Ipv6Net, u32>,
     free: Vec<u32>,
     next_slot: u32,
+    /// Entries of `pd_fwd_stats_v1`: bindings past it are not counted.
+    slot_limit: u32,
 }
 
 impl RouteMap {
@@ -62,9 +64,11 @@ impl RouteMap {
             slots: HashMap::new(),
             free: Vec::new(),
             next_slot: 0,
+            slot_limit: 0,
         };
+        m.slot_limit = m.stats.len();
         for (net, v) in m.entries_raw() {
-            if v.slot != NO_SLOT && v.slot < FWD_STATS_SLOTS {
+            if v.slot != NO_SLOT && v.slot < m.slot_limit {
                 m.slots.insert(net, v.slot);
                 m.next_slot = m.next_slot.max(v.slot + 1);
             }
@@ -80,7 +84,7 @@ impl RouteMap {
         }
         let s = match self.free.pop() {
             Some(s) => s,
-            None if self.next_slot < FWD_STATS_SLOTS => {
+            None if self.next_slot < self.slot_limit => {
                 self.next_slot += 1;
                 self.next_slot - 1
             }

@@ -182,27 +182,13 @@ impl SeqTracker {
     }
 }
 
-/// CLOCK_BOOTTIME in ns: the clock of `bpf_ktime_get_boot_ns`.
-pub fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec pointer; CLOCK_BOOTTIME always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::clock::boot_ns;
 
 /// This boot's id: kernel timestamps only compare within one boot.
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-/// Unix seconds at which the kernel saw a message stamped `ts_ns`.
-pub fn unix_time_of(ts_ns: u64, now_unix: u64, now_boot_ns: u64) -> u64 {
-    now_unix.saturating_sub(now_boot_ns.saturating_sub(ts_ns) / 1_000_000_000)
 }
 
 #[cfg(test)]
@@ -311,8 +297,6 @@ mod tests {
 
     #[test]
     fn event_time_from_boot_clock() {
-        assert_eq!(unix_time_of(5_000_000_000, 1_000, 65_000_000_000), 940);
-        assert_eq!(unix_time_of(70_000_000_000, 1_000, 65_000_000_000), 1_000);
         assert!(boot_ns() > 0);
     }
 }

@@ -26,7 +26,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::binding::{Binding, BindingKey};
+use crate::{
+    binding::{Binding, BindingKey},
+    clock::Anchor,
+};
 
 const SNAPSHOT: &str = "bindings.json";
 const JOURNAL: &str = "journal.jsonl";
@@ -57,6 +60,11 @@ struct Snapshot {
     bindings: Vec<Binding>,
     #[serde(default)]
     seen: Option<SeenMark>,
+    /// The clocks when written: the bindings' times are lease-clock
+    /// seconds of that boot (see `clock`). Absent in stores of older
+    /// versions, whose times are unix seconds.
+    #[serde(default)]
+    clock: Option<Anchor>,
 }
 
 /// How far the agent had got through the kernel's messages: the newest
@@ -73,15 +81,27 @@ pub struct SeenMark {
 pub struct Loaded {
     pub bindings: Vec<Binding>,
     pub seen: Option<SeenMark>,
+    /// The latest reading of the clocks (None: times are unix seconds).
+    pub clock: Option<Anchor>,
 }
 
 /// One journal line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Change {
-    Put { binding: Binding },
-    Del { key: BindingKey },
-    Seen { mark: SeenMark },
+    Put {
+        binding: Binding,
+    },
+    Del {
+        key: BindingKey,
+    },
+    Seen {
+        mark: SeenMark,
+    },
+    /// The wall clock stepped: a new reading of both clocks.
+    Clock {
+        clock: Anchor,
+    },
 }
 
 pub struct Store {
@@ -185,6 +205,7 @@ impl Store {
         &mut self,
         bindings: impl Iterator<Item = &'a Binding>,
         seen: Option<SeenMark>,
+        clock: Anchor,
     ) -> Result<(), StateError> {
         let path = self.dir.join(SNAPSHOT);
         let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
@@ -192,6 +213,7 @@ impl Store {
             version: VERSION,
             bindings: bindings.cloned().collect(),
             seen,
+            clock: Some(clock),
         };
         let io = io_err(&path);
         let mut f = std::io::BufWriter::new(File::create(&tmp).map_err(&io)?);
@@ -244,13 +266,27 @@ fn torn_tail(f: &File) -> std::io::Result<Option<u64>> {
     Ok(Some(0))
 }
 
+/// Bindings stored in `dir`, their times in wall-clock time (unix seconds)
+/// as the store's latest clock reading converts them: for showing.
 pub fn load_dir(dir: &Path) -> Result<Vec<Binding>, StateError> {
-    load_all(dir).map(|l| l.bindings)
+    let l = load_all(dir)?;
+    Ok(match l.clock {
+        None => l.bindings,
+        Some(a) => l
+            .bindings
+            .into_iter()
+            .map(|mut b| {
+                b.expires_at = b.expires_at.map(|t| a.to_unix(t));
+                b.updated_at = a.to_unix(b.updated_at);
+                b
+            })
+            .collect(),
+    })
 }
 
 pub fn load_all(dir: &Path) -> Result<Loaded, StateError> {
     let sp = dir.join(SNAPSHOT);
-    let (mut map, mut seen): (std::collections::BTreeMap<BindingKey, Binding>, _) =
+    let (mut map, mut seen, mut clock): (std::collections::BTreeMap<BindingKey, Binding>, _, _) =
         match fs::read(&sp) {
             Ok(bytes) => {
                 let snap = serde_json::from_slice::<Snapshot>(&bytes).map_err(|source| {
@@ -262,6 +298,7 @@ pub fn load_all(dir: &Path) -> Result<Loaded, StateError> {
                 (
                     snap.bindings.into_iter().map(|b| (b.key(), b)).collect(),
                     snap.seen,
+                    snap.clock,
                 )
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
@@ -283,6 +320,7 @@ pub fn load_all(dir: &Path) -> Result<Loaded, StateError> {
                     map.remove(&key);
                 }
                 Ok(Change::Seen { mark }) => seen = Some(mark),
+                Ok(Change::Clock { clock: c }) => clock = Some(c),
                 // A torn last line: its batch never reached the routes.
                 Err(_) if i + 1 == n => break,
                 Err(source) => return Err(StateError::Parse { path: jp, source }),
@@ -292,6 +330,7 @@ pub fn load_all(dir: &Path) -> Result<Loaded, StateError> {
     Ok(Loaded {
         bindings: map.into_values().collect(),
         seen,
+        clock,
     })
 }
 
@@ -371,7 +410,8 @@ mod tests {
             },
         ])
         .unwrap();
-        s.compact(live.iter(), None).unwrap();
+        s.compact(live.iter(), None, crate::clock::Anchor::now("b"))
+            .unwrap();
         assert_eq!(fs::read_to_string(d.join(JOURNAL)).unwrap(), "");
         s.append(&[Change::Del { key: live[0].key() }]).unwrap();
         let got = load_dir(&d).unwrap();
@@ -402,10 +442,40 @@ mod tests {
         .unwrap();
         s.append(&[Change::Seen { mark: m(9) }]).unwrap();
         assert_eq!(load_all(&d).unwrap().seen, Some(m(9)));
-        s.compact(load_all(&d).unwrap().bindings.iter(), Some(m(9)))
-            .unwrap();
+        s.compact(
+            load_all(&d).unwrap().bindings.iter(),
+            Some(m(9)),
+            crate::clock::Anchor::now("b"),
+        )
+        .unwrap();
         let l = load_all(&d).unwrap();
         assert_eq!((l.seen, l.bindings.len()), (Some(m(9)), 1));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn latest_clock_reading_wins_and_views_convert_by_it() {
+        let d = tmp();
+        let mut s = Store::open(&d).unwrap();
+        let at = |boot, unix| crate::clock::Anchor {
+            boot_id: "b".into(),
+            boot,
+            unix,
+        };
+        let mut x = b("2001:db8:1::/56", 10);
+        x.expires_at = Some(500);
+        s.compact([x].iter(), None, at(100, 1_000_100)).unwrap();
+        assert_eq!(load_all(&d).unwrap().clock, Some(at(100, 1_000_100)));
+        // The wall clock stepped an hour forward.
+        s.append(&[Change::Clock {
+            clock: at(200, 1_003_800),
+        }])
+        .unwrap();
+        let l = load_all(&d).unwrap();
+        assert_eq!(l.clock, Some(at(200, 1_003_800)));
+        // Stored in lease-clock time; shown in wall-clock time.
+        assert_eq!(l.bindings[0].expires_at, Some(500));
+        assert_eq!(load_dir(&d).unwrap()[0].expires_at, Some(1_004_100));
         fs::remove_dir_all(&d).unwrap();
     }
 

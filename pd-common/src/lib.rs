@@ -274,9 +274,14 @@ pub enum Counter {
     /// No agent has confirmed the fast path's flags recently (it stopped,
     /// crashed or hangs): nobody watches the firewall or the devices.
     FwdNoAgent,
+    // ---- records ----
+    /// `pd_clients_v1` was full: a client's message was not recorded (it
+    /// still went into the ring buffer). The agent prunes records it has
+    /// applied and stored; this counts records it had not reached yet.
+    RecordsFull,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::FwdNoAgent as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::RecordsFull as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -311,6 +316,7 @@ impl Counter {
         Counter::FwdNoXmit,
         Counter::FwdLinkType,
         Counter::FwdNoAgent,
+        Counter::RecordsFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -346,6 +352,7 @@ impl Counter {
             Counter::FwdNoXmit => "fwd_no_xmit",
             Counter::FwdLinkType => "fwd_link_type",
             Counter::FwdNoAgent => "fwd_no_agent",
+            Counter::RecordsFull => "records_full",
         }
     }
 }
@@ -422,7 +429,8 @@ pub struct RouteKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteValue {
     pub next_hop: [u8; 16],
-    /// Valid-lifetime end, unix seconds (u64::MAX = infinite).
+    /// Valid-lifetime end in the agent's lease clock, CLOCK_BOOTTIME
+    /// seconds (u64::MAX = infinite).
     pub expires_at: u64,
     /// Interface the prefix is delegated on.
     pub ifindex: u32,
@@ -434,8 +442,9 @@ pub struct RouteValue {
 
 /// [`RouteValue::slot`] of a binding without forwarding counters.
 pub const NO_SLOT: u32 = u32::MAX;
-/// Entries of the per-binding forwarding counters.
-pub const FWD_STATS_SLOTS: u32 = 1 << 18;
+/// Entries of the per-binding forwarding counters by default (the loader
+/// sizes the map from `forwarding_counters`): per CPU, 64 KiB.
+pub const FWD_STATS_SLOTS: u32 = 4096;
 
 /// Per-binding, per-CPU forwarding counters (`pd_fwd_stats_v1`).
 #[repr(C)]

@@ -24,13 +24,13 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action, xdp_md, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{bpf_fib_lookup as FibParams, xdp_action, xdp_md, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_NO_PREALLOC},
     helpers::{
         bpf_fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, bpf_loop, bpf_redirect,
         bpf_skb_load_bytes, bpf_xdp_load_bytes,
     },
     macros::{classifier, map, xdp},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use pd_common::{
@@ -57,7 +57,7 @@ static BARE_LINKS: u8 = 1;
 
 /// Delegated-prefix events for the agent (the loader may resize it).
 #[map(name = "pd_events_v1")]
-static PD_EVENTS: RingBuf = RingBuf::pinned(16 << 20, 0);
+static PD_EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
 
 /// Per-CPU outcome counters, indexed by [`Counter`].
 #[map(name = "pd_counters_v1")]
@@ -69,9 +69,11 @@ static PD_SEQ: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
 /// Each client's latest message of each class, per interface and hook:
 /// the state the agent resynchronises from when ring buffer events were
-/// lost (the loader may resize it).
+/// lost (the loader may resize it). Not preallocated: it takes memory as
+/// clients come, and the agent deletes the records its store has covered
+/// for a while, so it holds the last few minutes of activity's clients.
 #[map(name = "pd_clients_v1")]
-static PD_CLIENTS: LruHashMap<ClientKey, ClientRecord> = LruHashMap::pinned(65536, 0);
+static PD_CLIENTS: HashMap<ClientKey, ClientRecord> = HashMap::pinned(65536, BPF_F_NO_PREALLOC);
 
 /// Per-CPU parser state and payload copy (too big for the 512-byte stack).
 #[map(name = "PD_SCRATCH")]
@@ -764,7 +766,7 @@ fn record(s: &mut Scratch) {
         i += 1;
     }
     if PD_CLIENTS.insert(&s.key, &s.rec, 0).is_err() {
-        count(Counter::Internal);
+        count(Counter::RecordsFull);
     }
 }
 
