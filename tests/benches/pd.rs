@@ -84,7 +84,7 @@ fn main() -> Result<()> {
     };
     let started = Instant::now();
     type RowFn = fn(&mut Bench) -> Result<()>;
-    let runs: [(u32, RowFn); 9] = [
+    let runs: [(u32, RowFn); 10] = [
         (1, row1_snoop_cost),
         (2, row2_parse_cost),
         (3, row3_latency),
@@ -94,6 +94,7 @@ fn main() -> Result<()> {
         (7, row7_fast_path),
         (8, row8_fast_path_cost),
         (9, row9_pass_decision_cost),
+        (10, row10_memory),
     ];
     for (n, f) in runs {
         if only.is_some_and(|o| o != n) {
@@ -740,7 +741,7 @@ fn row5_scale(b: &mut Bench) -> Result<()> {
         // A state store holding n bindings, as after a crash.
         let dir = TempDir::new("scale")?;
         std::fs::create_dir_all(dir.path("state"))?;
-        let now = pd_agent::agent::now();
+        let now = pd_agent::clock::unix_now();
         let mut f =
             std::io::BufWriter::new(std::fs::File::create(dir.path("state/bindings.json"))?);
         write!(f, "{{\"version\":1,\"bindings\":[")?;
@@ -1243,6 +1244,163 @@ fn row9_pass_decision_cost(b: &mut Bench) -> Result<()> {
              neither pays a FIB lookup (row 8's hit does): the binding's interface is checked first"
         ),
         command: b.cmd(9),
+    });
+    Ok(())
+}
+
+// ---------------------------------------------------------------- row 10
+
+/// Kernel memory (`bytes_memlock`, bpftool) of every map the agent's
+/// programs use, found through its pinned links: pinned or not.
+fn agent_map_bytes(agent: &Agent) -> Result<u64> {
+    let links = agent.pin_dir.join("links");
+    let mut progs = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(&links)? {
+        let out = sh(&[
+            "bpftool",
+            "-j",
+            "link",
+            "show",
+            "pinned",
+            &e?.path().display().to_string(),
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        progs.insert(v["prog_id"].as_u64().context("prog_id")?);
+    }
+    let mut maps = std::collections::BTreeSet::new();
+    for id in progs {
+        let out = sh(&["bpftool", "-j", "prog", "show", "id", &id.to_string()])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        for m in v["map_ids"].as_array().context("map_ids")? {
+            maps.insert(m.as_u64().context("map id")?);
+        }
+    }
+    let mut total = 0;
+    for id in maps {
+        let out = sh(&["bpftool", "-j", "map", "show", "id", &id.to_string()])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        total += v["bytes_memlock"].as_u64().context("bytes_memlock")?;
+    }
+    Ok(total)
+}
+
+/// A process's resident memory in bytes, less its mappings of BPF maps
+/// (the ring buffer: kernel memory, counted with the maps).
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let (mut total, mut bpf, mut in_bpf) = (0, 0, false);
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Rss:") {
+            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse()?;
+            total += kb * 1024;
+            if in_bpf {
+                bpf += kb * 1024;
+            }
+        } else if line
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|f| f.contains('-') || f.len() > 2)
+            && line
+                .split_whitespace()
+                .next()
+                .is_some_and(|a| a.contains('-'))
+        {
+            in_bpf = line.contains("anon_inode:bpf-map");
+        }
+    }
+    Ok(total - bpf)
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+/// Resident memory of a DHCPv6 relay on the same rig, started and left
+/// idle for 2 s (one at a time: both bind port 547): dnsmasq's, and ISC
+/// dhcrelay's.
+fn relay_rss(rig: &Rig) -> Result<(u64, u64)> {
+    let idle_rss = |args: &[&str], log: &str| -> Result<u64> {
+        let mut d = rig.router.spawn(args, &rig.dir.path(log))?;
+        thread::sleep(Duration::from_secs(2));
+        d.check_alive()?;
+        let rss = rss_bytes(d.pid())?;
+        d.stop();
+        Ok(rss)
+    };
+    let dnsmasq = idle_rss(
+        &[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--no-resolv",
+            "--no-hosts",
+            "--pid-file=",
+            "--dhcp-relay=2001:db8:ffff::1,2001:db8:feed::2",
+        ],
+        "dnsmasq.log",
+    )?;
+    let pid = rig.dir.path("dhcrelay.pid").display().to_string();
+    let dhcrelay = idle_rss(
+        &[
+            "dhcrelay",
+            "-6",
+            "-d",
+            "-pf",
+            &pid,
+            "-l",
+            "lan0",
+            "-u",
+            "2001:db8:feed::2%wan0",
+        ],
+        "dhcrelay.log",
+    )?;
+    Ok((dnsmasq, dhcrelay))
+}
+
+fn row10_memory(b: &mut Bench) -> Result<()> {
+    let n: u32 = if b.quick { 2_000 } else { 20_000 };
+    let rig = rig()?;
+    let (dnsmasq, dhcrelay) = relay_rss(&rig)?;
+    let (agent, _d) = start_agent(&rig, "mem", &[])?;
+    let pid = agent.daemon.pid();
+    thread::sleep(Duration::from_secs(3));
+    let (k0, u0) = (agent_map_bytes(&agent)?, rss_bytes(pid)?);
+    let inj = Injector::new(&rig)?;
+    for i in 0..n {
+        inj.send(&reply(i, 3600))?;
+        if i % 500 == 499 {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    settle(
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+        n as u64,
+        || agent_stat(&agent, &["bindings"]),
+    );
+    let bound = agent_stat(&agent, &["bindings"]);
+    thread::sleep(Duration::from_secs(2));
+    let (k1, u1) = (agent_map_bytes(&agent)?, rss_bytes(pid)?);
+    let idle = k0 + u0;
+    let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / bound.max(1) as f64;
+    b.push(Row {
+        row: 10,
+        what: "Memory: idle, and per binding (kernel maps + agent RSS)".into(),
+        figure: format!(
+            "idle {} ({} maps + {} RSS); per binding {:.0} B maps + {:.0} B RSS ({bound} bindings)",
+            mib(idle),
+            mib(k0),
+            mib(u0),
+            per(k0, k1),
+            per(u0, u1),
+        ),
+        baseline: format!("dnsmasq relay RSS {}; ISC dhcrelay RSS {}", mib(dnsmasq), mib(dhcrelay)),
+        ratio: Some(idle as f64 / dnsmasq as f64),
+        target: "idle <= 16 MiB".into(),
+        met: Some(idle <= 16 << 20 && bound == n as u64),
+        notes: "RSS excludes the agent's mapping of the ring buffer (kernel memory, counted with the maps); the agent's binary pages are in its RSS, as dnsmasq's are in its".into(),
+        command: b.cmd(10),
     });
     Ok(())
 }

@@ -92,6 +92,74 @@ fn made_up_prefix(i: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0x100 + (i >> 8), (i & 0xff) << 8, 0, 0, 0, 0)
 }
 
+/// Entries in a pinned map, read with bpftool.
+fn map_entries(pin_dir: &std::path::Path, map: &str) -> Result<usize> {
+    let out = sh(&[
+        "bpftool",
+        "-j",
+        "map",
+        "dump",
+        "pinned",
+        &pin_dir.join(map).display().to_string(),
+    ])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v.as_array().map_or(0, |a| a.len()))
+}
+
+/// The kernel's per-client records are not kept for ever: once the store
+/// covers a record by the keep time, the agent deletes it. 40 clients get
+/// Replies and their 40 records appear in `pd_clients_v1`; 3 s later 10
+/// other clients get theirs. With the keep time shortened to 2 s and
+/// pruning every second (test settings; by default a record goes 121 s
+/// after the store covers it, checked each minute), the first 40 records
+/// go, the last 10 (newer than the store's mark less 2 s) stay,
+/// `resync.pruned` counts 40, and all 50 bindings and routes stay.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn applied_records_are_pruned() -> Result<()> {
+    const N: u16 = 50;
+    let lab = RouterLab::new()?;
+    let dir = TempDir::new("prune")?;
+    let opts = AgentOpts {
+        args: vec!["--require-client-message".into(), "off".into()],
+        env: vec![
+            ("PD_AGENT_PRUNE_SECS".into(), "1".into()),
+            ("PD_AGENT_RECORD_KEEP_SECS".into(), "2".into()),
+        ],
+        ..AgentOpts::new(&["lan0"], &["wan0"])
+    };
+    let agent = Agent::start_opts(&lab.router, &dir, opts)?;
+    let server = MadeUpServer::new(&lab)?;
+    let clients: Vec<SimClient> = (1..=N).map(SimClient::new).collect();
+    let records = || map_entries(&agent.pin_dir, "pd_clients_v1");
+    for (i, c) in clients.iter().enumerate() {
+        if i == 40 {
+            let recorded = records()?;
+            assert!(recorded >= 40, "{recorded} records for 40 Replies");
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        server.reply(c, 0x100 + i as u32, &lease_of(made_up_prefix(i as u16)))?;
+    }
+    let want: BTreeSet<(String, String)> = (0..N)
+        .map(|i| {
+            (
+                format!("{}/56", made_up_prefix(i)),
+                clients[i as usize].addr.to_string(),
+            )
+        })
+        .collect();
+    wait_routes(&lab.router, &agent, &want, Duration::from_secs(10))?;
+    wait_for(Duration::from_secs(15), || {
+        (records().ok()? == 10).then_some(())
+    })
+    .with_context(|| format!("records left: {:?}; {}", records(), agent.log()))?;
+    let st = agent.stats()?;
+    assert_eq!(st["resync"]["pruned"].as_u64(), Some(40), "{st}");
+    assert_eq!(agent.bindings()?.len(), N as usize);
+    assert_eq!(route_set(&lab.router)?, want);
+    Ok(())
+}
+
 /// With a ring buffer of one page (14 events), the agent is stopped
 /// (SIGSTOP) while 300 Replies leave lan0: the ring buffer overflows, and
 /// the kernel counts it. When the agent runs again it finds the loss and
@@ -389,7 +457,7 @@ fn agent_killed_while_200_clients_hold_bindings() -> Result<()> {
     assert_eq!(b.len(), 100, "bindings");
     assert!(
         b.iter()
-            .all(|b| b["expires_at"].as_u64() > Some(pd_agent::agent::now())),
+            .all(|b| b["expires_at"].as_u64() > Some(pd_agent::clock::unix_now())),
         "renewed lifetimes"
     );
     let map: BTreeSet<String> = agent.map_prefixes()?.into_iter().collect();

@@ -101,7 +101,7 @@ fn assert_delegated(lab: &Lab, agent: &Agent, prefix: &str, client_if: &str) -> 
     assert!(e["iaid"].is_u64());
     assert!(e["expires_at"]
         .as_u64()
-        .is_some_and(|t| t > pd_agent::agent::now()));
+        .is_some_and(|t| t > pd_agent::clock::unix_now()));
 
     // Traffic from upstream reaches an address inside the delegated prefix.
     let host = lab.client.host_in(prefix)?;

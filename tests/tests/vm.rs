@@ -275,3 +275,157 @@ fn vm_fast_path_matrix() -> Result<()> {
     );
     pd_tests::matrix::check(&cells, features)
 }
+
+/// Puts the wall clock back where it would be had it never been stepped
+/// (boot clock + the offset at the start), even when the test fails.
+struct ClockGuard {
+    offset: i64,
+}
+
+impl ClockGuard {
+    fn new() -> Self {
+        ClockGuard {
+            offset: pd_agent::clock::unix_now() as i64 - pd_agent::clock::now() as i64,
+        }
+    }
+
+    /// `date -s` the wall clock to the undisturbed time plus `secs`.
+    fn step(&self, secs: i64) -> Result<()> {
+        let t = pd_agent::clock::now() as i64 + self.offset + secs;
+        sh(&["date", "-s", &format!("@{t}")])?;
+        Ok(())
+    }
+}
+
+impl Drop for ClockGuard {
+    fn drop(&mut self) {
+        let _ = self.step(0);
+    }
+}
+
+/// The binding of `prefix` in `agent`'s view, if it is there.
+fn binding_of(agent: &Agent, prefix: &str) -> Result<Option<serde_json::Value>> {
+    Ok(agent
+        .bindings()?
+        .into_iter()
+        .find(|b| b["prefix"] == prefix))
+}
+
+/// A router without a real-time clock steps its wall clock when NTP first
+/// syncs. Lifetimes are real time, so they run on the boot clock. Kea
+/// delegates a /56 with a 90 s valid lifetime to dhclient, which is then
+/// killed (no renewal, no release): the lease ends 90 s after the Reply.
+/// In the VM (its clock is its own):
+/// - the wall clock is stepped 2 h forward and the agent asked: the
+///   binding and its route stay, with the same time left;
+/// - stepped 4 h back: they stay;
+/// - the agent is killed, the clock stepped again, and a new agent started
+///   on the same store: the binding comes back with the same time left;
+/// - the route and the binding are still there 80 s after the Reply and
+///   gone by 100 s, by the monotonic clock, not 2 h early or late.
+#[test]
+#[ignore = "steps the wall clock: run with cargo xtask test vm"]
+fn vm_clock_step() -> Result<()> {
+    let clock = ClockGuard::new();
+    let lab = RouterLab::new()?;
+    let dir = TempDir::new("clk")?;
+    let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique("clk"));
+    let opts = AgentOpts {
+        pin_dir: Some(pin.clone()),
+        ..AgentOpts::new(&["lan0"], &["wan0"])
+    };
+    let agent = Agent::start_opts(&lab.router, &dir, opts.clone())?;
+    let _kea = start_kea_subnet(
+        &lab.router,
+        &dir,
+        KeaSubnet {
+            iface: "lan0",
+            subnet: "2001:db8:ffff::/64",
+            pool: "2001:db8:1200::",
+            pool_len: 48,
+            plen: 56,
+            relayed: false,
+        },
+        90,
+    )?;
+    let cdir = TempDir::new("clkc")?;
+    let mut dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_delegated(&agent, &cdir, &dhclient)?;
+    let replied = std::time::Instant::now();
+    dhclient.kill(libc::SIGKILL);
+    dhclient.stop();
+    let left = |agent: &Agent| -> Result<u64> {
+        let b = binding_of(agent, &prefix)?
+            .with_context(|| format!("binding of {prefix} gone: {}", agent.log()))?;
+        let left = b["expires_in"].as_u64().context("expires_in")?;
+        // Shown in wall-clock time as the clock reads now.
+        let at = b["expires_at"].as_u64().context("expires_at")?;
+        let unix = pd_agent::clock::unix_now();
+        assert!(
+            at.abs_diff(unix + left) <= 2,
+            "expires_at {at} vs now {unix} + {left}"
+        );
+        Ok(left)
+    };
+    let routed = |agent: &Agent| -> Result<bool> {
+        Ok(our_routes(&lab.router)?
+            .iter()
+            .any(|(p, _, _)| *p == prefix)
+            && agent.map_prefixes()?.contains(&prefix))
+    };
+    let first = left(&agent)?;
+    assert!((85..=90).contains(&first), "{first} s left of 90");
+    let real_left = |t: std::time::Instant| 90 - t.elapsed().as_secs().min(90);
+
+    clock.step(2 * 3600)?;
+    let l = left(&agent)?;
+    assert!(
+        l.abs_diff(real_left(replied)) <= 3,
+        "2 h forward: {l} s left"
+    );
+    assert!(routed(&agent)?, "route kept after a step forward");
+
+    clock.step(-2 * 3600)?;
+    let l = left(&agent)?;
+    assert!(l.abs_diff(real_left(replied)) <= 3, "2 h back: {l} s left");
+    assert!(routed(&agent)?, "route kept after a step back");
+
+    // A restart within the same boot, the clock stepped meanwhile.
+    let pin = agent.kill9_keeping_pins();
+    clock.step(3600)?;
+    let agent = Agent::start_opts(
+        &lab.router,
+        &dir,
+        AgentOpts {
+            pin_dir: Some(pin),
+            ..opts
+        },
+    )?;
+    let l = left(&agent)?;
+    assert!(
+        l.abs_diff(real_left(replied)) <= 3,
+        "after a restart: {l} s left"
+    );
+    clock.step(-3600)?;
+
+    // The lease's real end: still there 80 s after the Reply, gone by 100 s.
+    let at80 = replied + Duration::from_secs(80);
+    if let Some(d) = at80.checked_duration_since(std::time::Instant::now()) {
+        std::thread::sleep(d);
+    }
+    assert!(
+        binding_of(&agent, &prefix)?.is_some() && routed(&agent)?,
+        "gone before the lease's end: {}",
+        agent.log()
+    );
+    let gone = wait_for(Duration::from_secs(25), || {
+        (binding_of(&agent, &prefix).ok()?.is_none() && !routed(&agent).ok()?).then_some(())
+    });
+    let secs = replied.elapsed().as_secs();
+    assert!(
+        gone.is_some() && secs <= 100,
+        "not gone {secs} s after the Reply: {}",
+        agent.log()
+    );
+    Ok(())
+}

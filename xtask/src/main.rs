@@ -70,6 +70,8 @@ const APT_PACKAGES: &[&str] = &[
     "isc-dhcp-client",
     "isc-dhcp-relay",
     "dhcpcd-base",
+    // The memory row's baseline (the binary only: no service, no resolv.conf hook).
+    "dnsmasq-base",
     "radvd",
     "ethtool",
     "nftables",
