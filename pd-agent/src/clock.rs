@@ -65,8 +65,7 @@ pub const STEP_SECS: i64 = 2;
 
 impl Anchor {
     pub fn now(boot_id: &str) -> Self {
-        // Read the wall clock between two lease-clock reads: the pair is
-        // off by at most their distance, far under a second.
+        // Two reads a few nanoseconds apart: as good as simultaneous.
         let boot = now();
         Anchor {
             boot_id: boot_id.to_string(),

@@ -738,10 +738,12 @@ fn row5_scale(b: &mut Bench) -> Result<()> {
         let (empty, _e) = start_agent(&rig, "empty", &[])?;
         let rss0 = rss_kb(empty.daemon.pid());
         drop(empty);
-        // A state store holding n bindings, as after a crash.
+        // A state store holding n bindings, as after a crash: written in
+        // this boot, its times on the lease clock.
         let dir = TempDir::new("scale")?;
         std::fs::create_dir_all(dir.path("state"))?;
-        let now = pd_agent::clock::unix_now();
+        let anchor = pd_agent::clock::Anchor::now(&pd_agent::resync::boot_id());
+        let now = anchor.boot;
         let mut f =
             std::io::BufWriter::new(std::fs::File::create(dir.path("state/bindings.json"))?);
         write!(f, "{{\"version\":1,\"bindings\":[")?;
@@ -759,7 +761,7 @@ fn row5_scale(b: &mut Bench) -> Result<()> {
                 now + 3600
             )?;
         }
-        write!(f, "]}}")?;
+        write!(f, "],\"clock\":{}}}", serde_json::to_string(&anchor)?)?;
         drop(f);
         let t = Instant::now();
         let opts = AgentOpts {
