@@ -10,11 +10,17 @@
 //! ```
 //!
 //! pd-agent runs on isp, border, laptop and vm. The isp's agent routes the
-//! /56 to border (an ISP's router would do this in real life). Each lower
-//! server's pool is written by the agent's hooks from what that host
-//! acquired (`hooks/dhcpd-prefix6.py`, `hooks/kea-pd-pool.py`); the vm's hook
-//! (`hooks/bridge-radvd.sh`) puts its /64 on br0 and advertises it. The only
-//! static routes are each level's default route towards its upstream.
+//! /56 to border (an ISP's router would do this in real life). The
+//! addressing plan is the seed's: each router keeps the first /64 of what
+//! it acquired for its own LAN and delegates the rest. Its agent's hooks
+//! put that /64 on the LAN and advertise it with radvd
+//! (`hooks/lan-radvd.sh`), and point its server at the rest
+//! (`hooks/dhcpd-prefix6.py` at border: 15 /60s of the /56;
+//! `hooks/kea-pd-pool.py` at the laptop: 15 /64s of the /60). The laptop and
+//! the vm take their upstream addresses by SLAAC from the LAN /64 above
+//! them. Nothing is numbered by hand but the isp's own links; the only
+//! static routes are the default routes of border and the laptop towards
+//! their upstream (the vm learns its own from the laptop's advertisements).
 //!
 //! The laptop's VMs sit on a Linux bridge, as they do on a real laptop,
 //! and next to the vm a customer router (`cpe`) runs a DHCP client and no
@@ -166,13 +172,17 @@ impl SeedLab {
             vm_ns.exec(&["ip", "link", "set", &port, "master", "br0"])?;
         }
 
-        // Link addresses (not routes): the internet edge, and the subnets
-        // each server is bound to.
+        // Link addresses numbered by hand: the isp's own, its internet edge
+        // and its customer link. Every other comes from the plan.
         isp_ns.add_addr("2001:db8:ff00::1/64", "eth0")?;
         isp_ns.add_addr("2001:db8:ff01::1/64", "down0")?;
         internet.add_addr(&format!("{INTERNET}/64"), "eth0")?;
-        border_ns.add_addr("fd00:0:0:b::1/64", "down0")?;
-        laptop_ns.add_addr("fd00:0:0:c::1/64", "br0")?;
+        // The laptop and the vm are routers taking their upstream address
+        // by SLAAC from the LAN above (accept_ra=2: forwarding is on).
+        for r in [&laptop_ns, &vm_ns] {
+            r.exec(&["sysctl", "-qw", "net.ipv6.conf.up0.accept_ra=2"])?;
+            r.exec(&["sysctl", "-qw", "net.ipv6.conf.up0.autoconf=1"])?;
+        }
 
         // The only static routes: each level's default towards its upstream.
         internet.exec(&[
@@ -186,7 +196,9 @@ impl SeedLab {
         ])?;
         border_ns.default_via("up0", &isp_ns, "down0")?;
         laptop_ns.default_via("up0", &border_ns, "down0")?;
-        vm_ns.default_via("up0", &laptop_ns, "br0")?;
+        // The vm learns its default route from the laptop's advertisements,
+        // as a VM on a laptop's bridge does (a static one beside it would
+        // make the kernel drop the whole advertisement, prefix included).
         cpe.default_via("up0", &laptop_ns, "br0")?;
 
         // isp: Kea delegating /56s, an agent routing them.
@@ -213,14 +225,15 @@ impl SeedLab {
         )?;
         let isp_kea = start_kea(&isp_ns, &isp_dir, &isp_conf)?;
 
-        // border: ISC dhcpd, configured and started by the agent's hook.
+        // border: its LAN /64 on down0, and ISC dhcpd serving that /64's
+        // link with the rest of the /56, both set up by the agent's hooks.
         let border_dir = TempDir::new("border")?;
         let dconf = border_dir.path("dhcpd.conf");
         std::fs::write(
             &dconf,
             format!(
                 "default-lease-time {v};\nmax-lease-time {v};\npreferred-lifetime {p};\n\
-                 subnet6 fd00:0:0:b::/64 {{\n  # pd-agent:prefix6\n}}\n",
+                 # pd-agent:prefix6\n",
                 v = lt.border,
                 p = lt.border * 3 / 4
             ),
@@ -230,8 +243,14 @@ impl SeedLab {
             &border_dir,
             AgentOpts {
                 pin_dir: pin("border"),
-                hooks: vec![hook_path("dhcpd-prefix6.py")],
+                hooks: vec![hook_path("lan-radvd.sh"), hook_path("dhcpd-prefix6.py")],
                 env: env(&[
+                    ("PD_RESERVE_LAN", "1".into()),
+                    ("PD_LAN_IFACE", "down0".into()),
+                    (
+                        "PD_RADVD_DIR",
+                        border_dir.path("radvd").display().to_string(),
+                    ),
                     ("PD_DHCPD_CONF", dconf.display().to_string()),
                     ("PD_DHCPD_DELEGATED_LEN", "60".into()),
                     (
@@ -248,7 +267,9 @@ impl SeedLab {
             },
         )?;
 
-        // laptop: Kea with no pool until the hook writes one.
+        // laptop: Kea with no pool until the hook writes one, and its
+        // subnet (a placeholder here, in the server's configuration only)
+        // set to the LAN /64 by the hook.
         let laptop_dir = TempDir::new("laptop")?;
         let lconf = kea_config(
             &laptop_dir,
@@ -268,8 +289,14 @@ impl SeedLab {
             &laptop_dir,
             AgentOpts {
                 pin_dir: pin("laptop"),
-                hooks: vec![hook_path("kea-pd-pool.py")],
+                hooks: vec![hook_path("lan-radvd.sh"), hook_path("kea-pd-pool.py")],
                 env: env(&[
+                    ("PD_RESERVE_LAN", "1".into()),
+                    ("PD_LAN_IFACE", "br0".into()),
+                    (
+                        "PD_RADVD_DIR",
+                        laptop_dir.path("radvd").display().to_string(),
+                    ),
                     ("PD_KEA_CONF", lconf.display().to_string()),
                     ("PD_KEA_PID", laptop_kea.pid().to_string()),
                     ("PD_KEA_DELEGATED_LEN", "64".into()),
@@ -278,16 +305,16 @@ impl SeedLab {
             },
         )?;
 
-        // vm: acquires a /64; its hook puts it on br0 and runs radvd.
+        // vm: acquires a /64, its LAN: the hook puts it on br0 and runs radvd.
         let vm_dir = TempDir::new("vm")?;
         let vm_agent = Agent::start_opts(
             &vm_ns,
             &vm_dir,
             AgentOpts {
                 pin_dir: pin("vm"),
-                hooks: vec![hook_path("bridge-radvd.sh")],
+                hooks: vec![hook_path("lan-radvd.sh")],
                 env: env(&[
-                    ("PD_BRIDGE", "br0".into()),
+                    ("PD_LAN_IFACE", "br0".into()),
                     ("PD_RADVD_DIR", vm_dir.path("radvd").display().to_string()),
                 ]),
                 ..AgentOpts::new(&[], &["up0"])
@@ -515,6 +542,42 @@ impl SeedLab {
         Ok(s)
     }
 
+    /// The addressing plan as it stands, level by level: border, laptop, vm.
+    pub fn plan(&self) -> Result<Vec<Plan>> {
+        let dconf = std::fs::read_to_string(self.border.dir.path("dhcpd.conf"))?;
+        let border_pool = dhcpd_pool(&dconf);
+        let kconf: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.laptop.dir.path("kea.json"))?)?;
+        let laptop_pool: Vec<(ipnet::Ipv6Net, u8)> = kconf["Dhcp6"]["subnet6"][0]["pd-pools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let net = format!("{}/{}", p["prefix"].as_str()?, p["prefix-len"]);
+                Some((net.parse().ok()?, p["delegated-len"].as_u64()? as u8))
+            })
+            .collect();
+        let level =
+            |name: &'static str, l: &Level, lan_iface: &'static str, pool| -> Result<Plan> {
+                Ok(Plan {
+                    level: name,
+                    acquired: Self::acquired(l),
+                    upstream: global_addrs(&l.ns, "up0")?,
+                    lan_iface,
+                    lan: global_addrs(&l.ns, lan_iface)?
+                        .into_iter()
+                        .map(|a| a.net.trunc())
+                        .collect(),
+                    pool,
+                })
+            };
+        Ok(vec![
+            level("border", &self.border, "down0", border_pool)?,
+            level("laptop", &self.laptop, "br0", laptop_pool)?,
+            level("vm", &self.vm, "br0", vec![])?,
+        ])
+    }
+
     /// Global addresses of the containers (from the vm's RA).
     pub fn container_addrs(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
@@ -613,5 +676,146 @@ impl SeedLab {
             }
         }
         Ok(())
+    }
+}
+
+/// One global address of an interface.
+#[derive(Debug, Clone)]
+pub struct IfAddr {
+    pub net: ipnet::Ipv6Net,
+    /// Configured from a router advertisement (SLAAC): it has lifetimes.
+    pub dynamic: bool,
+    /// Its preferred lifetime ran out (an RA said 0).
+    pub deprecated: bool,
+}
+
+/// Global addresses on `dev` in `ns`.
+pub fn global_addrs(ns: &Netns, dev: &str) -> Result<Vec<IfAddr>> {
+    let o = ns.exec(&[
+        "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "global",
+    ])?;
+    Ok(o.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "inet6")?;
+            Some(IfAddr {
+                net: w.get(i + 1)?.parse().ok()?,
+                dynamic: w.contains(&"dynamic"),
+                deprecated: w.contains(&"deprecated"),
+            })
+        })
+        .collect())
+}
+
+/// The pool of the `# pd-agent:prefix6` line in a dhcpd.conf:
+/// `prefix6 FIRST LAST /N` as (block, N) per delegatable prefix.
+pub fn dhcpd_pool(conf: &str) -> Vec<(ipnet::Ipv6Net, u8)> {
+    let Some(line) = conf
+        .lines()
+        .find(|l| l.contains("# pd-agent:prefix6") && !l.trim_start().starts_with('#'))
+    else {
+        return vec![];
+    };
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let Some(i) = w.iter().position(|x| *x == "prefix6") else {
+        return vec![];
+    };
+    let parse = || -> Option<(u128, u128, u8)> {
+        let first: std::net::Ipv6Addr = w.get(i + 1)?.parse().ok()?;
+        let last: std::net::Ipv6Addr = w.get(i + 2)?.parse().ok()?;
+        let len: u8 = w
+            .get(i + 3)?
+            .trim_start_matches('/')
+            .trim_end_matches(';')
+            .parse()
+            .ok()?;
+        Some((first.into(), last.into(), len))
+    };
+    let Some((first, last, len)) = parse() else {
+        return vec![];
+    };
+    let step = 1u128 << (128 - len);
+    (0..)
+        .map(|k| first + k * step)
+        .take_while(|a| *a <= last)
+        .filter_map(|a| {
+            Some((
+                ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(a), len).ok()?,
+                len,
+            ))
+        })
+        .collect()
+}
+
+/// One router's share of the addressing plan.
+pub struct Plan {
+    pub level: &'static str,
+    /// What it acquired from the level above.
+    pub acquired: Option<String>,
+    /// Its upstream addresses (SLAAC from the LAN above).
+    pub upstream: Vec<IfAddr>,
+    pub lan_iface: &'static str,
+    /// The /64s on its LAN interface.
+    pub lan: Vec<ipnet::Ipv6Net>,
+    /// What its server delegates: pool blocks and the delegated length.
+    pub pool: Vec<(ipnet::Ipv6Net, u8)>,
+}
+
+impl Plan {
+    /// How many prefixes the pool delegates.
+    pub fn pool_count(&self) -> u64 {
+        self.pool
+            .iter()
+            .map(|(n, d)| 1u64 << (d - n.prefix_len()))
+            .sum()
+    }
+
+    /// One line for the demo and test logs.
+    pub fn line(&self) -> String {
+        let up = self
+            .upstream
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}{}",
+                    a.net.addr(),
+                    if a.dynamic { " (SLAAC)" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let lan = self
+            .lan
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let pool = match self.pool.first() {
+            None => "none (the whole prefix is the LAN)".to_string(),
+            // A dhcpd range (one block per prefix) as its ends.
+            Some((first, d)) if self.pool.len() > 4 => format!(
+                "{} x /{d}: {first} .. {}",
+                self.pool_count(),
+                self.pool[self.pool.len() - 1].0
+            ),
+            Some((_, d)) => format!(
+                "{} x /{d}: {}",
+                self.pool_count(),
+                self.pool
+                    .iter()
+                    .map(|(n, _)| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        };
+        format!(
+            "  {:<7} acquired {}\n          upstream address {}\n          LAN {} {}\n          pool {}\n",
+            self.level,
+            self.acquired.as_deref().unwrap_or("-"),
+            if up.is_empty() { "-".to_string() } else { up },
+            self.lan_iface,
+            if lan.is_empty() { "-".to_string() } else { lan },
+            pool
+        )
     }
 }

@@ -1,20 +1,44 @@
 //! The seed scenario, four levels deep, with real servers and clients at
 //! every level (see `pd_tests::lab`).
 //!
-//! Asserts: every level's routes and bindings; container <-> internet
-//! connectivity both ways; traffic from the internet reaches the customer
-//! router on the laptop's bridge, which runs no pd-agent (counted there),
-//! through the kernel where XDP cannot redirect; after the vm releases its
-//! /64 and after the laptop's /60 runs out, the routes at every level are
-//! exactly what is still delegated.
+//! Asserts: every level's routes and bindings; the seed's addressing plan
+//! (each router's LAN is the first /64 of what it acquired, its pool the
+//! rest: 15 /60s at border, 15 /64s at the laptop; the laptop and the vm
+//! take their upstream addresses by SLAAC from the LAN above); container
+//! <-> internet connectivity both ways; traffic from the internet reaches
+//! the customer router on the laptop's bridge, which runs no pd-agent
+//! (counted there), through the kernel where XDP cannot redirect; after
+//! the vm releases its /64 and after the laptop's /60 runs out, the routes
+//! at every level are exactly what is still delegated, the LAN /64 is gone,
+//! and the hosts below saw it advertised with lifetime 0.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use ipnet::Ipv6Net;
 use pd_tests::{
-    lab::{Lifetimes, Names, SeedLab},
-    wait_for,
+    lab::{global_addrs, Lifetimes, Names, SeedLab},
+    wait_for, Netns,
 };
+
+/// A host that saw its router withdraw the LAN /64 (an advertisement with
+/// prefix and router lifetime 0): its address in it is deprecated (RFC 4862
+/// keeps it up to two hours) and the default route it learned from the
+/// advertisements is gone.
+fn withdrawn(host: &Netns, dev: &str, lan: &Ipv6Net) -> Option<()> {
+    let addrs = global_addrs(host, dev).ok()?;
+    let mine: Vec<_> = addrs
+        .iter()
+        .filter(|a| lan.contains(&a.net.addr()))
+        .collect();
+    let default = host
+        .exec(&[
+            "ip", "-6", "route", "show", "default", "dev", dev, "proto", "ra",
+        ])
+        .ok()?;
+    (!mine.is_empty() && mine.iter().all(|a| a.deprecated) && default.trim().is_empty())
+        .then_some(())
+}
 
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
@@ -56,6 +80,56 @@ fn seed_scenario_four_levels() -> Result<()> {
         "{laptop_p} inside {border_p}"
     );
     assert_eq!(lab.routes()?, lab.expected_routes()?);
+
+    // The plan: each router keeps the first /64 of what it acquired for
+    // its LAN and delegates the rest; the routers below number their
+    // upstream side by SLAAC out of that /64.
+    let plan = lab.plan()?;
+    eprintln!(
+        "addressing plan:\n{}",
+        plan.iter().map(|p| p.line()).collect::<String>()
+    );
+    let [border, laptop, vm] = &plan[..] else {
+        panic!("three levels")
+    };
+    let mut lans = Vec::new();
+    for (p, acquired, count, dlen) in [(border, &isp_p, 15, 60), (laptop, &border_p, 15, 64)] {
+        let acq: Ipv6Net = acquired.parse()?;
+        let lan = Ipv6Net::new(acq.network(), 64)?;
+        assert_eq!(p.acquired.as_ref(), Some(acquired), "{}", p.line());
+        assert_eq!(
+            p.lan,
+            vec![lan],
+            "{}'s LAN is the first /64 of {acq}",
+            p.level
+        );
+        assert_eq!(p.pool_count(), count, "{}", p.line());
+        assert!(
+            p.pool
+                .iter()
+                .all(|(n, d)| *d == dlen && acq.contains(n) && !n.contains(&lan)),
+            "the pool is the rest of {acq}: {}",
+            p.line()
+        );
+        lans.push(lan);
+    }
+    let laptop_net: Ipv6Net = laptop_p.parse()?;
+    assert_eq!(vm.lan, vec![laptop_net], "the vm's /64 is its LAN");
+    assert!(vm.pool.is_empty());
+    for (p, above) in [(laptop, lans[0]), (vm, lans[1])] {
+        assert!(
+            p.upstream
+                .iter()
+                .any(|a| a.dynamic && above.contains(&a.net.addr())),
+            "{}'s upstream address by SLAAC from {above}: {}",
+            p.level,
+            p.line()
+        );
+    }
+    // Nothing delegated overlaps the LAN it was delegated from.
+    let border_net: Ipv6Net = border_p.parse()?;
+    assert!(!border_net.contains(&lans[0]), "{border_p} vs {}", lans[0]);
+    assert_ne!(laptop_net, lans[1]);
 
     // Bindings: each router has its delegated bindings (the laptop's to the
     // vm and the cpe) and (but isp) an acquired one.
@@ -161,6 +235,34 @@ fn seed_scenario_four_levels() -> Result<()> {
         None,
         "the vm's acquired binding was released"
     );
+    // Its LAN /64 went with it, advertised with lifetime 0 first.
+    wait_for(Duration::from_secs(15), || {
+        lab.containers
+            .iter()
+            .all(|c| withdrawn(c, "eth0", &laptop_net).is_some())
+            .then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "the containers did not see the vm's LAN withdrawn: {:?}",
+            lab.containers
+                .iter()
+                .map(|c| c.exec(&["ip", "-6", "addr", "show", "dev", "eth0"]))
+                .collect::<Vec<_>>()
+        )
+    })?;
+    wait_for(Duration::from_secs(10), || {
+        global_addrs(&lab.vm.ns, "br0")
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "the vm's LAN address stays: {:?}",
+            global_addrs(&lab.vm.ns, "br0")
+        )
+    })?;
 
     // The laptop's client dies: its /60 expires at border (20 s lifetime).
     // The laptop's server still delegates the cpe's /64 until that lease
@@ -187,6 +289,23 @@ fn seed_scenario_four_levels() -> Result<()> {
         "{}",
         lab.border.agent.log()
     );
+    // The laptop's own /60 ran out at the laptop too: its LAN /64 and its
+    // pool are gone, and the vm saw the /64 withdrawn on its upstream link.
+    wait_for(Duration::from_secs(30), || {
+        let plan = lab.plan().ok()?;
+        (plan[1].lan.is_empty()
+            && plan[1].pool.is_empty()
+            && withdrawn(&lab.vm.ns, "up0", &lans[1]).is_some())
+        .then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "the laptop's LAN was not withdrawn: {}",
+            lab.plan()
+                .map(|p| p.iter().map(|p| p.line()).collect::<String>())
+                .unwrap_or_default()
+        )
+    })?;
     eprintln!("after release and expiry:\n{}", lab.table()?);
     Ok(())
 }

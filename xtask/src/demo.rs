@@ -74,9 +74,13 @@ pub fn run(bin: &Path, keep: bool) -> Result<()> {
 fn demo(keep: bool) -> Result<()> {
     step("building the lab: internet -- isp -- border -- laptop -- vm -- containers, and a cpe beside the vm");
     println!("    isp:    Kea delegates /56s out of 2001:db8:1000::/48; pd-agent routes them");
-    println!("    border: dhclient acquires a /56; the agent's hook points ISC dhcpd at it (/60s)");
-    println!("    laptop: dhcpcd acquires a /60; the agent's hook points Kea at it (/64s)");
-    println!("    vm:     dhclient acquires a /64; the agent's hook puts it on br0 and runs radvd");
+    println!("    border: dhclient acquires a /56; the agent's hooks put its first /64 on the LAN (radvd)");
+    println!("            and point ISC dhcpd at the rest (/60s)");
+    println!(
+        "    laptop: SLAAC on border's LAN; dhcpcd acquires a /60; its first /64 on br0 (radvd),"
+    );
+    println!("            Kea delegates the rest (/64s)");
+    println!("    vm:     SLAAC on the laptop's br0; dhclient acquires a /64 and puts it on its br0 (radvd)");
     println!("    cpe:    a customer router on the laptop's bridge: dhclient acquires a /64, no pd-agent");
     let lab = SeedLab::build(&Names::fixed(PREFIX), Lifetimes::default(), Some(PIN_ROOT))?;
     println!(
@@ -86,6 +90,11 @@ fn demo(keep: bool) -> Result<()> {
 
     step("bindings and routes at every level");
     print!("{}", lab.table()?);
+
+    step("the addressing plan: each router keeps the first /64 of what it acquired for its LAN and delegates the rest");
+    for p in lab.plan()? {
+        print!("{}", p.line());
+    }
 
     step(&format!(
         "pinging from each container to the internet host ({INTERNET}) and back"
