@@ -117,6 +117,10 @@ struct ResyncStats {
 /// (`PD_AGENT_PRUNE_SECS` overrides it, for tests).
 const PRUNE: Duration = Duration::from_secs(60);
 
+/// How old the store's latest clock reading may get before a new one is
+/// written (what a reboot may count short, with no wall clock to go by).
+const CLOCK_READING: Duration = Duration::from_secs(600);
+
 /// How long before the store's seen mark a record is kept: the second the
 /// catch-up and the resync look back across CPUs, the client-message
 /// window the catch-up replays, and a minute of slack
@@ -133,7 +137,7 @@ fn env_secs(name: &str, default: u64) -> u64 {
 
 /// Records older than this (kernel ns) may go, given the store's mark.
 fn prune_cutoff(journaled_ns: u64, keep_secs: u64) -> u64 {
-    journaled_ns.saturating_sub(keep_secs * 1_000_000_000)
+    journaled_ns.saturating_sub(keep_secs.saturating_mul(1_000_000_000))
 }
 
 struct Agent {
@@ -400,10 +404,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut last_resync = tokio::time::Instant::now();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut prune = tokio::time::interval(Duration::from_secs(env_secs(
-        "PD_AGENT_PRUNE_SECS",
-        PRUNE.as_secs(),
-    )));
+    let mut prune = tokio::time::interval(Duration::from_secs(
+        env_secs("PD_AGENT_PRUNE_SECS", PRUNE.as_secs()).max(1),
+    ));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut datapath_poll = tokio::time::interval(datapath::POLL);
     datapath_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -441,7 +444,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             _ = route_scan.tick() => agent.scan_routes().await,
             _ = prune.tick() => {
                 agent.prune_records();
-                agent.note_clock();
+                agent.note_clock(false);
             }
             Some(ev) = links.recv() => agent.link_event(ev).await,
             guard = ring.readable_mut() => {
@@ -506,6 +509,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     // forwards until the next agent has looked (after a crash, once the
     // lease runs out).
     agent.revoke_lease();
+    // The last reading: after a reboot, the time since is counted from here.
+    agent.note_clock(true);
     if cfg.flush_on_exit {
         let all: Vec<Ipv6Net> = agent.table.iter().map(|b| b.prefix).collect();
         let mut actions = Vec::new();
@@ -674,7 +679,7 @@ impl Agent {
     /// the kernel saw them (one per message).
     fn records(&self, keep: impl Fn(&ClientKey, &ClientRecord) -> bool) -> Vec<Message> {
         let mut recs: Vec<ClientRecord> = Vec::new();
-        // An LRU map changing under iteration may restart it: bound it.
+        // A hash map changing under iteration may restart it: bound it.
         for item in self
             .clients
             .iter()
@@ -987,10 +992,11 @@ impl Agent {
         // Times are lease-clock seconds of the boot that wrote them: carry
         // them into this boot (see `clock::rebase`).
         let here = crate::clock::Anchor::now(&self.boot_id);
-        let same_boot = loaded
-            .clock
-            .as_ref()
-            .is_some_and(|a| a.boot_id == here.boot_id);
+        let same_boot = !here.boot_id.is_empty()
+            && loaded
+                .clock
+                .as_ref()
+                .is_some_and(|a| a.boot_id == here.boot_id);
         let mut bindings = loaded.bindings;
         if !same_boot {
             // What the store proves the previous boot ran past its anchor.
@@ -1001,7 +1007,16 @@ impl Agent {
                 }
                 last.saturating_sub(a.boot)
             });
-            let shift = crate::clock::rebase(loaded.clock.as_ref(), &here, ran);
+            // An older version's unix times, converted by a wall clock
+            // that may read 1970 (no RTC, before NTP): never earlier than
+            // the newest time the store holds.
+            let mut wall = here.clone();
+            if loaded.clock.is_none() {
+                wall.unix = wall
+                    .unix
+                    .max(bindings.iter().map(|b| b.updated_at).max().unwrap_or(0));
+            }
+            let shift = crate::clock::rebase(loaded.clock.as_ref(), &wall, ran);
             for b in &mut bindings {
                 b.expires_at = b.expires_at.map(|t| crate::clock::shifted(t, shift));
                 b.updated_at = crate::clock::shifted(b.updated_at, shift);
@@ -1119,9 +1134,13 @@ impl Agent {
             self.map.insert(b)?;
         }
         changes.extend(self.seen_mark().map(|mark| Change::Seen { mark }));
-        changes.extend(self.clock_line());
+        let reading = self.clock_due(false);
+        changes.extend(reading.clone().map(|clock| Change::Clock { clock }));
         self.store.append(&changes)?;
         self.store.sync()?;
+        if let Some(r) = reading {
+            self.clock = r;
+        }
         self.journaled_ns = self.seen_ns;
         if self.store.needs_compaction(self.table.len()) {
             self.clock = crate::clock::Anchor::now(&self.boot_id);
@@ -1154,7 +1173,8 @@ impl Agent {
         // The mark says "everything before this was applied": not while
         // messages are known lost (deferred Replies included). The counter
         // behind lost_events() is read only when there is a mark to write.
-        changes.extend(self.clock_line());
+        let reading = self.clock_due(false);
+        changes.extend(reading.clone().map(|clock| Change::Clock { clock }));
         let mut marked = false;
         if self.seen_ns > self.journaled_ns && !self.lost_events() {
             if let Some(mark) = self.seen_mark() {
@@ -1163,8 +1183,14 @@ impl Agent {
             }
         }
         match self.store.append(&changes) {
-            Ok(()) if marked => self.journaled_ns = self.seen_ns,
-            Ok(()) => {}
+            Ok(()) => {
+                if marked {
+                    self.journaled_ns = self.seen_ns;
+                }
+                if let Some(r) = reading {
+                    self.clock = r;
+                }
+            }
             Err(e) => warn!(error = %crate::chain(&e), "writing the state journal"),
         }
         if self.store.needs_compaction(self.table.len()) {
@@ -1242,28 +1268,32 @@ impl Agent {
         }
     }
 
-    /// A journal line with a new clock reading, if the wall clock stepped
-    /// since the last one (so that after a reboot, the time since is
-    /// measured from a reading the wall clock still agrees with).
-    fn clock_line(&mut self) -> Option<Change> {
+    /// A new clock reading to write, if one is due: the wall clock
+    /// stepped since the last one, the last is [`CLOCK_READING`] old, or
+    /// `always` (stopping). After a reboot the time since is measured from
+    /// the latest reading, so it should be recent and one the wall clock
+    /// still agrees with. The caller records it once written.
+    fn clock_due(&self, always: bool) -> Option<crate::clock::Anchor> {
         let here = crate::clock::Anchor::now(&self.boot_id);
-        if !here.stepped_since(&self.clock) {
-            return None;
+        let stepped = here.stepped_since(&self.clock);
+        if stepped {
+            info!(
+                step_secs = here.offset() - self.clock.offset(),
+                "the wall clock stepped; lifetimes run on the boot clock and are unaffected"
+            );
         }
-        info!(
-            step_secs = here.offset() - self.clock.offset(),
-            "the wall clock stepped; lifetimes run on the boot clock and are unaffected"
-        );
-        self.clock = here.clone();
-        Some(Change::Clock { clock: here })
+        (always || stepped || here.boot >= self.clock.boot + CLOCK_READING.as_secs())
+            .then_some(here)
     }
 
-    /// Write a clock line now if the wall clock stepped (checked each
-    /// minute and with every batch).
-    fn note_clock(&mut self) {
-        if let Some(line) = self.clock_line() {
-            if let Err(e) = self.store.append(&[line]).and_then(|()| self.store.sync()) {
-                warn!(error = %crate::chain(&e), "writing the state journal");
+    /// Write a clock reading now if one is due (checked each minute, with
+    /// every batch, and when stopping).
+    fn note_clock(&mut self, always: bool) {
+        if let Some(r) = self.clock_due(always) {
+            let line = Change::Clock { clock: r.clone() };
+            match self.store.append(&[line]).and_then(|()| self.store.sync()) {
+                Ok(()) => self.clock = r,
+                Err(e) => warn!(error = %crate::chain(&e), "writing the state journal"),
             }
         }
     }

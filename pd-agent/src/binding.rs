@@ -455,7 +455,7 @@ impl Table {
             .collect()
     }
 
-    /// Apply one message seen at `now` (unix seconds).
+    /// Apply one message seen at `now` (lease-clock seconds).
     pub fn handle(&mut self, m: &Message, ifaces: &Ifaces, now: u64) -> Vec<Action> {
         self.stats.messages += 1;
         let down = ifaces.downstream.get(&m.ifindex);

@@ -34,7 +34,10 @@ use crate::{
 const SNAPSHOT: &str = "bindings.json";
 const JOURNAL: &str = "journal.jsonl";
 const LOCK: &str = "lock";
-const VERSION: u32 = 1;
+/// 2: times in lease-clock seconds with a clock reading, and journals
+/// tied to their snapshot by a generation. A store of a newer version is
+/// refused; going back to an older pd-agent is not supported.
+const VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -46,6 +49,8 @@ pub enum StateError {
     },
     #[error("state directory {0} is in use by another pd-agent")]
     Locked(PathBuf),
+    #[error("state file {path} was written by a newer pd-agent (store version {version}); this one reads up to {VERSION}")]
+    Newer { path: PathBuf, version: u32 },
     #[error("state file {path} is not valid")]
     Parse {
         path: PathBuf,
@@ -65,6 +70,12 @@ struct Snapshot {
     /// versions, whose times are unix seconds.
     #[serde(default)]
     clock: Option<Anchor>,
+    /// Which journal continues this snapshot: the one whose first line
+    /// is `gen` with this number. A journal left by a crash between
+    /// writing the snapshot and emptying the journal is ignored (its
+    /// changes are in the snapshot, and its times may be another boot's).
+    #[serde(default)]
+    generation: Option<u64>,
 }
 
 /// How far the agent had got through the kernel's messages: the newest
@@ -83,6 +94,8 @@ pub struct Loaded {
     pub seen: Option<SeenMark>,
     /// The latest reading of the clocks (None: times are unix seconds).
     pub clock: Option<Anchor>,
+    /// The snapshot's generation (0: none written yet, or an older version's).
+    pub generation: u64,
 }
 
 /// One journal line.
@@ -98,15 +111,22 @@ pub enum Change {
     Seen {
         mark: SeenMark,
     },
-    /// The wall clock stepped: a new reading of both clocks.
+    /// A new reading of both clocks (the wall clock stepped, a while
+    /// passed, or the agent stopped).
     Clock {
         clock: Anchor,
+    },
+    /// First line of a journal: the snapshot generation it continues.
+    Gen {
+        generation: u64,
     },
 }
 
 pub struct Store {
     dir: PathBuf,
     journal: File,
+    /// The snapshot's generation (the next compaction writes one more).
+    generation: u64,
     /// Lines in the journal since the last compaction.
     records: usize,
     /// Holds the directory's flock for as long as the store is open.
@@ -162,14 +182,18 @@ impl Store {
         Ok(Store {
             dir: dir.into(),
             journal,
+            generation: 0,
             records,
             _lock: lock,
         })
     }
 
-    /// Bindings as of the last change written.
-    pub fn load(&self) -> Result<Loaded, StateError> {
-        load_all(&self.dir)
+    /// Bindings as of the last change written (call before compacting:
+    /// the next snapshot's generation follows the loaded one).
+    pub fn load(&mut self) -> Result<Loaded, StateError> {
+        let l = load_all(&self.dir)?;
+        self.generation = l.generation;
+        Ok(l)
     }
 
     /// Append `changes` (no fsync yet): call before acting on them, then
@@ -209,11 +233,13 @@ impl Store {
     ) -> Result<(), StateError> {
         let path = self.dir.join(SNAPSHOT);
         let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
+        let generation = self.generation + 1;
         let snap = Snapshot {
             version: VERSION,
             bindings: bindings.cloned().collect(),
             seen,
             clock: Some(clock),
+            generation: Some(generation),
         };
         let io = io_err(&path);
         let mut f = std::io::BufWriter::new(File::create(&tmp).map_err(&io)?);
@@ -225,10 +251,16 @@ impl Store {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(&io)?;
-        // The snapshot now holds everything: start a fresh journal.
+        // The snapshot now holds everything: start a fresh journal, tied
+        // to it by its generation.
         let jp = self.dir.join(JOURNAL);
         self.journal = File::create(&jp).map_err(io_err(&jp))?;
+        let mut head =
+            serde_json::to_vec(&Change::Gen { generation }).map_err(|e| io_err(&jp)(e.into()))?;
+        head.push(b'\n');
+        self.journal.write_all(&head).map_err(io_err(&jp))?;
         self.journal.sync_all().map_err(io_err(&jp))?;
+        self.generation = generation;
         self.journal = OpenOptions::new()
             .append(true)
             .open(&jp)
@@ -286,24 +318,34 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Binding>, StateError> {
 
 pub fn load_all(dir: &Path) -> Result<Loaded, StateError> {
     let sp = dir.join(SNAPSHOT);
-    let (mut map, mut seen, mut clock): (std::collections::BTreeMap<BindingKey, Binding>, _, _) =
-        match fs::read(&sp) {
-            Ok(bytes) => {
-                let snap = serde_json::from_slice::<Snapshot>(&bytes).map_err(|source| {
-                    StateError::Parse {
-                        path: sp.clone(),
-                        source,
-                    }
+    let (mut map, mut seen, mut clock, generation): (
+        std::collections::BTreeMap<BindingKey, Binding>,
+        _,
+        _,
+        _,
+    ) = match fs::read(&sp) {
+        Ok(bytes) => {
+            let snap =
+                serde_json::from_slice::<Snapshot>(&bytes).map_err(|source| StateError::Parse {
+                    path: sp.clone(),
+                    source,
                 })?;
-                (
-                    snap.bindings.into_iter().map(|b| (b.key(), b)).collect(),
-                    snap.seen,
-                    snap.clock,
-                )
+            if snap.version > VERSION {
+                return Err(StateError::Newer {
+                    path: sp,
+                    version: snap.version,
+                });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-            Err(source) => return Err(StateError::Io { path: sp, source }),
-        };
+            (
+                snap.bindings.into_iter().map(|b| (b.key(), b)).collect(),
+                snap.seen,
+                snap.clock,
+                snap.generation,
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+        Err(source) => return Err(StateError::Io { path: sp, source }),
+    };
     let jp = dir.join(JOURNAL);
     if let Ok(f) = File::open(&jp) {
         let lines: Vec<String> = BufReader::new(f)
@@ -311,6 +353,16 @@ pub fn load_all(dir: &Path) -> Result<Loaded, StateError> {
             .collect::<Result<_, _>>()
             .map_err(io_err(&jp))?;
         let n = lines.len();
+        // A snapshot with a generation is continued only by the journal
+        // that starts with it; any other is a leftover of a compaction cut
+        // short, already in the snapshot.
+        let continues = match generation {
+            None => true,
+            Some(g) => lines.first().is_some_and(|l| {
+                matches!(serde_json::from_str::<Change>(l), Ok(Change::Gen { generation }) if generation == g)
+            }),
+        };
+        let lines = if continues { lines } else { Vec::new() };
         for (i, line) in lines.into_iter().enumerate() {
             match serde_json::from_str::<Change>(&line) {
                 Ok(Change::Put { binding }) => {
@@ -321,6 +373,7 @@ pub fn load_all(dir: &Path) -> Result<Loaded, StateError> {
                 }
                 Ok(Change::Seen { mark }) => seen = Some(mark),
                 Ok(Change::Clock { clock: c }) => clock = Some(c),
+                Ok(Change::Gen { .. }) => {}
                 // A torn last line: its batch never reached the routes.
                 Err(_) if i + 1 == n => break,
                 Err(source) => return Err(StateError::Parse { path: jp, source }),
@@ -331,6 +384,7 @@ pub fn load_all(dir: &Path) -> Result<Loaded, StateError> {
         bindings: map.into_values().collect(),
         seen,
         clock,
+        generation: generation.unwrap_or(0),
     })
 }
 
@@ -412,16 +466,20 @@ mod tests {
         .unwrap();
         s.compact(live.iter(), None, crate::clock::Anchor::now("b"))
             .unwrap();
-        assert_eq!(fs::read_to_string(d.join(JOURNAL)).unwrap(), "");
+        // Only the line tying the journal to the new snapshot.
+        assert_eq!(
+            fs::read_to_string(d.join(JOURNAL)).unwrap(),
+            "{\"op\":\"gen\",\"generation\":1}\n"
+        );
         s.append(&[Change::Del { key: live[0].key() }]).unwrap();
         let got = load_dir(&d).unwrap();
         assert_eq!(
             got.iter().map(|b| b.prefix.to_string()).collect::<Vec<_>>(),
             ["2001:db8:3::/56"]
         );
-        // Reopening counts the journal's lines.
+        // Reopening counts the journal's lines (the generation and the del).
         drop(s);
-        assert_eq!(Store::open(&d).unwrap().records, 1);
+        assert_eq!(Store::open(&d).unwrap().records, 2);
         fs::remove_dir_all(&d).unwrap();
     }
 
@@ -476,6 +534,53 @@ mod tests {
         // Stored in lease-clock time; shown in wall-clock time.
         assert_eq!(l.bindings[0].expires_at, Some(500));
         assert_eq!(load_dir(&d).unwrap()[0].expires_at, Some(1_004_100));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_journal_left_by_a_cut_compaction_is_ignored() {
+        let d = tmp();
+        let mut s = Store::open(&d).unwrap();
+        let clock = || crate::clock::Anchor::now("b");
+        s.append(&[Change::Put {
+            binding: b("2001:db8:1::/56", 10),
+        }])
+        .unwrap();
+        s.compact(load_all(&d).unwrap().bindings.iter(), None, clock())
+            .unwrap();
+        s.append(&[Change::Put {
+            binding: b("2001:db8:2::/56", 10),
+        }])
+        .unwrap();
+        assert_eq!(load_all(&d).unwrap().bindings.len(), 2);
+        // The next compaction is cut short after the snapshot's rename: the
+        // old journal (generation 1, its lines in the snapshot, or of
+        // another boot) lies on top of a snapshot of generation 2.
+        let old = fs::read(d.join(JOURNAL)).unwrap();
+        let mut x = b("2001:db8:3::/56", 10);
+        x.expires_at = Some(7);
+        let all: Vec<Binding> = vec![x];
+        s.compact(all.iter(), None, clock()).unwrap();
+        fs::write(d.join(JOURNAL), old).unwrap();
+        let l = load_all(&d).unwrap();
+        assert_eq!(l.generation, 2);
+        assert_eq!(l.bindings, all, "the stale journal is not replayed");
+        // An older version's store (no generation) keeps its journal.
+        let snap = fs::read_to_string(d.join(SNAPSHOT)).unwrap();
+        let legacy = snap.replace(r#","generation":2"#, "");
+        assert_ne!(snap, legacy);
+        fs::write(d.join(SNAPSHOT), legacy).unwrap();
+        assert_eq!(load_all(&d).unwrap().bindings.len(), 2);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_newer_store_is_refused() {
+        let d = tmp();
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(SNAPSHOT), r#"{"version":99,"bindings":[]}"#).unwrap();
+        let e = load_all(&d).unwrap_err().to_string();
+        assert!(e.contains("newer pd-agent"), "{e}");
         fs::remove_dir_all(&d).unwrap();
     }
 
