@@ -1085,7 +1085,25 @@ impl Agent {
         // other protocols' routes for a binding's prefix are conflicts.
         let mut present: HashSet<(Ipv6Net, std::net::Ipv6Addr, u32)> = HashSet::new();
         let mut ops = Vec::new();
+        let mut taken_over = 0;
         for r in self.routes.dump_all().await? {
+            // A route an older pd-agent installed under its former protocol
+            // number, exactly as a binding wants it: replaced in place by
+            // ours (NLM_F_REPLACE, no gap). Any other route of that number
+            // is another's (the kernel and iproute2 give it to Open/R).
+            if r.proto == crate::route::FORMER_PROTO
+                && self.routes.proto() != crate::route::FORMER_PROTO
+                && r.metric == self.routes.metric()
+            {
+                if let (Some(nh), Some(i)) = (r.next_hop, r.ifindex) {
+                    if self.wanted(r.prefix) == Some((nh, i)) {
+                        ops.push(RouteChange::Replace(r.prefix, nh, i));
+                        present.insert((r.prefix, nh, i));
+                        taken_over += 1;
+                        continue;
+                    }
+                }
+            }
             if r.proto != self.routes.proto() {
                 if live.contains(&r.prefix) {
                     let wanted = self.wanted(r.prefix);
@@ -1152,6 +1170,7 @@ impl Agent {
             expired,
             routes_readded = readded,
             stale_routes_removed = stale,
+            routes_taken_over = taken_over,
             conflicts = self.keeper.conflicts(),
             "reconciled with the kernel"
         );

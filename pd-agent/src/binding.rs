@@ -489,14 +489,21 @@ impl Table {
                         return vec![];
                     }
                     self.stats.acquired_replies += 1;
-                    let iface = ifaces.upstream[&m.ifindex].clone();
+                    let Some(iface) = ifaces.upstream.get(&m.ifindex).cloned() else {
+                        return vec![];
+                    };
                     return self.reply(m, ifaces, Kind::Acquired, m.ifindex, iface, m.src, now);
                 }
                 let Some(ifindex) = ifaces.downstream_for_link_addr(m.link_addr) else {
                     self.stats.relay_reply_unmapped += 1;
                     return vec![];
                 };
-                let iface = ifaces.downstream[&ifindex].clone();
+                // An interface index left from before the interface was
+                // recreated maps to no managed interface: not routed.
+                let Some(iface) = ifaces.downstream.get(&ifindex).cloned() else {
+                    self.stats.relay_reply_unmapped += 1;
+                    return vec![];
+                };
                 self.stats.upstream_relay_replies += 1;
                 self.reply(
                     m,
@@ -1083,6 +1090,15 @@ mod tests {
         r.prefixes = vec![pfx("2001:db8:d000::", 56, 60)];
         assert!(t.handle(&r, &ifaces(), 1).is_empty());
         assert_eq!(t.stats.relay_reply_unmapped, 1);
+        // A stale on-link entry (its interface recreated under another
+        // index, its addresses not re-read yet) maps to no managed
+        // interface: nothing routed, no panic.
+        let mut stale = ifaces();
+        stale
+            .downstream_prefixes
+            .push((99, "2001:db8:eeee::/64".parse().unwrap()));
+        assert!(t.handle(&r, &stale, 1).is_empty());
+        assert_eq!(t.stats.relay_reply_unmapped, 2);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! pin_dir = "/sys/fs/bpf/pd-agent"
 //! state_dir = "/var/lib/pd-agent"
 //! control = "/run/pd-agent/control.sock"
-//! route_proto = 99
+//! route_proto = 57
 //! route_metric = 1024        # our routes' slot; another protocol's there wins
 //! fast_path = "auto"       # or "off", "bypass-firewall"
 //! sav = "on"                 # default for downstream interfaces
@@ -149,7 +149,7 @@ pub struct RunArgs {
     /// Control socket path [default: /run/pd-agent/control.sock].
     #[arg(long, env = "PD_CONTROL")]
     pub control: Option<PathBuf>,
-    /// Route protocol number tagging our routes [default: 99] (see README: rt_protos.d).
+    /// Route protocol number tagging our routes [default: 57] (see README: rt_protos.d).
     #[arg(long, env = "PD_ROUTE_PROTO", value_parser = clap::value_parser!(u8).range(5..=254))]
     pub route_proto: Option<u8>,
     /// Metric of our routes [default: 1024, the kernel's]. A route of another protocol at
@@ -414,7 +414,7 @@ mod tests {
         assert_eq!(r.downstream, ["lan0", "lan1"]);
         assert_eq!(r.upstream, ["wan0"]);
         assert_eq!(r.sav_iface, [("lan1".to_string(), SavMode::Strict)]);
-        assert_eq!(r.proto, 99);
+        assert_eq!(r.proto, 57);
         assert_eq!(r.hooks, [PathBuf::from("/etc/pd-agent/hooks/nft-set.sh")]);
         assert_eq!(r.hook_timeout, Duration::from_secs(20));
         assert_eq!(r.fast_path, FastPathMode::Auto);

@@ -430,22 +430,6 @@ impl Programs {
         }
     }
 
-    /// Attach the TC program on egress without pinning the link (tcx on
-    /// kernels >= 6.6, else clsact).
-    pub fn attach_tc_egress(&mut self, iface: &str) -> Result<(), LoadError> {
-        if_index(iface)?;
-        // Only needed without tcx; an existing qdisc is fine.
-        let _ = tc::qdisc_add_clsact(iface);
-        self.tc()
-            .attach(iface, TcAttachType::Egress)
-            .map(|_| ())
-            .map_err(|source| LoadError::Attach {
-                program: TC_PROGRAM,
-                iface: iface.into(),
-                source,
-            })
-    }
-
     /// Attach `pd_xdp` to `iface` through a link pinned at
     /// `links/xdp_<iface>_<ifindex>`. An earlier agent's link there gets
     /// the new program atomically, so snooping and forwarding never stop;

@@ -24,8 +24,13 @@ use rtnetlink::{
 
 use crate::netlink::{NlError, NlSocket};
 
-/// Default protocol number (unassigned in /etc/iproute2/rt_protos).
-pub const DEFAULT_PROTO: u8 = 99;
+/// Default protocol number: neither the kernel's UAPI (RTPROT_*) nor
+/// iproute2's rt_protos names 57.
+pub const DEFAULT_PROTO: u8 = 57;
+/// The number pd-agent used before: RTPROT_OPENR to the kernel and
+/// iproute2 (`proto openr`). Routes of ours carrying it are taken over at
+/// start (see `Agent::reconcile`).
+pub const FORMER_PROTO: u8 = 99;
 /// Default metric: the kernel's own for IPv6 routes given without one.
 pub const DEFAULT_METRIC: u32 = 1024;
 const MAIN_TABLE: u32 = 254;

@@ -2,12 +2,10 @@
 //! (`pd-agent`) agree on. Everything here is `#[repr(C)]` plain data: the
 //! kernel writes it into a ring buffer or a map, the agent reads the bytes.
 //!
-//! Bump [`LAYOUT_VERSION`] whenever a pinned map's key or value changes: the
-//! agent puts it in the pin path so a new agent never reuses an old layout.
+//! Pinned maps carry a layout suffix in their names (`_v1`); at load the
+//! agent also compares each pinned map's key size, value size, entries and
+//! flags with what this build wants, and replaces one that differs.
 #![no_std]
-
-/// Version of the pinned-map layouts; part of the pin directory name.
-pub const LAYOUT_VERSION: u32 = 1;
 
 /// DHCPv6 UDP ports (RFC 8415 §7.2).
 pub const CLIENT_PORT: u16 = 546;
@@ -415,15 +413,6 @@ pub struct ClientRecord {
     pub pfx: [RecordPrefix; RECORD_PREFIXES],
 }
 
-/// Key of the pinned `pd_routes` LPM trie: what `LpmTrie` wants (prefix
-/// length first, then the address in network order).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RouteKey {
-    pub prefix_len: u32,
-    pub addr: [u8; 16],
-}
-
 /// Value of the pinned `pd_routes_v1` LPM trie: where a delegated prefix goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -478,7 +467,6 @@ pub mod ifflags {
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::PdEvent {}
-    unsafe impl aya::Pod for super::RouteKey {}
     unsafe impl aya::Pod for super::RouteValue {}
     unsafe impl aya::Pod for super::FwdStats {}
     unsafe impl aya::Pod for super::ClientKey {}
@@ -507,7 +495,6 @@ mod tests {
             + SERVER_DUID_MAX
             + 4;
         assert_eq!(core::mem::size_of::<PdEvent>(), fields);
-        assert_eq!(core::mem::size_of::<RouteKey>(), 20);
         assert_eq!(core::mem::size_of::<RouteValue>(), 16 + 8 + 4 * 4);
         assert_eq!(core::mem::size_of::<FwdStats>(), 16);
         assert_eq!(core::mem::size_of::<ClientKey>(), 4 + 1 + 1 + 2 + DUID_MAX);

@@ -426,7 +426,7 @@ impl Injector {
     }
 }
 
-/// RTM_NEWROUTE notifications with protocol 99 in a namespace: a netlink
+/// RTM_NEWROUTE notifications with our protocol in a namespace: a netlink
 /// socket read by a thread, each notification time-stamped on arrival.
 struct Monitor {
     seen: Arc<std::sync::Mutex<Vec<(Ipv6Addr, Instant)>>>,
@@ -518,7 +518,10 @@ impl Monitor {
                         break;
                     }
                     // RTM_NEWROUTE; rtmsg: family, dst_len, src_len, tos, table, protocol, ...
-                    if ty == 24 && len >= 16 + 12 && buf[off + 16 + 5] == 99 {
+                    if ty == 24
+                        && len >= 16 + 12
+                        && buf[off + 16 + 5] == pd_agent::route::DEFAULT_PROTO
+                    {
                         count.fetch_add(1, Ordering::Relaxed);
                         if record {
                             let mut a = off + 16 + 12;
@@ -642,7 +645,7 @@ fn row4_programming_rate(b: &mut Bench) -> Result<()> {
     for i in 0..n {
         writeln!(
             f,
-            "route add {}/64 via {NEXT_HOP} dev lan0 proto 99",
+            "route add {}/64 via {NEXT_HOP} dev lan0 proto 57",
             prefix(i)
         )?;
     }

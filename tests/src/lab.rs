@@ -629,7 +629,7 @@ impl SeedLab {
                 "cpe", "acquired", p, "up0", "(dhclient; no pd-agent)"
             );
         }
-        s += "\nroutes (ip -6 route show proto 99):\n";
+        s += "\nroutes (ip -6 route show proto 57):\n";
         for (name, l) in self.levels() {
             let r = our_routes(&l.ns)?;
             if r.is_empty() {

@@ -63,7 +63,7 @@ fn routes_stat(agent: &Agent, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits for our route of `prefix` (proto 99, metric 1024, via `via`).
+/// Waits for our route of `prefix` (proto 57, metric 1024, via `via`).
 fn wait_ours(ns: &Netns, prefix: &str, via: &str, within: Duration) -> Result<()> {
     wait_for_every(within, Duration::from_millis(20), || {
         ns.exec(&[
@@ -94,10 +94,23 @@ struct Setup {
 }
 
 fn setup(valid: u32, before: impl FnOnce(&RouterLab) -> Result<()>) -> Result<Setup> {
+    setup_with(valid, &[], before)
+}
+
+/// [`setup`] with extra agent arguments.
+fn setup_with(
+    valid: u32,
+    args: &[&str],
+    before: impl FnOnce(&RouterLab) -> Result<()>,
+) -> Result<Setup> {
     let lab = RouterLab::new()?;
     before(&lab)?;
     let dir = TempDir::new("rt")?;
-    let agent = Agent::start(&lab.router, &dir, &["lan0"], &["wan0"])?;
+    let opts = AgentOpts {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..AgentOpts::new(&["lan0"], &["wan0"])
+    };
+    let agent = Agent::start_opts(&lab.router, &dir, opts)?;
     let kea = kea_one(
         &lab.router,
         &dir,
@@ -167,7 +180,7 @@ fn deleted_route_comes_back() -> Result<()> {
 ///  router lan0 --- client1 (2001:db8:a100::/56)
 ///         lan1 --- client2 (2001:db8:a200::/56)
 /// ```
-/// `ip -6 route flush proto 99` removes both of our routes; both come back
+/// `ip -6 route flush proto 57` removes both of our routes; both come back
 /// within a second.
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
@@ -434,6 +447,72 @@ fn appended_next_hop_is_left_alone() -> Result<()> {
     assert_eq!(
         left,
         "2001:db8:a100::/56 via fe80::77 dev lan0 proto static metric 1024 pref medium"
+    );
+    Ok(())
+}
+
+/// Routes an older pd-agent installed under protocol 99 (Open/R's number to
+/// the kernel and iproute2) are taken over at start: an agent on
+/// `--route-proto 99` routes Kea's /56 to dhclient and is killed; beside
+/// its route an operator has an Open/R route of proto 99 for another
+/// prefix. The next agent, on the default protocol, replaces the /56's
+/// route in place (one route, our protocol, same next hop, `installed`,
+/// not withheld as a conflict), counts it in its log, and leaves the
+/// Open/R route alone.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn former_protocol_routes_are_taken_over() -> Result<()> {
+    let s = setup_with(600, &["--route-proto", "99"], |_| Ok(()))?;
+    let ll = s.client_ll.clone();
+    wait_for(Duration::from_secs(10), || {
+        show(&s.lab.router, PREFIX)
+            .ok()?
+            .contains("proto openr")
+            .then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "no proto-99 route: {}",
+            show(&s.lab.router, PREFIX).unwrap_or_default()
+        )
+    })?;
+    let openr = "2001:db8:7700::/48";
+    s.lab.router.exec(&[
+        "ip", "-6", "route", "add", openr, "via", "fe80::77", "dev", "lan0", "proto", "99",
+    ])?;
+    let Setup {
+        lab,
+        agent,
+        _kea,
+        dhclient: _dhclient,
+        cdir: _cdir,
+        _dir: dir,
+        client_ll: _,
+    } = s;
+    let pin = agent.kill9_keeping_pins();
+    let agent = Agent::start_opts(
+        &lab.router,
+        &dir,
+        AgentOpts {
+            pin_dir: Some(pin),
+            ..AgentOpts::new(&["lan0"], &["wan0"])
+        },
+    )?;
+    wait_ours(&lab.router, PREFIX, &ll, Duration::from_secs(10))?;
+    let routes = show(&lab.router, PREFIX)?;
+    eprintln!("{PREFIX} after the restart: {routes}");
+    assert_eq!(routes.lines().count(), 1, "{routes}");
+    assert!(routes.contains(&format!("proto {PROTO} ")), "{routes}");
+    assert_eq!(status_of(&agent, PREFIX).as_deref(), Some("installed"));
+    assert!(
+        agent.log().contains("routes_taken_over=1"),
+        "{}",
+        agent.log()
+    );
+    let other = show(&lab.router, openr)?;
+    assert!(
+        other.contains("via fe80::77") && other.contains("proto openr"),
+        "{other}"
     );
     Ok(())
 }

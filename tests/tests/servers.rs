@@ -2,7 +2,7 @@
 //! packages, each in fresh namespaces. Run with `cargo xtask test`.
 //!
 //! Every test asserts on what the kernel shows: the route and its next hop
-//! (`ip -6 route show proto 99`), the pinned map (`bpftool map dump
+//! (`ip -6 route show proto 57`), the pinned map (`bpftool map dump
 //! pinned`), `pd-agent bindings --json`, and a ping from the upstream side
 //! to an address inside the delegated prefix.
 
