@@ -187,7 +187,7 @@ pub struct RunArgs {
     /// Rapid Commit) seen with the same transaction id and Client-ID within 60 s [default: on].
     #[arg(long, env = "PD_REQUIRE_CLIENT_MESSAGE", value_parser = on_off)]
     pub require_client_message: Option<bool>,
-    /// Ring buffer size in bytes: a power of two, at least the page size [default: 1 MiB].
+    /// Ring buffer size in bytes: a power of two, at least the page size [default: 2 MiB].
     #[arg(long, env = "PD_RING_BUFFER_BYTES", value_parser = ring_bytes)]
     pub ring_buffer_bytes: Option<u32>,
     /// Most clients' latest messages the kernel keeps for resynchronising

@@ -179,7 +179,7 @@ pub struct LoadOptions {
     /// read each interface's link type from its flags.
     pub bare_links: bool,
     /// Ring buffer size in bytes (a power-of-2 multiple of the page size);
-    /// None: the object's 1 MiB.
+    /// None: the object's 2 MiB.
     pub ring_bytes: Option<u32>,
     /// Most entries of `pd_clients_v1`; None: the object's 65536.
     pub client_entries: Option<u32>,
@@ -269,7 +269,7 @@ fn pinned_layouts(opts: &LoadOptions) -> [(&'static str, u32, u32, u32, u32); 9]
 }
 
 /// The object's ring buffer size and record count (see `pd-ebpf`).
-pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
+pub const DEFAULT_RING_BYTES: u32 = 2 << 20;
 pub const DEFAULT_CLIENT_RECORDS: u32 = 65536;
 
 /// Priority and handle of the egress filter where tcx is missing (kernels

@@ -57,7 +57,7 @@ static BARE_LINKS: u8 = 1;
 
 /// Delegated-prefix events for the agent (the loader may resize it).
 #[map(name = "pd_events_v1")]
-static PD_EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
+static PD_EVENTS: RingBuf = RingBuf::pinned(2 << 20, 0);
 
 /// Per-CPU outcome counters, indexed by [`Counter`].
 #[map(name = "pd_counters_v1")]
