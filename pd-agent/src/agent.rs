@@ -91,7 +91,7 @@ impl SavMode {
 }
 
 /// The lease clock (CLOCK_BOOTTIME seconds): see [`crate::clock`].
-pub use crate::clock::now;
+use crate::clock::now;
 
 /// Lost-event recovery, as shown by `stats`.
 #[derive(Debug, Default, serde::Serialize)]
@@ -678,22 +678,11 @@ impl Agent {
     /// The records in `pd_clients_v1` that `keep` accepts, in the order
     /// the kernel saw them (one per message).
     fn records(&self, keep: impl Fn(&ClientKey, &ClientRecord) -> bool) -> Vec<Message> {
-        let mut recs: Vec<ClientRecord> = Vec::new();
-        // A hash map changing under iteration may restart it: bound it.
-        for item in self
-            .clients
-            .iter()
-            .take(2 * self.client_records as usize + 16)
-        {
-            match item {
-                Ok((k, r)) if keep(&k, &r) => recs.push(r),
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(error = %crate::chain(&e), "reading {}", ebpf::CLIENTS_MAP);
-                    break;
-                }
-            }
-        }
+        let mut recs: Vec<ClientRecord> = self
+            .client_records()
+            .filter(|(k, r)| keep(k, r))
+            .map(|(_, r)| r)
+            .collect();
         recs.sort_by_key(|r| (r.ev.ts_ns, r.ev.seq));
         let mut seen = HashSet::new();
         recs.iter()
@@ -743,6 +732,18 @@ impl Agent {
         );
     }
 
+    /// Every record in `pd_clients_v1`, until a read fails (logged). A
+    /// hash map changing under iteration may restart it: bounded.
+    fn client_records(&self) -> impl Iterator<Item = (ClientKey, ClientRecord)> + '_ {
+        self.clients
+            .iter()
+            .take(2 * self.client_records as usize + 16)
+            .map_while(|item| {
+                item.map_err(|e| warn!(error = %crate::chain(&e), "reading {}", ebpf::CLIENTS_MAP))
+                    .ok()
+            })
+    }
+
     /// Delete the kernel's records that no replay can want any more: older
     /// than the stored seen mark by [`RECORD_KEEP_SECS`]. The map then
     /// holds about the last few minutes' clients, not every client since
@@ -753,21 +754,11 @@ impl Agent {
         if cutoff == 0 {
             return;
         }
-        let mut stale = Vec::new();
-        for item in self
-            .clients
-            .iter()
-            .take(2 * self.client_records as usize + 16)
-        {
-            match item {
-                Ok((k, r)) if r.ev.ts_ns < cutoff => stale.push(k),
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(error = %crate::chain(&e), "reading {}", ebpf::CLIENTS_MAP);
-                    break;
-                }
-            }
-        }
+        let stale: Vec<ClientKey> = self
+            .client_records()
+            .filter(|(_, r)| r.ev.ts_ns < cutoff)
+            .map(|(k, _)| k)
+            .collect();
         for k in &stale {
             match self.clients.remove(k) {
                 Ok(()) => self.resync.pruned += 1,
@@ -1588,7 +1579,7 @@ impl Agent {
         if self.datapath.state.mode == FastPathMode::Off {
             return;
         }
-        let until = resync::boot_ns() + datapath::LEASE.as_nanos() as u64;
+        let until = crate::clock::boot_ns() + datapath::LEASE.as_nanos() as u64;
         if let Err(e) = self.lease.set(0, until, 0) {
             warn!(error = %crate::chain(&e), "renewing {}", ebpf::LEASE_MAP);
         }

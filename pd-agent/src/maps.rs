@@ -48,8 +48,6 @@ pub struct RouteMap {
     slots: HashMap<Ipv6Net, u32>,
     free: Vec<u32>,
     next_slot: u32,
-    /// Entries of `pd_fwd_stats_v1`: bindings past it are not counted.
-    slot_limit: u32,
 }
 
 impl RouteMap {
@@ -64,11 +62,9 @@ impl RouteMap {
             slots: HashMap::new(),
             free: Vec::new(),
             next_slot: 0,
-            slot_limit: 0,
         };
-        m.slot_limit = m.stats.len();
         for (net, v) in m.entries_raw() {
-            if v.slot != NO_SLOT && v.slot < m.slot_limit {
+            if v.slot != NO_SLOT && v.slot < m.stats.len() {
                 m.slots.insert(net, v.slot);
                 m.next_slot = m.next_slot.max(v.slot + 1);
             }
@@ -84,7 +80,8 @@ impl RouteMap {
         }
         let s = match self.free.pop() {
             Some(s) => s,
-            None if self.next_slot < self.slot_limit => {
+            // Bindings past the map's entries are not counted.
+            None if self.next_slot < self.stats.len() => {
                 self.next_slot += 1;
                 self.next_slot - 1
             }

@@ -137,15 +137,8 @@ impl NlSocket {
                 }
                 Err(e) => return Err(NlError::Io(e)),
             };
-            let mut off = 0;
-            while off + 16 <= n {
-                let msg =
-                    NetlinkBuffer::new_checked(&self.rx[off..n]).map_err(|_| NlError::Malformed)?;
-                let mlen = msg.length() as usize;
-                if mlen < 16 {
-                    return Err(NlError::Malformed);
-                }
-                off += (mlen + 3) & !3;
+            for msg in messages(&self.rx[..n]) {
+                let msg = msg?;
                 if msg.sequence_number() != seq {
                     continue; // a late answer to an earlier, timed-out request
                 }
@@ -232,53 +225,117 @@ pub fn attr_str(v: &[u8]) -> String {
     String::from_utf8_lossy(&v[..end]).into_owned()
 }
 
-/// Listen to multicast `groups` of `protocol`. Each time messages arrive
-/// (or the socket overran, so some were lost), one tick is sent; ticks
-/// that are not taken yet merge into one. The receiver re-reads what it
-/// needs: the messages themselves are not decoded.
-pub fn listen(protocol: isize, groups: &[u32]) -> Result<tokio::sync::mpsc::Receiver<()>, NlError> {
+/// The netlink messages of one datagram, in order; a malformed one is
+/// reported and ends the walk.
+pub fn messages(b: &[u8]) -> impl Iterator<Item = Result<NetlinkBuffer<&[u8]>, NlError>> {
+    let mut off = 0;
+    let mut bad = false;
+    std::iter::from_fn(move || {
+        if bad || off + 16 > b.len() {
+            return None;
+        }
+        match NetlinkBuffer::new_checked(&b[off..]) {
+            Ok(m) if m.length() as usize >= 16 => {
+                off += (m.length() as usize + 3) & !3;
+                Some(Ok(m))
+            }
+            _ => {
+                bad = true;
+                Some(Err(NlError::Malformed))
+            }
+        }
+    })
+}
+
+/// What a multicast subscription heard.
+pub enum Heard<'a> {
+    /// One message: its type and payload.
+    Message(u16, &'a [u8]),
+    /// The socket overran (ENOBUFS): messages were lost.
+    Overrun,
+    /// Nothing more is queued for now.
+    RoundEnd,
+}
+
+/// Subscribe to multicast `groups` of `protocol` (receive buffer `rcvbuf`
+/// when given) and call `on` with each message, each overrun and the end of
+/// each round of reading, on a task of its own, until `on` returns false.
+/// An overrun is reported once and what is still queued is read on; a
+/// second error in a row ends the round (no spinning on a broken socket).
+pub fn subscribe(
+    protocol: isize,
+    groups: &[u32],
+    rcvbuf: Option<usize>,
+    mut on: impl FnMut(Heard<'_>) -> bool + Send + 'static,
+) -> Result<(), NlError> {
     let err = |source| NlError::Socket { protocol, source };
     let mut sock = Socket::new(protocol).map_err(err)?;
     sock.bind_auto().map_err(err)?;
     for g in groups {
         sock.add_membership(*g).map_err(err)?;
     }
+    if let Some(n) = rcvbuf {
+        let _ = sock.set_rx_buf_sz(n);
+    }
     sock.set_non_blocking(true).map_err(err)?;
     // SAFETY: the socket owns its fd, which stays open for as long as the
     // AsyncFd (and with it the socket) lives.
     let fd = unsafe { tokio::io::unix::AsyncFd::register(sock) }
         .map_err(|e| err(std::io::Error::from(e)))?;
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         let mut buf = vec![0u8; 64 << 10];
         loop {
             let Ok(mut guard) = fd.readable().await else {
                 return;
             };
-            let mut got = false;
             let mut errored = false;
             loop {
                 match guard.get_inner().recv(&mut &mut buf[..], 0) {
-                    Ok(_) => got = true,
+                    Ok(n) => {
+                        errored = false;
+                        for m in messages(&buf[..n]) {
+                            let Ok(m) = m else { break };
+                            if !on(Heard::Message(m.message_type(), m.payload())) {
+                                return;
+                            }
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    // ENOBUFS: notifications were lost; the reader re-reads
-                    // everything. The error is reported once and what is still
-                    // queued is read on; a second error in a row ends the round.
-                    Err(_) if got && errored => break,
+                    Err(_) if errored => break,
                     Err(_) => {
-                        got = true;
                         errored = true;
+                        if !on(Heard::Overrun) {
+                            return;
+                        }
                     }
                 }
             }
             guard.clear_ready();
-            if got {
-                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = tx.try_send(()) {
-                    return;
-                }
+            if !on(Heard::RoundEnd) {
+                return;
             }
         }
     });
+    Ok(())
+}
+
+/// Listen to multicast `groups` of `protocol`. Each time messages arrive
+/// (or the socket overran, so some were lost), one tick is sent; ticks
+/// that are not taken yet merge into one. The receiver re-reads what it
+/// needs: the messages themselves are not decoded.
+pub fn listen(protocol: isize, groups: &[u32]) -> Result<tokio::sync::mpsc::Receiver<()>, NlError> {
+    use tokio::sync::mpsc::error::TrySendError;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut got = false;
+    subscribe(protocol, groups, None, move |h| match h {
+        Heard::RoundEnd => {
+            !(std::mem::take(&mut got) && matches!(tx.try_send(()), Err(TrySendError::Closed(_))))
+        }
+        _ => {
+            got = true;
+            true
+        }
+    })?;
     Ok(rx)
 }
 

@@ -48,6 +48,8 @@ pub enum RouteError {
     Dump(#[source] rtnetlink::Error),
     #[error("reading the routing table")]
     Table(#[source] NlError),
+    #[error("listening to route changes")]
+    Listen(#[source] NlError),
     #[error("interface with index {0} not found")]
     NoLink(u32),
 }
@@ -577,80 +579,37 @@ pub enum RouteEvent {
 pub fn route_events(
     ours: u8,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<RouteEvent>, RouteError> {
-    use rtnetlink::{
-        packet_core::NetlinkBuffer,
-        sys::{protocols::NETLINK_ROUTE, Socket},
-    };
-    let mut sock = Socket::new(NETLINK_ROUTE).map_err(RouteError::Socket)?;
-    sock.bind_auto().map_err(RouteError::Socket)?;
-    sock.add_membership(RTNLGRP_IPV6_ROUTE)
-        .map_err(RouteError::Socket)?;
-    let _ = sock.set_rx_buf_sz(4 << 20);
-    sock.set_non_blocking(true).map_err(RouteError::Socket)?;
-    // SAFETY: the socket owns its fd, which stays open for as long as the
-    // AsyncFd (and with it the socket) lives.
-    let fd = unsafe { tokio::io::unix::AsyncFd::register(sock) }
-        .map_err(|e| RouteError::Socket(std::io::Error::from(e)))?;
+    use crate::netlink::Heard;
+    use rtnetlink::{packet_core::Parseable, sys::protocols::NETLINK_ROUTE};
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        use rtnetlink::packet_core::Parseable;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let Ok(mut guard) = fd.readable().await else {
-                return;
-            };
-            let mut errored = false;
-            loop {
-                let n = match guard.get_inner().recv(&mut &mut buf[..], 0) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) if errored => break,
-                    Err(_) => {
-                        // ENOBUFS: changes were lost (reported once); what is
-                        // still queued is read on. A second error in a row ends
-                        // this round (no spinning on a broken socket).
-                        errored = true;
-                        if tx.send(RouteEvent::Overrun).is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                let mut off = 0;
-                while off + 16 <= n {
-                    let Ok(msg) = NetlinkBuffer::new_checked(&buf[off..n]) else {
-                        break;
-                    };
-                    let len = msg.length() as usize;
-                    if len < 16 {
-                        break;
-                    }
-                    off += (len + 3) & !3;
-                    let ty = msg.message_type();
-                    if ty != RTM_NEWROUTE && ty != RTM_DELROUTE {
-                        continue;
-                    }
-                    let Some(route) = RouteMessage::parse(msg.payload())
+    crate::netlink::subscribe(
+        NETLINK_ROUTE,
+        &[RTNLGRP_IPV6_ROUTE],
+        Some(4 << 20),
+        move |h| {
+            let ev = match h {
+                Heard::Overrun => RouteEvent::Overrun,
+                Heard::Message(ty, payload) if ty == RTM_NEWROUTE || ty == RTM_DELROUTE => {
+                    let Some(route) = RouteMessage::parse(payload)
                         .ok()
                         .and_then(|m| kernel_route(&m))
                     else {
-                        continue;
+                        return true;
                     };
                     if ty == RTM_NEWROUTE && route.proto == ours {
-                        continue;
+                        return true;
                     }
-                    let ev = RouteEvent::Changed {
+                    RouteEvent::Changed {
                         route,
                         deleted: ty == RTM_DELROUTE,
-                    };
-                    if tx.send(ev).is_err() {
-                        return;
                     }
                 }
-            }
-            guard.clear_ready();
-        }
-    });
+                _ => return true,
+            };
+            tx.send(ev).is_ok()
+        },
+    )
+    .map_err(RouteError::Listen)?;
     Ok(rx)
 }
 

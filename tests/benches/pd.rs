@@ -1296,21 +1296,17 @@ fn rss_bytes(pid: u32) -> Result<u64> {
     let (mut total, mut bpf, mut in_bpf) = (0, 0, false);
     for line in smaps.lines() {
         if let Some(kb) = line.strip_prefix("Rss:") {
-            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse()?;
-            total += kb * 1024;
-            if in_bpf {
-                bpf += kb * 1024;
-            }
+            let b = 1024 * kb.trim().trim_end_matches("kB").trim().parse::<u64>()?;
+            total += b;
+            bpf += if in_bpf { b } else { 0 };
         } else if line
             .split_whitespace()
-            .nth(1)
-            .is_some_and(|f| f.contains('-') || f.len() > 2)
-            && line
-                .split_whitespace()
-                .next()
-                .is_some_and(|a| a.contains('-'))
+            .next()
+            .is_some_and(|a| a.contains('-'))
         {
-            in_bpf = line.contains("anon_inode:bpf-map");
+            // A mapping's header (`start-end perms offset dev inode path`);
+            // its fields follow as `Name: value` lines.
+            in_bpf = line.ends_with("anon_inode:bpf-map");
         }
     }
     Ok(total - bpf)

@@ -582,11 +582,8 @@ impl SeedLab {
     pub fn container_addrs(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for c in &self.containers {
-            let o = c.exec(&[
-                "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
-            ])?;
-            if let Some(a) = o.split_whitespace().skip_while(|w| *w != "inet6").nth(1) {
-                out.push(a.split('/').next().unwrap().to_string());
+            if let Some(a) = global_addrs(c, "eth0")?.first() {
+                out.push(a.net.addr().to_string());
             }
         }
         Ok(out)

@@ -695,9 +695,9 @@ impl Agent {
         Ok(serde_json::from_str(&out)?)
     }
 
-    /// Prefixes in the pinned LPM map, read with bpftool.
-    pub fn map_prefixes(&self) -> Result<Vec<String>> {
-        let path = self.pin_dir.join("pd_routes_v1");
+    /// The entries of one of the agent's pinned maps, dumped with bpftool.
+    pub fn map_dump(&self, map: &str) -> Result<Vec<serde_json::Value>> {
+        let path = self.pin_dir.join(map);
         let out = sh(&[
             "bpftool",
             "-j",
@@ -706,9 +706,16 @@ impl Agent {
             "pinned",
             &path.display().to_string(),
         ])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
+        match serde_json::from_str(&out)? {
+            serde_json::Value::Array(v) => Ok(v),
+            v => bail!("bpftool output for {}: {v}", path.display()),
+        }
+    }
+
+    /// Prefixes in the pinned LPM map, read with bpftool.
+    pub fn map_prefixes(&self) -> Result<Vec<String>> {
         let mut res = Vec::new();
-        for e in v.as_array().context("bpftool output")? {
+        for e in self.map_dump("pd_routes_v1")? {
             let key: Vec<u8> = e["key"]
                 .as_array()
                 .context("key")?

@@ -92,20 +92,6 @@ fn made_up_prefix(i: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0x100 + (i >> 8), (i & 0xff) << 8, 0, 0, 0, 0)
 }
 
-/// Entries in a pinned map, read with bpftool.
-fn map_entries(pin_dir: &std::path::Path, map: &str) -> Result<usize> {
-    let out = sh(&[
-        "bpftool",
-        "-j",
-        "map",
-        "dump",
-        "pinned",
-        &pin_dir.join(map).display().to_string(),
-    ])?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    Ok(v.as_array().map_or(0, |a| a.len()))
-}
-
 /// The kernel's per-client records are not kept for ever: once the store
 /// covers a record by the keep time, the agent deletes it. 40 clients get
 /// Replies and their 40 records appear in `pd_clients_v1`; 3 s later 10
@@ -131,7 +117,7 @@ fn applied_records_are_pruned() -> Result<()> {
     let agent = Agent::start_opts(&lab.router, &dir, opts)?;
     let server = MadeUpServer::new(&lab)?;
     let clients: Vec<SimClient> = (1..=N).map(SimClient::new).collect();
-    let records = || map_entries(&agent.pin_dir, "pd_clients_v1");
+    let records = || agent.map_dump("pd_clients_v1").map(|v| v.len());
     for (i, c) in clients.iter().enumerate() {
         if i == 40 {
             let recorded = records()?;
