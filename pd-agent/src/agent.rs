@@ -15,7 +15,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    binding::{Action, BindingView, Ifaces, Kind, Policy, Table},
+    binding::{Action, BindingView, Ifaces, Kind, Policy, Refusal, Table},
     control::{self, Call, Request},
     datapath::{self, FastPathMode, LinkKind, Monitor},
     ebpf::{self, Attached, Counters, LoadOptions, Programs},
@@ -653,25 +653,25 @@ impl Agent {
                 Timing::Kernel => crate::clock::of_kernel(m.ts_ns),
             };
             self.seen_ns = self.seen_ns.max(m.ts_ns);
-            let unsolicited = self.table.stats.unsolicited_replies;
-            actions.extend(self.table.handle(m, &self.ifaces, t));
-            let refusals = self.table.take_refusals();
-            if defer && !m.from_record && self.table.stats.unsolicited_replies > unsolicited {
-                self.table.stats.unsolicited_replies = unsolicited;
+            let out = self
+                .table
+                .handle(m, &self.ifaces, t, defer && !m.from_record);
+            if out.deferred {
                 self.tracker.unobserve(m.seq);
                 self.resync.deferred += 1;
                 continue;
             }
-            self.log_refusals(m, refusals);
+            self.log_refusals(m, &out.refusals);
+            actions.extend(out.actions);
         }
         self.apply(actions).await;
         fresh.len()
     }
 
-    fn log_refusals(&self, m: &Message, refusals: Vec<(Ipv6Net, &'static str)>) {
-        for (prefix, why) in refusals {
+    fn log_refusals(&self, m: &Message, refusals: &[Refusal]) {
+        for r in refusals {
             let iface = self.ifaces.name(m.ifindex);
-            warn!(%prefix, iface = iface.map(String::as_str).unwrap_or("?"), next_hop = %m.dst, reason = why, "delegation ignored");
+            warn!(prefix = %r.prefix, iface = iface.map(String::as_str).unwrap_or("?"), next_hop = %m.dst, reason = r.reason, "delegation ignored");
         }
     }
 

@@ -325,6 +325,56 @@ impl Index {
 /// lists, the address it came from (None: this host's own), seen at.
 type PendingRelease = (Vec<(u32, Ipv6Net)>, Option<Ipv6Addr>, u64);
 
+/// What [`Table::handle`] decided about one message.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// What to carry out, in order.
+    pub actions: Vec<Action>,
+    /// Delegations refused, with the reason (the agent logs them).
+    pub refusals: Vec<Refusal>,
+    /// An unsolicited Reply left for later (see [`Table::handle`]).
+    pub deferred: bool,
+}
+
+/// A delegation the table refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub prefix: Ipv6Net,
+    pub reason: &'static str,
+}
+
+impl Outcome {
+    fn refuse(&mut self, prefix: Ipv6Net, reason: &'static str) {
+        self.refusals.push(Refusal { prefix, reason });
+    }
+
+    /// Refuse a whole Reply, named by its first prefix.
+    fn refuse_first(&mut self, m: &Message, reason: &'static str) {
+        if let Some(p) = m.prefixes.first().and_then(|p| net(p.prefix, p.len)) {
+            self.refuse(p, reason);
+        }
+    }
+}
+
+/// Where a Reply's prefixes are bound: the binding's kind, interface and
+/// next hop.
+struct Target {
+    kind: Kind,
+    ifindex: u32,
+    iface: String,
+    next_hop: Ipv6Addr,
+}
+
+/// How a Reply is taken: when, and whether an unsolicited one is deferred.
+#[derive(Clone, Copy)]
+struct Replying {
+    defer_unsolicited: bool,
+    now: u64,
+}
+
+/// Most client messages remembered while awaiting their Reply.
+const MAX_ASKED: usize = 1_000_000;
+
 #[derive(Default)]
 pub struct Table {
     bindings: Index,
@@ -335,9 +385,6 @@ pub struct Table {
     asked: HashMap<(u32, Vec<u8>), u64>,
     pub stats: Stats,
     pub policy: Policy,
-    /// Why delegations were refused since the last [`Table::take_refusals`]
-    /// (the agent logs them).
-    refusals: Vec<(Ipv6Net, &'static str)>,
 }
 
 fn is_error(st: u16) -> bool {
@@ -378,11 +425,6 @@ impl Table {
             .iter()
             .filter_map(|k| self.bindings.get(k).cloned())
             .collect()
-    }
-
-    /// Refused delegations since the last call: (prefix, reason).
-    pub fn take_refusals(&mut self) -> Vec<(Ipv6Net, &'static str)> {
-        std::mem::take(&mut self.refusals)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -455,11 +497,20 @@ impl Table {
             .collect()
     }
 
-    /// Apply one message seen at `now` (lease-clock seconds).
-    pub fn handle(&mut self, m: &Message, ifaces: &Ifaces, now: u64) -> Vec<Action> {
+    /// Apply one message seen at `now` (lease-clock seconds), and say what
+    /// was decided. With `defer_unsolicited`, a Reply that answers no
+    /// client message seen changes nothing, is not counted, and comes back
+    /// as [`Outcome::deferred`]: its client message may be among messages
+    /// known lost, and the caller applies it again later.
+    pub fn handle(
+        &mut self,
+        m: &Message,
+        ifaces: &Ifaces,
+        now: u64,
+        defer_unsolicited: bool,
+    ) -> Outcome {
+        let mut out = Outcome::default();
         self.stats.messages += 1;
-        let down = ifaces.downstream.get(&m.ifindex);
-        let up = ifaces.upstream.contains_key(&m.ifindex);
         // What leaves an interface counts as this host's (its server's,
         // relay's or client's) only if this host sent it, or forwarded it
         // from an upstream link. A downstream host can send a forged Reply
@@ -472,100 +523,55 @@ impl Table {
         {
             self.stats.forwarded_messages += 1;
             if m.msg_type == msg::REPLY {
-                if let Some(p) = m.prefixes.first().and_then(|p| net(p.prefix, p.len)) {
-                    self.refusals.push((
-                        p,
-                        "Reply forwarded from a downstream link, not sent by this host",
-                    ));
-                }
-            }
-            return vec![];
-        }
-        match (m.hook, m.msg_type) {
-            (hook::XDP_INGRESS, msg::REPLY) if up => {
-                if m.outer_msg_type != msg::RELAY_REPL {
-                    if !ifaces.local_addrs.contains(&m.dst) {
-                        self.stats.upstream_replies += 1;
-                        return vec![];
-                    }
-                    self.stats.acquired_replies += 1;
-                    let Some(iface) = ifaces.upstream.get(&m.ifindex).cloned() else {
-                        return vec![];
-                    };
-                    return self.reply(m, ifaces, Kind::Acquired, m.ifindex, iface, m.src, now);
-                }
-                let Some(ifindex) = ifaces.downstream_for_link_addr(m.link_addr) else {
-                    self.stats.relay_reply_unmapped += 1;
-                    return vec![];
-                };
-                // An interface index left from before the interface was
-                // recreated maps to no managed interface: not routed.
-                let Some(iface) = ifaces.downstream.get(&ifindex).cloned() else {
-                    self.stats.relay_reply_unmapped += 1;
-                    return vec![];
-                };
-                self.stats.upstream_relay_replies += 1;
-                self.reply(
+                out.refuse_first(
                     m,
-                    ifaces,
-                    Kind::Delegated,
-                    ifindex,
-                    iface,
-                    m.outer_peer_addr,
-                    now,
-                )
+                    "Reply forwarded from a downstream link, not sent by this host",
+                );
             }
-            (hook::XDP_INGRESS, msg::REPLY) if down.is_some() => {
-                self.stats.untrusted_replies += 1;
-                vec![]
-            }
-            (hook::TC_EGRESS, msg::REPLY) if down.is_some() => {
-                // Relayed Replies leave downstream as Relay-Reply to a lower
-                // relay: the packet's destination is then that relay.
-                if m.relay_depth > 0 && m.outer_msg_type != msg::RELAY_REPL {
-                    self.stats.other += 1;
-                    return vec![];
-                }
-                let iface = down.unwrap().clone();
-                self.reply(m, ifaces, Kind::Delegated, m.ifindex, iface, m.dst, now)
-            }
-            // A client's Release/Decline: from a downstream client coming
-            // in, or from this host's own client going out upstream.
-            // Client messages a Reply may answer: from a downstream client
-            // coming in, or from this host's own client going out upstream.
-            (hook::XDP_INGRESS, msg::REQUEST | msg::RENEW | msg::REBIND | msg::SOLICIT)
-            | (hook::TC_EGRESS, msg::REQUEST | msg::RENEW | msg::REBIND | msg::SOLICIT)
-                if (m.hook == hook::XDP_INGRESS && down.is_some())
-                    || (m.hook == hook::TC_EGRESS && up) =>
-            {
-                if self.asked.len() < 1_000_000 {
+            return out;
+        }
+        if m.msg_type == msg::REPLY {
+            let to = Replying {
+                defer_unsolicited,
+                now,
+            };
+            self.handle_reply(m, ifaces, to, &mut out);
+            return out;
+        }
+        // Client messages count coming in from a downstream client, or
+        // going out upstream from this host's own client.
+        let client_side = match m.hook {
+            hook::XDP_INGRESS => ifaces.downstream.contains_key(&m.ifindex),
+            hook::TC_EGRESS => ifaces.upstream.contains_key(&m.ifindex),
+            _ => false,
+        };
+        if !client_side {
+            self.stats.other += 1;
+            return out;
+        }
+        // A Release or Decline sent by this host itself carries no address
+        // to check; one from a downstream client must come from the client.
+        let from = (m.hook == hook::XDP_INGRESS).then(|| client_address(m));
+        match m.msg_type {
+            // Client messages a Reply may answer.
+            msg::REQUEST | msg::RENEW | msg::REBIND | msg::SOLICIT => {
+                if self.asked.len() < MAX_ASKED {
                     self.asked.insert((m.xid, m.duid_key()), now);
                 }
-                vec![]
             }
-            (hook::XDP_INGRESS, msg::RELEASE) | (hook::TC_EGRESS, msg::RELEASE)
-                if (m.hook == hook::XDP_INGRESS && down.is_some())
-                    || (m.hook == hook::TC_EGRESS && up) =>
-            {
+            msg::RELEASE => {
                 self.stats.releases_seen += 1;
                 let listed = m
                     .prefixes
                     .iter()
                     .filter_map(|p| Some((p.iaid, net(p.prefix, p.len)?)))
                     .collect();
-                let from = (m.hook == hook::XDP_INGRESS).then(|| client_address(m));
                 self.releases
                     .insert((m.xid, m.duid_key()), (listed, from, now));
-                vec![]
             }
-            (hook::XDP_INGRESS, msg::DECLINE) | (hook::TC_EGRESS, msg::DECLINE)
-                if (m.hook == hook::XDP_INGRESS && down.is_some())
-                    || (m.hook == hook::TC_EGRESS && up) =>
-            {
+            msg::DECLINE => {
                 self.stats.declines += 1;
                 let duid = m.duid_key();
-                let from = (m.hook == hook::XDP_INGRESS).then(|| client_address(m));
-                let mut out = Vec::new();
                 for p in &m.prefixes {
                     let Some(prefix) = net(p.prefix, p.len) else {
                         continue;
@@ -575,15 +581,75 @@ impl Table {
                         iaid: p.iaid,
                         prefix,
                     };
-                    out.extend(self.remove_for_client(&key, from, RemoveReason::Declined));
+                    self.remove_for_client(&key, from, RemoveReason::Declined, &mut out);
                 }
-                out
+            }
+            _ => self.stats.other += 1,
+        }
+        out
+    }
+
+    /// A Reply: which binding it is for (delegated downstream, acquired by
+    /// this host, or nothing of ours), then [`Table::reply`].
+    fn handle_reply(&mut self, m: &Message, ifaces: &Ifaces, to: Replying, out: &mut Outcome) {
+        let down = ifaces.downstream.get(&m.ifindex);
+        let up = ifaces.upstream.get(&m.ifindex);
+        let target = match (m.hook, up, down) {
+            (hook::XDP_INGRESS, Some(iface), _) if m.outer_msg_type != msg::RELAY_REPL => {
+                if !ifaces.local_addrs.contains(&m.dst) {
+                    self.stats.upstream_replies += 1;
+                    return;
+                }
+                self.stats.acquired_replies += 1;
+                Target {
+                    kind: Kind::Acquired,
+                    ifindex: m.ifindex,
+                    iface: iface.clone(),
+                    next_hop: m.src,
+                }
+            }
+            (hook::XDP_INGRESS, Some(_), _) => {
+                // An interface index left from before the interface was
+                // recreated maps to no managed interface: not routed.
+                let link = ifaces
+                    .downstream_for_link_addr(m.link_addr)
+                    .and_then(|i| Some((i, ifaces.downstream.get(&i)?)));
+                let Some((ifindex, iface)) = link else {
+                    self.stats.relay_reply_unmapped += 1;
+                    return;
+                };
+                self.stats.upstream_relay_replies += 1;
+                Target {
+                    kind: Kind::Delegated,
+                    ifindex,
+                    iface: iface.clone(),
+                    next_hop: m.outer_peer_addr,
+                }
+            }
+            (hook::XDP_INGRESS, None, Some(_)) => {
+                self.stats.untrusted_replies += 1;
+                return;
+            }
+            (hook::TC_EGRESS, _, Some(iface)) => {
+                // Relayed Replies leave downstream as Relay-Reply to a lower
+                // relay: the packet's destination is then that relay.
+                if m.relay_depth > 0 && m.outer_msg_type != msg::RELAY_REPL {
+                    self.stats.other += 1;
+                    return;
+                }
+                Target {
+                    kind: Kind::Delegated,
+                    ifindex: m.ifindex,
+                    iface: iface.clone(),
+                    next_hop: m.dst,
+                }
             }
             _ => {
                 self.stats.other += 1;
-                vec![]
+                return;
             }
-        }
+        };
+        self.reply(m, ifaces, &target, to, out);
     }
 
     /// A client's Release or Decline of `key`, sent `from` (None: this
@@ -595,87 +661,86 @@ impl Table {
         key: &BindingKey,
         from: Option<Ipv6Addr>,
         why: RemoveReason,
-    ) -> Option<Action> {
-        let b = self.bindings.get(key)?;
+        out: &mut Outcome,
+    ) {
+        let Some(b) = self.bindings.get(key) else {
+            return;
+        };
         if from.is_some_and(|f| f != b.next_hop) {
             self.stats.foreign_releases += 1;
-            let refusal = if why == RemoveReason::Declined {
+            let reason = if why == RemoveReason::Declined {
                 "Decline from an address other than the client's"
             } else {
                 "Release from an address other than the client's"
             };
-            self.refusals.push((key.prefix, refusal));
-            return None;
+            out.refuse(key.prefix, reason);
+            return;
         }
-        self.bindings.remove(key).map(|b| Action::Remove(b, why))
+        out.actions
+            .extend(self.bindings.remove(key).map(|b| Action::Remove(b, why)));
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A successful Reply for `target`: it answers a pending Release, or
+    /// (if it answers a client message, when that is required) binds,
+    /// renews or withdraws each of its prefixes.
     fn reply(
         &mut self,
         m: &Message,
         ifaces: &Ifaces,
-        kind: Kind,
-        ifindex: u32,
-        iface: String,
-        next_hop: Ipv6Addr,
-        now: u64,
-    ) -> Vec<Action> {
+        target: &Target,
+        to: Replying,
+        out: &mut Outcome,
+    ) {
         if !m.success() {
             self.stats.error_status += 1;
-            return vec![];
+            return;
         }
         let duid = m.duid_key();
         if duid.is_empty() {
             self.stats.no_client_id += 1;
-            return vec![];
+            return;
         }
         if let Some((listed, from, _)) = self.releases.remove(&(m.xid, duid.clone())) {
             self.stats.releases_matched += 1;
-            let mut out = Vec::new();
             for (iaid, prefix) in listed {
                 let key = BindingKey {
                     client_duid: duid.clone(),
                     iaid,
                     prefix,
                 };
-                out.extend(self.remove_for_client(&key, from, RemoveReason::Released));
+                self.remove_for_client(&key, from, RemoveReason::Released, out);
             }
-            return out;
-        }
-        if self.policy.require_client_message && self.asked.remove(&(m.xid, duid.clone())).is_none()
-        {
-            // Keep a retransmitted Reply working: the entry is consumed by
-            // the first Reply, so note it again until the window ends.
-            self.stats.unsolicited_replies += 1;
-            if let Some(p) = m.prefixes.first().and_then(|p| net(p.prefix, p.len)) {
-                self.refusals
-                    .push((p, "Reply answers no client message seen"));
-            }
-            return vec![];
+            return;
         }
         if self.policy.require_client_message {
-            self.asked.insert((m.xid, duid.clone()), now);
+            if self.asked.remove(&(m.xid, duid.clone())).is_none() {
+                if to.defer_unsolicited {
+                    out.deferred = true;
+                    return;
+                }
+                self.stats.unsolicited_replies += 1;
+                out.refuse_first(m, "Reply answers no client message seen");
+                return;
+            }
+            // Keep a retransmitted Reply working: the entry is consumed by
+            // the first Reply, so note it again until the window ends.
+            self.asked.insert((m.xid, duid.clone()), to.now);
         }
         if m.prefixes.is_empty() {
-            return vec![];
+            return;
         }
         // A next hop must be the client itself: link-local, or an address
         // on-link on the interface the prefix is delegated on.
-        let on_link = next_hop.is_unicast_link_local()
+        let on_link = target.next_hop.is_unicast_link_local()
             || ifaces
                 .downstream_prefixes
                 .iter()
-                .any(|(i, p)| *i == ifindex && p.contains(&next_hop));
-        if kind == Kind::Delegated && !on_link {
+                .any(|(i, p)| *i == target.ifindex && p.contains(&target.next_hop));
+        if target.kind == Kind::Delegated && !on_link {
             self.stats.bad_next_hop += 1;
-            if let Some(p) = m.prefixes.first().and_then(|p| net(p.prefix, p.len)) {
-                self.refusals
-                    .push((p, "next hop is neither link-local nor on-link"));
-            }
-            return vec![];
+            out.refuse_first(m, "next hop is neither link-local nor on-link");
+            return;
         }
-        let mut actions = Vec::new();
         let mut renewed: BTreeMap<u32, Vec<Ipv6Net>> = BTreeMap::new();
         for p in &m.prefixes {
             if is_error(p.ia_status) {
@@ -684,65 +749,9 @@ impl Table {
             let Some(prefix) = net(p.prefix, p.len) else {
                 continue;
             };
-            if !self.policy.allows(prefix) {
-                self.stats.not_allowed += 1;
-                self.refusals.push((prefix, "outside --allow"));
-                continue;
+            if self.bind(&duid, p, prefix, target, to.now, out) {
+                renewed.entry(p.iaid).or_default().push(prefix);
             }
-            let key = BindingKey {
-                client_duid: duid.clone(),
-                iaid: p.iaid,
-                prefix,
-            };
-            if p.valid > 0 && self.bindings.get(&key).is_none() {
-                if let Some(max) = self.policy.max_bindings_per_iface {
-                    if self.bindings.per_iface.get(&ifindex).copied().unwrap_or(0) >= max {
-                        self.stats.limit_reached += 1;
-                        self.refusals
-                            .push((prefix, "--max-bindings-per-iface reached"));
-                        continue;
-                    }
-                }
-            }
-            if p.valid == 0 {
-                if let Some(b) = self.bindings.remove(&key) {
-                    actions.push(Action::Remove(b, RemoveReason::Withdrawn));
-                }
-                continue;
-            }
-            renewed.entry(p.iaid).or_default().push(prefix);
-            let b = Binding {
-                prefix,
-                kind,
-                iface: iface.clone(),
-                ifindex,
-                next_hop,
-                client_duid: duid.clone(),
-                iaid: p.iaid,
-                t1: p.t1,
-                t2: p.t2,
-                preferred_lifetime: p.preferred,
-                valid_lifetime: p.valid,
-                expires_at: expires(now, p.valid),
-                updated_at: now,
-            };
-            let action = match self.bindings.get(&key) {
-                Some(old) if old.ifindex == ifindex && old.next_hop == next_hop => {
-                    Action::Refresh(b.clone())
-                }
-                _ => Action::Install(b.clone()),
-            };
-            // Another client's binding for the same prefix loses it: one
-            // prefix, one route.
-            for k in self.bindings.keys_for_prefix(prefix) {
-                if k != key {
-                    if let Some(old) = self.bindings.remove(&k) {
-                        actions.push(Action::Remove(old, RemoveReason::Replaced));
-                    }
-                }
-            }
-            self.bindings.insert(b);
-            actions.push(action);
         }
         // RFC 8415 §18.2.10.1: the Reply lists the IA's prefixes; one the
         // client held that is missing has been replaced. Unless the list is
@@ -757,14 +766,92 @@ impl Table {
                 .into_iter()
                 .filter(|k| !keep.contains(&k.prefix))
                 .collect();
-            for k in gone {
-                let b = self.bindings.remove(&k).unwrap();
+            for b in gone.iter().filter_map(|k| self.bindings.remove(k)) {
                 // Remove before the new route goes in only matters when they
                 // overlap; order removals first so a shrinking prefix is clean.
-                actions.insert(0, Action::Remove(b, RemoveReason::Replaced));
+                out.actions
+                    .insert(0, Action::Remove(b, RemoveReason::Replaced));
             }
         }
-        actions
+    }
+
+    /// One prefix of a Reply for `target`: refused by policy, withdrawn
+    /// (valid lifetime 0), or bound. Returns whether the client holds it
+    /// now (it then counts as listed in its IA).
+    fn bind(
+        &mut self,
+        duid: &[u8],
+        p: &crate::snoop::PrefixInfo,
+        prefix: Ipv6Net,
+        target: &Target,
+        now: u64,
+        out: &mut Outcome,
+    ) -> bool {
+        if !self.policy.allows(prefix) {
+            self.stats.not_allowed += 1;
+            out.refuse(prefix, "outside --allow");
+            return false;
+        }
+        let key = BindingKey {
+            client_duid: duid.to_vec(),
+            iaid: p.iaid,
+            prefix,
+        };
+        if p.valid == 0 {
+            if let Some(b) = self.bindings.remove(&key) {
+                out.actions.push(Action::Remove(b, RemoveReason::Withdrawn));
+            }
+            return false;
+        }
+        let old = self.bindings.get(&key);
+        if let (None, Some(max)) = (old, self.policy.max_bindings_per_iface) {
+            if self
+                .bindings
+                .per_iface
+                .get(&target.ifindex)
+                .copied()
+                .unwrap_or(0)
+                >= max
+            {
+                self.stats.limit_reached += 1;
+                out.refuse(prefix, "--max-bindings-per-iface reached");
+                return false;
+            }
+        }
+        let same_route =
+            old.is_some_and(|o| o.ifindex == target.ifindex && o.next_hop == target.next_hop);
+        let b = Binding {
+            prefix,
+            kind: target.kind,
+            iface: target.iface.clone(),
+            ifindex: target.ifindex,
+            next_hop: target.next_hop,
+            client_duid: duid.to_vec(),
+            iaid: p.iaid,
+            t1: p.t1,
+            t2: p.t2,
+            preferred_lifetime: p.preferred,
+            valid_lifetime: p.valid,
+            expires_at: expires(now, p.valid),
+            updated_at: now,
+        };
+        // Another client's binding for the same prefix loses it: one
+        // prefix, one route.
+        for k in self.bindings.keys_for_prefix(prefix) {
+            if k != key {
+                if let Some(old) = self.bindings.remove(&k) {
+                    out.actions
+                        .push(Action::Remove(old, RemoveReason::Replaced));
+                }
+            }
+        }
+        self.bindings.insert(b.clone());
+        out.actions.push(if same_route {
+            Action::Refresh(b)
+        } else {
+            Action::Install(b)
+        });
+        true
     }
 }
 
@@ -785,6 +872,13 @@ mod hex_bytes {
 mod tests {
     use super::*;
     use crate::snoop::PrefixInfo;
+
+    impl Table {
+        /// What `handle` decided to do, for tests that look at nothing else.
+        fn act(&mut self, m: &Message, ifaces: &Ifaces, now: u64) -> Vec<Action> {
+            self.handle(m, ifaces, now, false).actions
+        }
+    }
 
     const DOWN: u32 = 5;
     const UP: u32 = 2;
@@ -863,7 +957,7 @@ mod tests {
     #[test]
     fn reply_on_downstream_egress_installs_route_to_its_destination() {
         let mut t = Table::new();
-        let a = t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        let a = t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
         assert_eq!(
             installed(&a),
             ["install 2001:db8:100::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"]
@@ -876,8 +970,8 @@ mod tests {
     #[test]
     fn renew_refreshes_lifetime_and_expiry_removes() {
         let mut t = Table::new();
-        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
-        let a = t.handle(&reply(vec![pfx("2001:db8:100::", 56, 90)]), &ifaces(), 1030);
+        t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        let a = t.act(&reply(vec![pfx("2001:db8:100::", 56, 90)]), &ifaces(), 1030);
         assert_eq!(installed(&a), ["refresh 2001:db8:100::/56 valid 90"]);
         assert_eq!(t.next_deadline(), Some(1120));
         assert!(t.expire(1119).is_empty());
@@ -891,7 +985,7 @@ mod tests {
     #[test]
     fn infinite_lifetime_never_expires() {
         let mut t = Table::new();
-        t.handle(
+        t.act(
             &reply(vec![pfx("2001:db8:100::", 56, INFINITY)]),
             &ifaces(),
             1000,
@@ -903,15 +997,15 @@ mod tests {
     #[test]
     fn zero_valid_lifetime_withdraws() {
         let mut t = Table::new();
-        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
-        let a = t.handle(&reply(vec![pfx("2001:db8:100::", 56, 0)]), &ifaces(), 1010);
+        t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        let a = t.act(&reply(vec![pfx("2001:db8:100::", 56, 0)]), &ifaces(), 1010);
         assert_eq!(installed(&a), ["remove 2001:db8:100::/56 withdrawn"]);
     }
 
     #[test]
     fn release_is_matched_by_xid_and_duid() {
         let mut t = Table::new();
-        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
         let mut rel = message(
             hook::XDP_INGRESS,
             DOWN,
@@ -920,21 +1014,21 @@ mod tests {
             vec![pfx("2001:db8:100::", 56, 0)],
         );
         rel.src = client();
-        assert!(t.handle(&rel, &ifaces(), 1001).is_empty());
+        assert!(t.act(&rel, &ifaces(), 1001).is_empty());
         // A Reply with another xid does not match.
         let mut other = reply(vec![]);
         other.xid = 0x778;
-        assert!(t.handle(&other, &ifaces(), 1002).is_empty());
+        assert!(t.act(&other, &ifaces(), 1002).is_empty());
         // Another client's Reply with the same xid does not match either.
         let mut other = reply(vec![]);
         other.xid = 0x777;
         other.client_duid = vec![9, 9];
-        assert!(t.handle(&other, &ifaces(), 1002).is_empty());
+        assert!(t.act(&other, &ifaces(), 1002).is_empty());
         assert_eq!(t.len(), 1);
         let mut ok = reply(vec![]);
         ok.xid = 0x777;
         assert_eq!(
-            installed(&t.handle(&ok, &ifaces(), 1002)),
+            installed(&t.act(&ok, &ifaces(), 1002)),
             ["remove 2001:db8:100::/56 released"]
         );
         assert!(t.is_empty());
@@ -943,7 +1037,7 @@ mod tests {
     #[test]
     fn release_answered_with_error_keeps_binding() {
         let mut t = Table::new();
-        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
         let mut rel = message(
             hook::XDP_INGRESS,
             DOWN,
@@ -952,18 +1046,18 @@ mod tests {
             vec![pfx("2001:db8:100::", 56, 0)],
         );
         rel.src = client();
-        t.handle(&rel, &ifaces(), 1001);
+        t.act(&rel, &ifaces(), 1001);
         let mut r = reply(vec![]);
         r.xid = 0x777;
         r.status = 1; // UnspecFail
-        assert!(t.handle(&r, &ifaces(), 1002).is_empty());
+        assert!(t.act(&r, &ifaces(), 1002).is_empty());
         assert_eq!(t.len(), 1);
     }
 
     #[test]
     fn reindex_moves_an_interfaces_bindings() {
         let mut t = Table::new();
-        t.handle(
+        t.act(
             &reply(vec![pfx("2001:db8:100::", 56, 100)]),
             &ifaces(),
             1000,
@@ -980,21 +1074,21 @@ mod tests {
         let mut t = Table::new();
         let mut m = reply(vec![pfx("2001:db8:100::", 56, 100)]);
         m.in_ifindex = DOWN;
-        assert!(t.handle(&m, &ifaces(), 1000).is_empty());
+        assert!(t.act(&m, &ifaces(), 1000).is_empty());
         assert_eq!(t.stats.forwarded_messages, 1);
         // Forwarded from a link we do not manage: not trusted either.
         m.in_ifindex = 77;
-        assert!(t.handle(&m, &ifaces(), 1000).is_empty());
+        assert!(t.act(&m, &ifaces(), 1000).is_empty());
         assert_eq!(t.stats.forwarded_messages, 2);
         // Forwarded from upstream (a server's unicast Reply routed in): trusted.
         m.in_ifindex = UP;
-        assert_eq!(installed(&t.handle(&m, &ifaces(), 1000)).len(), 1);
+        assert_eq!(installed(&t.act(&m, &ifaces(), 1000)).len(), 1);
     }
 
     #[test]
     fn decline_removes_at_once() {
         let mut t = Table::new();
-        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
         let mut d = message(
             hook::XDP_INGRESS,
             DOWN,
@@ -1004,13 +1098,13 @@ mod tests {
         );
         d.src = "fe80::bad".parse().unwrap();
         assert!(
-            t.handle(&d, &ifaces(), 1001).is_empty(),
+            t.act(&d, &ifaces(), 1001).is_empty(),
             "a Decline from another host changes nothing"
         );
         assert_eq!(t.stats.foreign_releases, 1);
         d.src = client();
         assert_eq!(
-            installed(&t.handle(&d, &ifaces(), 1001)),
+            installed(&t.act(&d, &ifaces(), 1001)),
             ["remove 2001:db8:100::/56 declined"]
         );
     }
@@ -1018,8 +1112,8 @@ mod tests {
     #[test]
     fn renewal_with_new_prefix_replaces_old() {
         let mut t = Table::new();
-        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
-        let a = t.handle(&reply(vec![pfx("2001:db8:200::", 56, 60)]), &ifaces(), 1010);
+        t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        let a = t.act(&reply(vec![pfx("2001:db8:200::", 56, 60)]), &ifaces(), 1010);
         assert_eq!(
             installed(&a),
             [
@@ -1035,12 +1129,12 @@ mod tests {
         let mut t = Table::new();
         let mut p2 = pfx("2001:db8:200::", 56, 60);
         p2.iaid = 2;
-        t.handle(
+        t.act(
             &reply(vec![pfx("2001:db8:100::", 56, 60), p2]),
             &ifaces(),
             1000,
         );
-        let a = t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1010);
+        let a = t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1010);
         assert_eq!(installed(&a), ["refresh 2001:db8:100::/56 valid 60"]);
         assert_eq!(t.len(), 2);
     }
@@ -1048,11 +1142,11 @@ mod tests {
     #[test]
     fn next_hop_change_reinstalls() {
         let mut t = Table::new();
-        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
+        t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1000);
         let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
         r.dst = "fe80::99".parse().unwrap();
         assert_eq!(
-            installed(&t.handle(&r, &ifaces(), 1001)),
+            installed(&t.act(&r, &ifaces(), 1001)),
             ["install 2001:db8:100::/56 via fe80::99 dev lan0"]
         );
     }
@@ -1062,7 +1156,7 @@ mod tests {
         let mut t = Table::new();
         let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
         r.hook = hook::XDP_INGRESS;
-        assert!(t.handle(&r, &ifaces(), 1000).is_empty());
+        assert!(t.act(&r, &ifaces(), 1000).is_empty());
         assert_eq!(t.stats.untrusted_replies, 1);
         assert!(t.is_empty());
     }
@@ -1082,13 +1176,13 @@ mod tests {
         r.link_addr = "2001:db8:ffff::1".parse().unwrap();
         r.outer_peer_addr = "fe80::77".parse().unwrap();
         assert_eq!(
-            installed(&t.handle(&r, &ifaces(), 1)),
+            installed(&t.act(&r, &ifaces(), 1)),
             ["install 2001:db8:c000::/56 via fe80::77 dev lan0"]
         );
         // An unmapped link-address changes nothing.
         r.link_addr = "2001:db8:eeee::1".parse().unwrap();
         r.prefixes = vec![pfx("2001:db8:d000::", 56, 60)];
-        assert!(t.handle(&r, &ifaces(), 1).is_empty());
+        assert!(t.act(&r, &ifaces(), 1).is_empty());
         assert_eq!(t.stats.relay_reply_unmapped, 1);
         // A stale on-link entry (its interface recreated under another
         // index, its addresses not re-read yet) maps to no managed
@@ -1097,7 +1191,7 @@ mod tests {
         stale
             .downstream_prefixes
             .push((99, "2001:db8:eeee::/64".parse().unwrap()));
-        assert!(t.handle(&r, &stale, 1).is_empty());
+        assert!(t.act(&r, &stale, 1).is_empty());
         assert_eq!(t.stats.relay_reply_unmapped, 2);
     }
 
@@ -1111,7 +1205,7 @@ mod tests {
             5,
             vec![pfx("2001:db8:c000::", 56, 60)],
         );
-        assert!(t.handle(&r, &ifaces(), 1).is_empty());
+        assert!(t.act(&r, &ifaces(), 1).is_empty());
         assert_eq!(t.stats.upstream_replies, 1);
     }
 
@@ -1129,7 +1223,7 @@ mod tests {
     fn reply_to_this_host_is_acquired() {
         let mut t = Table::new();
         let (r, i) = acquired_reply(vec![pfx("2001:db8:1000::", 56, 60)]);
-        let a = t.handle(&r, &i, 1);
+        let a = t.act(&r, &i, 1);
         assert_eq!(
             installed(&a),
             ["install 2001:db8:1000::/56 via fe80::15b dev wan0"]
@@ -1138,7 +1232,7 @@ mod tests {
         assert_eq!((b.kind, b.expires_at), (Kind::Acquired, Some(61)));
         assert_eq!(t.stats.acquired_replies, 1);
         // Renewed like any binding, and expires like one.
-        let a = t.handle(&r, &i, 30);
+        let a = t.act(&r, &i, 30);
         assert_eq!(installed(&a), ["refresh 2001:db8:1000::/56 valid 60"]);
         assert_eq!(
             installed(&t.expire(90)),
@@ -1150,7 +1244,7 @@ mod tests {
     fn own_release_going_upstream_releases_acquired() {
         let mut t = Table::new();
         let (r, i) = acquired_reply(vec![pfx("2001:db8:1000::", 56, 60)]);
-        t.handle(&r, &i, 1);
+        t.act(&r, &i, 1);
         let rel = message(
             hook::TC_EGRESS,
             UP,
@@ -1158,11 +1252,11 @@ mod tests {
             0x42,
             vec![pfx("2001:db8:1000::", 56, 0)],
         );
-        assert!(t.handle(&rel, &i, 2).is_empty());
+        assert!(t.act(&rel, &i, 2).is_empty());
         let (mut ok, _) = acquired_reply(vec![]);
         ok.xid = 0x42;
         assert_eq!(
-            installed(&t.handle(&ok, &i, 3)),
+            installed(&t.act(&ok, &i, 3)),
             ["remove 2001:db8:1000::/56 released"]
         );
     }
@@ -1172,13 +1266,13 @@ mod tests {
         let mut t = Table::new();
         let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
         r.status = 2;
-        assert!(t.handle(&r, &ifaces(), 1).is_empty());
+        assert!(t.act(&r, &ifaces(), 1).is_empty());
         let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
         r.dst = "ff02::1:2".parse().unwrap();
-        assert!(t.handle(&r, &ifaces(), 1).is_empty());
+        assert!(t.act(&r, &ifaces(), 1).is_empty());
         let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
         r.prefixes[0].ia_status = status::NO_PREFIX_AVAIL;
-        assert!(t.handle(&r, &ifaces(), 1).is_empty());
+        assert!(t.act(&r, &ifaces(), 1).is_empty());
         assert!(t.is_empty());
     }
 
@@ -1191,11 +1285,11 @@ mod tests {
         let mut b = reply(vec![pfx("2001:db8:200::", 56, 60)]);
         b.client_duid = vec![1, 2, 3];
         b.dst = "fe80::2".parse().unwrap();
-        t.handle(&a, &ifaces(), 1);
-        t.handle(&b, &ifaces(), 1);
+        t.act(&a, &ifaces(), 1);
+        t.act(&b, &ifaces(), 1);
         let mut a2 = reply(vec![pfx("2001:db8:300::", 56, 60)]);
         a2.client_duid = vec![1, 2];
-        let acts = installed(&t.handle(&a2, &ifaces(), 2));
+        let acts = installed(&t.act(&a2, &ifaces(), 2));
         assert_eq!(
             acts,
             [
@@ -1216,7 +1310,7 @@ mod tests {
     #[test]
     fn forged_release_from_another_host_removes_nothing() {
         let mut t = Table::new();
-        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1);
+        t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1);
         let mut rel = message(
             hook::XDP_INGRESS,
             DOWN,
@@ -1225,10 +1319,10 @@ mod tests {
             vec![pfx("2001:db8:100::", 56, 0)],
         );
         rel.src = "fe80::bad".parse().unwrap(); // same DUID, another host
-        t.handle(&rel, &ifaces(), 2);
+        t.act(&rel, &ifaces(), 2);
         let mut ok = reply(vec![]);
         ok.xid = 0x31;
-        assert!(t.handle(&ok, &ifaces(), 3).is_empty());
+        assert!(t.act(&ok, &ifaces(), 3).is_empty());
         assert_eq!((t.len(), t.stats.foreign_releases), (1, 1));
         // Relayed: the innermost peer-address is the client.
         let mut rel = message(
@@ -1240,11 +1334,11 @@ mod tests {
         );
         rel.relay_depth = 1;
         rel.peer_addr = client();
-        t.handle(&rel, &ifaces(), 4);
+        t.act(&rel, &ifaces(), 4);
         let mut ok = reply(vec![]);
         ok.xid = 0x32;
         assert_eq!(
-            installed(&t.handle(&ok, &ifaces(), 5)),
+            installed(&t.act(&ok, &ifaces(), 5)),
             ["remove 2001:db8:100::/56 released"]
         );
     }
@@ -1255,28 +1349,28 @@ mod tests {
         t.policy.require_client_message = true;
         // Unsolicited (forged or replayed): nothing.
         assert!(t
-            .handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1)
+            .act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1)
             .is_empty());
         assert_eq!(t.stats.unsolicited_replies, 1);
         // A Request with that xid and Client-ID, then the Reply: installed.
         let mut req = message(hook::XDP_INGRESS, DOWN, msg::REQUEST, 0x1234, vec![]);
         req.src = client();
-        assert!(t.handle(&req, &ifaces(), 2).is_empty());
+        assert!(t.act(&req, &ifaces(), 2).is_empty());
         assert_eq!(
-            t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 3)
+            t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 3)
                 .len(),
             1
         );
         // A retransmitted Reply within the window still counts.
         assert_eq!(
-            t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 4)
+            t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 4)
                 .len(),
             1
         );
         // Once the window has passed, a replay does not.
         t.expire(3 + CLIENT_MESSAGE_WINDOW_SECS + 1);
         assert!(t
-            .handle(
+            .act(
                 &reply(vec![pfx("2001:db8:100::", 56, 60)]),
                 &ifaces(),
                 3 + CLIENT_MESSAGE_WINDOW_SECS + 1
@@ -1285,9 +1379,9 @@ mod tests {
         // Another client's xid does not open the door.
         let mut req = message(hook::XDP_INGRESS, DOWN, msg::RENEW, 0x1234, vec![]);
         req.client_duid = vec![9];
-        t.handle(&req, &ifaces(), 100);
+        t.act(&req, &ifaces(), 100);
         assert!(t
-            .handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 101)
+            .act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 101)
             .is_empty());
     }
 
@@ -1295,22 +1389,49 @@ mod tests {
     fn prefixes_outside_allow_are_refused() {
         let mut t = Table::new();
         t.policy.allow = vec!["2001:db8:100::/40".parse().unwrap()];
-        let a = t.handle(
+        let out = t.handle(
             &reply(vec![
                 pfx("2001:db8:100::", 56, 60),
                 pfx("2001:db8:9900::", 56, 60),
             ]),
             &ifaces(),
             1,
+            false,
         );
         assert_eq!(
-            installed(&a),
+            installed(&out.actions),
             ["install 2001:db8:100::/56 via fe80::1c2d:3eff:fe4f:5a6b dev lan0"]
         );
         assert_eq!(t.stats.not_allowed, 1);
         assert_eq!(
-            t.take_refusals(),
-            [("2001:db8:9900::/56".parse().unwrap(), "outside --allow")]
+            out.refusals,
+            [Refusal {
+                prefix: "2001:db8:9900::/56".parse().unwrap(),
+                reason: "outside --allow"
+            }]
+        );
+    }
+
+    /// Deferring: an unsolicited Reply is neither counted nor refused, and
+    /// applies once its client message has been seen.
+    #[test]
+    fn an_unsolicited_reply_can_be_deferred() {
+        let mut t = Table::new();
+        t.policy.require_client_message = true;
+        let r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
+        let out = t.handle(&r, &ifaces(), 1, true);
+        assert!(out.deferred && out.actions.is_empty() && out.refusals.is_empty());
+        assert_eq!(t.stats.unsolicited_replies, 0);
+        let out = t.handle(&r, &ifaces(), 1, false);
+        assert!(!out.deferred && out.actions.is_empty());
+        assert_eq!(out.refusals.len(), 1);
+        assert_eq!(t.stats.unsolicited_replies, 1);
+        let mut req = message(hook::XDP_INGRESS, DOWN, msg::REQUEST, 0x1234, vec![]);
+        req.src = client();
+        t.handle(&req, &ifaces(), 2, true);
+        assert_eq!(
+            installed(&t.handle(&r, &ifaces(), 3, true).actions).len(),
+            1
         );
     }
 
@@ -1318,20 +1439,20 @@ mod tests {
     fn max_bindings_per_iface_caps_new_ones_but_renews_old_ones() {
         let mut t = Table::new();
         t.policy.max_bindings_per_iface = Some(1);
-        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1);
+        t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1);
         let mut other = reply(vec![pfx("2001:db8:200::", 56, 60)]);
         other.client_duid = vec![7];
         other.dst = "fe80::7".parse().unwrap();
-        assert!(t.handle(&other, &ifaces(), 2).is_empty());
+        assert!(t.act(&other, &ifaces(), 2).is_empty());
         assert_eq!(t.stats.limit_reached, 1);
         // The existing binding still renews.
         assert_eq!(
-            installed(&t.handle(&reply(vec![pfx("2001:db8:100::", 56, 90)]), &ifaces(), 3)),
+            installed(&t.act(&reply(vec![pfx("2001:db8:100::", 56, 90)]), &ifaces(), 3)),
             ["refresh 2001:db8:100::/56 valid 90"]
         );
         // After it is gone, there is room again.
-        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 0)]), &ifaces(), 4);
-        assert_eq!(t.handle(&other, &ifaces(), 5).len(), 1);
+        t.act(&reply(vec![pfx("2001:db8:100::", 56, 0)]), &ifaces(), 4);
+        assert_eq!(t.act(&other, &ifaces(), 5).len(), 1);
     }
 
     #[test]
@@ -1339,17 +1460,17 @@ mod tests {
         let mut t = Table::new();
         let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
         r.dst = "2001:db8:ffff::77".parse().unwrap(); // on-link on lan0
-        assert_eq!(t.handle(&r, &ifaces(), 1).len(), 1);
+        assert_eq!(t.act(&r, &ifaces(), 1).len(), 1);
         let mut r = reply(vec![pfx("2001:db8:200::", 56, 60)]);
         r.dst = "2001:db8:5555::1".parse().unwrap(); // nowhere near lan0
-        assert!(t.handle(&r, &ifaces(), 1).is_empty());
+        assert!(t.act(&r, &ifaces(), 1).is_empty());
         assert_eq!(t.stats.bad_next_hop, 1);
     }
 
     #[test]
     fn host_bits_are_masked() {
         let mut t = Table::new();
-        t.handle(&reply(vec![pfx("2001:db8:100::1", 56, 60)]), &ifaces(), 1);
+        t.act(&reply(vec![pfx("2001:db8:100::1", 56, 60)]), &ifaces(), 1);
         assert_eq!(
             t.iter().next().unwrap().prefix.to_string(),
             "2001:db8:100::/56"
@@ -1359,11 +1480,11 @@ mod tests {
     #[test]
     fn same_prefix_to_new_client_replaces_old_owner() {
         let mut t = Table::new();
-        t.handle(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1);
+        t.act(&reply(vec![pfx("2001:db8:100::", 56, 60)]), &ifaces(), 1);
         let mut r = reply(vec![pfx("2001:db8:100::", 56, 60)]);
         r.client_duid = vec![1, 2, 3];
         r.dst = "fe80::2".parse().unwrap();
-        let a = installed(&t.handle(&r, &ifaces(), 2));
+        let a = installed(&t.act(&r, &ifaces(), 2));
         assert_eq!(
             a,
             [
