@@ -34,14 +34,76 @@ use std::{
     time::Duration,
 };
 
+use ipnet::Ipv6Net;
 use serde::Deserialize;
 
 use crate::{
-    agent::{Config, SavMode},
     control,
     datapath::FastPathMode,
     route::{DEFAULT_METRIC, DEFAULT_PROTO},
 };
+
+/// The agent's settings, resolved from flags and the config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub downstream: Vec<String>,
+    pub upstream: Vec<String>,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub control: PathBuf,
+    pub proto: u8,
+    /// Metric of our routes (their slot: prefix, table, metric).
+    pub route_metric: u32,
+    pub hooks: Vec<PathBuf>,
+    pub hook_timeout: Duration,
+    /// Forward delegated prefixes in XDP.
+    pub fast_path: FastPathMode,
+    /// Source-address validation for downstream interfaces without an override.
+    pub sav: SavMode,
+    /// Per-interface overrides.
+    pub sav_iface: Vec<(String, SavMode)>,
+    /// Delegations must lie inside one of these (empty: anything).
+    pub allow: Vec<Ipv6Net>,
+    /// Most bindings one interface may hold.
+    pub max_bindings_per_iface: Option<usize>,
+    /// On SIGTERM/SIGINT remove every route and map entry the agent added
+    /// (and the bindings), instead of keeping them for a seamless restart.
+    pub flush_on_exit: bool,
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// A Reply must answer a client message seen with its xid and Client-ID.
+    pub require_client_message: bool,
+    /// Ring buffer bytes (None: the object's default).
+    pub ring_bytes: Option<u32>,
+    /// Entries of the kernel's per-client records (None: the default).
+    pub client_records: Option<u32>,
+    /// Entries of the forwarding counters (None: the default).
+    pub forwarding_counters: Option<u32>,
+}
+
+/// Source-address validation on a downstream interface (RFC 8987 §3.1).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SavMode {
+    /// No validation.
+    Off,
+    /// Drop sources inside a prefix delegated on another interface.
+    On,
+    /// Also drop sources neither delegated nor on-link on this interface.
+    Strict,
+}
+
+impl SavMode {
+    pub(crate) fn flags(self) -> u32 {
+        match self {
+            SavMode::Off => 0,
+            SavMode::On => pd_common::ifflags::SAV,
+            SavMode::Strict => pd_common::ifflags::SAV | pd_common::ifflags::SAV_STRICT,
+        }
+    }
+}
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pd-agent";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pd-agent";

@@ -88,7 +88,7 @@ async fn real_main() -> Result<()> {
             } else {
                 fmt.init();
             }
-            agent::run(config).await
+            Ok(agent::run(config).await?)
         }
         Cmd::Bindings {
             json,

@@ -23,7 +23,11 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::control::{Call, Request};
+use crate::{
+    binding::Kind,
+    control::{Call, Request},
+    datapath::FastPathMode,
+};
 
 type Labels = Vec<(String, String)>;
 
@@ -224,4 +228,94 @@ pub async fn serve(addr: SocketAddr, calls: mpsc::Sender<Call>) -> std::io::Resu
         }
     });
     Ok(())
+}
+
+impl crate::agent::Agent {
+    /// Copy the values that live elsewhere into the registry, encode it.
+    pub(crate) fn scrape(&self) -> String {
+        let m = &self.metrics;
+        m.bindings.clear();
+        m.forwarded_packets.clear();
+        m.forwarded_bytes.clear();
+        let mut fwd: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for b in self.table.iter() {
+            m.bindings
+                .get_or_create(&vec![
+                    ("iface".into(), b.iface.clone()),
+                    ("kind".into(), b.kind.as_str().into()),
+                ])
+                .inc();
+            if b.kind == Kind::Delegated {
+                let e = fwd.entry(b.iface.as_str()).or_default();
+                if let Some((p, by)) = self.map.counters(b.prefix) {
+                    e.0 += p;
+                    e.1 += by;
+                }
+            }
+        }
+        for (iface, (p, by)) in fwd {
+            Metrics::set(
+                &m.forwarded_packets
+                    .get_or_create(&Metrics::label("iface", iface)),
+                p,
+            );
+            Metrics::set(
+                &m.forwarded_bytes
+                    .get_or_create(&Metrics::label("iface", iface)),
+                by,
+            );
+        }
+        let st = &self.datapath.state;
+        m.fast_path_forwarding.clear();
+        m.fast_path_forwarding
+            .get_or_create(&vec![
+                ("mode".into(), st.mode.as_str().into()),
+                ("reason".into(), st.forwarding_reason().into()),
+            ])
+            .set(st.forwarding().is_ok() as i64);
+        m.fast_path_redirect_target.clear();
+        for (idx, name) in self.managed() {
+            if let (Some(kind), true) = (
+                self.link_kinds.get(&idx),
+                self.ifaces.downstream.contains_key(&idx),
+            ) {
+                let yes = st.mode != FastPathMode::Off && st.redirect_target(idx, *kind).is_ok();
+                m.fast_path_redirect_target
+                    .get_or_create(&Metrics::label("iface", &name))
+                    .set(yes as i64);
+            }
+        }
+        for (name, v) in self.counters.read() {
+            Metrics::set(&m.kernel.get_or_create(&Metrics::label("outcome", name)), v);
+            if name == pd_common::Counter::RingbufFull.name() {
+                Metrics::set(&m.ringbuf_drops, v);
+            }
+        }
+        if let Ok(serde_json::Value::Object(st)) = serde_json::to_value(&self.table.stats) {
+            for (k, v) in st {
+                Metrics::set(
+                    &m.agent.get_or_create(&Metrics::label("outcome", &k)),
+                    v.as_u64().unwrap_or(0),
+                );
+            }
+        }
+        Metrics::set(&m.route_errors, self.route_errors);
+        Metrics::set(&m.routes_restored, self.keeper.stats.restored);
+        m.route_conflicts.set(self.keeper.conflicts() as i64);
+        Metrics::set(
+            &m.hook_runs,
+            self.hooks
+                .stats
+                .runs
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        Metrics::set(
+            &m.hook_failures,
+            self.hooks
+                .stats
+                .failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        m.encode()
+    }
 }

@@ -1,0 +1,467 @@
+//! Start-up: check the interfaces, load and attach the kernel programs,
+//! restore the store, catch up with the kernel, and reconcile the routing
+//! table with the bindings.
+
+use std::collections::HashSet;
+
+use aya::maps::{MapData, RingBuf};
+use ipnet::Ipv6Net;
+use pd_common::Counter;
+use tracing::{info, warn};
+
+use super::{exec::run_route_ops, ifaces::attach, Agent, ResyncStats};
+use crate::{
+    binding::{Action, Ifaces, Kind, Policy, Table},
+    clock::now,
+    config::{Config, SavMode},
+    datapath::{self, FastPathMode, LinkKind, Listeners, Monitor},
+    ebpf::{self, LoadOptions, Programs},
+    hooks::Hooks,
+    keeper::Keeper,
+    maps::{RouteMap, SavMaps},
+    metrics::Metrics,
+    resync::{self, SeqTracker},
+    route::{RouteChange, Routes},
+    snoop::Assembler,
+    state::{Change, Store},
+};
+
+/// Why the agent could not start (or stopped), with the interface, file or
+/// call concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no interface given: use --downstream (and --upstream)")]
+    NoInterface,
+    #[error("interface {0} is given as both --downstream and --upstream")]
+    BothSides(String),
+    #[error("--sav-iface {0}: not a --downstream interface")]
+    SavNotDownstream(String),
+    #[error("reading the link type of {iface}")]
+    LinkType {
+        iface: String,
+        #[source]
+        source: crate::route::RouteError,
+    },
+    #[error("interface {iface}")]
+    UnsupportedLink {
+        iface: String,
+        #[source]
+        source: datapath::UnsupportedLink,
+    },
+    #[error(transparent)]
+    Load(#[from] ebpf::LoadError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Map(#[from] crate::maps::MapOpError),
+    #[error(transparent)]
+    Route(#[from] crate::route::RouteError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    #[error("metrics listener on {addr}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Agent {
+    /// Everything up to serving: the interfaces checked, the programs
+    /// loaded and attached, the store restored, what the kernel saw while
+    /// no agent ran applied, the routes reconciled. Returns the agent, the
+    /// ring buffer and the fast path's listeners.
+    pub(crate) async fn start(
+        cfg: &Config,
+    ) -> Result<(Agent, RingBuf<MapData>, Listeners), AgentError> {
+        if cfg.downstream.is_empty() && cfg.upstream.is_empty() {
+            return Err(AgentError::NoInterface);
+        }
+        let mut ifaces = Ifaces::default();
+        for name in &cfg.downstream {
+            ifaces
+                .downstream
+                .insert(ebpf::if_index(name)?, name.clone());
+        }
+        for name in &cfg.upstream {
+            let idx = ebpf::if_index(name)?;
+            if ifaces.downstream.contains_key(&idx) {
+                return Err(AgentError::BothSides(name.clone()));
+            }
+            ifaces.upstream.insert(idx, name.clone());
+        }
+
+        let sav_of = |name: &str| {
+            cfg.sav_iface
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, m)| *m)
+                .unwrap_or(cfg.sav)
+        };
+        for (n, _) in &cfg.sav_iface {
+            if !cfg.downstream.contains(n) {
+                return Err(AgentError::SavNotDownstream(n.clone()));
+            }
+        }
+        let any_sav = cfg.downstream.iter().any(|n| sav_of(n) != SavMode::Off);
+        // Every interface's link type first: one the programs cannot read is
+        // refused before anything is attached anywhere.
+        let routes = Routes::new(cfg.proto, cfg.route_metric)?;
+        let mut link_kinds = std::collections::HashMap::new();
+        for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
+            let t = routes
+                .link_type(*idx)
+                .await
+                .map_err(|source| AgentError::LinkType {
+                    iface: name.clone(),
+                    source,
+                })?;
+            let kind = datapath::link_kind(t).map_err(|source| AgentError::UnsupportedLink {
+                iface: name.clone(),
+                source,
+            })?;
+            link_kinds.insert(*idx, kind);
+        }
+        let bare_links = link_kinds.values().any(|k| *k == LinkKind::Bare);
+        let opts = LoadOptions {
+            fast_path: cfg.fast_path != FastPathMode::Off,
+            sav: any_sav,
+            bare_links,
+            ring_bytes: cfg.ring_bytes,
+            client_entries: cfg.client_records,
+            fwd_counters: cfg.forwarding_counters,
+        };
+        let mut progs = Programs::load_with(&cfg.pin_dir, opts)?;
+        // Loading parsed the kernel's BTF (aya does, even unused): ~10 MiB
+        // of heap, freed now; give it back rather than keep it for ever.
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        for note in &progs.notes {
+            warn!("{note}");
+        }
+        let (xi, ti) = progs.verified_instructions();
+        info!(xdp_insns = xi, tc_insns = ti, pin_dir = %cfg.pin_dir.display(), "kernel programs loaded");
+        let links_dir = cfg.pin_dir.join(ebpf::LINKS_DIR);
+        let names: Vec<String> = cfg
+            .downstream
+            .iter()
+            .chain(&cfg.upstream)
+            .cloned()
+            .collect();
+        for gone in ebpf::prune_links(&links_dir, &names) {
+            info!(link = %gone, "unpinned the link of an interface no longer managed");
+        }
+        let mut ring = progs.take_events()?;
+        let map = RouteMap::new(progs.take_routes()?, progs.take_fwd_stats()?);
+        let sav = SavMaps {
+            ifaces: progs.take_ifaces()?,
+            onlink: progs.take_onlink()?,
+        };
+        let mut iface_flags = std::collections::HashMap::new();
+        for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
+            let mode = if ifaces.downstream.contains_key(idx) {
+                sav_of(name)
+            } else {
+                SavMode::Off
+            };
+            // Upstream links are marked so that the kernel records Replies
+            // forwarded from them (the only forwarded ones trusted).
+            let flags = if ifaces.downstream.contains_key(idx) {
+                mode.flags()
+            } else {
+                pd_common::ifflags::UPSTREAM
+            };
+            iface_flags.insert(name.clone(), flags);
+        }
+        for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
+            let kind = link_kinds[idx];
+            info!(iface = %name, link = ?kind, "link type");
+        }
+        let (monitor, listeners) = Monitor::start(cfg.fast_path, names.clone());
+        info!(fast_path = cfg.fast_path.as_str(), sav = ?cfg.sav, "data path options");
+        let counters = progs.take_counters()?;
+        let clients = progs.take_clients()?;
+        let lease = progs.take_lease()?;
+
+        let store = Store::open(&cfg.state_dir)?;
+        let hooks = Hooks::start(cfg.hooks.clone(), cfg.hook_timeout);
+
+        let mut table = Table::new();
+        table.policy = Policy {
+            allow: cfg.allow.clone(),
+            max_bindings_per_iface: cfg.max_bindings_per_iface,
+            require_client_message: cfg.require_client_message,
+        };
+        let ringbuf_full_seen = counters.get(Counter::RingbufFull);
+        let client_records = progs.client_records();
+        let seq = progs.take_seq()?;
+        let mut agent = Agent {
+            table,
+            ifaces,
+            progs,
+            links_dir,
+            iface_flags,
+            link_kinds,
+            datapath: monitor,
+            bare_links,
+            lease,
+            written_flags: Default::default(),
+            logged_forwarding: None,
+            logged_targets: Default::default(),
+            client_records,
+            seq,
+            clients,
+            unattached: HashSet::new(),
+            tracker: SeqTracker::default(),
+            floor_ns: 0,
+            seen_ns: 0,
+            journaled_ns: 0,
+            clock: crate::clock::Anchor::now(&resync::boot_id()),
+            boot_id: resync::boot_id(),
+            ringbuf_full_seen,
+            resync: ResyncStats::default(),
+            routes,
+            map,
+            sav,
+            store,
+            counters,
+            hooks,
+            metrics: Metrics::new(),
+            retries: Default::default(),
+            keeper: Keeper::new(cfg.route_metric),
+            ipv6_forwarding: None,
+            route_errors: 0,
+            decode_errors: 0,
+            asm: Assembler::default(),
+        };
+        // Every interface's flags (link type first) before the programs see a
+        // packet there; entries of interfaces no longer managed go (their
+        // xdp-features are no longer watched).
+        let managed: HashSet<u32> = agent.managed().into_iter().map(|(i, _)| i).collect();
+        agent.sav.retain_ifaces(&managed)?;
+        agent.write_iface_flags()?;
+        agent.renew_lease();
+        for name in &names {
+            attach(&mut agent.progs, name, &agent.links_dir)?;
+        }
+        agent.refresh_addresses().await;
+        let restored = agent.restore()?;
+        // What the kernel saw while no agent was running, applied to the
+        // stored bindings before anything is judged expired or stale: first
+        // the ring buffer's backlog, in order, then whatever it could not
+        // hold, from the per-client records.
+        agent.catch_up(&mut ring).await;
+        agent.reconcile(restored).await?;
+
+        Ok((agent, ring, listeners))
+    }
+
+    /// Start-up, first step: put back what the store knows (expired or not:
+    /// messages the kernel saw meanwhile may have renewed it). Returns how
+    /// many bindings were restored.
+    pub(crate) fn restore(&mut self) -> Result<usize, AgentError> {
+        let loaded = self.store.load()?;
+        if let Some(mark) = &loaded.seen {
+            if !mark.boot_id.is_empty() && mark.boot_id == self.boot_id {
+                self.floor_ns = mark.ns;
+                self.seen_ns = mark.ns;
+                self.journaled_ns = mark.ns;
+            }
+        }
+        // Times are lease-clock seconds of the boot that wrote them: carry
+        // them into this boot (see `clock::rebase`).
+        let here = crate::clock::Anchor::now(&self.boot_id);
+        let same_boot = !here.boot_id.is_empty()
+            && loaded
+                .clock
+                .as_ref()
+                .is_some_and(|a| a.boot_id == here.boot_id);
+        let mut bindings = loaded.bindings;
+        if !same_boot {
+            // What the store proves the previous boot ran past its anchor.
+            let ran = loaded.clock.as_ref().map_or(0, |a| {
+                let mut last = bindings.iter().map(|b| b.updated_at).max().unwrap_or(0);
+                if let Some(m) = loaded.seen.as_ref().filter(|m| m.boot_id == a.boot_id) {
+                    last = last.max(crate::clock::of_kernel(m.ns));
+                }
+                last.saturating_sub(a.boot)
+            });
+            // An older version's unix times, converted by a wall clock
+            // that may read 1970 (no RTC, before NTP): never earlier than
+            // the newest time the store holds.
+            let mut wall = here.clone();
+            if loaded.clock.is_none() {
+                wall.unix = wall
+                    .unix
+                    .max(bindings.iter().map(|b| b.updated_at).max().unwrap_or(0));
+            }
+            let shift = crate::clock::rebase(loaded.clock.as_ref(), &wall, ran);
+            for b in &mut bindings {
+                b.expires_at = b.expires_at.map(|t| crate::clock::shifted(t, shift));
+                b.updated_at = crate::clock::shifted(b.updated_at, shift);
+            }
+            if !bindings.is_empty() {
+                info!(
+                    bindings = bindings.len(),
+                    shift,
+                    "state store of another boot (or an older version): lifetimes carried over by the wall clock"
+                );
+            }
+            // From here on the store's times are this boot's: rewrite it
+            // before anything is appended.
+            self.store
+                .compact(bindings.iter(), loaded.seen.clone(), here.clone())?;
+            self.clock = here;
+        } else if let Some(a) = &loaded.clock {
+            // A step while no agent ran is written with the reconcile.
+            self.clock = a.clone();
+        }
+        let mut restored = 0;
+        for mut b in bindings {
+            // Interface indexes change across reboots: trust the name.
+            let side = match b.kind {
+                Kind::Delegated => &self.ifaces.downstream,
+                Kind::Acquired => &self.ifaces.upstream,
+            };
+            match side.iter().find(|(_, n)| **n == b.iface) {
+                Some((i, _)) => b.ifindex = *i,
+                None => {
+                    warn!(prefix = %b.prefix, iface = %b.iface, "stored binding on an interface we do not manage; dropped");
+                    continue;
+                }
+            }
+            self.table.restore(b);
+            restored += 1;
+        }
+        Ok(restored)
+    }
+
+    /// Start-up, last step: drop what expired while no agent ran, remove
+    /// routes of ours that nothing explains, re-add missing ones, rebuild
+    /// the map.
+    pub(crate) async fn reconcile(&mut self, restored: usize) -> Result<(), AgentError> {
+        let gone = self.table.expire(now());
+        let expired = gone.len();
+        // Recorded as journal lines: rewriting the whole snapshot here
+        // would cost a restart with a million bindings seconds of writing
+        // and fsync for nothing; compaction follows its usual rule.
+        let mut changes: Vec<Change> = gone
+            .iter()
+            .filter_map(|a| match a {
+                Action::Remove(b, _) => Some(Change::Del { key: b.key() }),
+                _ => None,
+            })
+            .collect();
+        let mut stale = 0;
+        let live: HashSet<Ipv6Net> = self
+            .table
+            .iter()
+            .filter(|b| b.kind == Kind::Delegated)
+            .map(|b| b.prefix)
+            .collect();
+        // Routes of ours the kernel already has, exactly as a binding wants
+        // them, are left alone (a restart without a reboot touches nothing);
+        // other protocols' routes for a binding's prefix are conflicts.
+        let mut present: HashSet<(Ipv6Net, std::net::Ipv6Addr, u32)> = HashSet::new();
+        let mut ops = Vec::new();
+        let mut taken_over = 0;
+        for r in self.routes.dump_all().await? {
+            // A route an older pd-agent installed under its former protocol
+            // number, exactly as a binding wants it: replaced in place by
+            // ours (NLM_F_REPLACE, no gap). Any other route of that number
+            // is another's (the kernel and iproute2 give it to Open/R).
+            if r.proto == crate::route::FORMER_PROTO
+                && self.routes.proto() != crate::route::FORMER_PROTO
+                && r.metric == self.routes.metric()
+            {
+                if let (Some(nh), Some(i)) = (r.next_hop, r.ifindex) {
+                    if self.wanted(r.prefix) == Some((nh, i)) {
+                        ops.push(RouteChange::Replace(r.prefix, nh, i));
+                        present.insert((r.prefix, nh, i));
+                        taken_over += 1;
+                        continue;
+                    }
+                }
+            }
+            if r.proto != self.routes.proto() {
+                if live.contains(&r.prefix) {
+                    let wanted = self.wanted(r.prefix);
+                    self.keeper.on_route(&r, false, false, wanted);
+                }
+                continue;
+            }
+            match (self.routes.is_ours(&r), r.next_hop, r.ifindex) {
+                (true, Some(nh), Some(i)) if live.contains(&r.prefix) => {
+                    present.insert((r.prefix, nh, i));
+                }
+                // A multipath group of ours with another's next hop: the
+                // binding's converge looks into it; nothing is deleted.
+                (true, None, None) if live.contains(&r.prefix) => {}
+                _ => {
+                    ops.extend(r.deletes());
+                    stale += 1;
+                }
+            }
+        }
+        let failed = run_route_ops(&self.routes, &self.metrics, ops).await;
+        self.note_failures(failed);
+        self.ipv6_forwarding = crate::route::ipv6_forwarding();
+        if self.ipv6_forwarding == Some(false) {
+            warn!("IPv6 forwarding is off in this namespace (net.ipv6.conf.all.forwarding=0): the delegated prefixes' routes cannot carry traffic; pd-agent does not change it");
+        }
+        for (p, _, _) in self.map.entries() {
+            if !live.contains(&p) {
+                self.map.remove(p)?;
+            }
+        }
+        let all: Vec<_> = self
+            .table
+            .iter()
+            .filter(|b| b.kind == Kind::Delegated)
+            .cloned()
+            .collect();
+        let missing: Vec<Ipv6Net> = all
+            .iter()
+            .filter(|b| !present.contains(&(b.prefix, b.next_hop, b.ifindex)))
+            .map(|b| b.prefix)
+            .collect();
+        let readded = missing.len();
+        self.converge(missing, false).await;
+        for b in &all {
+            self.map.insert(b)?;
+        }
+        changes.extend(self.seen_mark().map(|mark| Change::Seen { mark }));
+        let reading = self.clock_due(false);
+        changes.extend(reading.clone().map(|clock| Change::Clock { clock }));
+        self.store.append(&changes)?;
+        self.store.sync()?;
+        if let Some(r) = reading {
+            self.clock = r;
+        }
+        self.journaled_ns = self.seen_ns;
+        if self.store.needs_compaction(self.table.len()) {
+            self.clock = crate::clock::Anchor::now(&self.boot_id);
+            self.store
+                .compact(self.table.iter(), self.seen_mark(), self.clock.clone())?;
+        }
+        info!(
+            restored,
+            expired,
+            routes_readded = readded,
+            stale_routes_removed = stale,
+            routes_taken_over = taken_over,
+            conflicts = self.keeper.conflicts(),
+            "reconciled with the kernel"
+        );
+        Ok(())
+    }
+}
