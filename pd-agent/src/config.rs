@@ -95,6 +95,19 @@ pub enum SavMode {
     Strict,
 }
 
+impl Config {
+    /// The source-address validation of downstream interface `name`: its
+    /// own setting (the last given), else the default.
+    pub fn sav_of(&self, name: &str) -> SavMode {
+        self.sav_iface
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, m)| *m)
+            .unwrap_or(self.sav)
+    }
+}
+
 impl SavMode {
     pub(crate) fn flags(self) -> u32 {
         match self {

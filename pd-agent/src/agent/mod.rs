@@ -32,7 +32,7 @@ use crate::{
     config::Config,
     control::{self, Call},
     datapath::{self, FastPathMode, LinkKind, Monitor},
-    ebpf::{self, Counters, Programs},
+    ebpf::{Counters, Programs},
     hooks::Hooks,
     keeper::Keeper,
     maps::{RouteMap, SavMaps},
@@ -240,35 +240,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             _ = int.recv() => break,
         }
     }
-    // Nobody watches the firewall once the agent is gone: the kernel
-    // forwards until the next agent has looked (after a crash, once the
-    // lease runs out).
-    agent.revoke_lease();
-    // The last reading: after a reboot, the time since is counted from here.
-    agent.note_clock(true);
-    if cfg.flush_on_exit {
-        let all: Vec<Ipv6Net> = agent.table.iter().map(|b| b.prefix).collect();
-        let mut actions = Vec::new();
-        for p in all {
-            actions.extend(agent.table.delete_prefix(p));
-        }
-        let n = actions.len();
-        agent.apply(actions).await;
-        let names: Vec<String> = agent
-            .ifaces
-            .downstream
-            .values()
-            .chain(agent.ifaces.upstream.values())
-            .cloned()
-            .collect();
-        ebpf::unpin_links(&agent.links_dir, &names);
-        info!(removed = n, "stopping; --flush-on-exit removed every binding, route and map entry, and detached the programs");
-    } else {
-        info!(
-            bindings = agent.table.len(),
-            "stopping; routes, state and the programs (pinned links) are kept"
-        );
-    }
+    agent.stop(cfg.flush_on_exit).await;
     let _ = std::fs::remove_file(&cfg.control);
     Ok(())
 }

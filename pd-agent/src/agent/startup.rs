@@ -2,7 +2,7 @@
 //! restore the store, catch up with the kernel, and reconcile the routing
 //! table with the bindings.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use aya::maps::{MapData, RingBuf};
 use ipnet::Ipv6Net;
@@ -80,83 +80,20 @@ impl Agent {
     pub(crate) async fn start(
         cfg: &Config,
     ) -> Result<(Agent, RingBuf<MapData>, Listeners), AgentError> {
-        if cfg.downstream.is_empty() && cfg.upstream.is_empty() {
-            return Err(AgentError::NoInterface);
-        }
-        let mut ifaces = Ifaces::default();
-        for name in &cfg.downstream {
-            ifaces
-                .downstream
-                .insert(ebpf::if_index(name)?, name.clone());
-        }
-        for name in &cfg.upstream {
-            let idx = ebpf::if_index(name)?;
-            if ifaces.downstream.contains_key(&idx) {
-                return Err(AgentError::BothSides(name.clone()));
-            }
-            ifaces.upstream.insert(idx, name.clone());
-        }
-
-        let sav_of = |name: &str| {
-            cfg.sav_iface
-                .iter()
-                .rev()
-                .find(|(n, _)| n == name)
-                .map(|(_, m)| *m)
-                .unwrap_or(cfg.sav)
-        };
-        for (n, _) in &cfg.sav_iface {
-            if !cfg.downstream.contains(n) {
-                return Err(AgentError::SavNotDownstream(n.clone()));
-            }
-        }
-        let any_sav = cfg.downstream.iter().any(|n| sav_of(n) != SavMode::Off);
+        let ifaces = managed_ifaces(cfg)?;
         // Every interface's link type first: one the programs cannot read is
         // refused before anything is attached anywhere.
         let routes = Routes::new(cfg.proto, cfg.route_metric)?;
-        let mut link_kinds = std::collections::HashMap::new();
-        for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
-            let t = routes
-                .link_type(*idx)
-                .await
-                .map_err(|source| AgentError::LinkType {
-                    iface: name.clone(),
-                    source,
-                })?;
-            let kind = datapath::link_kind(t).map_err(|source| AgentError::UnsupportedLink {
-                iface: name.clone(),
-                source,
-            })?;
-            link_kinds.insert(*idx, kind);
-        }
+        let link_kinds = link_kinds(&routes, &ifaces).await?;
         let bare_links = link_kinds.values().any(|k| *k == LinkKind::Bare);
-        let opts = LoadOptions {
-            fast_path: cfg.fast_path != FastPathMode::Off,
-            sav: any_sav,
-            bare_links,
-            ring_bytes: cfg.ring_bytes,
-            client_entries: cfg.client_records,
-            fwd_counters: cfg.forwarding_counters,
-        };
-        let mut progs = Programs::load_with(&cfg.pin_dir, opts)?;
-        // Loading parsed the kernel's BTF (aya does, even unused): ~10 MiB
-        // of heap, freed now; give it back rather than keep it for ever.
-        #[cfg(target_env = "gnu")]
-        unsafe {
-            libc::malloc_trim(0);
-        }
-        for note in &progs.notes {
-            warn!("{note}");
-        }
-        let (xi, ti) = progs.verified_instructions();
-        info!(xdp_insns = xi, tc_insns = ti, pin_dir = %cfg.pin_dir.display(), "kernel programs loaded");
-        let links_dir = cfg.pin_dir.join(ebpf::LINKS_DIR);
+        let mut progs = load(cfg, bare_links)?;
         let names: Vec<String> = cfg
             .downstream
             .iter()
             .chain(&cfg.upstream)
             .cloned()
             .collect();
+        let links_dir = cfg.pin_dir.join(ebpf::LINKS_DIR);
         for gone in ebpf::prune_links(&links_dir, &names) {
             info!(link = %gone, "unpinned the link of an interface no longer managed");
         }
@@ -166,75 +103,50 @@ impl Agent {
             ifaces: progs.take_ifaces()?,
             onlink: progs.take_onlink()?,
         };
-        let mut iface_flags = std::collections::HashMap::new();
         for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
-            let mode = if ifaces.downstream.contains_key(idx) {
-                sav_of(name)
-            } else {
-                SavMode::Off
-            };
-            // Upstream links are marked so that the kernel records Replies
-            // forwarded from them (the only forwarded ones trusted).
-            let flags = if ifaces.downstream.contains_key(idx) {
-                mode.flags()
-            } else {
-                pd_common::ifflags::UPSTREAM
-            };
-            iface_flags.insert(name.clone(), flags);
-        }
-        for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
-            let kind = link_kinds[idx];
-            info!(iface = %name, link = ?kind, "link type");
+            info!(iface = %name, link = ?link_kinds[idx], "link type");
         }
         let (monitor, listeners) = Monitor::start(cfg.fast_path, names.clone());
         info!(fast_path = cfg.fast_path.as_str(), sav = ?cfg.sav, "data path options");
         let counters = progs.take_counters()?;
-        let clients = progs.take_clients()?;
-        let lease = progs.take_lease()?;
-
-        let store = Store::open(&cfg.state_dir)?;
-        let hooks = Hooks::start(cfg.hooks.clone(), cfg.hook_timeout);
-
         let mut table = Table::new();
         table.policy = Policy {
             allow: cfg.allow.clone(),
             max_bindings_per_iface: cfg.max_bindings_per_iface,
             require_client_message: cfg.require_client_message,
         };
-        let ringbuf_full_seen = counters.get(Counter::RingbufFull);
-        let client_records = progs.client_records();
-        let seq = progs.take_seq()?;
+        let boot_id = resync::boot_id();
         let mut agent = Agent {
             table,
+            iface_flags: own_flags(cfg, &ifaces),
             ifaces,
-            progs,
             links_dir,
-            iface_flags,
             link_kinds,
             datapath: monitor,
             bare_links,
-            lease,
+            lease: progs.take_lease()?,
             written_flags: Default::default(),
             logged_forwarding: None,
             logged_targets: Default::default(),
-            client_records,
-            seq,
-            clients,
+            client_records: progs.client_records(),
+            seq: progs.take_seq()?,
+            clients: progs.take_clients()?,
+            progs,
             unattached: HashSet::new(),
             tracker: SeqTracker::default(),
             floor_ns: 0,
             seen_ns: 0,
             journaled_ns: 0,
-            clock: crate::clock::Anchor::now(&resync::boot_id()),
-            boot_id: resync::boot_id(),
-            ringbuf_full_seen,
+            clock: crate::clock::Anchor::now(&boot_id),
+            boot_id,
+            ringbuf_full_seen: counters.get(Counter::RingbufFull),
             resync: ResyncStats::default(),
             routes,
             map,
             sav,
-            store,
+            store: Store::open(&cfg.state_dir)?,
             counters,
-            hooks,
+            hooks: Hooks::start(cfg.hooks.clone(), cfg.hook_timeout),
             metrics: Metrics::new(),
             retries: Default::default(),
             keeper: Keeper::new(cfg.route_metric),
@@ -243,26 +155,70 @@ impl Agent {
             decode_errors: 0,
             asm: Assembler::default(),
         };
+        agent.bring_up(&names, &mut ring).await?;
+        Ok((agent, ring, listeners))
+    }
+
+    /// Attach to every interface, restore the store and catch up with the
+    /// kernel, then reconcile the routing table.
+    async fn bring_up(
+        &mut self,
+        names: &[String],
+        ring: &mut RingBuf<MapData>,
+    ) -> Result<(), AgentError> {
         // Every interface's flags (link type first) before the programs see a
         // packet there; entries of interfaces no longer managed go (their
         // xdp-features are no longer watched).
-        let managed: HashSet<u32> = agent.managed().into_iter().map(|(i, _)| i).collect();
-        agent.sav.retain_ifaces(&managed)?;
-        agent.write_iface_flags()?;
-        agent.renew_lease();
-        for name in &names {
-            attach(&mut agent.progs, name, &agent.links_dir)?;
+        let managed: HashSet<u32> = self.managed().into_iter().map(|(i, _)| i).collect();
+        self.sav.retain_ifaces(&managed)?;
+        self.write_iface_flags()?;
+        self.renew_lease();
+        for name in names {
+            attach(&mut self.progs, name, &self.links_dir)?;
         }
-        agent.refresh_addresses().await;
-        let restored = agent.restore()?;
+        self.refresh_addresses().await;
+        let restored = self.restore()?;
         // What the kernel saw while no agent was running, applied to the
         // stored bindings before anything is judged expired or stale: first
         // the ring buffer's backlog, in order, then whatever it could not
         // hold, from the per-client records.
-        agent.catch_up(&mut ring).await;
-        agent.reconcile(restored).await?;
+        self.catch_up(ring).await;
+        self.reconcile(restored).await
+    }
 
-        Ok((agent, ring, listeners))
+    /// Stopping: forwarding in XDP ends, a last clock reading is written,
+    /// and with `flush` every binding, route and map entry goes and the
+    /// programs are detached; otherwise all is kept for the next agent.
+    pub(crate) async fn stop(&mut self, flush: bool) {
+        // Nobody watches the firewall once the agent is gone: the kernel
+        // forwards until the next agent has looked (after a crash, once the
+        // lease runs out).
+        self.revoke_lease();
+        // The last reading: after a reboot, the time since is counted from here.
+        self.note_clock(true);
+        if flush {
+            let all: Vec<Ipv6Net> = self.table.iter().map(|b| b.prefix).collect();
+            let mut actions = Vec::new();
+            for p in all {
+                actions.extend(self.table.delete_prefix(p));
+            }
+            let n = actions.len();
+            self.apply(actions).await;
+            let names: Vec<String> = self
+                .ifaces
+                .downstream
+                .values()
+                .chain(self.ifaces.upstream.values())
+                .cloned()
+                .collect();
+            ebpf::unpin_links(&self.links_dir, &names);
+            info!(removed = n, "stopping; --flush-on-exit removed every binding, route and map entry, and detached the programs");
+        } else {
+            info!(
+                bindings = self.table.len(),
+                "stopping; routes, state and the programs (pinned links) are kept"
+            );
+        }
     }
 
     /// Start-up, first step: put back what the store knows (expired or not:
@@ -464,4 +420,98 @@ impl Agent {
         );
         Ok(())
     }
+}
+
+/// The managed interfaces by index, each on one side only; `--sav-iface`
+/// names downstream ones only.
+fn managed_ifaces(cfg: &Config) -> Result<Ifaces, AgentError> {
+    if cfg.downstream.is_empty() && cfg.upstream.is_empty() {
+        return Err(AgentError::NoInterface);
+    }
+    let mut ifaces = Ifaces::default();
+    for name in &cfg.downstream {
+        ifaces
+            .downstream
+            .insert(ebpf::if_index(name)?, name.clone());
+    }
+    for name in &cfg.upstream {
+        let idx = ebpf::if_index(name)?;
+        if ifaces.downstream.contains_key(&idx) {
+            return Err(AgentError::BothSides(name.clone()));
+        }
+        ifaces.upstream.insert(idx, name.clone());
+    }
+    if let Some((n, _)) = cfg
+        .sav_iface
+        .iter()
+        .find(|(n, _)| !cfg.downstream.contains(n))
+    {
+        return Err(AgentError::SavNotDownstream(n.clone()));
+    }
+    Ok(ifaces)
+}
+
+/// Each managed interface's link kind; an error names one the programs
+/// cannot read.
+async fn link_kinds(
+    routes: &Routes,
+    ifaces: &Ifaces,
+) -> Result<HashMap<u32, LinkKind>, AgentError> {
+    let mut kinds = HashMap::new();
+    for (idx, name) in ifaces.downstream.iter().chain(ifaces.upstream.iter()) {
+        let t = routes
+            .link_type(*idx)
+            .await
+            .map_err(|source| AgentError::LinkType {
+                iface: name.clone(),
+                source,
+            })?;
+        let kind = datapath::link_kind(t).map_err(|source| AgentError::UnsupportedLink {
+            iface: name.clone(),
+            source,
+        })?;
+        kinds.insert(*idx, kind);
+    }
+    Ok(kinds)
+}
+
+/// Load the kernel programs (maps pinned under `cfg.pin_dir`) with what
+/// this configuration switches on.
+fn load(cfg: &Config, bare_links: bool) -> Result<Programs, AgentError> {
+    let opts = LoadOptions {
+        fast_path: cfg.fast_path != FastPathMode::Off,
+        sav: cfg.downstream.iter().any(|n| cfg.sav_of(n) != SavMode::Off),
+        bare_links,
+        ring_bytes: cfg.ring_bytes,
+        client_entries: cfg.client_records,
+        fwd_counters: cfg.forwarding_counters,
+    };
+    let mut progs = Programs::load_with(&cfg.pin_dir, opts)?;
+    // Loading parsed the kernel's BTF (aya does, even unused): ~10 MiB
+    // of heap, freed now; give it back rather than keep it for ever.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    for note in &progs.notes {
+        warn!("{note}");
+    }
+    let (xi, ti) = progs.verified_instructions();
+    info!(xdp_insns = xi, tc_insns = ti, pin_dir = %cfg.pin_dir.display(), "kernel programs loaded");
+    Ok(progs)
+}
+
+/// Each managed interface's own `pd_ifaces_v1` flags: source validation
+/// downstream; upstream links are marked so that the kernel records
+/// Replies forwarded from them (the only forwarded ones trusted).
+fn own_flags(cfg: &Config, ifaces: &Ifaces) -> HashMap<String, u32> {
+    let down = ifaces
+        .downstream
+        .values()
+        .map(|n| (n.clone(), cfg.sav_of(n).flags()));
+    let up = ifaces
+        .upstream
+        .values()
+        .map(|n| (n.clone(), pd_common::ifflags::UPSTREAM));
+    down.chain(up).collect()
 }
