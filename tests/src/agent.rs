@@ -7,7 +7,6 @@ use std::{
     fs,
     net::Ipv6Addr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -132,21 +131,12 @@ impl Agent {
         }
         args.extend(o.args.iter().cloned());
         let log = dir.path("agent.log");
-        let f = fs::File::create(&log)?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name))
-            .args(&args)
-            .envs(o.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()
-            .with_context(|| format!("spawning pd-agent in {}", ns.name))?;
-        let mut daemon = Daemon {
-            child: Some(child),
-            log,
-            name: format!("pd-agent({})", ns.name),
-        };
+        let mut daemon = Daemon::spawn(
+            ns.cmd_net_only(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .envs(o.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            &format!("pd-agent({})", ns.name),
+            &log,
+        )?;
         let ready = wait_for(o.ready_timeout.unwrap_or(Duration::from_secs(20)), || {
             let _ = daemon.check_alive();
             daemon.log_text().contains("ready").then_some(())

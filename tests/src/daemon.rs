@@ -1,26 +1,45 @@
-//! Processes the tests start and stop: [`Daemon`] (stopped on drop);
-//! polling with [`wait_for`]; scratch directories ([`TempDir`]).
+//! Processes the tests start and stop: [`Daemon`] (stopped on drop) and
+//! [`Daemon::spawn`], the one way every daemon starts, with its output in
+//! a log file; polling with [`wait_for`]; scratch directories ([`TempDir`]).
 
 use std::{
     fs,
-    path::PathBuf,
-    process::Child,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::unique;
 
 /// A process stopped on drop (SIGTERM, then SIGKILL).
 pub struct Daemon {
-    pub(crate) child: Option<Child>,
+    child: Option<Child>,
     pub log: PathBuf,
     pub name: String,
 }
 
 impl Daemon {
+    /// Start `cmd` as `name` with stdin closed and stdout and stderr both
+    /// going to a new file `log`. Every daemon the tests start comes
+    /// through here.
+    pub fn spawn(cmd: &mut Command, name: &str, log: &Path) -> Result<Daemon> {
+        let f = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("spawning {cmd:?}"))?;
+        Ok(Daemon {
+            child: Some(child),
+            log: log.into(),
+            name: name.into(),
+        })
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }

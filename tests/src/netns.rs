@@ -108,39 +108,16 @@ impl Netns {
 
     /// Start a long-running process in the namespace; its output goes to `log`.
     pub fn spawn(&self, args: &[&str], log: &Path) -> Result<Daemon> {
-        let f = fs::File::create(log)?;
-        let child = self
-            .cmd(args)
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()
-            .with_context(|| format!("spawning {args:?} in {}", self.name))?;
-        Ok(Daemon {
-            child: Some(child),
-            log: log.into(),
-            name: args[0].into(),
-        })
+        Daemon::spawn(&mut self.cmd(args), args[0], log)
     }
 
-    /// Start a process that enters only the network namespace, keeping the
+    /// A command that enters only the network namespace, keeping the
     /// host's mounts: `ip netns exec` remounts /sys, which hides the host's
     /// bpffs at /sys/fs/bpf (and with it the agent's pinned maps).
-    pub fn spawn_net_only(&self, args: &[&str], log: &Path) -> Result<Daemon> {
-        let f = fs::File::create(log)?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.name))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()
-            .with_context(|| format!("spawning {args:?} in {}", self.name))?;
-        Ok(Daemon {
-            child: Some(child),
-            log: log.into(),
-            name: args[0].into(),
-        })
+    pub fn cmd_net_only(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name)).args(args);
+        c
     }
 
     /// Add `cidr` to `dev`, without duplicate address detection.
