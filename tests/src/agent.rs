@@ -1,0 +1,301 @@
+//! The pd-agent under test: its binary, [`Agent`] (started in a namespace
+//! with its own pin, state and control paths, pins removed on drop), and
+//! what it shows from outside: pinned maps and counters, routes with the
+//! tests' protocol number.
+
+use std::{
+    fs,
+    net::Ipv6Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{sh, unique, wait_for, Daemon, Netns, TempDir};
+
+/// The page size (the smallest ring buffer the kernel accepts).
+pub fn page_size() -> usize {
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize
+}
+
+/// The pd-agent binary under test (set by `cargo xtask test`).
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("PD_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pd-agent")
+        })
+}
+
+/// A pd-agent running in a namespace with its own pin dir, state dir and
+/// control socket. The pin dir is removed on drop.
+pub struct Agent {
+    pub daemon: Daemon,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub control: PathBuf,
+}
+
+pub const PROTO: &str = "57";
+
+/// How to run one pd-agent.
+#[derive(Default, Clone)]
+pub struct AgentOpts {
+    pub downstream: Vec<String>,
+    pub upstream: Vec<String>,
+    /// Defaults to a unique directory under /sys/fs/bpf.
+    pub pin_dir: Option<PathBuf>,
+    pub hooks: Vec<PathBuf>,
+    /// Extra environment (hook settings).
+    pub env: Vec<(String, String)>,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+    /// How long to wait for "ready" (default 20 s; a big state store takes longer).
+    pub ready_timeout: Option<Duration>,
+}
+
+impl AgentOpts {
+    pub fn new(downstream: &[&str], upstream: &[&str]) -> Self {
+        AgentOpts {
+            downstream: downstream.iter().map(|s| s.to_string()).collect(),
+            upstream: upstream.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The repository's example hooks.
+pub fn hook_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../hooks")
+        .join(name)
+}
+
+impl Agent {
+    pub fn start(
+        ns: &Netns,
+        dir: &TempDir,
+        downstream: &[&str],
+        upstream: &[&str],
+    ) -> Result<Agent> {
+        Self::start_opts(ns, dir, AgentOpts::new(downstream, upstream))
+    }
+
+    pub fn start_with(
+        ns: &Netns,
+        dir: &TempDir,
+        downstream: &[&str],
+        upstream: &[&str],
+        pin_dir: PathBuf,
+    ) -> Result<Agent> {
+        Self::start_opts(
+            ns,
+            dir,
+            AgentOpts {
+                pin_dir: Some(pin_dir),
+                ..AgentOpts::new(downstream, upstream)
+            },
+        )
+    }
+
+    pub fn start_opts(ns: &Netns, dir: &TempDir, o: AgentOpts) -> Result<Agent> {
+        let pin_dir = o
+            .pin_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf").join(unique("pin")));
+        let state_dir = dir.path("state");
+        let control = dir.path("control.sock");
+        let bin = agent_bin();
+        let mut args: Vec<String> = vec![bin.display().to_string(), "run".into()];
+        for d in &o.downstream {
+            args.extend(["--downstream".into(), d.to_string()]);
+        }
+        for u in &o.upstream {
+            args.extend(["--upstream".into(), u.to_string()]);
+        }
+        for h in &o.hooks {
+            args.extend(["--hook".into(), h.display().to_string()]);
+        }
+        args.extend([
+            "--pin-dir".into(),
+            pin_dir.display().to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--control".into(),
+            control.display().to_string(),
+        ]);
+        // The tests' protocol number, unless the test gives its own.
+        if !o.args.iter().any(|a| a == "--route-proto") {
+            args.extend(["--route-proto".into(), PROTO.into()]);
+        }
+        args.extend(o.args.iter().cloned());
+        let log = dir.path("agent.log");
+        let mut daemon = Daemon::spawn(
+            ns.cmd_net_only(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .envs(o.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            &format!("pd-agent({})", ns.name),
+            &log,
+        )?;
+        let ready = wait_for(o.ready_timeout.unwrap_or(Duration::from_secs(20)), || {
+            let _ = daemon.check_alive();
+            daemon.log_text().contains("ready").then_some(())
+        });
+        let failed = match daemon.check_alive() {
+            Err(e) => Some(e),
+            Ok(()) if ready.is_none() => Some(anyhow::anyhow!(
+                "pd-agent did not become ready; log:\n{}",
+                daemon.log_text()
+            )),
+            Ok(()) => None,
+        };
+        if let Some(e) = failed {
+            daemon.stop();
+            let _ = fs::remove_dir_all(&pin_dir);
+            return Err(e);
+        }
+        Ok(Agent {
+            daemon,
+            pin_dir,
+            state_dir,
+            control,
+        })
+    }
+
+    /// `pd-agent bindings --json`, parsed.
+    pub fn bindings(&self) -> Result<Vec<serde_json::Value>> {
+        let out = sh(&[
+            &agent_bin().display().to_string(),
+            "bindings",
+            "--json",
+            "--control",
+            &self.control.display().to_string(),
+            "--state-dir",
+            &self.state_dir.display().to_string(),
+        ])?;
+        Ok(serde_json::from_str::<Vec<serde_json::Value>>(&out)?)
+    }
+
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        let out = sh(&[
+            &agent_bin().display().to_string(),
+            "stats",
+            "--control",
+            &self.control.display().to_string(),
+        ])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// The entries of one of the agent's pinned maps, dumped with bpftool.
+    pub fn map_dump(&self, map: &str) -> Result<Vec<serde_json::Value>> {
+        let path = self.pin_dir.join(map);
+        let out = sh(&[
+            "bpftool",
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            &path.display().to_string(),
+        ])?;
+        match serde_json::from_str(&out)? {
+            serde_json::Value::Array(v) => Ok(v),
+            v => bail!("bpftool output for {}: {v}", path.display()),
+        }
+    }
+
+    /// Prefixes in the pinned LPM map, read with bpftool.
+    pub fn map_prefixes(&self) -> Result<Vec<String>> {
+        let mut res = Vec::new();
+        for e in self.map_dump("pd_routes_v1")? {
+            let key: Vec<u8> = e["key"]
+                .as_array()
+                .context("key")?
+                .iter()
+                .map(|b| {
+                    u8::from_str_radix(b.as_str().unwrap_or("0").trim_start_matches("0x"), 16)
+                        .unwrap_or(0)
+                })
+                .collect();
+            if key.len() != 20 {
+                bail!("unexpected key length {}", key.len());
+            }
+            let plen = u32::from_le_bytes(key[0..4].try_into().unwrap());
+            let addr = Ipv6Addr::from(<[u8; 16]>::try_from(&key[4..20]).unwrap());
+            res.push(format!("{addr}/{plen}"));
+        }
+        Ok(res)
+    }
+
+    pub fn log(&self) -> String {
+        self.daemon.log_text()
+    }
+}
+
+impl Agent {
+    /// `kill -9` the agent and leave its pin directory (its pinned links
+    /// keep the programs attached); returns the directory for the next agent.
+    pub fn kill9_keeping_pins(mut self) -> PathBuf {
+        self.daemon.kill(libc::SIGKILL);
+        self.daemon.stop();
+        std::mem::take(&mut self.pin_dir)
+    }
+}
+
+/// A kernel counter of the pinned `pd_counters_v1` under `pin_dir`,
+/// summed over CPUs and read with bpftool: works while no agent runs.
+pub fn pinned_counter(pin_dir: &Path, c: pd_common::Counter) -> Result<u64> {
+    let path = pin_dir.join("pd_counters_v1");
+    let key = (c as u32).to_le_bytes();
+    let mut args = vec![
+        "bpftool".to_string(),
+        "-j".into(),
+        "map".into(),
+        "lookup".into(),
+        "pinned".into(),
+        path.display().to_string(),
+        "key".into(),
+    ];
+    args.extend(key.iter().map(|b| b.to_string()));
+    let out = sh(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let mut sum = 0u64;
+    for cpu in v["values"].as_array().context("per-CPU values")? {
+        let bytes: Vec<u8> = cpu["value"]
+            .as_array()
+            .context("value bytes")?
+            .iter()
+            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+            .collect();
+        sum += u64::from_le_bytes(bytes.get(..8).context("8 bytes")?.try_into()?);
+    }
+    Ok(sum)
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.daemon.stop();
+        if !self.pin_dir.as_os_str().is_empty() {
+            let _ = fs::remove_dir_all(&self.pin_dir);
+        }
+    }
+}
+
+/// Routes with our protocol in `ns`: (prefix, via, dev).
+pub fn our_routes(ns: &Netns) -> Result<Vec<(String, String, String)>> {
+    let out = ns.exec(&["ip", "-6", "-o", "route", "show", "proto", PROTO])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let via = w
+                .iter()
+                .position(|x| *x == "via")
+                .map(|i| w[i + 1].to_string())?;
+            let dev = w
+                .iter()
+                .position(|x| *x == "dev")
+                .map(|i| w[i + 1].to_string())?;
+            Some((w[0].to_string(), via, dev))
+        })
+        .collect())
+}
