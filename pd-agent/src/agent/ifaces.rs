@@ -5,6 +5,7 @@ use ipnet::Ipv6Net;
 use tracing::{info, warn};
 
 use super::Agent;
+use crate::link::LinkEvent;
 use crate::{
     binding::Kind,
     datapath::{self, FastPathMode, LinkKind},
@@ -43,47 +44,63 @@ impl Agent {
     /// A managed interface deleted, or created again under its name with a
     /// new index: attach the programs again and move its bindings, routes
     /// and map entries over. A link coming back up gets its routes back.
-    pub(crate) async fn link_event(&mut self, ev: crate::route::LinkEvent) {
-        if ev.address {
+    pub(crate) async fn link_event(&mut self, ev: LinkEvent) {
+        match ev {
             // On-link prefixes (strict SAV, next-hop checks) and this host's
             // own addresses follow the interfaces' addresses.
-            if self.ifaces.name(ev.index).is_some() {
-                self.refresh_addresses().await;
-            }
-            return;
-        }
-        let known = self.ifaces.name(ev.index).cloned();
-        if ev.deleted {
-            if let Some(name) = known {
-                warn!(
-                    iface = %name,
-                    ifindex = ev.index,
-                    "interface deleted; its bindings are kept until it returns or they expire"
-                );
-            }
-            return;
-        }
-        if let Some(name) = known {
-            // An attach that failed when the interface appeared: try again
-            // on each change of it.
-            if self.unattached.contains(&ev.index) {
-                match attach(&mut self.progs, &name, &self.links_dir) {
-                    Ok(()) => {
-                        self.unattached.remove(&ev.index);
-                    }
-                    Err(e) => {
-                        warn!(iface = %name, error = %crate::chain(&e), "attaching to the new interface, again")
-                    }
+            LinkEvent::Address { index } => {
+                if self.ifaces.name(index).is_some() {
+                    self.refresh_addresses().await;
                 }
             }
-            if ev.up && self.ifaces.downstream.contains_key(&ev.index) {
-                // The kernel drops IPv6 routes through a link that goes
-                // down; put ours back when it returns.
-                self.retry_routes(Some(ev.index)).await;
+            LinkEvent::Deleted { index } => {
+                if let Some(name) = self.ifaces.name(index) {
+                    warn!(
+                        iface = %name,
+                        ifindex = index,
+                        "interface deleted; its bindings are kept until it returns or they expire"
+                    );
+                }
             }
-            return;
+            LinkEvent::Changed {
+                index,
+                name,
+                up,
+                link_type,
+            } => {
+                if let Some(known) = self.ifaces.name(index).cloned() {
+                    self.link_changed(index, &known, up).await;
+                } else if let Some(name) = name {
+                    self.link_recreated(index, name, up, link_type).await;
+                }
+            }
         }
-        let Some(name) = ev.name else { return };
+    }
+
+    /// A managed link changed: an attach that failed when it appeared is
+    /// tried again, and a downstream link coming up gets its routes back.
+    async fn link_changed(&mut self, index: u32, name: &str, up: bool) {
+        if self.unattached.contains(&index) {
+            match attach(&mut self.progs, name, &self.links_dir) {
+                Ok(()) => {
+                    self.unattached.remove(&index);
+                }
+                Err(e) => {
+                    warn!(iface = %name, error = %crate::chain(&e), "attaching to the new interface, again")
+                }
+            }
+        }
+        if up && self.ifaces.downstream.contains_key(&index) {
+            // The kernel drops IPv6 routes through a link that goes
+            // down; put ours back when it returns.
+            self.retry_routes(Some(index)).await;
+        }
+    }
+
+    /// A link of a managed interface's name with a new index: the
+    /// interface was created again. Its flags are written and the programs
+    /// attached before its bindings, routes and map entries move over.
+    async fn link_recreated(&mut self, index: u32, name: String, up: bool, link_type: u16) {
         let old = self
             .ifaces
             .downstream
@@ -92,34 +109,22 @@ impl Agent {
             .find(|(_, n)| **n == name)
             .map(|(i, _)| *i);
         let Some(old) = old else { return };
-        let down = self.ifaces.downstream.remove(&old).is_some();
-        if !down {
-            self.ifaces.upstream.remove(&old);
-        }
-        let side = if down {
-            &mut self.ifaces.downstream
+        let side = if let Some(n) = self.ifaces.downstream.remove(&old) {
+            self.ifaces.downstream.insert(index, n);
+            "downstream"
         } else {
-            &mut self.ifaces.upstream
+            self.ifaces.upstream.remove(&old);
+            self.ifaces.upstream.insert(index, name.clone());
+            "upstream"
         };
-        side.insert(ev.index, name.clone());
-        info!(iface = %name, old_ifindex = old, ifindex = ev.index, "interface created again; attaching the programs");
+        info!(iface = %name, side, old_ifindex = old, ifindex = index, "interface created again; attaching the programs");
         // Its flags (link type first) before the programs see a packet.
         self.link_kinds.remove(&old);
         self.written_flags.remove(&old);
         let _ = self.sav.set_iface(old, 0);
-        let kind = datapath::link_kind(ev.link_type)
-            .map_err(|e| e.to_string())
-            .and_then(|k| match k {
-                // The programs were loaded for Ethernet links only.
-                LinkKind::Bare if !self.bare_links => Err(
-                    "it carries bare IP packets and the programs were loaded for Ethernet links \
-                     only; restart pd-agent to read it"
-                        .to_string(),
-                ),
-                k => Ok(k),
-            });
+        let kind = self.readable_kind(link_type);
         if let Ok(k) = kind {
-            self.link_kinds.insert(ev.index, k);
+            self.link_kinds.insert(index, k);
         }
         self.datapath.refresh();
         if let Err(e) = self.write_iface_flags() {
@@ -132,11 +137,11 @@ impl Agent {
             Ok(_) => {
                 if let Err(e) = attach(&mut self.progs, &name, &self.links_dir) {
                     warn!(iface = %name, error = %crate::chain(&e), "attaching to the new interface; will retry when it changes");
-                    self.unattached.insert(ev.index);
+                    self.unattached.insert(index);
                 }
             }
         }
-        let moved = self.table.reindex(old, ev.index);
+        let moved = self.table.reindex(old, index);
         let changes: Vec<Change> = moved
             .iter()
             .map(|b| Change::Put { binding: b.clone() })
@@ -150,8 +155,22 @@ impl Agent {
             }
         }
         self.refresh_addresses().await;
-        if ev.up {
-            self.retry_routes(Some(ev.index)).await;
+        if up {
+            self.retry_routes(Some(index)).await;
+        }
+    }
+
+    /// The link kind of a new link, if the loaded programs can read it.
+    fn readable_kind(&self, link_type: u16) -> Result<LinkKind, String> {
+        match datapath::link_kind(link_type) {
+            Err(e) => Err(e.to_string()),
+            // The programs were loaded for Ethernet links only.
+            Ok(LinkKind::Bare) if !self.bare_links => Err(
+                "it carries bare IP packets and the programs were loaded for Ethernet links \
+                 only; restart pd-agent to read it"
+                    .to_string(),
+            ),
+            Ok(k) => Ok(k),
         }
     }
 

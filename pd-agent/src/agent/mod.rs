@@ -135,7 +135,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         what: "registering the ring buffer fd",
         source: e.into(),
     })?;
-    let mut links = crate::route::link_events()?;
+    let mut links = crate::link::link_events()?;
     let mut route_events = crate::route::route_events(cfg.proto)?;
     let mut route_scan = tokio::time::interval(exec::ROUTE_SCAN);
     route_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

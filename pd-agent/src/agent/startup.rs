@@ -21,7 +21,7 @@ use crate::{
     maps::{RouteMap, SavMaps},
     metrics::Metrics,
     resync::{self, SeqTracker},
-    route::{RouteChange, Routes},
+    route::{KernelRoute, RouteChange, Routes, FORMER_PROTO},
     snoop::Assembler,
     state::{Change, Store},
 };
@@ -317,52 +317,27 @@ impl Agent {
                 _ => None,
             })
             .collect();
-        let mut stale = 0;
-        let live: HashSet<Ipv6Net> = self
-            .table
-            .iter()
-            .filter(|b| b.kind == Kind::Delegated)
-            .map(|b| b.prefix)
-            .collect();
         // Routes of ours the kernel already has, exactly as a binding wants
         // them, are left alone (a restart without a reboot touches nothing);
         // other protocols' routes for a binding's prefix are conflicts.
         let mut present: HashSet<(Ipv6Net, std::net::Ipv6Addr, u32)> = HashSet::new();
         let mut ops = Vec::new();
-        let mut taken_over = 0;
+        let (mut stale, mut taken_over) = (0, 0);
+        let ours = (self.routes.proto(), self.routes.metric());
         for r in self.routes.dump_all().await? {
-            // A route an older pd-agent installed under its former protocol
-            // number, exactly as a binding wants it: replaced in place by
-            // ours (NLM_F_REPLACE, no gap). Any other route of that number
-            // is another's (the kernel and iproute2 give it to Open/R).
-            if r.proto == crate::route::FORMER_PROTO
-                && self.routes.proto() != crate::route::FORMER_PROTO
-                && r.metric == self.routes.metric()
-            {
-                if let (Some(nh), Some(i)) = (r.next_hop, r.ifindex) {
-                    if self.wanted(r.prefix) == Some((nh, i)) {
-                        ops.push(RouteChange::Replace(r.prefix, nh, i));
-                        present.insert((r.prefix, nh, i));
-                        taken_over += 1;
-                        continue;
-                    }
+            let wanted = self.wanted(r.prefix);
+            match judge(&r, ours, wanted) {
+                Found::Present(p, nh, i) => {
+                    present.insert((p, nh, i));
                 }
-            }
-            if r.proto != self.routes.proto() {
-                if live.contains(&r.prefix) {
-                    let wanted = self.wanted(r.prefix);
-                    self.keeper.on_route(&r, false, false, wanted);
+                Found::TakeOver(p, nh, i) => {
+                    ops.push(RouteChange::Replace(p, nh, i));
+                    present.insert((p, nh, i));
+                    taken_over += 1;
                 }
-                continue;
-            }
-            match (self.routes.is_ours(&r), r.next_hop, r.ifindex) {
-                (true, Some(nh), Some(i)) if live.contains(&r.prefix) => {
-                    present.insert((r.prefix, nh, i));
-                }
-                // A multipath group of ours with another's next hop: the
-                // binding's converge looks into it; nothing is deleted.
-                (true, None, None) if live.contains(&r.prefix) => {}
-                _ => {
+                Found::Group | Found::Unrelated => {}
+                Found::Foreign => self.keeper.on_route(&r, false, false, wanted),
+                Found::Stale => {
                     ops.extend(r.deletes());
                     stale += 1;
                 }
@@ -375,7 +350,7 @@ impl Agent {
             warn!("IPv6 forwarding is off in this namespace (net.ipv6.conf.all.forwarding=0): the delegated prefixes' routes cannot carry traffic; pd-agent does not change it");
         }
         for (p, _, _) in self.map.entries() {
-            if !live.contains(&p) {
+            if self.wanted(p).is_none() {
                 self.map.remove(p)?;
             }
         }
@@ -514,4 +489,103 @@ fn own_flags(cfg: &Config, ifaces: &Ifaces) -> HashMap<String, u32> {
         .values()
         .map(|n| (n.clone(), pd_common::ifflags::UPSTREAM));
     down.chain(up).collect()
+}
+
+/// What the start-up reconcile makes of one route in the kernel's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// Ours, exactly as a binding wants it: left alone.
+    Present(Ipv6Net, std::net::Ipv6Addr, u32),
+    /// An older pd-agent's, under its former protocol number, exactly as a
+    /// binding wants it: replaced in place by ours (NLM_F_REPLACE, no gap).
+    TakeOver(Ipv6Net, std::net::Ipv6Addr, u32),
+    /// A multipath group of ours with another's next hop beside it: the
+    /// binding's converge looks into it; nothing is deleted.
+    Group,
+    /// Another protocol's route for a binding's prefix: watched.
+    Foreign,
+    /// Another protocol's route for no binding: none of ours.
+    Unrelated,
+    /// Ours, and no binding explains it (or at another metric): removed.
+    Stale,
+}
+
+/// Judge route `r` against our (protocol, metric) and the next hop and
+/// interface the binding of its prefix wants (None: no binding).
+fn judge(
+    r: &KernelRoute,
+    (proto, metric): (u8, u32),
+    wanted: Option<(std::net::Ipv6Addr, u32)>,
+) -> Found {
+    let exact = match (r.next_hop, r.ifindex) {
+        (Some(nh), Some(i)) => Some((nh, i)),
+        _ => None,
+    };
+    // Any route of the former number other than one a binding wants
+    // exactly is another's (the kernel and iproute2 give it to Open/R).
+    if r.proto == FORMER_PROTO && proto != FORMER_PROTO && r.metric == metric {
+        if let (Some((nh, i)), true) = (exact, exact == wanted && wanted.is_some()) {
+            return Found::TakeOver(r.prefix, nh, i);
+        }
+    }
+    if r.proto != proto {
+        return if wanted.is_some() {
+            Found::Foreign
+        } else {
+            Found::Unrelated
+        };
+    }
+    match (r.metric == metric, exact, wanted) {
+        (true, Some((nh, i)), Some(_)) => Found::Present(r.prefix, nh, i),
+        (true, None, Some(_)) if r.next_hop.is_none() && r.ifindex.is_none() => Found::Group,
+        _ => Found::Stale,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(proto: u8, metric: u32, nh: Option<&str>, ifindex: Option<u32>) -> KernelRoute {
+        KernelRoute {
+            prefix: "2001:db8:100::/56".parse().unwrap(),
+            next_hop: nh.map(|a| a.parse().unwrap()),
+            ifindex,
+            proto,
+            metric,
+            multipath: vec![],
+        }
+    }
+
+    #[test]
+    fn routes_found_at_start_are_judged() {
+        let ours = (57, 1024);
+        let nh: std::net::Ipv6Addr = "fe80::1".parse().unwrap();
+        let p: Ipv6Net = "2001:db8:100::/56".parse().unwrap();
+        let want = Some((nh, 5));
+        let r = |proto, metric, ifindex| route(proto, metric, Some("fe80::1"), Some(ifindex));
+        // Ours as wanted; ours through another next hop; ours for nothing.
+        assert_eq!(judge(&r(57, 1024, 5), ours, want), Found::Present(p, nh, 5));
+        assert_eq!(judge(&r(57, 1024, 5), ours, None), Found::Stale);
+        // Our protocol at another metric (an earlier setting): stale.
+        assert_eq!(judge(&r(57, 100, 5), ours, want), Found::Stale);
+        // Ours through another next hop: kept for converge to replace.
+        assert_eq!(judge(&r(57, 1024, 6), ours, want), Found::Present(p, nh, 6));
+        // A multipath group of ours.
+        assert_eq!(
+            judge(&route(57, 1024, None, None), ours, want),
+            Found::Group
+        );
+        // The former number: taken over only when exactly as wanted.
+        assert_eq!(
+            judge(&r(99, 1024, 5), ours, want),
+            Found::TakeOver(p, nh, 5)
+        );
+        assert_eq!(judge(&r(99, 1024, 6), ours, want), Found::Foreign);
+        assert_eq!(judge(&r(99, 1024, 5), ours, None), Found::Unrelated);
+        assert_eq!(judge(&r(99, 100, 5), ours, want), Found::Foreign);
+        // Another protocol's.
+        assert_eq!(judge(&r(2, 1024, 5), ours, want), Found::Foreign);
+        assert_eq!(judge(&r(2, 1024, 5), ours, None), Found::Unrelated);
+    }
 }
