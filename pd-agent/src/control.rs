@@ -218,6 +218,9 @@ impl Agent {
                     "route_errors": self.route_errors,
                     "hooks": &*self.hooks.stats,
                     "decode_errors": self.decode_errors,
+                    // Messages given up because some of their ring buffer
+                    // records never came (the replay may still apply them).
+                    "incomplete_messages": self.asm.incomplete,
                     "resync": &self.resync,
                     "routes": {
                         "metric": self.routes.metric(),

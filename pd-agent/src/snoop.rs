@@ -155,6 +155,9 @@ impl Message {
     }
 }
 
+/// Most messages waiting for the rest of their events.
+const MAX_PARTIAL: usize = 1024;
+
 /// Reassembles messages from events that may interleave across CPUs.
 #[derive(Default)]
 pub struct Assembler {
@@ -185,15 +188,16 @@ impl Assembler {
         });
         entry.1 += 1;
         if entry.1 >= e.count {
-            let (mut m, _) = self.partial.remove(&e.seq).unwrap();
+            let (mut m, _) = self.partial.remove(&e.seq)?;
             m.prefixes.sort_by_key(|p| (p.iaid, p.prefix, p.len));
             return Some(m);
         }
         // A lost event would leave a partial forever: bound the table.
-        if self.partial.len() > 1024 {
-            let oldest = *self.partial.keys().min().unwrap();
-            self.partial.remove(&oldest);
-            self.incomplete += 1;
+        if self.partial.len() > MAX_PARTIAL {
+            if let Some(oldest) = self.partial.keys().min().copied() {
+                self.partial.remove(&oldest);
+                self.incomplete += 1;
+            }
         }
         None
     }
