@@ -108,7 +108,7 @@ impl Agent {
     }
 
     /// Count failed route operations; failed installs are retried with backoff.
-    pub(crate) fn note_failures(&mut self, failed: Vec<RouteFailure>) {
+    pub(super) fn note_failures(&mut self, failed: Vec<RouteFailure>) {
         for f in failed {
             self.route_errors += 1;
             warn!(prefix = %f.change.prefix(), error = %f, "route");
@@ -119,7 +119,7 @@ impl Agent {
     }
 
     /// Try `p` again after a backoff (1 s doubling to a minute).
-    pub(crate) fn retry_later(&mut self, p: Ipv6Net, error: String) {
+    fn retry_later(&mut self, p: Ipv6Net, error: String) {
         let attempts = self.retries.get(&p).map(|r| r.attempts + 1).unwrap_or(1);
         let backoff = Duration::from_secs(1u64 << attempts.min(6)).min(MAX_RETRY_BACKOFF);
         self.retries.insert(
@@ -137,7 +137,7 @@ impl Agent {
     /// A prefix whose slot another protocol holds is left alone, unless
     /// `recheck`: then the exclusive add asks the kernel again (the holder
     /// may have gone without our seeing it).
-    pub(crate) async fn converge(&mut self, prefixes: Vec<Ipv6Net>, recheck: bool) {
+    pub(super) async fn converge(&mut self, prefixes: Vec<Ipv6Net>, recheck: bool) {
         let mut ops = Vec::new();
         for p in prefixes {
             self.keeper.dirty.remove(&p);
@@ -158,7 +158,7 @@ impl Agent {
     /// Carry out route changes. An add the kernel refuses because a route
     /// already holds the slot is looked into ([`Agent::resolve_taken`]);
     /// other failures are retried.
-    pub(crate) async fn run_routes(&mut self, ops: Vec<RouteChange>) {
+    async fn run_routes(&mut self, ops: Vec<RouteChange>) {
         if ops.is_empty() {
             return;
         }
@@ -186,7 +186,7 @@ impl Agent {
 
     /// Our route for `p` is in; `added`: by an add of ours just now (a
     /// restore, if it had gone missing).
-    pub(crate) fn route_in(&mut self, p: Ipv6Net, added: bool) {
+    fn route_in(&mut self, p: Ipv6Net, added: bool) {
         if self.keeper.installed(p, added) {
             info!(prefix = %p, "our route had been removed or replaced by someone else; put back");
         }
@@ -199,7 +199,7 @@ impl Agent {
     /// if it is ours, it stays (or gets our binding's next hop); if another
     /// protocol's, or a multipath group someone appended to, ours is
     /// withheld and the binding says so. Nothing of another's is touched.
-    pub(crate) async fn resolve_taken(&mut self, taken: Vec<Ipv6Net>) {
+    async fn resolve_taken(&mut self, taken: Vec<Ipv6Net>) {
         let metric = self.routes.metric();
         let ours: std::collections::HashMap<Ipv6Net, KernelRoute> =
             match self.routes.dump_ours().await {
@@ -289,7 +289,7 @@ impl Agent {
 
     /// Install again the routes that are due for a retry, or (when a link
     /// came back) every route through `ifindex`.
-    pub(crate) async fn retry_routes(&mut self, ifindex: Option<u32>) {
+    pub(super) async fn retry_routes(&mut self, ifindex: Option<u32>) {
         let now = std::time::Instant::now();
         let prefixes: Vec<Ipv6Net> = match ifindex {
             Some(i) => self
@@ -310,7 +310,7 @@ impl Agent {
 
     /// A route change the kernel announced. Returns true when the table
     /// must be checked as a whole (notifications were lost).
-    pub(crate) fn route_event(&mut self, ev: RouteEvent) -> bool {
+    pub(super) fn route_event(&mut self, ev: RouteEvent) -> bool {
         match ev {
             RouteEvent::Overrun => {
                 self.keeper.stats.overruns += 1;
@@ -344,7 +344,7 @@ impl Agent {
     /// back what is missing, ask again where another protocol held the
     /// slot (its going may have been missed), remove what no binding
     /// explains.
-    pub(crate) async fn scan_routes(&mut self) {
+    pub(super) async fn scan_routes(&mut self) {
         self.keeper.stats.scans += 1;
         let fwd = crate::route::ipv6_forwarding();
         if fwd != self.ipv6_forwarding {

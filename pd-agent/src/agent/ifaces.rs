@@ -40,11 +40,23 @@ pub(super) fn attach(
     Ok(())
 }
 
+/// Why the programs cannot read a link that appeared.
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    #[error(transparent)]
+    Unsupported(#[from] datapath::UnsupportedLink),
+    #[error(
+        "it carries bare IP packets and the programs were loaded for Ethernet links only; \
+         restart pd-agent to read it"
+    )]
+    LoadedForEthernet,
+}
+
 impl Agent {
     /// A managed interface deleted, or created again under its name with a
     /// new index: attach the programs again and move its bindings, routes
     /// and map entries over. A link coming back up gets its routes back.
-    pub(crate) async fn link_event(&mut self, ev: LinkEvent) {
+    pub(super) async fn link_event(&mut self, ev: LinkEvent) {
         match ev {
             // On-link prefixes (strict SAV, next-hop checks) and this host's
             // own addresses follow the interfaces' addresses.
@@ -161,29 +173,23 @@ impl Agent {
     }
 
     /// The link kind of a new link, if the loaded programs can read it.
-    fn readable_kind(&self, link_type: u16) -> Result<LinkKind, String> {
-        match datapath::link_kind(link_type) {
-            Err(e) => Err(e.to_string()),
-            // The programs were loaded for Ethernet links only.
-            Ok(LinkKind::Bare) if !self.bare_links => Err(
-                "it carries bare IP packets and the programs were loaded for Ethernet links \
-                 only; restart pd-agent to read it"
-                    .to_string(),
-            ),
-            Ok(k) => Ok(k),
+    fn readable_kind(&self, link_type: u16) -> Result<LinkKind, Unreadable> {
+        match datapath::link_kind(link_type)? {
+            LinkKind::Bare if !self.bare_links => Err(Unreadable::LoadedForEthernet),
+            k => Ok(k),
         }
     }
 
     /// A Reply arriving upstream for an address we have not seen yet (the
     /// link-local of an interface that came up after the last refresh).
-    pub(crate) fn needs_addresses(&self, m: &snoop::Message) -> bool {
+    pub(super) fn needs_addresses(&self, m: &snoop::Message) -> bool {
         m.hook == pd_common::hook::XDP_INGRESS
             && m.msg_type == pd_common::msg::REPLY
             && self.ifaces.upstream.contains_key(&m.ifindex)
             && !self.ifaces.local_addrs.contains(&m.dst)
     }
 
-    pub(crate) async fn refresh_addresses(&mut self) {
+    pub(super) async fn refresh_addresses(&mut self) {
         match self.routes.addresses().await {
             Ok(addrs) => {
                 self.ifaces.local_addrs = addrs.iter().map(|(_, a, _)| *a).collect();
@@ -215,7 +221,7 @@ impl Agent {
     /// Write every managed interface's flags: its own (source validation,
     /// upstream) and the fast path's (link type, may forward from, may
     /// redirect into). Logs what changed in the fast path's verdicts.
-    pub(crate) fn write_iface_flags(&mut self) -> Result<(), crate::maps::MapOpError> {
+    pub(super) fn write_iface_flags(&mut self) -> Result<(), crate::maps::MapOpError> {
         self.log_datapath();
         for (idx, name) in self.managed() {
             let own = self.iface_flags.get(&name).copied().unwrap_or(0);
@@ -232,7 +238,7 @@ impl Agent {
     }
 
     /// Log the fast path's state where it changed.
-    pub(crate) fn log_datapath(&mut self) {
+    fn log_datapath(&mut self) {
         if self.datapath.state.mode == FastPathMode::Off {
             return;
         }
@@ -272,7 +278,7 @@ impl Agent {
 
     /// Read the data path's readings again (a notification, or the poll),
     /// and vouch for the flags for another lease.
-    pub(crate) fn refresh_datapath(&mut self) {
+    pub(super) fn refresh_datapath(&mut self) {
         self.datapath.refresh();
         match self.write_iface_flags() {
             Ok(()) => self.renew_lease(),
@@ -283,7 +289,7 @@ impl Agent {
     /// Let the fast path forward for [`datapath::LEASE`] more: the flags are
     /// current. An agent that stops renewing (crashed, hung, killed) stops
     /// XDP forwarding when the lease runs out.
-    pub(crate) fn renew_lease(&mut self) {
+    pub(super) fn renew_lease(&mut self) {
         if self.datapath.state.mode == FastPathMode::Off {
             return;
         }
@@ -295,7 +301,7 @@ impl Agent {
 
     /// Stop forwarding in XDP now (the agent is going): nothing would
     /// notice a firewall loaded meanwhile. Link types and snooping stay.
-    pub(crate) fn revoke_lease(&mut self) {
+    pub(super) fn revoke_lease(&mut self) {
         let _ = self.lease.set(0, 0, 0);
     }
 }

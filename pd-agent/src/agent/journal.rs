@@ -70,7 +70,7 @@ impl Agent {
     /// `always` (stopping). After a reboot the time since is measured from
     /// the latest reading, so it should be recent and one the wall clock
     /// still agrees with. The caller records it once written.
-    pub(crate) fn clock_due(&self, always: bool) -> Option<crate::clock::Anchor> {
+    pub(super) fn clock_due(&self, always: bool) -> Option<crate::clock::Anchor> {
         let here = crate::clock::Anchor::now(&self.boot_id);
         let stepped = here.stepped_since(&self.clock);
         if stepped {
@@ -85,7 +85,7 @@ impl Agent {
 
     /// Write a clock reading now if one is due (checked each minute, with
     /// every batch, and when stopping).
-    pub(crate) fn note_clock(&mut self, always: bool) {
+    pub(super) fn note_clock(&mut self, always: bool) {
         if let Some(r) = self.clock_due(always) {
             let line = Change::Clock { clock: r.clone() };
             match self.store.append(&[line]).and_then(|()| self.store.sync()) {
@@ -95,7 +95,7 @@ impl Agent {
         }
     }
 
-    pub(crate) fn seen_mark(&self) -> Option<SeenMark> {
+    pub(super) fn seen_mark(&self) -> Option<SeenMark> {
         (self.seen_ns > 0 && !self.boot_id.is_empty()).then(|| SeenMark {
             boot_id: self.boot_id.clone(),
             ns: self.seen_ns,

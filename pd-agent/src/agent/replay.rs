@@ -75,9 +75,30 @@ fn settled(snap: &[u64], seq: u64) -> bool {
     snap.get(cpu as usize).is_some_and(|&hw| n <= hw)
 }
 
+/// A second of margin below the store's seen mark: across CPUs, the
+/// kernel's stamps are not in ring order.
+const MARGIN_NS: u64 = 1_000_000_000;
+
+/// Is a record stamped `ts_ns` possibly one no agent applied, given the
+/// store's seen mark `floor_ns` (0: none)?
+fn after_mark(ts_ns: u64, floor_ns: u64) -> bool {
+    ts_ns > floor_ns.saturating_sub(MARGIN_NS)
+}
+
+/// Does the catch-up at start replay a record of `class` stamped `ts_ns`?
+/// Those after the mark; and client messages a Reply after the mark may
+/// answer, up to the client-message window before it (harmless if an
+/// earlier agent applied them).
+fn replayed_at_start(class: u8, ts_ns: u64, floor_ns: u64) -> bool {
+    let window = crate::binding::CLIENT_MESSAGE_WINDOW_SECS * 1_000_000_000;
+    after_mark(ts_ns, floor_ns)
+        || (class == pd_common::class::CLIENT
+            && ts_ns > floor_ns.saturating_sub(MARGIN_NS).saturating_sub(window))
+}
+
 impl Agent {
     /// Everything the ring buffer holds now, as whole messages.
-    pub(crate) fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Vec<Message> {
+    pub(super) fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Vec<Message> {
         let mut msgs = Vec::new();
         while let Some(item) = ring.next() {
             match snoop::decode(&item) {
@@ -100,7 +121,7 @@ impl Agent {
     /// answers no client message seen is not refused: its client message
     /// may be among the lost. It is marked unseen again, so the replay
     /// applies its record in the kernel's order, after that client message.
-    pub(crate) async fn ingest(
+    pub(super) async fn ingest(
         &mut self,
         msgs: Vec<Message>,
         timing: Timing,
@@ -155,7 +176,7 @@ impl Agent {
         fresh.len()
     }
 
-    pub(crate) fn log_refusals(&self, m: &Message, refusals: &[Refusal]) {
+    fn log_refusals(&self, m: &Message, refusals: &[Refusal]) {
         for r in refusals {
             let iface = self.ifaces.name(m.ifindex);
             warn!(prefix = %r.prefix, iface = iface.map(String::as_str).unwrap_or("?"), next_hop = %m.dst, reason = r.reason, "delegation ignored");
@@ -184,7 +205,7 @@ impl Agent {
     /// the kernel saw them; client messages of the last minute are
     /// replayed too (harmless if applied before), so that Replies in the
     /// backlog find the Request an earlier agent had seen.
-    pub(crate) async fn catch_up(&mut self, ring: &mut RingBuf<MapData>) {
+    pub(super) async fn catch_up(&mut self, ring: &mut RingBuf<MapData>) {
         // Every message up to these counters is in the backlog, in a
         // record, or superseded; later ones come through the ring buffer.
         let snap = self.seq_snapshot();
@@ -192,16 +213,10 @@ impl Agent {
         let backlog = self.drain(ring);
         let n = backlog.len();
         let have: HashSet<u64> = backlog.iter().map(|m| m.seq).collect();
-        // A second of margin: across CPUs, stamps are not in ring order.
-        let floor = self.floor_ns.saturating_sub(1_000_000_000);
-        // Client messages a Reply after the floor may answer.
-        let window = crate::binding::CLIENT_MESSAGE_WINDOW_SECS * 1_000_000_000;
         let recs = self.records(|k, r| {
             settled(&snap, r.ev.seq)
                 && !have.contains(&r.ev.seq)
-                && (r.ev.ts_ns > floor
-                    || (k.class == pd_common::class::CLIENT
-                        && r.ev.ts_ns > floor.saturating_sub(window)))
+                && replayed_at_start(k.class, r.ev.ts_ns, self.floor_ns)
         });
         let replayed = recs.len();
         let mut all = backlog;
@@ -235,7 +250,7 @@ impl Agent {
     /// than the stored seen mark by [`RECORD_KEEP_SECS`]. The map then
     /// holds about the last few minutes' clients, not every client since
     /// boot.
-    pub(crate) fn prune_records(&mut self) {
+    pub(super) fn prune_records(&mut self) {
         let keep = env_secs("PD_AGENT_RECORD_KEEP_SECS", RECORD_KEEP_SECS);
         let cutoff = prune_cutoff(self.journaled_ns, keep);
         if cutoff == 0 {
@@ -259,7 +274,7 @@ impl Agent {
     }
 
     /// The kernel's per-CPU message counters right now.
-    pub(crate) fn seq_snapshot(&self) -> Vec<u64> {
+    fn seq_snapshot(&self) -> Vec<u64> {
         match self.seq.get(&0, 0) {
             Ok(v) => v.iter().copied().collect(),
             Err(e) => {
@@ -270,7 +285,7 @@ impl Agent {
     }
 
     /// Messages were lost since the last look.
-    pub(crate) fn lost_events(&self) -> bool {
+    pub(super) fn lost_events(&self) -> bool {
         self.tracker.missing() > 0
             || self.counters.get(Counter::RingbufFull) > self.ringbuf_full_seen
     }
@@ -287,9 +302,10 @@ impl Agent {
         let msgs = self.drain(ring);
         self.ingest(msgs, Timing::Now, None).await;
         let missing = self.tracker.missing();
-        let floor = self.floor_ns.saturating_sub(1_000_000_000);
         let msgs = self.records(|_, r| {
-            settled(&snap, r.ev.seq) && r.ev.ts_ns > floor && self.tracker.is_new(r.ev.seq)
+            settled(&snap, r.ev.seq)
+                && after_mark(r.ev.ts_ns, self.floor_ns)
+                && self.tracker.is_new(r.ev.seq)
         });
         let replayed = self.ingest(msgs, Timing::Kernel, None).await;
         let given_up = self.tracker.forget_missing(&snap);
@@ -318,7 +334,36 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(crate) fn pruning_keeps_what_a_replay_looks_back_to() {
+    fn the_catch_up_replays_what_may_not_have_been_applied() {
+        const S: u64 = 1_000_000_000;
+        let (client, reply) = (pd_common::class::CLIENT, pd_common::class::REPLY);
+        let mark = 1_000 * S;
+        // After the mark less a second: replayed, of either class.
+        assert!(replayed_at_start(reply, mark - S + 1, mark));
+        assert!(!replayed_at_start(reply, mark - S, mark));
+        // Client messages up to the window before that, for the Replies.
+        let window = crate::binding::CLIENT_MESSAGE_WINDOW_SECS * S;
+        assert!(replayed_at_start(client, mark - S - window + 1, mark));
+        assert!(!replayed_at_start(client, mark - S - window, mark));
+        // No mark (another boot, or none stored): everything.
+        assert!(replayed_at_start(reply, 1, 0) && replayed_at_start(client, 1, 0));
+        // The resync looks back the same second.
+        assert!(after_mark(mark - S + 1, mark) && !after_mark(mark - S, mark));
+    }
+
+    /// Whether a message is settled by the kernel's per-CPU counters.
+    #[test]
+    fn settled_compares_per_cpu() {
+        let snap = [10, 3];
+        let seq = |cpu: u64, n: u64| (cpu << pd_common::SEQ_CPU_SHIFT) | n;
+        assert!(settled(&snap, seq(0, 10)) && !settled(&snap, seq(0, 11)));
+        assert!(settled(&snap, seq(1, 3)) && !settled(&snap, seq(1, 4)));
+        // A CPU the snapshot does not know: not settled.
+        assert!(!settled(&snap, seq(2, 1)));
+    }
+
+    #[test]
+    fn pruning_keeps_what_a_replay_looks_back_to() {
         const S: u64 = 1_000_000_000;
         let mark = 10_000 * S;
         // The catch-up replays records after the mark less a second, and
