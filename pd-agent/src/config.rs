@@ -79,6 +79,10 @@ pub struct Config {
     pub client_records: Option<u32>,
     /// Entries of the forwarding counters (None: the default).
     pub forwarding_counters: Option<u32>,
+    /// The kernel programs log why they passed on a DHCPv6 packet or a
+    /// packet the fast path did not forward (aya-log; off: compiled out
+    /// at load).
+    pub kernel_debug: bool,
 }
 
 /// Source-address validation on a downstream interface (RFC 8987 §3.1).
@@ -183,6 +187,7 @@ pub struct FileConfig {
     pub ring_buffer_bytes: Option<u32>,
     pub client_records: Option<u32>,
     pub forwarding_counters: Option<u32>,
+    pub kernel_debug: Option<bool>,
 }
 
 impl FileConfig {
@@ -262,6 +267,11 @@ pub struct RunArgs {
     /// Rapid Commit) seen with the same transaction id and Client-ID within 60 s [default: on].
     #[arg(long, env = "PD_REQUIRE_CLIENT_MESSAGE", value_parser = on_off)]
     pub require_client_message: Option<bool>,
+    /// Log from the kernel programs why a DHCPv6 packet produced no event and
+    /// why the fast path passed a packet to the kernel (for debugging; costs
+    /// nothing when off) [default: off].
+    #[arg(long, env = "PD_KERNEL_DEBUG", value_parser = on_off, num_args = 0..=1, default_missing_value = "on")]
+    pub kernel_debug: Option<bool>,
     /// Ring buffer size in bytes: a power of two, at least the page size [default: 2 MiB].
     #[arg(long, env = "PD_RING_BUFFER_BYTES", value_parser = ring_bytes)]
     pub ring_buffer_bytes: Option<u32>,
@@ -415,6 +425,7 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
             max_bindings_per_iface: args.max_bindings_per_iface.or(file.max_bindings_per_iface),
             flush_on_exit: args.flush_on_exit.or(file.flush_on_exit).unwrap_or(false),
             metrics: args.metrics.or(file.metrics),
+            kernel_debug: args.kernel_debug.or(file.kernel_debug).unwrap_or(false),
             require_client_message: args
                 .require_client_message
                 .or(file.require_client_message)
