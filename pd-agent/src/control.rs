@@ -117,7 +117,7 @@ pub async fn request(path: &Path, req: &Request) -> Result<Reply, ControlError> 
         source,
     };
     let mut s = UnixStream::connect(path).await.map_err(io)?;
-    let mut line = serde_json::to_vec(req).unwrap();
+    let mut line = serde_json::to_vec(req).map_err(|e| io(e.into()))?;
     line.push(b'\n');
     s.write_all(&line).await.map_err(io)?;
     let mut buf = String::new();

@@ -148,8 +148,12 @@ impl NlSocket {
                     // failure in NLMSG_DONE, a request's in NLMSG_ERROR
                     // (0: an ack).
                     ty @ (NLMSG_DONE | NLMSG_ERROR) => {
-                        let code = match msg.payload().get(0..4) {
-                            Some(c) => i32::from_ne_bytes(c.try_into().unwrap()),
+                        let code = match msg
+                            .payload()
+                            .get(0..4)
+                            .and_then(|c| <[u8; 4]>::try_from(c).ok())
+                        {
+                            Some(c) => i32::from_ne_bytes(c),
                             None if ty == NLMSG_DONE => 0,
                             None => return Err(NlError::Malformed),
                         };

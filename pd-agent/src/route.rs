@@ -166,25 +166,24 @@ impl BatchSocket {
             let mut acked = 0;
             while acked < idx.len() {
                 let n = self.sock.recv(&mut &mut self.rx[..], 0)?;
-                let mut off = 0;
-                while off + 20 <= n {
-                    let b = &self.rx[off..n];
-                    let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
-                    let ty = u16::from_ne_bytes(b[4..6].try_into().unwrap());
-                    let seq = u32::from_ne_bytes(b[8..12].try_into().unwrap());
-                    if len < 16 || off + len > n {
-                        break;
+                for msg in crate::netlink::messages(&self.rx[..n]) {
+                    // A malformed message ends what this datagram can tell.
+                    let Ok(msg) = msg else { break };
+                    if msg.message_type() != NLMSG_ERROR {
+                        continue;
                     }
-                    if ty == NLMSG_ERROR {
-                        let errno =
-                            i32::from_ne_bytes(b[16..20].try_into().unwrap()).wrapping_neg();
-                        let k = seq.wrapping_sub(first_seq) as usize;
-                        if k < idx.len() {
-                            results[idx[k]] = errno;
-                            acked += 1;
-                        }
+                    let Some(code) = msg
+                        .payload()
+                        .get(0..4)
+                        .and_then(|c| <[u8; 4]>::try_from(c).ok())
+                    else {
+                        continue;
+                    };
+                    let k = msg.sequence_number().wrapping_sub(first_seq) as usize;
+                    if k < idx.len() {
+                        results[idx[k]] = i32::from_ne_bytes(code).wrapping_neg();
+                        acked += 1;
                     }
-                    off += (len + 3) & !3;
                 }
             }
         }
