@@ -739,8 +739,10 @@ impl Agent {
             .iter()
             .take(2 * self.client_records as usize + 16)
             .map_while(|item| {
-                item.map_err(|e| warn!(error = %crate::chain(&e), "reading {}", ebpf::CLIENTS_MAP))
-                    .ok()
+                item.map_err(
+                    |e| warn!(error = %crate::chain(&e), "reading {}", pd_common::maps::CLIENTS),
+                )
+                .ok()
             })
     }
 
@@ -764,7 +766,7 @@ impl Agent {
                 Ok(()) => self.resync.pruned += 1,
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => {
-                    warn!(error = %crate::chain(&e), "pruning {}", ebpf::CLIENTS_MAP);
+                    warn!(error = %crate::chain(&e), "pruning {}", pd_common::maps::CLIENTS);
                     break;
                 }
             }
@@ -776,7 +778,7 @@ impl Agent {
         match self.seq.get(&0, 0) {
             Ok(v) => v.iter().copied().collect(),
             Err(e) => {
-                warn!(error = %crate::chain(&e), "reading {}", ebpf::SEQ_MAP);
+                warn!(error = %crate::chain(&e), "reading {}", pd_common::maps::SEQ);
                 Vec::new()
             }
         }
@@ -820,7 +822,7 @@ impl Agent {
                 ms = t.elapsed().as_millis() as u64,
                 ring_buffer_full = full,
                 "resynchronised from {}",
-                ebpf::CLIENTS_MAP
+                pd_common::maps::CLIENTS
             );
         }
     }
@@ -1581,7 +1583,7 @@ impl Agent {
         }
         let until = crate::clock::boot_ns() + datapath::LEASE.as_nanos() as u64;
         if let Err(e) = self.lease.set(0, until, 0) {
-            warn!(error = %crate::chain(&e), "renewing {}", ebpf::LEASE_MAP);
+            warn!(error = %crate::chain(&e), "renewing {}", pd_common::maps::FWD_LEASE);
         }
     }
 

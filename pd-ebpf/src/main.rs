@@ -34,9 +34,15 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use pd_common::{
-    class, flags, hook, ifflags, msg, opt, status, ClientKey, ClientRecord, Counter, FwdStats, PdEvent, RecordPrefix,
-    RouteValue, CLIENT_PORT, COUNTER_COUNT, DUID_MAX, FWD_STATS_SLOTS, MAX_IAS, MAX_PREFIXES, MAX_RELAY_DEPTH,
-    MAX_TLV_STEPS, NO_SLOT, PAYLOAD_MAX, RECORD_PREFIXES, SEQ_CPU_SHIFT, SERVER_DUID_MAX, SERVER_PORT,
+    class, flags, hook, ifflags, maps, msg, opt, status,
+    wire::{
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV6, IAPREFIX_FIXED, IA_PD_FIXED, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS,
+        IPPROTO_UDP, IPV6_HLEN, MAX_EXT_HEADERS, MAX_UDP_OFFSET, MSG_HLEN, OPT_HLEN, RELAY_HLEN, STATUS_FIXED, UDP_HLEN,
+        VLAN_HLEN,
+    },
+    ClientKey, ClientRecord, Counter, FwdStats, PdEvent, RecordPrefix, RouteValue, CLIENT_PORT, COUNTER_COUNT, DUID_MAX,
+    MAX_IAS, MAX_PREFIXES, MAX_RELAY_DEPTH, MAX_TLV_STEPS, NO_SLOT, PAYLOAD_MAX, RECORD_PREFIXES, SEQ_CPU_SHIFT,
+    SERVER_DUID_MAX, SERVER_PORT,
 };
 
 /// Set by the loader (`--fast-path` other than `off`): forward delegated
@@ -54,10 +60,14 @@ static BARE_LINKS: u8 = 1;
 // The event path's maps are pinned like the agent's: the programs stay
 // attached through pinned links while the agent restarts, and the next
 // agent carries on with the same ring buffer, records and sequence numbers.
+//
+// Names and sizes are `pd_common::maps`'s. `#[map(name = ...)]` takes only a
+// string literal, so each name is spelled once more here; pd-agent's test
+// `object_matches_pd_common` checks the built object against pd-common.
 
 /// Delegated-prefix events for the agent (the loader may resize it).
 #[map(name = "pd_events_v1")]
-static PD_EVENTS: RingBuf = RingBuf::pinned(2 << 20, 0);
+static PD_EVENTS: RingBuf = RingBuf::pinned(maps::EVENTS_BYTES, 0);
 
 /// Per-CPU outcome counters, indexed by [`Counter`].
 #[map(name = "pd_counters_v1")]
@@ -73,7 +83,7 @@ static PD_SEQ: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 /// clients come, and the agent deletes the records its store has covered
 /// for a while, so it holds the last few minutes of activity's clients.
 #[map(name = "pd_clients_v1")]
-static PD_CLIENTS: HashMap<ClientKey, ClientRecord> = HashMap::pinned(65536, BPF_F_NO_PREALLOC);
+static PD_CLIENTS: HashMap<ClientKey, ClientRecord> = HashMap::pinned(maps::CLIENTS_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Per-CPU parser state and payload copy (too big for the 512-byte stack).
 #[map(name = "PD_SCRATCH")]
@@ -83,15 +93,15 @@ static PD_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// directory. Read by the fast path (a later change); kept here so the
 /// agent's map and the programs' map are one object.
 #[map(name = "pd_routes_v1")]
-static PD_ROUTES: LpmTrie<[u8; 16], RouteValue> = LpmTrie::pinned(1 << 20, 0);
+static PD_ROUTES: LpmTrie<[u8; 16], RouteValue> = LpmTrie::pinned(maps::ROUTES_ENTRIES, 0);
 
 /// Per-binding forwarding counters, indexed by `RouteValue::slot`.
 #[map(name = "pd_fwd_stats_v1")]
-static PD_FWD_STATS: PerCpuArray<FwdStats> = PerCpuArray::pinned(FWD_STATS_SLOTS, 0);
+static PD_FWD_STATS: PerCpuArray<FwdStats> = PerCpuArray::pinned(maps::FWD_STATS_ENTRIES, 0);
 
 /// Per-interface flags ([`ifflags`]), written by the agent.
 #[map(name = "pd_ifaces_v1")]
-static PD_IFACES: HashMap<u32, u32> = HashMap::pinned(1024, 0);
+static PD_IFACES: HashMap<u32, u32> = HashMap::pinned(maps::IFACES_ENTRIES, 0);
 
 /// Until when (`bpf_ktime_get_boot_ns`) the agent vouches for the fast
 /// path's flags: it renews this every few seconds while it watches the
@@ -102,19 +112,7 @@ static PD_FWD_LEASE: Array<u64> = Array::pinned(1, 0);
 
 /// On-link prefixes of downstream interfaces -> ifindex (strict SAV).
 #[map(name = "pd_onlink_v1")]
-static PD_ONLINK: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(4096, 0);
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const IPV6_HLEN: usize = 40;
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_DSTOPTS: u8 = 60;
-const UDP_HLEN: usize = 8;
-/// Hop-by-hop / destination-options headers skipped before giving up.
-const MAX_EXT_HEADERS: usize = 4;
+static PD_ONLINK: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(maps::ONLINK_ENTRIES, 0);
 
 /// TC: let the next program / the default action decide (tcx `TCX_NEXT`).
 const TC_ACT_UNSPEC: i32 = -1;
@@ -223,7 +221,7 @@ impl Scratch {
         let end = self.end;
         match self.mode {
             MODE_MSG => {
-                if c + 4 > end {
+                if c + MSG_HLEN as u32 > end {
                     return self.reject(Counter::ShortMessage);
                 }
                 let t = self.b(c);
@@ -232,7 +230,7 @@ impl Scratch {
                 }
                 if t == msg::RELAY_FORW || t == msg::RELAY_REPL {
                     // RFC 8415 §9: msg-type, hop-count, link-address, peer-address.
-                    if c + 34 > end {
+                    if c + RELAY_HLEN as u32 > end {
                         return self.reject(Counter::ShortMessage);
                     }
                     if self.depth >= MAX_RELAY_DEPTH as u32 {
@@ -245,18 +243,16 @@ impl Scratch {
                     }
                     self.depth += 1;
                     self.ev.flags |= flags::RELAYED;
-                    self.cursor = c + 34;
+                    self.cursor = c + RELAY_HLEN as u32;
                     self.mode = MODE_RELAY;
                     return 0;
                 }
                 self.ev.msg_type = t;
                 self.ev.xid = (self.b(c + 1) as u32) << 16 | self.u16(c + 2) as u32;
-                match t {
-                    msg::REPLY | msg::RENEW | msg::REBIND | msg::RELEASE | msg::DECLINE | msg::REQUEST
-                    | msg::SOLICIT => {}
-                    _ => return self.reject(Counter::IgnoredType),
+                if !msg::reported(t) {
+                    return self.reject(Counter::IgnoredType);
                 }
-                self.cursor = c + 4;
+                self.cursor = c + MSG_HLEN as u32;
                 self.mode = MODE_TOP;
                 0
             }
@@ -264,17 +260,17 @@ impl Scratch {
                 if c >= end {
                     return self.reject(Counter::RelayNoMessage);
                 }
-                if c + 4 > end {
+                if c + OPT_HLEN as u32 > end {
                     return self.reject(Counter::OptionOverflow);
                 }
                 let code = self.u16(c);
                 let len = self.u16(c + 2) as u32;
-                let next = c + 4 + len;
+                let next = c + OPT_HLEN as u32 + len;
                 if next > end {
                     return self.reject(Counter::OptionOverflow);
                 }
                 if code == opt::RELAY_MSG {
-                    self.cursor = c + 4;
+                    self.cursor = c + OPT_HLEN as u32;
                     self.end = next;
                     self.mode = MODE_MSG;
                 } else {
@@ -287,12 +283,12 @@ impl Scratch {
                     self.done = 1;
                     return 1;
                 }
-                if c + 4 > end {
+                if c + OPT_HLEN as u32 > end {
                     return self.reject(Counter::OptionOverflow);
                 }
                 let code = self.u16(c);
                 let len = self.u16(c + 2) as u32;
-                let data = c + 4;
+                let data = c + OPT_HLEN as u32;
                 let next = data + len;
                 if next > end {
                     return self.reject(Counter::OptionOverflow);
@@ -326,14 +322,14 @@ impl Scratch {
                         }
                     }
                     opt::STATUS_CODE => {
-                        if len < 2 {
+                        if len < STATUS_FIXED as u32 {
                             return self.reject(Counter::BadOptionLength);
                         }
                         self.ev.status = self.u16(data);
                     }
                     opt::RAPID_COMMIT => self.ev.flags |= flags::RAPID_COMMIT,
                     opt::IA_PD => {
-                        if len < 12 {
+                        if len < IA_PD_FIXED as u32 {
                             return self.reject(Counter::BadOptionLength);
                         }
                         let n = self.nia;
@@ -356,7 +352,7 @@ impl Scratch {
                         }
                         self.top_end = end;
                         self.end = next;
-                        self.cursor = data + 12;
+                        self.cursor = data + IA_PD_FIXED as u32;
                         self.mode = MODE_IAPD;
                         return 0;
                     }
@@ -372,12 +368,12 @@ impl Scratch {
                     self.end = self.top_end;
                     return 0;
                 }
-                if c + 4 > end {
+                if c + OPT_HLEN as u32 > end {
                     return self.reject(Counter::OptionOverflow);
                 }
                 let code = self.u16(c);
                 let len = self.u16(c + 2) as u32;
-                let data = c + 4;
+                let data = c + OPT_HLEN as u32;
                 let next = data + len;
                 if next > end {
                     return self.reject(Counter::OptionOverflow);
@@ -385,7 +381,7 @@ impl Scratch {
                 let ia = self.cur_ia;
                 if code == opt::IAPREFIX {
                     // RFC 8415 §21.22: preferred, valid, prefix-length, prefix.
-                    if len < 25 {
+                    if len < IAPREFIX_FIXED as u32 {
                         return self.reject(Counter::BadOptionLength);
                     }
                     let preferred = self.u32(data);
@@ -415,7 +411,7 @@ impl Scratch {
                         self.nprefix += 1;
                     }
                 } else if code == opt::STATUS_CODE && (ia as usize) < MAX_IAS {
-                    if len < 2 {
+                    if len < STATUS_FIXED as u32 {
                         return self.reject(Counter::BadOptionLength);
                     }
                     let st = self.u16(data);
@@ -478,13 +474,13 @@ fn locate(data: usize, end: usize, bare: bool) -> Result<Option<Located>, Counte
         }
         let mut proto = u16::from_be(unsafe { *((data + 12) as *const u16) });
         if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-            if data + ETH_HLEN + 4 > end {
+            if data + ETH_HLEN + VLAN_HLEN > end {
                 return Ok(None);
             }
             vlan = u16::from_be(unsafe { *((data + 14) as *const u16) }) & 0x0fff;
             proto = u16::from_be(unsafe { *((data + 16) as *const u16) });
             has_vlan = true;
-            l3 = ETH_HLEN + 4;
+            l3 = ETH_HLEN + VLAN_HLEN;
         }
         if proto != ETH_P_IPV6 {
             return Ok(None);
@@ -520,7 +516,7 @@ fn locate(data: usize, end: usize, bare: bool) -> Result<Option<Located>, Counte
         }
         return Ok(None);
     }
-    if off > 256 {
+    if off > MAX_UDP_OFFSET {
         return Err(Counter::ExtHeaders);
     }
     let udp = data + off;
@@ -582,7 +578,7 @@ fn dhcp(
         Some(s) => unsafe { &mut *s },
         None => return count(Counter::Internal),
     };
-    if loc.len < 4 {
+    if loc.len < MSG_HLEN {
         return count(Counter::ShortMessage);
     }
     if loc.len > PAYLOAD_MAX {
