@@ -17,26 +17,15 @@ use aya::{
     util::KernelVersion,
     Ebpf, EbpfError, EbpfLoader,
 };
-use pd_common::{ClientKey, ClientRecord, Counter, FwdStats, RouteValue, COUNTER_COUNT};
+use pd_common::{
+    global, maps, prog, ClientKey, ClientRecord, Counter, FwdStats, RouteValue, COUNTER_COUNT,
+};
 
 /// The compiled `pd-ebpf` object (built by `build.rs`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PD_EBPF_OBJ"));
 
-pub const XDP_PROGRAM: &str = "pd_xdp";
-pub const TC_PROGRAM: &str = "pd_tc_egress";
-pub const EVENTS_MAP: &str = "pd_events_v1";
-pub const COUNTERS_MAP: &str = "pd_counters_v1";
-pub const CLIENTS_MAP: &str = "pd_clients_v1";
-pub const SEQ_MAP: &str = "pd_seq_v1";
 /// Pinned links (one per program and interface) live here, under the pin dir.
 pub const LINKS_DIR: &str = "links";
-/// Pinned LPM trie of delegated prefixes (name carries the layout version).
-pub const ROUTES_MAP: &str = "pd_routes_v1";
-pub const FWD_STATS_MAP: &str = "pd_fwd_stats_v1";
-pub const IFACES_MAP: &str = "pd_ifaces_v1";
-pub const ONLINK_MAP: &str = "pd_onlink_v1";
-/// Until when the agent vouches for the fast path (boot-time ns).
-pub const LEASE_MAP: &str = "pd_fwd_lease_v1";
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -179,12 +168,13 @@ pub struct LoadOptions {
     /// read each interface's link type from its flags.
     pub bare_links: bool,
     /// Ring buffer size in bytes (a power-of-2 multiple of the page size);
-    /// None: the object's 2 MiB.
+    /// None: the object's [`maps::EVENTS_BYTES`].
     pub ring_bytes: Option<u32>,
-    /// Most entries of `pd_clients_v1`; None: the object's 65536.
+    /// Most entries of `pd_clients_v1`; None: the object's
+    /// [`maps::CLIENTS_ENTRIES`].
     pub client_entries: Option<u32>,
     /// Entries of `pd_fwd_stats_v1` (bindings with forwarding counters);
-    /// None: the object's [`pd_common::FWD_STATS_SLOTS`].
+    /// None: the object's [`maps::FWD_STATS_ENTRIES`].
     pub fwd_counters: Option<u32>,
 }
 
@@ -233,44 +223,40 @@ fn pinned_layouts(opts: &LoadOptions) -> [(&'static str, u32, u32, u32, u32); 9]
     const NO_PREALLOC: u32 = 1;
     [
         (
-            EVENTS_MAP,
+            maps::EVENTS,
             0,
             0,
-            opts.ring_bytes.unwrap_or(DEFAULT_RING_BYTES),
+            opts.ring_bytes.unwrap_or(maps::EVENTS_BYTES),
             0,
         ),
-        (COUNTERS_MAP, 4, 8, COUNTER_COUNT, 0),
-        (SEQ_MAP, 4, 8, 1, 0),
+        (maps::COUNTERS, 4, 8, COUNTER_COUNT, 0),
+        (maps::SEQ, 4, 8, 1, 0),
         (
-            CLIENTS_MAP,
+            maps::CLIENTS,
             size_of::<ClientKey>() as u32,
             size_of::<ClientRecord>() as u32,
-            opts.client_entries.unwrap_or(DEFAULT_CLIENT_RECORDS),
+            opts.client_entries.unwrap_or(maps::CLIENTS_ENTRIES),
             NO_PREALLOC,
         ),
         (
-            ROUTES_MAP,
+            maps::ROUTES,
             20,
             size_of::<RouteValue>() as u32,
-            1 << 20,
+            maps::ROUTES_ENTRIES,
             NO_PREALLOC,
         ),
         (
-            FWD_STATS_MAP,
+            maps::FWD_STATS,
             4,
             size_of::<FwdStats>() as u32,
-            opts.fwd_counters.unwrap_or(pd_common::FWD_STATS_SLOTS),
+            opts.fwd_counters.unwrap_or(maps::FWD_STATS_ENTRIES),
             0,
         ),
-        (IFACES_MAP, 4, 4, 1024, 0),
-        (ONLINK_MAP, 20, 4, 4096, NO_PREALLOC),
-        (LEASE_MAP, 4, 8, 1, 0),
+        (maps::IFACES, 4, 4, maps::IFACES_ENTRIES, 0),
+        (maps::ONLINK, 20, 4, maps::ONLINK_ENTRIES, NO_PREALLOC),
+        (maps::FWD_LEASE, 4, 8, 1, 0),
     ]
 }
-
-/// The object's ring buffer size and record count (see `pd-ebpf`).
-pub const DEFAULT_RING_BYTES: u32 = 2 << 20;
-pub const DEFAULT_CLIENT_RECORDS: u32 = 65536;
 
 /// Priority and handle of the egress filter where tcx is missing (kernels
 /// before 6.6): fixed, so that the next agent replaces it in place.
@@ -304,17 +290,17 @@ impl Programs {
             // BTF (parsed, it peaks at ~10 MiB of heap) is not needed.
             .btf(None)
             .default_map_pin_directory(pin_dir)
-            .override_global("FAST_PATH", &fast_path, true)
-            .override_global("SAV", &sav, true)
-            .override_global("BARE_LINKS", &bare_links, true);
-        loader.map_max_entries(EVENTS_MAP, opts.ring_bytes.unwrap_or(DEFAULT_RING_BYTES));
+            .override_global(global::FAST_PATH, &fast_path, true)
+            .override_global(global::SAV, &sav, true)
+            .override_global(global::BARE_LINKS, &bare_links, true);
+        loader.map_max_entries(maps::EVENTS, opts.ring_bytes.unwrap_or(maps::EVENTS_BYTES));
         loader.map_max_entries(
-            CLIENTS_MAP,
-            opts.client_entries.unwrap_or(DEFAULT_CLIENT_RECORDS),
+            maps::CLIENTS,
+            opts.client_entries.unwrap_or(maps::CLIENTS_ENTRIES),
         );
         loader.map_max_entries(
-            FWD_STATS_MAP,
-            opts.fwd_counters.unwrap_or(pd_common::FWD_STATS_SLOTS),
+            maps::FWD_STATS,
+            opts.fwd_counters.unwrap_or(maps::FWD_STATS_ENTRIES),
         );
         // A pinned map is reused as it is (aya checks nothing): one of
         // another layout or size, left by another version or setting, is
@@ -340,38 +326,38 @@ impl Programs {
         let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         {
             let xdp: &mut Xdp = ebpf
-                .program_mut(XDP_PROGRAM)
-                .ok_or(LoadError::Map(XDP_PROGRAM, "not in object".into()))?
+                .program_mut(prog::XDP)
+                .ok_or(LoadError::Map(prog::XDP, "not in object".into()))?
                 .try_into()
-                .map_err(|e: ProgramError| LoadError::Map(XDP_PROGRAM, e.to_string()))?;
+                .map_err(|e: ProgramError| LoadError::Map(prog::XDP, e.to_string()))?;
             xdp.load().map_err(|e| LoadError::Program {
-                program: XDP_PROGRAM,
+                program: prog::XDP,
                 hint: privilege_hint(&e),
                 reason: verifier_head(&e),
             })?;
         }
         {
             let tc: &mut SchedClassifier = ebpf
-                .program_mut(TC_PROGRAM)
-                .ok_or(LoadError::Map(TC_PROGRAM, "not in object".into()))?
+                .program_mut(prog::TC_EGRESS)
+                .ok_or(LoadError::Map(prog::TC_EGRESS, "not in object".into()))?
                 .try_into()
-                .map_err(|e: ProgramError| LoadError::Map(TC_PROGRAM, e.to_string()))?;
+                .map_err(|e: ProgramError| LoadError::Map(prog::TC_EGRESS, e.to_string()))?;
             tc.load().map_err(|e| LoadError::Program {
-                program: TC_PROGRAM,
+                program: prog::TC_EGRESS,
                 hint: privilege_hint(&e),
                 reason: verifier_head(&e),
             })?;
         }
         Ok(Programs {
             ebpf,
-            client_records: opts.client_entries.unwrap_or(DEFAULT_CLIENT_RECORDS),
+            client_records: opts.client_entries.unwrap_or(maps::CLIENTS_ENTRIES),
             notes,
         })
     }
 
     pub fn xdp(&mut self) -> &mut Xdp {
         self.ebpf
-            .program_mut(XDP_PROGRAM)
+            .program_mut(prog::XDP)
             .unwrap()
             .try_into()
             .unwrap()
@@ -379,12 +365,12 @@ impl Programs {
 
     /// The empty XDP program (benchmark baseline), loaded on first use.
     pub fn baseline(&mut self) -> Result<&mut Xdp, LoadError> {
-        self.extra("pd_xdp_pass")
+        self.extra(prog::XDP_PASS)
     }
 
     /// The XDP_TX program (benchmark traffic generator), loaded on first use.
     pub fn generator(&mut self) -> Result<&mut Xdp, LoadError> {
-        self.extra("pd_xdp_tx")
+        self.extra(prog::XDP_TX)
     }
 
     fn extra(&mut self, name: &'static str) -> Result<&mut Xdp, LoadError> {
@@ -406,7 +392,7 @@ impl Programs {
 
     pub fn tc(&mut self) -> &mut SchedClassifier {
         self.ebpf
-            .program_mut(TC_PROGRAM)
+            .program_mut(prog::TC_EGRESS)
             .unwrap()
             .try_into()
             .unwrap()
@@ -423,7 +409,7 @@ impl Programs {
                 .attach(iface, XdpMode::Skb)
                 .map(|_| XdpMode::Skb)
                 .map_err(|source| LoadError::Attach {
-                    program: XDP_PROGRAM,
+                    program: prog::XDP,
                     iface: iface.into(),
                     source,
                 }),
@@ -453,14 +439,14 @@ impl Programs {
                 mode = XdpMode::Skb;
                 xdp.attach(iface, mode)
                     .map_err(|source| LoadError::Attach {
-                        program: XDP_PROGRAM,
+                        program: prog::XDP,
                         iface: iface.into(),
                         source,
                     })?
             }
         };
         let link = xdp.take_link(id).map_err(|source| LoadError::Attach {
-            program: XDP_PROGRAM,
+            program: prog::XDP,
             iface: iface.into(),
             source,
         })?;
@@ -490,12 +476,12 @@ impl Programs {
         let id = tc
             .attach(iface, TcAttachType::Egress)
             .map_err(|source| LoadError::Attach {
-                program: TC_PROGRAM,
+                program: prog::TC_EGRESS,
                 iface: iface.into(),
                 source,
             })?;
         let link = tc.take_link(id).map_err(|source| LoadError::Attach {
-            program: TC_PROGRAM,
+            program: prog::TC_EGRESS,
             iface: iface.into(),
             source,
         })?;
@@ -510,7 +496,7 @@ impl Programs {
     /// place instead of adding a second filter.
     fn attach_tc_netlink(&mut self, iface: &str, links: &Path) -> Result<Attached, LoadError> {
         let err = |source| LoadError::Attach {
-            program: TC_PROGRAM,
+            program: prog::TC_EGRESS,
             iface: iface.into(),
             source,
         };
@@ -546,7 +532,7 @@ impl Programs {
     }
 
     pub fn take_seq(&mut self) -> Result<PerCpuArray<MapData, u64>, LoadError> {
-        self.take(SEQ_MAP)
+        self.take(maps::SEQ)
     }
 
     /// Entries of `pd_clients_v1`.
@@ -582,35 +568,35 @@ impl Programs {
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        self.take(EVENTS_MAP)
+        self.take(maps::EVENTS)
     }
 
     pub fn take_routes(&mut self) -> Result<LpmTrie<MapData, [u8; 16], RouteValue>, LoadError> {
-        self.take(ROUTES_MAP)
+        self.take(maps::ROUTES)
     }
 
     pub fn take_fwd_stats(&mut self) -> Result<PerCpuArray<MapData, FwdStats>, LoadError> {
-        self.take(FWD_STATS_MAP)
+        self.take(maps::FWD_STATS)
     }
 
     pub fn take_ifaces(&mut self) -> Result<HashMap<MapData, u32, u32>, LoadError> {
-        self.take(IFACES_MAP)
+        self.take(maps::IFACES)
     }
 
     pub fn take_onlink(&mut self) -> Result<LpmTrie<MapData, [u8; 16], u32>, LoadError> {
-        self.take(ONLINK_MAP)
+        self.take(maps::ONLINK)
     }
 
     pub fn take_clients(&mut self) -> Result<HashMap<MapData, ClientKey, ClientRecord>, LoadError> {
-        self.take(CLIENTS_MAP)
+        self.take(maps::CLIENTS)
     }
 
     pub fn take_lease(&mut self) -> Result<aya::maps::Array<MapData, u64>, LoadError> {
-        self.take(LEASE_MAP)
+        self.take(maps::FWD_LEASE)
     }
 
     pub fn take_counters(&mut self) -> Result<Counters, LoadError> {
-        self.take(COUNTERS_MAP).map(Counters)
+        self.take(maps::COUNTERS).map(Counters)
     }
 }
 
@@ -776,6 +762,45 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel side spells map names in `#[map(name = "...")]`, which
+    /// takes only a string literal (aya-ebpf 0.2.1's macro parses a
+    /// `LitStr`, and Rust's `export_name` needs a literal too): this ties
+    /// the built object to `pd-common`'s names, sizes and globals.
+    #[test]
+    fn object_matches_pd_common() {
+        let obj = aya_obj::Object::parse(OBJECT).expect("parsing the kernel object");
+        for p in [prog::XDP, prog::TC_EGRESS, prog::XDP_PASS, prog::XDP_TX] {
+            assert!(
+                obj.programs.contains_key(p),
+                "program {p} not in the object"
+            );
+        }
+        let mut names: Vec<&str> = obj.maps.keys().map(String::as_str).collect();
+        names.retain(|n| !n.starts_with('.'));
+        names.sort_unstable();
+        let mut want: Vec<&str> = maps::PINNED.to_vec();
+        want.push(maps::SCRATCH);
+        want.sort_unstable();
+        assert_eq!(names, want, "the object's maps");
+        for (name, key, value, max, flags) in pinned_layouts(&LoadOptions::default()) {
+            let m = &obj.maps[name];
+            assert_eq!(
+                (m.key_size(), m.value_size(), m.max_entries(), m.map_flags()),
+                (key, value, max, flags),
+                "{name}: key/value/entries/flags"
+            );
+        }
+        // The load-time switches, by their symbol names (NUL-terminated in
+        // the string table); the loader also insists they exist.
+        for g in [global::FAST_PATH, global::SAV, global::BARE_LINKS] {
+            let sym = [g.as_bytes(), b"\0"].concat();
+            assert!(
+                OBJECT.windows(sym.len()).any(|w| w == sym),
+                "global {g} not in the object"
+            );
+        }
+    }
 
     #[test]
     fn pin_names_hold_no_dots_and_read_back() {

@@ -16,7 +16,7 @@ use aya::maps::{
     lpm_trie::Key, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues,
 };
 use ipnet::Ipv6Net;
-use pd_common::{FwdStats, RouteValue, NO_SLOT};
+use pd_common::{maps, FwdStats, RouteValue, NO_SLOT};
 
 use crate::binding::Binding;
 
@@ -110,7 +110,7 @@ impl RouteMap {
         self.routes
             .insert(&key(b.prefix), v, 0)
             .map_err(|source| MapOpError {
-                map: "pd_routes_v1",
+                map: maps::ROUTES,
                 what: b.prefix.to_string(),
                 source,
             })
@@ -122,7 +122,7 @@ impl RouteMap {
         }
         match self.routes.remove(&key(prefix)) {
             Err(e) if !not_found(&e) => Err(MapOpError {
-                map: "pd_routes_v1",
+                map: maps::ROUTES,
                 what: prefix.to_string(),
                 source: e,
             }),
@@ -179,7 +179,7 @@ impl SavMaps {
             self.ifaces.insert(ifindex, flags, 0)
         };
         r.map_err(|source| MapOpError {
-            map: "pd_ifaces_v1",
+            map: maps::IFACES,
             what: format!("ifindex {ifindex}"),
             source,
         })
@@ -219,7 +219,7 @@ impl SavMaps {
             self.onlink
                 .insert(&key(*p), *i, 0)
                 .map_err(|source| MapOpError {
-                    map: "pd_onlink_v1",
+                    map: maps::ONLINK,
                     what: p.to_string(),
                     source,
                 })?;

@@ -11,21 +11,28 @@
 pub const CLIENT_PORT: u16 = 546;
 pub const SERVER_PORT: u16 = 547;
 
-/// DHCPv6 message types (RFC 8415 §7.3).
+/// DHCPv6 message types (RFC 8415 §7.3) that the parsers name.
 pub mod msg {
     pub const SOLICIT: u8 = 1;
-    pub const ADVERTISE: u8 = 2;
     pub const REQUEST: u8 = 3;
-    pub const CONFIRM: u8 = 4;
     pub const RENEW: u8 = 5;
     pub const REBIND: u8 = 6;
     pub const REPLY: u8 = 7;
     pub const RELEASE: u8 = 8;
     pub const DECLINE: u8 = 9;
-    pub const RECONFIGURE: u8 = 10;
-    pub const INFORMATION_REQUEST: u8 = 11;
     pub const RELAY_FORW: u8 = 12;
     pub const RELAY_REPL: u8 = 13;
+
+    /// The message types the programs report; every other type is counted
+    /// as `Counter::IgnoredType`. A Solicit is reported only with Rapid
+    /// Commit (checked once its options are read).
+    #[inline(always)]
+    pub const fn reported(t: u8) -> bool {
+        matches!(
+            t,
+            REPLY | RENEW | REBIND | RELEASE | DECLINE | REQUEST | SOLICIT
+        )
+    }
 }
 
 /// DHCPv6 option codes we read (RFC 8415 §21).
@@ -35,7 +42,6 @@ pub mod opt {
     pub const RELAY_MSG: u16 = 9;
     pub const STATUS_CODE: u16 = 13;
     pub const RAPID_COMMIT: u16 = 14;
-    pub const INTERFACE_ID: u16 = 18;
     pub const IA_PD: u16 = 25;
     pub const IAPREFIX: u16 = 26;
 }
@@ -43,10 +49,47 @@ pub mod opt {
 /// Status codes (RFC 8415 §21.13).
 pub mod status {
     pub const SUCCESS: u16 = 0;
-    pub const NO_BINDING: u16 = 3;
     pub const NO_PREFIX_AVAIL: u16 = 6;
     /// No Status Code option was present (which means Success).
     pub const ABSENT: u16 = 0xffff;
+}
+
+/// The frame and DHCPv6 layouts both parsers walk (the kernel programs and
+/// the agent's reference parser), and the limits past which a packet is
+/// passed on uncounted or counted as rejected.
+pub mod wire {
+    /// Ethernet header: destination, source, EtherType.
+    pub const ETH_HLEN: usize = 14;
+    /// An 802.1Q/802.1ad tag: TCI, then the inner EtherType.
+    pub const VLAN_HLEN: usize = 4;
+    pub const ETH_P_IPV6: u16 = 0x86dd;
+    pub const ETH_P_8021Q: u16 = 0x8100;
+    pub const ETH_P_8021AD: u16 = 0x88a8;
+    pub const IPV6_HLEN: usize = 40;
+    pub const IPPROTO_HOPOPTS: u8 = 0;
+    pub const IPPROTO_UDP: u8 = 17;
+    pub const IPPROTO_DSTOPTS: u8 = 60;
+    pub const UDP_HLEN: usize = 8;
+    /// Hop-by-hop / destination-options headers skipped before giving up
+    /// (`Counter::ExtHeaders`).
+    pub const MAX_EXT_HEADERS: usize = 4;
+    /// Furthest offset of the UDP header from the frame's start; further
+    /// is `Counter::ExtHeaders`. The kernel needs the bound before adding
+    /// the offset to a packet pointer.
+    pub const MAX_UDP_OFFSET: usize = 256;
+    /// msg-type and transaction-id (RFC 8415 §8).
+    pub const MSG_HLEN: usize = 4;
+    /// msg-type, hop-count, link-address, peer-address (RFC 8415 §9).
+    pub const RELAY_HLEN: usize = 34;
+    /// option-code and option-len (RFC 8415 §21.1).
+    pub const OPT_HLEN: usize = 4;
+    /// IA_PD's IAID, T1 and T2, before its options (RFC 8415 §21.21).
+    pub const IA_PD_FIXED: usize = 12;
+    /// IAPREFIX's preferred and valid lifetimes, prefix-length and prefix,
+    /// before its options (RFC 8415 §21.22).
+    pub const IAPREFIX_FIXED: usize = 25;
+    /// Status Code's status-code, before its message (RFC 8415 §21.13).
+    pub const STATUS_FIXED: usize = 2;
 }
 
 /// RFC 8415 §7.6 HOP_COUNT_LIMIT: relay layers we follow.
@@ -68,6 +111,69 @@ pub const PAYLOAD_MAX: usize = 2048;
 pub const MAX_TLV_STEPS: u32 = 256;
 /// Infinite lifetime (RFC 8415 §7.7).
 pub const INFINITY: u32 = 0xffff_ffff;
+
+/// The kernel object's programs, by the names the agent loads them by
+/// (the functions' names in `pd-ebpf`).
+pub mod prog {
+    /// XDP, ingress: snooping, source-address validation, the fast path.
+    pub const XDP: &str = "pd_xdp";
+    /// TC, egress: snooping.
+    pub const TC_EGRESS: &str = "pd_tc_egress";
+    /// An empty XDP program: the benchmarks' baseline.
+    pub const XDP_PASS: &str = "pd_xdp_pass";
+    /// XDP_TX on every frame: the benchmarks' traffic generator.
+    pub const XDP_TX: &str = "pd_xdp_tx";
+}
+
+/// The programs' load-time switches (read-only `u8` globals the loader
+/// overrides by name, so that the verifier prunes what is off).
+pub mod global {
+    /// Forward delegated prefixes in XDP.
+    pub const FAST_PATH: &str = "FAST_PATH";
+    /// Some interface has source-address validation on.
+    pub const SAV: &str = "SAV";
+    /// Some managed link carries bare IP packets (`ifflags::L3`).
+    pub const BARE_LINKS: &str = "BARE_LINKS";
+}
+
+/// The programs' maps: their names (also their pin names under the agent's
+/// pin directory; the `_v1` suffix is the layout version) and their sizes
+/// in the object, which the loader may override.
+pub mod maps {
+    /// Ring buffer of [`super::PdEvent`]s.
+    pub const EVENTS: &str = "pd_events_v1";
+    /// Ring buffer bytes (with 2 MiB, bench row 6's 10 s storm of 500,000
+    /// events lost none; with 1 MiB it lost some).
+    pub const EVENTS_BYTES: u32 = 2 << 20;
+    /// Per-CPU outcome counters, indexed by [`super::Counter`].
+    pub const COUNTERS: &str = "pd_counters_v1";
+    /// Per-CPU message counters (low bits of [`super::PdEvent::seq`]).
+    pub const SEQ: &str = "pd_seq_v1";
+    /// Each client's latest messages ([`super::ClientKey`] -> [`super::ClientRecord`]).
+    pub const CLIENTS: &str = "pd_clients_v1";
+    pub const CLIENTS_ENTRIES: u32 = 65536;
+    /// Delegated prefixes (LPM trie -> [`super::RouteValue`]), written by the agent.
+    pub const ROUTES: &str = "pd_routes_v1";
+    pub const ROUTES_ENTRIES: u32 = 1 << 20;
+    /// Per-binding forwarding counters ([`super::FwdStats`]).
+    pub const FWD_STATS: &str = "pd_fwd_stats_v1";
+    /// Entries of [`FWD_STATS`] (per CPU, 64 KiB): bindings with counters.
+    pub const FWD_STATS_ENTRIES: u32 = 4096;
+    /// Per-interface flags ([`super::ifflags`]), written by the agent.
+    pub const IFACES: &str = "pd_ifaces_v1";
+    pub const IFACES_ENTRIES: u32 = 1024;
+    /// Until when the agent vouches for the fast path (boot-time ns).
+    pub const FWD_LEASE: &str = "pd_fwd_lease_v1";
+    /// On-link prefixes of downstream interfaces -> ifindex (strict SAV).
+    pub const ONLINK: &str = "pd_onlink_v1";
+    pub const ONLINK_ENTRIES: u32 = 4096;
+    /// Per-CPU parser scratch: the programs' own, never pinned.
+    pub const SCRATCH: &str = "PD_SCRATCH";
+    /// Every map the agent pins.
+    pub const PINNED: [&str; 9] = [
+        EVENTS, COUNTERS, SEQ, CLIENTS, ROUTES, FWD_STATS, IFACES, FWD_LEASE, ONLINK,
+    ];
+}
 
 /// Where the program saw the packet.
 pub mod hook {
@@ -431,9 +537,6 @@ pub struct RouteValue {
 
 /// [`RouteValue::slot`] of a binding without forwarding counters.
 pub const NO_SLOT: u32 = u32::MAX;
-/// Entries of the per-binding forwarding counters by default (the loader
-/// sizes the map from `forwarding_counters`): per CPU, 64 KiB.
-pub const FWD_STATS_SLOTS: u32 = 4096;
 
 /// Per-binding, per-CPU forwarding counters (`pd_fwd_stats_v1`).
 #[repr(C)]

@@ -776,8 +776,8 @@ fn row5_scale(b: &mut Bench) -> Result<()> {
         let routes = our_routes(&rig.router)?.len();
         let rss = rss_kb(agent.daemon.pid());
         let per = (rss.saturating_sub(rss0)) as f64 * 1024.0 / n as f64;
-        let map = map_bytes(&agent.pin_dir, "pd_routes_v1");
-        let stats_map = map_bytes(&agent.pin_dir, "pd_fwd_stats_v1");
+        let map = map_bytes(&agent.pin_dir, pd_common::maps::ROUTES);
+        let stats_map = map_bytes(&agent.pin_dir, pd_common::maps::FWD_STATS);
         let met = if n >= 1_000_000 {
             Some(reconcile < 10.0 && routes == n as usize)
         } else {

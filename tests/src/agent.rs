@@ -206,7 +206,7 @@ impl Agent {
     /// Prefixes in the pinned LPM map, read with bpftool.
     pub fn map_prefixes(&self) -> Result<Vec<String>> {
         let mut res = Vec::new();
-        for e in self.map_dump("pd_routes_v1")? {
+        for e in self.map_dump(pd_common::maps::ROUTES)? {
             let key: Vec<u8> = e["key"]
                 .as_array()
                 .context("key")?
@@ -244,7 +244,7 @@ impl Agent {
 /// A kernel counter of the pinned `pd_counters_v1` under `pin_dir`,
 /// summed over CPUs and read with bpftool: works while no agent runs.
 pub fn pinned_counter(pin_dir: &Path, c: pd_common::Counter) -> Result<u64> {
-    let path = pin_dir.join("pd_counters_v1");
+    let path = pin_dir.join(pd_common::maps::COUNTERS);
     let key = (c as u32).to_le_bytes();
     let mut args = vec![
         "bpftool".to_string(),

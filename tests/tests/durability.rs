@@ -117,7 +117,7 @@ fn applied_records_are_pruned() -> Result<()> {
     let agent = Agent::start_opts(&lab.router, &dir, opts)?;
     let server = MadeUpServer::new(&lab)?;
     let clients: Vec<SimClient> = (1..=N).map(SimClient::new).collect();
-    let records = || agent.map_dump("pd_clients_v1").map(|v| v.len());
+    let records = || agent.map_dump(pd_common::maps::CLIENTS).map(|v| v.len());
     for (i, c) in clients.iter().enumerate() {
         if i == 40 {
             let recorded = records()?;

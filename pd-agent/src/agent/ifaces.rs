@@ -295,7 +295,7 @@ impl Agent {
         }
         let until = crate::clock::boot_ns() + datapath::LEASE.as_nanos() as u64;
         if let Err(e) = self.lease.set(0, until, 0) {
-            warn!(error = %crate::chain(&e), "renewing {}", ebpf::LEASE_MAP);
+            warn!(error = %crate::chain(&e), "renewing {}", pd_common::maps::FWD_LEASE);
         }
     }
 

@@ -12,7 +12,6 @@ use super::Agent;
 use crate::{
     binding::Refusal,
     clock::now,
-    ebpf,
     resync::{self, Seen},
     snoop::{self, Message},
 };
@@ -241,8 +240,10 @@ impl Agent {
             .iter()
             .take(2 * self.client_records as usize + 16)
             .map_while(|item| {
-                item.map_err(|e| warn!(error = %crate::chain(&e), "reading {}", ebpf::CLIENTS_MAP))
-                    .ok()
+                item.map_err(
+                    |e| warn!(error = %crate::chain(&e), "reading {}", pd_common::maps::CLIENTS),
+                )
+                .ok()
             })
     }
 
@@ -266,7 +267,7 @@ impl Agent {
                 Ok(()) => self.resync.pruned += 1,
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => {
-                    warn!(error = %crate::chain(&e), "pruning {}", ebpf::CLIENTS_MAP);
+                    warn!(error = %crate::chain(&e), "pruning {}", pd_common::maps::CLIENTS);
                     break;
                 }
             }
@@ -278,7 +279,7 @@ impl Agent {
         match self.seq.get(&0, 0) {
             Ok(v) => v.iter().copied().collect(),
             Err(e) => {
-                warn!(error = %crate::chain(&e), "reading {}", ebpf::SEQ_MAP);
+                warn!(error = %crate::chain(&e), "reading {}", pd_common::maps::SEQ);
                 Vec::new()
             }
         }
@@ -323,7 +324,7 @@ impl Agent {
                 ms = t.elapsed().as_millis() as u64,
                 ring_buffer_full = full,
                 "resynchronised from {}",
-                ebpf::CLIENTS_MAP
+                pd_common::maps::CLIENTS
             );
         }
     }
