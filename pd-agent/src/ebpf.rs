@@ -176,6 +176,9 @@ pub struct LoadOptions {
     /// Entries of `pd_fwd_stats_v1` (bindings with forwarding counters);
     /// None: the object's [`maps::FWD_STATS_ENTRIES`].
     pub fwd_counters: Option<u32>,
+    /// Log from the kernel why packets were passed on (aya-log). Off, the
+    /// log calls are pruned at load and aya-log's ring buffer is one page.
+    pub kernel_log: bool,
 }
 
 impl Default for LoadOptions {
@@ -187,6 +190,7 @@ impl Default for LoadOptions {
             ring_bytes: None,
             client_entries: None,
             fwd_counters: None,
+            kernel_log: false,
         }
     }
 }
@@ -284,6 +288,11 @@ impl Programs {
         let fast_path = opts.fast_path as u8;
         let sav = opts.sav as u8;
         let bare_links = opts.bare_links as u8;
+        let log_level = if opts.kernel_log {
+            pd_common::log::DEBUG
+        } else {
+            0
+        };
         let mut loader = EbpfLoader::new();
         loader
             // The programs carry no CO-RE relocations: the kernel's own
@@ -292,7 +301,11 @@ impl Programs {
             .default_map_pin_directory(pin_dir)
             .override_global(global::FAST_PATH, &fast_path, true)
             .override_global(global::SAV, &sav, true)
-            .override_global(global::BARE_LINKS, &bare_links, true);
+            .override_global(global::BARE_LINKS, &bare_links, true)
+            .override_global(global::LOG_LEVEL, &log_level, true);
+        if !opts.kernel_log {
+            loader.map_max_entries(pd_common::log::MAP, page_size());
+        }
         loader.map_max_entries(maps::EVENTS, opts.ring_bytes.unwrap_or(maps::EVENTS_BYTES));
         loader.map_max_entries(
             maps::CLIENTS,
@@ -598,6 +611,25 @@ impl Programs {
     pub fn take_counters(&mut self) -> Result<Counters, LoadError> {
         self.take(maps::COUNTERS).map(Counters)
     }
+
+    /// The reader of the kernel's debug log (loaded with `kernel_log`),
+    /// writing to `logger`.
+    pub fn take_kernel_log<T: log::Log>(
+        &mut self,
+        logger: T,
+    ) -> Result<aya_log::EbpfLogger<T>, LoadError> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger)
+            .map_err(|e| LoadError::Map(pd_common::log::MAP, e.to_string()))
+    }
+}
+
+/// The system's page size (the smallest ring buffer).
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as u32,
+        _ => 4096,
+    }
 }
 
 /// An interface name as a bpffs name: bpffs refuses dots (it keeps them
@@ -781,6 +813,7 @@ mod tests {
         names.sort_unstable();
         let mut want: Vec<&str> = maps::PINNED.to_vec();
         want.push(maps::SCRATCH);
+        want.push(pd_common::log::MAP);
         want.sort_unstable();
         assert_eq!(names, want, "the object's maps");
         for (name, key, value, max, flags) in pinned_layouts(&LoadOptions::default()) {
@@ -793,7 +826,12 @@ mod tests {
         }
         // The load-time switches, by their symbol names (NUL-terminated in
         // the string table); the loader also insists they exist.
-        for g in [global::FAST_PATH, global::SAV, global::BARE_LINKS] {
+        for g in [
+            global::FAST_PATH,
+            global::SAV,
+            global::BARE_LINKS,
+            global::LOG_LEVEL,
+        ] {
             let sym = [g.as_bytes(), b"\0"].concat();
             assert!(
                 OBJECT.windows(sym.len()).any(|w| w == sym),

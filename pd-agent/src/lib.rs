@@ -15,6 +15,7 @@ pub mod dhcp;
 pub mod ebpf;
 pub mod hooks;
 pub mod keeper;
+pub mod klog;
 pub mod link;
 pub mod maps;
 pub mod metrics;

@@ -134,6 +134,20 @@ pub mod global {
     pub const SAV: &str = "SAV";
     /// Some managed link carries bare IP packets (`ifflags::L3`).
     pub const BARE_LINKS: &str = "BARE_LINKS";
+    /// aya-log's level (0: no logging; the verifier prunes every log call).
+    pub const LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+}
+
+/// Kernel debug logging (`--kernel-debug`), over aya-log's own ring buffer.
+pub mod log {
+    /// aya-log's ring buffer (not pinned; one page unless logging is on).
+    pub const MAP: &str = "AYA_LOGS";
+    /// aya-log's level for `debug!` (`Level::Debug`).
+    pub const DEBUG: u8 = 4;
+    /// The message every log record carries: the counter a packet was
+    /// counted under (a reject or pass reason), then the interface index,
+    /// both in decimal; the agent names them.
+    pub const FORMAT: &str = "why {} ifindex {}";
 }
 
 /// The programs' maps: their names (also their pin names under the agent's

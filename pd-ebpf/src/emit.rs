@@ -9,7 +9,7 @@ use pd_common::{
 };
 
 use crate::{
-    maps::{count, PD_CLIENTS, PD_EVENTS, PD_IFACES, PD_SEQ},
+    maps::{count, note, PD_CLIENTS, PD_EVENTS, PD_IFACES, PD_SEQ},
     parse::Scratch,
 };
 
@@ -122,7 +122,7 @@ fn record(s: &mut Scratch) {
         i += 1;
     }
     if PD_CLIENTS.insert(&s.key, &s.rec, 0).is_err() {
-        count(Counter::RecordsFull);
+        note(Counter::RecordsFull, s.ev.ifindex);
     }
 }
 
@@ -131,6 +131,6 @@ fn record(s: &mut Scratch) {
 fn output(ev: &PdEvent) {
     match PD_EVENTS.output::<PdEvent>(ev, 0) {
         Ok(()) => count(Counter::Events),
-        Err(_) => count(Counter::RingbufFull),
+        Err(_) => note(Counter::RingbufFull, ev.ifindex),
     }
 }

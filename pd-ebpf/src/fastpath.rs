@@ -18,7 +18,7 @@ use pd_common::{
     Counter, NO_SLOT,
 };
 
-use crate::maps::{count, iface_flags, on, FAST_PATH, PD_FWD_LEASE, PD_FWD_STATS, PD_ONLINK, PD_ROUTES, SAV};
+use crate::maps::{count, iface_flags, note, on, FAST_PATH, PD_FWD_LEASE, PD_FWD_STATS, PD_ONLINK, PD_ROUTES, SAV};
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_ICMPV6: u8 = 58;
@@ -51,7 +51,7 @@ fn source_ok(ip: usize, end: usize, ifindex: u32, ifl: u32) -> bool {
     match PD_ROUTES.get(Key::new(128, src)) {
         Some(v) => {
             if v.ifindex != ifindex {
-                count(Counter::SavDropped);
+                note(Counter::SavDropped, ifindex);
                 return false;
             }
             true
@@ -63,7 +63,7 @@ fn source_ok(ip: usize, end: usize, ifindex: u32, ifl: u32) -> bool {
             match PD_ONLINK.get(Key::new(128, src)) {
                 Some(i) if *i == ifindex => true,
                 _ => {
-                    count(Counter::SavStrictDropped);
+                    note(Counter::SavStrictDropped, ifindex);
                     false
                 }
             }
@@ -118,16 +118,16 @@ pub(crate) fn fast_path(ctx: &XdpContext, ifindex: u32, ifl: u32) -> u32 {
         return xdp_action::XDP_PASS;
     };
     if bare {
-        count(Counter::FwdLinkType);
+        note(Counter::FwdLinkType, ifindex);
         return xdp_action::XDP_PASS;
     }
     if ifl & ifflags::FWD_IN == 0 {
-        count(Counter::FwdFirewall);
+        note(Counter::FwdFirewall, ifindex);
         return xdp_action::XDP_PASS;
     }
     let lease = PD_FWD_LEASE.get(0).copied().unwrap_or(0);
     if unsafe { bpf_ktime_get_boot_ns() } >= lease {
-        count(Counter::FwdNoAgent);
+        note(Counter::FwdNoAgent, ifindex);
         return xdp_action::XDP_PASS;
     }
     let slot = route.slot;
@@ -135,7 +135,7 @@ pub(crate) fn fast_path(ctx: &XdpContext, ifindex: u32, ifl: u32) -> u32 {
     // plain veth, a bridge) the FIB lookup would be wasted. The FIB's
     // choice of egress is checked again below.
     if iface_flags(route.ifindex) & ifflags::FWD_OUT == 0 {
-        count(Counter::FwdNoXmit);
+        note(Counter::FwdNoXmit, ifindex);
         return xdp_action::XDP_PASS;
     }
     forward(ctx, data, end, ip, ifindex, slot)
@@ -150,12 +150,12 @@ pub(crate) fn fast_path(ctx: &XdpContext, ifindex: u32, ifl: u32) -> u32 {
 fn forward(ctx: &XdpContext, data: usize, end: usize, ip: usize, ifindex: u32, slot: u32) -> u32 {
     let nh = unsafe { *((ip + 6) as *const u8) };
     if nh != IPPROTO_TCP && nh != IPPROTO_UDP && nh != IPPROTO_ICMPV6 {
-        count(Counter::FwdNotHandled);
+        note(Counter::FwdNotHandled, ifindex);
         return xdp_action::XDP_PASS;
     }
     let hop_limit = unsafe { *((ip + 7) as *const u8) };
     if hop_limit <= 1 {
-        count(Counter::FwdHopLimit);
+        note(Counter::FwdHopLimit, ifindex);
         return xdp_action::XDP_PASS;
     }
     let mut p: FibParams = unsafe { core::mem::zeroed() };
@@ -171,13 +171,13 @@ fn forward(ctx: &XdpContext, data: usize, end: usize, ip: usize, ifindex: u32, s
         bpf_fib_lookup(ctx.ctx as *mut c_void, &mut p, core::mem::size_of::<FibParams>() as i32, 0)
     } as u32;
     if rc != BPF_FIB_LKUP_RET_SUCCESS {
-        count(if rc == BPF_FIB_LKUP_RET_NO_NEIGH { Counter::FwdNoNeigh } else { Counter::FwdFibOther });
+        note(if rc == BPF_FIB_LKUP_RET_NO_NEIGH { Counter::FwdNoNeigh } else { Counter::FwdFibOther }, ifindex);
         return xdp_action::XDP_PASS;
     }
     // A redirect into a device that cannot take it is dropped after XDP
     // returns; the kernel would have delivered the packet.
     if iface_flags(p.ifindex) & ifflags::FWD_OUT == 0 {
-        count(Counter::FwdNoXmit);
+        note(Counter::FwdNoXmit, ifindex);
         return xdp_action::XDP_PASS;
     }
     unsafe {

@@ -96,6 +96,24 @@ pub(crate) fn iface_flags(ifindex: u32) -> u32 {
     unsafe { PD_IFACES.get(&ifindex) }.copied().unwrap_or(0)
 }
 
+/// Count one outcome that left a packet unreported (a DHCPv6 reject) or
+/// to the kernel (a fast-path pass), and, with `--kernel-debug`, log it
+/// with the interface: the message is `pd_common::log::FORMAT`. Logging
+/// is off unless the agent sets aya-log's load-time level: the verifier
+/// then prunes the call, as with [`FAST_PATH`].
+#[inline(always)]
+pub(crate) fn note(c: Counter, ifindex: u32) {
+    count(c);
+    why(c as u32, ifindex);
+}
+
+/// Log counter `c` (an index into `pd_counters_v1`) on `ifindex`, with
+/// `--kernel-debug` only (see [`note`]).
+#[inline(always)]
+pub(crate) fn why(c: u32, ifindex: u32) {
+    aya_log_ebpf::debug!(&(), "why {} ifindex {}", c, ifindex);
+}
+
 /// Whether a load-time switch is on (read so that the verifier prunes
 /// what is off).
 #[inline(always)]

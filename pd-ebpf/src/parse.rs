@@ -18,7 +18,7 @@ use pd_common::{
     MAX_TLV_STEPS, PAYLOAD_MAX,
 };
 
-use crate::maps::{count, PD_COUNTERS, PD_SCRATCH};
+use crate::maps::{count, note, why, PD_COUNTERS, PD_SCRATCH};
 
 pub(crate) const MASK: usize = PAYLOAD_MAX - 1;
 const _: () = assert!(PAYLOAD_MAX.is_power_of_two());
@@ -312,7 +312,7 @@ impl Scratch {
             // RFC 8415 §21.21: T1 > T2 > 0 means discard the IA_PD.
             let ok = !(t2 > 0 && t1 > t2);
             if !ok {
-                count(Counter::BadT1T2);
+                note(Counter::BadT1T2, self.ev.ifindex);
             }
             let iaid = self.u32(data);
             let ia = unsafe { self.ia.get_unchecked_mut(n as usize & (MAX_IAS - 1)) };
@@ -367,10 +367,10 @@ impl Scratch {
         let valid = self.u32(data + 4);
         let plen = self.b(data + 8) as u32;
         if plen == 0 || plen > 128 {
-            return count(Counter::BadPrefixLength);
+            return note(Counter::BadPrefixLength, self.ev.ifindex);
         }
         if preferred > valid {
-            return count(Counter::BadLifetimes);
+            return note(Counter::BadLifetimes, self.ev.ifindex);
         }
         if ia as usize >= MAX_IAS {
             return self.drop_prefix();
@@ -397,7 +397,7 @@ impl Scratch {
     /// A prefix past [`MAX_IAS`] IA_PDs or [`MAX_PREFIXES`] prefixes.
     #[inline(always)]
     fn drop_prefix(&mut self) {
-        count(Counter::TooManyPrefixes);
+        note(Counter::TooManyPrefixes, self.ev.ifindex);
         self.ev.flags |= flags::PREFIXES_DROPPED;
     }
 }
@@ -430,14 +430,15 @@ pub(crate) fn walk() -> Option<&'static mut Scratch> {
                 unsafe { *p += 1 };
             }
         }
+        why(s.reject, s.ev.ifindex);
         return None;
     }
     if s.done == 0 {
-        count(Counter::TooManyOptions);
+        note(Counter::TooManyOptions, s.ev.ifindex);
         return None;
     }
     if s.ev.msg_type == msg::SOLICIT && s.ev.flags & flags::RAPID_COMMIT == 0 {
-        count(Counter::IgnoredType);
+        note(Counter::IgnoredType, s.ev.ifindex);
         return None;
     }
     count(Counter::Parsed);

@@ -11,7 +11,7 @@ use pd_common::{
 use crate::{
     emit::emit,
     headers::{locate, Located},
-    maps::{count, PD_SCRATCH},
+    maps::{count, note, PD_SCRATCH},
     parse::{walk, Scratch, MASK},
 };
 
@@ -32,7 +32,7 @@ pub(crate) fn snoop(
         Ok(Some(l)) => l,
         Ok(None) => return false,
         Err(c) => {
-            count(c);
+            note(c, ifindex);
             return true;
         }
     };
@@ -56,10 +56,10 @@ fn dhcp(
         None => return count(Counter::Internal),
     };
     if loc.len < MSG_HLEN {
-        return count(Counter::ShortMessage);
+        return note(Counter::ShortMessage, ifindex);
     }
     if loc.len > PAYLOAD_MAX {
-        return count(Counter::TooLong);
+        return note(Counter::TooLong, ifindex);
     }
     let len = loc.len;
     s.ev = PdEvent::zeroed();
@@ -69,7 +69,7 @@ fn dhcp(
     let len = unsafe { core::ptr::read_volatile(&(len as u32)) };
     let len = ((len - 1) & MASK as u32) + 1;
     if !load(s, loc.payload as u32, len) {
-        return count(Counter::TruncatedHeader);
+        return note(Counter::TruncatedHeader, ifindex);
     }
     if !packet_fields(s, data, end, &loc) {
         return;

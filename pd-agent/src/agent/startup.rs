@@ -460,6 +460,7 @@ fn load(cfg: &Config, bare_links: bool) -> Result<Programs, AgentError> {
         ring_bytes: cfg.ring_bytes,
         client_entries: cfg.client_records,
         fwd_counters: cfg.forwarding_counters,
+        kernel_log: cfg.kernel_debug,
     };
     let mut progs = Programs::load_with(&cfg.pin_dir, opts)?;
     // Loading parsed the kernel's BTF (aya does, even unused): ~10 MiB
@@ -473,7 +474,33 @@ fn load(cfg: &Config, bare_links: bool) -> Result<Programs, AgentError> {
     }
     let (xi, ti) = progs.verified_instructions();
     info!(xdp_insns = xi, tc_insns = ti, pin_dir = %cfg.pin_dir.display(), "kernel programs loaded");
+    if cfg.kernel_debug {
+        read_kernel_log(&mut progs)?;
+    }
     Ok(progs)
+}
+
+/// Log what the programs log (`--kernel-debug`), as it comes, on a task of
+/// its own.
+fn read_kernel_log(progs: &mut Programs) -> Result<(), AgentError> {
+    let logger = progs.take_kernel_log(crate::klog::KernelLog)?;
+    // SAFETY: the logger owns its ring buffer's fd, which stays open and
+    // the same for as long as the logger lives inside the AsyncFd.
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| AgentError::Io {
+        what: "registering the kernel log's fd",
+        source: e.into(),
+    })?;
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    warn!("kernel debug logging is on: every packet the programs pass on without an event, or leave to the kernel, is logged (target \"kernel\"); this costs time per packet");
+    Ok(())
 }
 
 /// Each managed interface's own `pd_ifaces_v1` flags: source validation
