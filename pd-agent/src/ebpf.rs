@@ -112,8 +112,7 @@ fn verifier_head(e: &ProgramError) -> String {
 pub fn ensure_pin_dir(dir: &Path) -> Result<(), LoadError> {
     let bpffs = Path::new("/sys/fs/bpf");
     if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
-        let src = CString::new("bpf").unwrap();
-        let target = CString::new(bpffs.as_os_str().as_bytes()).unwrap();
+        let (src, target) = (c"bpf", c"/sys/fs/bpf");
         let r = unsafe {
             libc::mount(
                 src.as_ptr(),
@@ -368,12 +367,12 @@ impl Programs {
         })
     }
 
-    pub fn xdp(&mut self) -> &mut Xdp {
+    pub fn xdp(&mut self) -> Result<&mut Xdp, LoadError> {
         self.ebpf
             .program_mut(prog::XDP)
-            .unwrap()
+            .ok_or(LoadError::Map(prog::XDP, "not in object".into()))?
             .try_into()
-            .unwrap()
+            .map_err(|e: ProgramError| LoadError::Map(prog::XDP, e.to_string()))
     }
 
     /// The empty XDP program (benchmark baseline), loaded on first use.
@@ -403,19 +402,19 @@ impl Programs {
         Ok(p)
     }
 
-    pub fn tc(&mut self) -> &mut SchedClassifier {
+    pub fn tc(&mut self) -> Result<&mut SchedClassifier, LoadError> {
         self.ebpf
             .program_mut(prog::TC_EGRESS)
-            .unwrap()
+            .ok_or(LoadError::Map(prog::TC_EGRESS, "not in object".into()))?
             .try_into()
-            .unwrap()
+            .map_err(|e: ProgramError| LoadError::Map(prog::TC_EGRESS, e.to_string()))
     }
 
     /// Attach the XDP program without pinning the link (tests, benchmarks):
     /// driver mode, falling back to generic (skb) mode.
     pub fn attach_xdp(&mut self, iface: &str) -> Result<XdpMode, LoadError> {
         if_index(iface)?;
-        let xdp = self.xdp();
+        let xdp = self.xdp()?;
         match xdp.attach(iface, XdpMode::Driver) {
             Ok(_) => Ok(XdpMode::Driver),
             Err(_) => xdp
@@ -438,14 +437,14 @@ impl Programs {
         let path = link_path(links, "xdp", iface)?;
         if let Some(fd) = open_link(&path) {
             if let Ok(link) = XdpLink::try_from(fd) {
-                if self.xdp().attach_to_link(link).is_ok() {
+                if self.xdp()?.attach_to_link(link).is_ok() {
                     return Ok(Attached::Reused);
                 }
             }
             let _ = std::fs::remove_file(&path);
         }
         let mut mode = XdpMode::Driver;
-        let xdp = self.xdp();
+        let xdp = self.xdp()?;
         let id = match xdp.attach(iface, mode) {
             Ok(id) => id,
             Err(_) => {
@@ -478,14 +477,14 @@ impl Programs {
         let path = link_path(links, "tc", iface)?;
         if let Some(fd) = open_link(&path) {
             if let Ok(link) = SchedClassifierLink::try_from(fd) {
-                if self.tc().attach_to_link(link).is_ok() {
+                if self.tc()?.attach_to_link(link).is_ok() {
                     return Ok(Attached::Reused);
                 }
             }
             let _ = std::fs::remove_file(&path);
         }
         let _ = tc::qdisc_add_clsact(iface);
-        let tc = self.tc();
+        let tc = self.tc()?;
         let id = tc
             .attach(iface, TcAttachType::Egress)
             .map_err(|source| LoadError::Attach {
@@ -525,8 +524,8 @@ impl Programs {
         if let Ok(old) =
             SchedClassifierLink::attached(iface, TcAttachType::Egress, TC_PRIORITY, TC_HANDLE, None)
         {
-            if let Ok(id) = self.tc().attach_to_link(old) {
-                std::mem::forget(self.tc().take_link(id).map_err(err)?);
+            if let Ok(id) = self.tc()?.attach_to_link(old) {
+                std::mem::forget(self.tc()?.take_link(id).map_err(err)?);
                 return Ok(Attached::Replaced);
             }
         }
@@ -535,7 +534,7 @@ impl Programs {
             handle: TC_HANDLE,
             ..Default::default()
         };
-        let tc = self.tc();
+        let tc = self.tc()?;
         let id = tc
             .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::Netlink(opts))
             .map_err(err)?;
@@ -557,13 +556,13 @@ impl Programs {
     pub fn verified_instructions(&mut self) -> (Option<u32>, Option<u32>) {
         let x = self
             .xdp()
-            .info()
             .ok()
+            .and_then(|p| p.info().ok())
             .and_then(|i| i.verified_instruction_count());
         let t = self
             .tc()
-            .info()
             .ok()
+            .and_then(|p| p.info().ok())
             .and_then(|i| i.verified_instruction_count());
         (x, t)
     }

@@ -256,9 +256,9 @@ fn row1_snoop_cost(b: &mut Bench) -> Result<()> {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..7 {
             base.push(ns_per_run(on.baseline()?, &f, repeat / 7, 1)?);
-            agent.push(ns_per_run(on.xdp(), &f, repeat / 7, 1)?);
-            agent_off.push(ns_per_run(off.xdp(), &f, repeat / 7, 1)?);
-            let r = off.tc().test_run(TestRunOptions {
+            agent.push(ns_per_run(on.xdp()?, &f, repeat / 7, 1)?);
+            agent_off.push(ns_per_run(off.xdp()?, &f, repeat / 7, 1)?);
+            let r = off.tc()?.test_run(TestRunOptions {
                 data_in: Some(&f),
                 repeat: repeat / 7,
                 ..Default::default()
@@ -309,7 +309,7 @@ fn row2_parse_cost(b: &mut Bench) -> Result<()> {
         for _ in 0..calls {
             // 400 runs per call stay inside the ring buffer; drain between calls
             // so every run pays for a real output, not a "full" failure.
-            total += ns_per_run(p.xdp(), &f, 400, 1)?;
+            total += ns_per_run(p.xdp()?, &f, 400, 1)?;
             while ring.next().is_some() {}
         }
         figs.push(format!("{label}: {:.0} ns", total / calls as f64));
@@ -1159,7 +1159,7 @@ fn row8_fast_path_cost(b: &mut Bench) -> Result<()> {
     ] {
         let chunked = label == "hit";
         let (base, _) = run(p.baseline()?, f, chunked)?;
-        let (ns, action) = run(p.xdp(), f, chunked)?;
+        let (ns, action) = run(p.xdp()?, f, chunked)?;
         if action != want {
             let c: Vec<_> = p
                 .take_counters()
@@ -1229,7 +1229,7 @@ fn row9_pass_decision_cost(b: &mut Bench) -> Result<()> {
     ] {
         ifs.set_iface(wan0, wan_flags)?;
         let before = counters.get(counter);
-        let (ns, action) = run(p.xdp())?;
+        let (ns, action) = run(p.xdp()?)?;
         let counted = counters.get(counter) - before;
         if action != 2 || counted != repeat as u64 {
             bail!("{label}: action {action} (want XDP_PASS), {counter:?} counted {counted} of {repeat}");

@@ -481,7 +481,7 @@ fn fast_path_table() -> Result<()> {
         ctx[3] = ifindex(r.ingress); // ingress_ifindex
         let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|x| x.to_ne_bytes()).collect();
         let mut out = vec![0u8; r.input.len() + 64];
-        let res = progs.xdp().test_run(TestRunOptions {
+        let res = progs.xdp()?.test_run(TestRunOptions {
             data_in: Some(&r.input),
             data_out: Some(&mut out),
             ctx_in: Some(&ctx_bytes),
@@ -541,7 +541,7 @@ fn fast_path_table() -> Result<()> {
     ctx[3] = wan0;
     let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|x| x.to_ne_bytes()).collect();
     let mut out = vec![0u8; rows[0].input.len() + 64];
-    let res = progs.xdp().test_run(TestRunOptions {
+    let res = progs.xdp()?.test_run(TestRunOptions {
         data_in: Some(&rows[0].input),
         data_out: Some(&mut out),
         ctx_in: Some(&ctx_bytes),

@@ -120,9 +120,9 @@ fn check_hooks(l: &mut Loaded, name: &str, frame: &[u8], bare: bool) -> [usize; 
             ..Default::default()
         };
         let res = if h == hook::XDP_INGRESS {
-            l.progs.xdp().test_run(opts)
+            l.progs.xdp().unwrap().test_run(opts)
         } else {
-            l.progs.tc().test_run(opts)
+            l.progs.tc().unwrap().test_run(opts)
         };
         let res = match res {
             Ok(r) => r,
@@ -517,7 +517,7 @@ fn kernel_debug_log_names_each_reject() {
                 data_in: Some(frame),
                 ..Default::default()
             };
-            progs.xdp().test_run(opts).expect("test run");
+            progs.xdp().unwrap().test_run(opts).expect("test run");
             logger.flush();
             let got: Vec<String> = std::mem::take(&mut *capture.0.lock().unwrap());
             got.iter()
