@@ -103,9 +103,12 @@ fn packet_fields(s: &mut Scratch, data: usize, end: usize, loc: &Located) -> boo
             s.ev.src_mac = *((data + 6) as *const [u8; 6]);
         }
     }
+    // Stored on both paths (0 without a tag): written only under the flag,
+    // LLVM may leave the untagged path's value undefined and spill that
+    // register, which the verifier refuses (seen with kernel logging on).
+    s.ev.vlan = loc.vlan;
     if loc.has_vlan {
         s.ev.flags |= flags::VLAN;
-        s.ev.vlan = loc.vlan;
     }
     true
 }

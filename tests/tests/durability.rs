@@ -820,3 +820,67 @@ fn malformed_corpus_on_the_wire_changes_nothing() -> Result<()> {
     assert_eq!(agent.stats()?["decode_errors"], 0);
     Ok(())
 }
+
+/// `--kernel-debug` end to end. Topology: RouterLab (client -- lan0 router
+/// wan0 -- upstream), the agent on lan0/wan0 started with `--kernel-debug`.
+/// Input: malformed corpus frames sent from the client link. Expected: the
+/// agent's log names each frame's reject reason and `lan0`, as the kernel
+/// counted it; an agent started without the flag logs none of it.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn kernel_debug_names_rejects_on_the_wire() -> Result<()> {
+    use pd_agent::dhcp::{parse_frame, Outcome};
+    for on in [true, false] {
+        let lab = RouterLab::new()?;
+        let dir = TempDir::new("kdbg")?;
+        let mut o = AgentOpts::new(&["lan0"], &["wan0"]);
+        if on {
+            o.args.push("--kernel-debug".into());
+        }
+        let mut agent = Agent::start_opts(&lab.router, &dir, o)?;
+        let inside = RawSock::open(&lab.client, "eth0")?;
+        let mut reasons = BTreeSet::new();
+        for c in pd_tests::corpus::synthetic() {
+            if let Outcome::Rejected(r) =
+                parse_frame(&c.frame, pd_common::hook::XDP_INGRESS, 0).outcome
+            {
+                if inside.send(&c.frame).is_ok() {
+                    reasons.insert(r.name());
+                }
+            }
+        }
+        assert!(reasons.len() >= 5, "several reasons sent: {reasons:?}");
+        let logged = |log: &str, r: &str| {
+            log.lines()
+                .any(|l| l.contains("kernel") && l.contains(r) && l.contains("iface=lan0"))
+        };
+        if on {
+            wait_for(Duration::from_secs(10), || {
+                let log = agent.log();
+                reasons.iter().all(|r| logged(&log, r)).then_some(())
+            })
+            .with_context(|| {
+                let log = agent.log();
+                let missing: Vec<_> = reasons.iter().filter(|r| !logged(&log, r)).collect();
+                format!("reasons not logged: {missing:?}; log:\n{log}")
+            })?;
+        } else {
+            // The kernel counted them all; nothing was logged.
+            wait_for(Duration::from_secs(10), || {
+                let st = agent.stats().ok()?;
+                reasons
+                    .iter()
+                    .all(|r| st["kernel"][*r].as_u64().unwrap_or(0) > 0)
+                    .then_some(())
+            })
+            .context("rejects counted")?;
+            let log = agent.log();
+            assert!(
+                !reasons.iter().any(|r| logged(&log, r)),
+                "logged without --kernel-debug:\n{log}"
+            );
+        }
+        agent.daemon.check_alive()?;
+    }
+    Ok(())
+}

@@ -446,7 +446,8 @@ impl log::Log for Capture {
 /// logged once under the counter the reference parser names; a packet to
 /// a delegated prefix the fast path leaves to the kernel (no flags for its
 /// interface: `fwd_firewall`) is logged with its reason too. Loaded with
-/// logging off, the same packets log nothing: the calls were pruned.
+/// logging off, the same packets log nothing: the calls were pruned. Every
+/// combination of the other load-time switches verifies with logging on.
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
 fn kernel_debug_log_names_each_reject() {
@@ -473,6 +474,27 @@ fn kernel_debug_log_names_each_reject() {
     echo.extend("2001:db8:ffff::1".parse::<Ipv6Addr>().unwrap().octets());
     echo.extend("2001:db8:100::1".parse::<Ipv6Addr>().unwrap().octets());
     echo.extend([128, 0, 0, 0, 0, 1, 0, 1]);
+    // Every combination of load-time switches verifies with logging on
+    // (each prunes other code, and so leaves LLVM's code other paths).
+    for bits in 0..8u8 {
+        let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique("klog"));
+        let _cleanup = PinDir(pin.clone());
+        let opts = LoadOptions {
+            fast_path: bits & 1 != 0,
+            sav: bits & 2 != 0,
+            bare_links: bits & 4 != 0,
+            kernel_log: true,
+            ..Default::default()
+        };
+        let mut progs = Programs::load_with(&pin, opts)
+            .unwrap_or_else(|e| panic!("loading with logging and {opts:?}: {e:#}"));
+        let (x, t) = progs.verified_instructions();
+        let (x, t) = (x.expect("xdp count"), t.expect("tc count"));
+        assert!(
+            x < DEBUG_INSN_CEILING && t < DEBUG_INSN_CEILING,
+            "{opts:?}: {x}, {t}"
+        );
+    }
     for on in [true, false] {
         let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique("klog"));
         let _cleanup = PinDir(pin.clone());
