@@ -499,9 +499,10 @@ impl Table {
 
     /// Apply one message seen at `now` (lease-clock seconds), and say what
     /// was decided. With `defer_unsolicited`, a Reply that answers no
-    /// client message seen changes nothing, is not counted, and comes back
-    /// as [`Outcome::deferred`]: its client message may be among messages
-    /// known lost, and the caller applies it again later.
+    /// client message seen changes nothing, is not counted as unsolicited
+    /// (only as a message), and comes back as [`Outcome::deferred`]: its
+    /// client message may be among messages known lost, and the caller
+    /// applies it again later.
     pub fn handle(
         &mut self,
         m: &Message,

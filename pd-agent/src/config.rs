@@ -2,7 +2,7 @@
 //! TOML file given by `--config`. The file is parsed into "wire" structs
 //! with `deny_unknown_fields` (so a typo is an error naming the key and
 //! line), then merged with the flags into the checked runtime
-//! [`agent::Config`]: a flag given on the command line (or in the
+//! [`Config`]: a flag given on the command line (or in the
 //! environment) overrides the file; the file overrides the defaults.
 //!
 //! ```toml
@@ -317,54 +317,9 @@ pub struct Resolved {
 
 /// Flags over file over defaults, then checked.
 pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, ConfigError> {
-    let file = file.unwrap_or_default();
-    let role = |r: Role| -> Vec<String> {
-        file.interfaces
-            .iter()
-            .filter(|i| i.role == r)
-            .map(|i| i.name.clone())
-            .collect()
-    };
-    // Interface lists from the flags replace the file's as a whole.
-    let (downstream, upstream) = if args.downstream.is_empty() && args.upstream.is_empty() {
-        (role(Role::Downstream), role(Role::Upstream))
-    } else {
-        (args.downstream, args.upstream)
-    };
-    let mut sav_iface: Vec<(String, SavMode)> = file
-        .interfaces
-        .iter()
-        .filter_map(|i| i.sav.map(|s| (i.name.clone(), s)))
-        .collect();
-    for i in &file.interfaces {
-        if i.sav.is_some() && i.role == Role::Upstream {
-            return Err(ConfigError::Invalid(format!(
-                "interface {}: sav applies to downstream interfaces only",
-                i.name
-            )));
-        }
-    }
-    sav_iface.extend(args.sav_iface);
-    let mut seen = std::collections::HashSet::new();
-    for n in downstream.iter().chain(&upstream) {
-        if !seen.insert(n) {
-            return Err(ConfigError::Invalid(format!(
-                "interface {n} is listed twice (or as both downstream and upstream)"
-            )));
-        }
-    }
-    if downstream.is_empty() && upstream.is_empty() {
-        return Err(ConfigError::Invalid(
-            "no interface: give --downstream/--upstream or [[interface]] tables".into(),
-        ));
-    }
-    for (n, _) in &sav_iface {
-        if !downstream.contains(n) {
-            return Err(ConfigError::Invalid(format!(
-                "sav for {n}: not a downstream interface"
-            )));
-        }
-    }
+    let mut file = file.unwrap_or_default();
+    let mut args = args;
+    let (downstream, upstream, sav_iface) = interfaces(&mut args, &mut file)?;
     let route_proto = args
         .route_proto
         .or(file.route_proto)
@@ -434,25 +389,89 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
                 Some(n) => Some(ring_bytes(&n.to_string()).map_err(ConfigError::Invalid)?),
                 None => None,
             },
-            client_records: match args.client_records.or(file.client_records) {
-                Some(0) => {
-                    return Err(ConfigError::Invalid(
-                        "client_records must be at least 1".into(),
-                    ))
-                }
-                n => n,
-            },
-            forwarding_counters: match args.forwarding_counters.or(file.forwarding_counters) {
-                Some(0) => {
-                    return Err(ConfigError::Invalid(
-                        "forwarding_counters must be at least 1".into(),
-                    ))
-                }
-                n => n,
-            },
+            client_records: at_least_one(
+                "client_records",
+                args.client_records.or(file.client_records),
+            )?,
+            forwarding_counters: at_least_one(
+                "forwarding_counters",
+                args.forwarding_counters.or(file.forwarding_counters),
+            )?,
         },
         log_json: args.log_json.or(file.log_json).unwrap_or(false),
     })
+}
+
+/// The managed interfaces (downstream, upstream) and the per-interface
+/// source validation, from the flags or else the file's `[[interface]]`
+/// tables: each interface listed once, at least one, `sav` on downstream
+/// ones only.
+#[allow(clippy::type_complexity)]
+fn interfaces(
+    args: &mut RunArgs,
+    file: &mut FileConfig,
+) -> Result<(Vec<String>, Vec<String>, Vec<(String, SavMode)>), ConfigError> {
+    let role = |r: Role| -> Vec<String> {
+        file.interfaces
+            .iter()
+            .filter(|i| i.role == r)
+            .map(|i| i.name.clone())
+            .collect()
+    };
+    // Interface lists from the flags replace the file's as a whole.
+    let (downstream, upstream) = if args.downstream.is_empty() && args.upstream.is_empty() {
+        (role(Role::Downstream), role(Role::Upstream))
+    } else {
+        (
+            std::mem::take(&mut args.downstream),
+            std::mem::take(&mut args.upstream),
+        )
+    };
+    if let Some(i) = file
+        .interfaces
+        .iter()
+        .find(|i| i.sav.is_some() && i.role == Role::Upstream)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "interface {}: sav applies to downstream interfaces only",
+            i.name
+        )));
+    }
+    let mut sav_iface: Vec<(String, SavMode)> = file
+        .interfaces
+        .iter()
+        .filter_map(|i| i.sav.map(|s| (i.name.clone(), s)))
+        .collect();
+    sav_iface.append(&mut args.sav_iface);
+    let mut seen = std::collections::HashSet::new();
+    if let Some(n) = downstream
+        .iter()
+        .chain(&upstream)
+        .find(|n| !seen.insert(*n))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "interface {n} is listed twice (or as both downstream and upstream)"
+        )));
+    }
+    if downstream.is_empty() && upstream.is_empty() {
+        return Err(ConfigError::Invalid(
+            "no interface: give --downstream/--upstream or [[interface]] tables".into(),
+        ));
+    }
+    if let Some((n, _)) = sav_iface.iter().find(|(n, _)| !downstream.contains(n)) {
+        return Err(ConfigError::Invalid(format!(
+            "sav for {n}: not a downstream interface"
+        )));
+    }
+    Ok((downstream, upstream, sav_iface))
+}
+
+/// A size setting that must be at least 1 when given.
+fn at_least_one(key: &str, v: Option<u32>) -> Result<Option<u32>, ConfigError> {
+    match v {
+        Some(0) => Err(ConfigError::Invalid(format!("{key} must be at least 1"))),
+        v => Ok(v),
+    }
 }
 
 /// A ring buffer size the kernel accepts: a power-of-2 multiple of the page size.

@@ -58,6 +58,8 @@ pub enum LoadError {
     NoInterface(String),
     #[error("BPF map {0} missing or of the wrong type: {1}")]
     Map(&'static str, String),
+    #[error("reading the kernel's debug log ({})", pd_common::log::MAP)]
+    KernelLog(#[source] aya_log::Error),
 }
 
 fn perm_hint(e: &std::io::Error) -> &'static str {
@@ -617,8 +619,7 @@ impl Programs {
         &mut self,
         logger: T,
     ) -> Result<aya_log::EbpfLogger<T>, LoadError> {
-        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger)
-            .map_err(|e| LoadError::Map(pd_common::log::MAP, e.to_string()))
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger).map_err(LoadError::KernelLog)
     }
 }
 

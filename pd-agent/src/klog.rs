@@ -31,7 +31,10 @@ fn what(c: Counter) -> &'static str {
         SavDropped | SavStrictDropped => "source-address validation dropped a packet",
         FwdRedirected | FwdHopLimit | FwdNoNeigh | FwdFibOther | FwdNotHandled | FwdFirewall
         | FwdNoXmit | FwdLinkType | FwdNoAgent => "the fast path left a packet to the kernel",
-        RingbufFull | RecordsFull => "a DHCPv6 message was not delivered to the agent",
+        RingbufFull => "a DHCPv6 message was not delivered to the agent (ring buffer full)",
+        RecordsFull => {
+            "a DHCPv6 message was delivered but not recorded for replay (records map full)"
+        }
         BadT1T2 | BadPrefixLength | BadLifetimes | TooManyPrefixes => {
             "a DHCPv6 message's prefix was ignored"
         }

@@ -99,7 +99,7 @@ impl Agent {
     }
 
     /// The next hop and interface a delegated binding of `p` wants.
-    pub(crate) fn wanted(&self, p: Ipv6Net) -> Option<(std::net::Ipv6Addr, u32)> {
+    pub(super) fn wanted(&self, p: Ipv6Net) -> Option<(std::net::Ipv6Addr, u32)> {
         self.table
             .by_prefix(p)
             .into_iter()
@@ -280,7 +280,7 @@ impl Agent {
     }
 
     /// Another protocol's route (or a multipath group) holds `p`'s slot.
-    pub(crate) fn withhold(&mut self, p: Ipv6Net, route: KernelRoute) {
+    pub(super) fn withhold(&mut self, p: Ipv6Net, route: KernelRoute) {
         self.retries.remove(&p);
         if self.keeper.withhold(p, route.clone()) {
             warn!(prefix = %p, route = %route, "another protocol's route holds the prefix; ours is withheld until it goes");

@@ -19,7 +19,7 @@ const CLOCK_READING: Duration = Duration::from_secs(600);
 impl Agent {
     /// Journal the bindings `actions` change, with the seen mark and a
     /// clock reading when due; compact the store when it has grown.
-    pub(crate) fn record(&mut self, actions: &[Action]) {
+    pub(super) fn record(&mut self, actions: &[Action]) {
         let mut changes: Vec<Change> = actions
             .iter()
             .map(|a| match a {

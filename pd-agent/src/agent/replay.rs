@@ -184,7 +184,7 @@ impl Agent {
 
     /// The records in `pd_clients_v1` that `keep` accepts, in the order
     /// the kernel saw them (one per message).
-    pub(crate) fn records(&self, keep: impl Fn(&ClientKey, &ClientRecord) -> bool) -> Vec<Message> {
+    pub(super) fn records(&self, keep: impl Fn(&ClientKey, &ClientRecord) -> bool) -> Vec<Message> {
         let mut recs: Vec<ClientRecord> = self
             .client_records()
             .filter(|(k, r)| keep(k, r))
@@ -235,7 +235,7 @@ impl Agent {
 
     /// Every record in `pd_clients_v1`, until a read fails (logged). A
     /// hash map changing under iteration may restart it: bounded.
-    pub(crate) fn client_records(&self) -> impl Iterator<Item = (ClientKey, ClientRecord)> + '_ {
+    pub(super) fn client_records(&self) -> impl Iterator<Item = (ClientKey, ClientRecord)> + '_ {
         self.clients
             .iter()
             .take(2 * self.client_records as usize + 16)
@@ -294,7 +294,7 @@ impl Agent {
     /// Replay, in the order the kernel saw them, the records in
     /// `pd_clients_v1` of messages this agent has not applied (and no
     /// earlier agent had, per the store's seen mark).
-    pub(crate) async fn resync(&mut self, ring: &mut RingBuf<MapData>) {
+    pub(super) async fn resync(&mut self, ring: &mut RingBuf<MapData>) {
         let t = std::time::Instant::now();
         // Only messages up to these counters are judged: later ones may
         // still be in the ring buffer (and a loss among them shows later).

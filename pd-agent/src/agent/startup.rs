@@ -224,7 +224,7 @@ impl Agent {
     /// Start-up, first step: put back what the store knows (expired or not:
     /// messages the kernel saw meanwhile may have renewed it). Returns how
     /// many bindings were restored.
-    pub(crate) fn restore(&mut self) -> Result<usize, AgentError> {
+    pub(super) fn restore(&mut self) -> Result<usize, AgentError> {
         let loaded = self.store.load()?;
         if let Some(mark) = &loaded.seen {
             if !mark.boot_id.is_empty() && mark.boot_id == self.boot_id {
@@ -304,7 +304,7 @@ impl Agent {
     /// Start-up, last step: drop what expired while no agent ran, remove
     /// routes of ours that nothing explains, re-add missing ones, rebuild
     /// the map.
-    pub(crate) async fn reconcile(&mut self, restored: usize) -> Result<(), AgentError> {
+    pub(super) async fn reconcile(&mut self, restored: usize) -> Result<(), AgentError> {
         let gone = self.table.expire(now());
         let expired = gone.len();
         // Recorded as journal lines: rewriting the whole snapshot here
@@ -480,25 +480,42 @@ fn load(cfg: &Config, bare_links: bool) -> Result<Programs, AgentError> {
     Ok(progs)
 }
 
-/// Log what the programs log (`--kernel-debug`), as it comes, on a task of
-/// its own.
+/// Log what the programs log (`--kernel-debug`), as it comes, on a thread
+/// of its own: under a flood of logged packets it may fall behind (the
+/// kernel then drops records) or wait for the log writer, but never holds
+/// up the event loop.
 fn read_kernel_log(progs: &mut Programs) -> Result<(), AgentError> {
-    let logger = progs.take_kernel_log(crate::klog::KernelLog)?;
-    // SAFETY: the logger owns its ring buffer's fd, which stays open and
-    // the same for as long as the logger lives inside the AsyncFd.
-    let mut fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| AgentError::Io {
-        what: "registering the kernel log's fd",
-        source: e.into(),
-    })?;
-    tokio::spawn(async move {
-        while let Ok(mut guard) = fd.readable_mut().await {
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
+    use std::os::fd::AsRawFd;
+    let mut logger = progs.take_kernel_log(crate::klog::KernelLog)?;
+    let mut reader = move || loop {
+        let mut pfd = libc::pollfd {
+            fd: logger.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the logger's ring buffer fd, which
+        // the logger keeps open.
+        if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return e.to_string();
+            }
         }
-    });
+        // aya-log panics on a record it cannot decode.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logger.flush())).is_err() {
+            return "a kernel log record could not be decoded".to_string();
+        }
+    };
+    std::thread::Builder::new()
+        .name("kernel-log".into())
+        .spawn(move || {
+            let why = reader();
+            warn!(reason = %why, "kernel debug logging stopped");
+        })
+        .map_err(|source| AgentError::Io {
+            what: "starting the kernel log reader",
+            source,
+        })?;
     warn!("kernel debug logging is on: every packet the programs pass on without an event, or leave to the kernel, is logged (target \"kernel\"); this costs time per packet");
     Ok(())
 }
