@@ -418,6 +418,17 @@ impl Table {
         self.bindings.len()
     }
 
+    /// The delegated binding of `prefix`, if any (read in place: the route
+    /// checks ask this for every route in the table).
+    pub fn delegated(&self, prefix: Ipv6Net) -> Option<&Binding> {
+        self.bindings
+            .by_prefix
+            .get(&prefix)?
+            .iter()
+            .filter_map(|k| self.bindings.get(k))
+            .find(|b| b.kind == Kind::Delegated)
+    }
+
     /// The bindings of `prefix` (normally one).
     pub fn by_prefix(&self, prefix: Ipv6Net) -> Vec<Binding> {
         self.bindings

@@ -111,6 +111,17 @@ pub(crate) fn note(c: Counter, ifindex: u32) {
 /// `--kernel-debug` only (see [`note`]).
 #[inline(always)]
 pub(crate) fn why(c: u32, ifindex: u32) {
+    use aya_log_ebpf::macro_support::{level_enabled, Level};
+    // Only the check is inlined: the record is written by a BPF
+    // subprogram, so the code around each call keeps its shape (and its
+    // speed) whether or not the verifier prunes the call.
+    if level_enabled(Level::Debug) {
+        log_why(c, ifindex);
+    }
+}
+
+#[inline(never)]
+fn log_why(c: u32, ifindex: u32) {
     aya_log_ebpf::debug!(&(), "why {} ifindex {}", c, ifindex);
 }
 

@@ -100,11 +100,7 @@ impl Agent {
 
     /// The next hop and interface a delegated binding of `p` wants.
     pub(super) fn wanted(&self, p: Ipv6Net) -> Option<(std::net::Ipv6Addr, u32)> {
-        self.table
-            .by_prefix(p)
-            .into_iter()
-            .find(|b| b.kind == Kind::Delegated)
-            .map(|b| (b.next_hop, b.ifindex))
+        self.table.delegated(p).map(|b| (b.next_hop, b.ifindex))
     }
 
     /// Count failed route operations; failed installs are retried with backoff.
