@@ -429,15 +429,6 @@ impl Table {
             .find(|b| b.kind == Kind::Delegated)
     }
 
-    /// The bindings of `prefix` (normally one).
-    pub fn by_prefix(&self, prefix: Ipv6Net) -> Vec<Binding> {
-        self.bindings
-            .keys_for_prefix(prefix)
-            .iter()
-            .filter_map(|k| self.bindings.get(k).cloned())
-            .collect()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.bindings.len() == 0
     }

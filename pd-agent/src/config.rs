@@ -479,7 +479,7 @@ fn ring_bytes(s: &str) -> Result<u32, String> {
     let n: u32 = s
         .parse()
         .map_err(|e| format!("ring buffer size {s:?}: {e}"))?;
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u32;
+    let page = crate::ebpf::page_size();
     if n < page || !n.is_power_of_two() {
         return Err(format!(
             "ring buffer size {n}: must be a power of two and at least the page size ({page})"

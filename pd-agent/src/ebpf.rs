@@ -337,36 +337,21 @@ impl Programs {
                 }
             }
         }
-        let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
-        {
-            let xdp: &mut Xdp = ebpf
-                .program_mut(prog::XDP)
-                .ok_or(LoadError::Map(prog::XDP, "not in object".into()))?
-                .try_into()
-                .map_err(|e: ProgramError| LoadError::Map(prog::XDP, e.to_string()))?;
-            xdp.load().map_err(|e| LoadError::Program {
-                program: prog::XDP,
-                hint: privilege_hint(&e),
-                reason: verifier_head(&e),
-            })?;
-        }
-        {
-            let tc: &mut SchedClassifier = ebpf
-                .program_mut(prog::TC_EGRESS)
-                .ok_or(LoadError::Map(prog::TC_EGRESS, "not in object".into()))?
-                .try_into()
-                .map_err(|e: ProgramError| LoadError::Map(prog::TC_EGRESS, e.to_string()))?;
-            tc.load().map_err(|e| LoadError::Program {
-                program: prog::TC_EGRESS,
-                hint: privilege_hint(&e),
-                reason: verifier_head(&e),
-            })?;
-        }
-        Ok(Programs {
-            ebpf,
+        let mut progs = Programs {
+            ebpf: loader.load(OBJECT).map_err(LoadError::Object)?,
             client_records: opts.client_entries.unwrap_or(maps::CLIENTS_ENTRIES),
             notes,
-        })
+        };
+        let failed = |program| {
+            move |e: ProgramError| LoadError::Program {
+                program,
+                hint: privilege_hint(&e),
+                reason: verifier_head(&e),
+            }
+        };
+        progs.xdp()?.load().map_err(failed(prog::XDP))?;
+        progs.tc()?.load().map_err(failed(prog::TC_EGRESS))?;
+        Ok(progs)
     }
 
     pub fn xdp(&mut self) -> Result<&mut Xdp, LoadError> {
@@ -624,7 +609,7 @@ impl Programs {
 }
 
 /// The system's page size (the smallest ring buffer).
-fn page_size() -> u32 {
+pub fn page_size() -> u32 {
     // SAFETY: sysconf has no preconditions.
     match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
         n if n > 0 => n as u32,

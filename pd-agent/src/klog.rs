@@ -29,8 +29,9 @@ fn what(c: Counter) -> &'static str {
     use Counter::*;
     match c {
         SavDropped | SavStrictDropped => "source-address validation dropped a packet",
-        FwdRedirected | FwdHopLimit | FwdNoNeigh | FwdFibOther | FwdNotHandled | FwdFirewall
-        | FwdNoXmit | FwdLinkType | FwdNoAgent => "the fast path left a packet to the kernel",
+        FwdRedirected => "the fast path forwarded a packet",
+        FwdHopLimit | FwdNoNeigh | FwdFibOther | FwdNotHandled | FwdFirewall | FwdNoXmit
+        | FwdLinkType | FwdNoAgent => "the fast path left a packet to the kernel",
         RingbufFull => "a DHCPv6 message was not delivered to the agent (ring buffer full)",
         RecordsFull => {
             "a DHCPv6 message was delivered but not recorded for replay (records map full)"
@@ -42,18 +43,6 @@ fn what(c: Counter) -> &'static str {
     }
 }
 
-/// The name of interface `ifindex`, if it has one.
-fn if_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if p.is_null() {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
-}
-
 impl log::Log for KernelLog {
     fn enabled(&self, _: &log::Metadata) -> bool {
         true
@@ -63,7 +52,7 @@ impl log::Log for KernelLog {
         let msg = record.args().to_string();
         match parse(&msg) {
             Some((c, ifindex)) => {
-                let iface = if_name(ifindex).unwrap_or_else(|| "?".into());
+                let iface = crate::route::if_name(ifindex).unwrap_or_else(|| "?".into());
                 tracing::info!(target: "kernel", reason = c.name(), ifindex, %iface, "{}", what(c));
             }
             None => tracing::info!(target: "kernel", "{msg}"),

@@ -283,7 +283,8 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-fn if_name(i: u32) -> Option<String> {
+/// The name of interface `i`, if it has one.
+pub(crate) fn if_name(i: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     let p = unsafe { libc::if_indextoname(i, buf.as_mut_ptr()) };
     if p.is_null() {
