@@ -40,6 +40,7 @@ use serde::Deserialize;
 use crate::{
     control,
     datapath::FastPathMode,
+    relay::{IfaceOptions, RelayConfig, Server, SERVER_PORT},
     route::{DEFAULT_METRIC, DEFAULT_PROTO},
 };
 
@@ -83,6 +84,8 @@ pub struct Config {
     /// packet the fast path did not forward (aya-log; off: compiled out
     /// at load).
     pub kernel_debug: bool,
+    /// Relay DHCPv6 between the downstream interfaces and these servers.
+    pub relay: Option<RelayConfig>,
 }
 
 /// Source-address validation on a downstream interface (RFC 8987 §3.1).
@@ -188,6 +191,45 @@ pub struct FileConfig {
     pub client_records: Option<u32>,
     pub forwarding_counters: Option<u32>,
     pub kernel_debug: Option<bool>,
+    /// Servers to relay to, `ADDR` or `ADDR%IFACE`.
+    #[serde(default)]
+    pub relay_to: Vec<FileServer>,
+    pub relay: Option<FileRelay>,
+}
+
+/// A `relay_to` entry, checked as `--relay-to` is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct FileServer(pub Server);
+
+impl TryFrom<String> for FileServer {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse().map(FileServer)
+    }
+}
+
+/// The `[relay]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRelay {
+    /// Downstream interfaces on which lower relays' Relay-Forw are relayed.
+    #[serde(default)]
+    pub trust: Vec<String>,
+    pub port: Option<u16>,
+    #[serde(default, rename = "interface")]
+    pub interfaces: Vec<FileRelayIface>,
+}
+
+/// A `[[relay.interface]]` table: options added on one downstream interface.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRelayIface {
+    pub name: String,
+    /// Remote-ID (RFC 4649) as `ENTERPRISE:ID`; ID is text, or hex after `0x`.
+    pub remote_id: Option<String>,
+    /// Subscriber-ID (RFC 4580): text, or hex after `0x`.
+    pub subscriber_id: Option<String>,
 }
 
 impl FileConfig {
@@ -287,6 +329,19 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on ADDR:PORT (GET /metrics), e.g. [::1]:9431.
     #[arg(long, env = "PD_METRICS")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Relay DHCPv6 from the downstream interfaces to this server, ADDR or ADDR%IFACE
+    /// (repeatable; a multicast address such as ff05::1:3 without %IFACE goes out of
+    /// every upstream interface). pd-agent then is the relay: see the README.
+    #[arg(long = "relay-to", env = "PD_RELAY_TO", value_delimiter = ',')]
+    pub relay_to: Vec<Server>,
+    /// Downstream interface on which lower relays are trusted: their Relay-Forw messages
+    /// are relayed, not dropped (repeatable).
+    #[arg(long = "relay-trust", env = "PD_RELAY_TRUST", value_delimiter = ',')]
+    pub relay_trust: Vec<String>,
+    /// UDP port the relay listens on and sends from [default: 547]; another port adds
+    /// the Relay Source Port option (RFC 8357).
+    #[arg(long, env = "PD_RELAY_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub relay_port: Option<u16>,
     /// Log as JSON lines.
     #[arg(long, env = "PD_LOG_JSON", value_parser = on_off, num_args = 0..=1, default_missing_value = "on")]
     pub log_json: Option<bool>,
@@ -320,6 +375,7 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
     let mut file = file.unwrap_or_default();
     let mut args = args;
     let (downstream, upstream, sav_iface) = interfaces(&mut args, &mut file)?;
+    let relay = relay(&mut args, &mut file)?;
     let route_proto = args
         .route_proto
         .or(file.route_proto)
@@ -397,6 +453,7 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
                 "forwarding_counters",
                 args.forwarding_counters.or(file.forwarding_counters),
             )?,
+            relay,
         },
         log_json: args.log_json.or(file.log_json).unwrap_or(false),
     })
@@ -464,6 +521,87 @@ fn interfaces(
         )));
     }
     Ok((downstream, upstream, sav_iface))
+}
+
+/// The relay's settings, from `--relay-*` or the file's `relay_to` and
+/// `[relay]`; none without a server to relay to.
+fn relay(args: &mut RunArgs, file: &mut FileConfig) -> Result<Option<RelayConfig>, ConfigError> {
+    let servers = if args.relay_to.is_empty() {
+        file.relay_to.drain(..).map(|s| s.0).collect()
+    } else {
+        std::mem::take(&mut args.relay_to)
+    };
+    let table = file.relay.take().unwrap_or_default();
+    if servers.is_empty() {
+        if !args.relay_trust.is_empty() || args.relay_port.is_some() || file_relay_set(&table) {
+            return Err(ConfigError::Invalid(
+                "relay settings without a server: give --relay-to (or relay_to)".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let mut options = std::collections::BTreeMap::new();
+    for i in table.interfaces {
+        let o = IfaceOptions {
+            remote_id: i
+                .remote_id
+                .map(|r| remote_id(&r).map_err(|e| bad_option(&i.name, "remote_id", e)))
+                .transpose()?,
+            subscriber_id: i
+                .subscriber_id
+                .map(|r| bytes(&r).map_err(|e| bad_option(&i.name, "subscriber_id", e)))
+                .transpose()?,
+        };
+        if options.insert(i.name.clone(), o).is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "[[relay.interface]] {} is listed twice",
+                i.name
+            )));
+        }
+    }
+    Ok(Some(RelayConfig {
+        servers,
+        trust: if args.relay_trust.is_empty() {
+            table.trust
+        } else {
+            std::mem::take(&mut args.relay_trust)
+        },
+        port: args.relay_port.or(table.port).unwrap_or(SERVER_PORT),
+        options,
+    }))
+}
+
+fn file_relay_set(t: &FileRelay) -> bool {
+    !t.trust.is_empty() || t.port.is_some() || !t.interfaces.is_empty()
+}
+
+fn bad_option(iface: &str, key: &str, e: String) -> ConfigError {
+    ConfigError::Invalid(format!("[[relay.interface]] {iface}: {key}: {e}"))
+}
+
+/// Text, or hex after `0x`; not empty.
+fn bytes(s: &str) -> Result<Vec<u8>, String> {
+    let b = match s.strip_prefix("0x") {
+        Some(h) => hex::decode(h).map_err(|e| format!("{s:?}: {e}"))?,
+        None => s.as_bytes().to_vec(),
+    };
+    if b.is_empty() || b.len() > 255 {
+        return Err(format!("{s:?}: must hold 1 to 255 bytes"));
+    }
+    Ok(b)
+}
+
+/// `ENTERPRISE:ID` (RFC 4649: a 4-byte enterprise number, then the id).
+fn remote_id(s: &str) -> Result<Vec<u8>, String> {
+    let (ent, id) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected ENTERPRISE:ID"))?;
+    let ent: u32 = ent
+        .parse()
+        .map_err(|e| format!("{s:?}: enterprise number: {e}"))?;
+    let mut out = ent.to_be_bytes().to_vec();
+    out.extend(bytes(id)?);
+    Ok(out)
 }
 
 /// A size setting that must be at least 1 when given.
@@ -556,6 +694,57 @@ mod tests {
             (r.proto, r.fast_path, r.downstream.clone()),
             (120, FastPathMode::BypassFirewall, vec!["lan0".to_string()])
         );
+    }
+
+    #[test]
+    fn relay_sample_resolves_and_flags_override_it() {
+        let f = || FileConfig::load(&samples().join("relay.toml")).unwrap();
+        let r = resolve(RunArgs::default(), Some(f())).unwrap().config;
+        let relay = r.relay.unwrap();
+        assert_eq!(
+            relay.servers,
+            ["2001:db8:feed::2".parse::<Server>().unwrap()]
+        );
+        assert_eq!(relay.trust, ["lan1"]);
+        assert_eq!(relay.port, 547);
+        let lan0 = &relay.options["lan0"];
+        let mut rid = 32473u32.to_be_bytes().to_vec();
+        rid.extend(b"lan0-port1");
+        assert_eq!(lan0.remote_id.as_deref(), Some(&rid[..]));
+        assert_eq!(lan0.subscriber_id.as_deref(), Some(&b"customer-17"[..]));
+        let args = RunArgs {
+            relay_to: vec!["ff05::1:3".parse().unwrap()],
+            relay_trust: vec!["lan0".into()],
+            relay_port: Some(10547),
+            ..Default::default()
+        };
+        let relay = resolve(args, Some(f())).unwrap().config.relay.unwrap();
+        assert_eq!(
+            (relay.servers[0].addr, relay.trust, relay.port),
+            (
+                "ff05::1:3".parse().unwrap(),
+                vec!["lan0".to_string()],
+                10547
+            )
+        );
+        // No relay without a server; relay settings alone are an error.
+        let plain = FileConfig::parse("[[interface]]\nname = \"lan0\"\nrole = \"downstream\"\n");
+        assert!(resolve(RunArgs::default(), plain.clone().ok())
+            .unwrap()
+            .config
+            .relay
+            .is_none());
+        let e = resolve(
+            RunArgs {
+                relay_trust: vec!["lan0".into()],
+                ..Default::default()
+            },
+            plain.ok(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("without a server"), "{e}");
+        assert_eq!(remote_id("9:0x0a0b").unwrap(), [0, 0, 0, 9, 10, 11]);
+        assert!(bytes("").is_err() && bytes("0xzz").is_err());
     }
 
     /// Every `bad-*.toml` sample fails with an error naming its key and line,

@@ -234,6 +234,7 @@ impl Agent {
                     },
                     "ipv6_forwarding": crate::route::ipv6_forwarding(),
                     "fast_path": self.fast_path_view(),
+                    "relay": self.relay.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()),
                 })
             }
         }

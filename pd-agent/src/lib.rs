@@ -21,6 +21,7 @@ pub mod maps;
 pub mod metrics;
 pub mod netfilter;
 pub mod netlink;
+pub mod relay;
 pub mod resync;
 pub mod route;
 pub mod snoop;

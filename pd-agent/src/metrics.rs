@@ -50,6 +50,8 @@ pub struct Metrics {
     pub forwarded_bytes: Family<Labels, Counter>,
     pub fast_path_forwarding: Family<Labels, Gauge>,
     pub fast_path_redirect_target: Family<Labels, Gauge>,
+    pub relayed: Family<Labels, Counter>,
+    pub relay_drops: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -82,6 +84,8 @@ impl Metrics {
             forwarded_bytes: Family::default(),
             fast_path_forwarding: Family::default(),
             fast_path_redirect_target: Family::default(),
+            relayed: Family::default(),
+            relay_drops: Family::default(),
         };
         r.register(
             "bindings",
@@ -155,6 +159,16 @@ impl Metrics {
             "fast_path_redirect_target",
             "1 for a downstream interface the fast path may redirect into (its xdp-features take redirects)",
             m.fast_path_redirect_target.clone(),
+        );
+        r.register(
+            "relayed_messages",
+            "DHCPv6 messages relayed (labels: direction up or down, iface, type)",
+            m.relayed.clone(),
+        );
+        r.register(
+            "relay_drops",
+            "Packets the relay dropped, by reason",
+            m.relay_drops.clone(),
         );
         m.registry = Arc::new(r);
         m
@@ -296,6 +310,29 @@ impl crate::agent::Agent {
                 Metrics::set(
                     &m.agent.get_or_create(&Metrics::label("outcome", &k)),
                     v.as_u64().unwrap_or(0),
+                );
+            }
+        }
+        if let Some(relay) = &self.relay {
+            let st = relay.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for (dir, by_iface) in [("up", &st.up), ("down", &st.down)] {
+                for (iface, by_type) in by_iface {
+                    for (t, n) in by_type {
+                        Metrics::set(
+                            &m.relayed.get_or_create(&vec![
+                                ("direction".into(), dir.into()),
+                                ("iface".into(), iface.clone()),
+                                ("type".into(), (*t).into()),
+                            ]),
+                            *n,
+                        );
+                    }
+                }
+            }
+            for (why, n) in &st.drops {
+                Metrics::set(
+                    &m.relay_drops.get_or_create(&Metrics::label("reason", why)),
+                    *n,
                 );
             }
         }

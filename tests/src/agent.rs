@@ -299,3 +299,15 @@ pub fn our_routes(ns: &Netns) -> Result<Vec<(String, String, String)>> {
         })
         .collect())
 }
+
+/// `GET /metrics` from an agent started with `--metrics addr`, inside `ns`:
+/// the whole HTTP response.
+pub fn scrape(ns: &Netns, addr: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let _in = crate::InNetns::enter(ns)?;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}

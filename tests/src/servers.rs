@@ -13,7 +13,8 @@ use crate::{wait_for, Daemon, Netns, TempDir};
 
 /// One Kea subnet: clients on `iface` (on-link `subnet`) get /`plen`
 /// prefixes out of `pool`/`pool_len`. `relayed`: reached through a relay,
-/// so not bound to an interface.
+/// so not bound to an interface; `iface` is then where Kea listens, with
+/// the unicast address relays send to (`eth0/2001:db8:feed::2`).
 pub struct KeaSubnet<'a> {
     pub iface: &'a str,
     pub subnet: &'a str,
@@ -28,11 +29,8 @@ pub struct KeaSubnet<'a> {
 pub fn kea_config(dir: &TempDir, subnets: &[KeaSubnet], valid: u32) -> Result<PathBuf> {
     let sock = dir.path("kea.sock");
     let lease = dir.path("kea.leases");
-    let ifaces: Vec<String> = subnets
-        .iter()
-        .filter(|s| !s.relayed)
-        .map(|s| format!("\"{}\"", s.iface))
-        .collect();
+    let mut ifaces: Vec<String> = subnets.iter().map(|s| format!("\"{}\"", s.iface)).collect();
+    ifaces.dedup();
     let subs: Vec<String> = subnets
         .iter()
         .enumerate()

@@ -512,7 +512,6 @@ fn control_socket_and_stop_behaviour() -> Result<()> {
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
 fn metrics_scrape() -> Result<()> {
-    use std::io::{Read, Write};
     let lab = lab()?;
     let dir = TempDir::new("met")?;
     let opts = AgentOpts {
@@ -523,14 +522,7 @@ fn metrics_scrape() -> Result<()> {
     let agent = d.agent;
     let prefix = d.prefix;
     assert_delegated(&lab, &agent, &prefix, "eth0")?; // also pings into the prefix
-    let body = {
-        let _in = InNetns::enter(&lab.router)?;
-        let mut s = std::net::TcpStream::connect("[::1]:9431")?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        out
-    };
+    let body = scrape(&lab.router, "[::1]:9431")?;
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     let value = |series: &str| -> Option<f64> {
         body.lines()

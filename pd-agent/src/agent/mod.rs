@@ -114,11 +114,25 @@ pub(crate) struct Agent {
     pub(crate) decode_errors: u64,
     /// Reassembles messages split over several ring buffer records.
     pub(crate) asm: Assembler,
+    /// The relay's counters, when pd-agent relays (`--relay-to`).
+    pub(crate) relay: Option<crate::relay::SharedStats>,
 }
 
 /// Run the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), AgentError> {
+    // The relay's port is taken before anything is attached (a conflict
+    // fails the start at once); relaying starts once the programs see
+    // what it sends.
+    let relay = match &cfg.relay {
+        Some(r) => Some(crate::relay::bind(
+            r.clone(),
+            &cfg.downstream,
+            &cfg.upstream,
+        )?),
+        None => None,
+    };
     let (mut agent, ring, mut listeners) = Agent::start(&cfg).await?;
+    agent.relay = relay.map(|r| r.spawn().stats);
     let (call_tx, mut call_rx) = mpsc::channel::<Call>(16);
     if let Some(addr) = cfg.metrics {
         metrics::serve(addr, call_tx.clone())

@@ -58,6 +58,8 @@ pub enum AgentError {
     Route(#[from] crate::route::RouteError),
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    #[error(transparent)]
+    Relay(#[from] crate::relay::RelayError),
     #[error("metrics listener on {addr}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -154,6 +156,7 @@ impl Agent {
             route_errors: 0,
             decode_errors: 0,
             asm: Assembler::default(),
+            relay: None,
         };
         agent.bring_up(&names, &mut ring).await?;
         Ok((agent, ring, listeners))
