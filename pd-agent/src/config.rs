@@ -40,7 +40,9 @@ use serde::Deserialize;
 use crate::{
     control,
     datapath::FastPathMode,
-    relay::{IfaceOptions, RelayConfig, Server, SERVER_PORT},
+    relay::{
+        IfaceOptions, RelayConfig, Server, DEFAULT_CLIENT_RATE, DEFAULT_IFACE_RATE, SERVER_PORT,
+    },
     route::{DEFAULT_METRIC, DEFAULT_PROTO},
 };
 
@@ -217,6 +219,10 @@ pub struct FileRelay {
     #[serde(default)]
     pub trust: Vec<String>,
     pub port: Option<u16>,
+    /// Client messages per second per downstream interface (0: no limit).
+    pub iface_rate: Option<u32>,
+    /// Client messages per second per client MAC (0: no limit).
+    pub client_rate: Option<u32>,
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<FileRelayIface>,
 }
@@ -342,6 +348,15 @@ pub struct RunArgs {
     /// the Relay Source Port option (RFC 8357).
     #[arg(long, env = "PD_RELAY_PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub relay_port: Option<u16>,
+    /// Client messages per second each downstream interface relays; more are dropped in
+    /// XDP and counted (`relay_iface_rate`); bursts of twice as many pass; 0: no limit
+    /// [default: 1000].
+    #[arg(long, env = "PD_RELAY_IFACE_RATE", value_parser = clap::value_parser!(u32).range(0..=pd_common::RELAY_RATE_MAX as i64))]
+    pub relay_iface_rate: Option<u32>,
+    /// Client messages per second one client (source MAC) may send through the relay;
+    /// more are dropped in XDP and counted (`relay_client_rate`); 0: no limit [default: 20].
+    #[arg(long, env = "PD_RELAY_CLIENT_RATE", value_parser = clap::value_parser!(u32).range(0..=pd_common::RELAY_RATE_MAX as i64))]
+    pub relay_client_rate: Option<u32>,
     /// Log as JSON lines.
     #[arg(long, env = "PD_LOG_JSON", value_parser = on_off, num_args = 0..=1, default_missing_value = "on")]
     pub log_json: Option<bool>,
@@ -533,7 +548,12 @@ fn relay(args: &mut RunArgs, file: &mut FileConfig) -> Result<Option<RelayConfig
     };
     let table = file.relay.take().unwrap_or_default();
     if servers.is_empty() {
-        if !args.relay_trust.is_empty() || args.relay_port.is_some() || file_relay_set(&table) {
+        if !args.relay_trust.is_empty()
+            || args.relay_port.is_some()
+            || args.relay_iface_rate.is_some()
+            || args.relay_client_rate.is_some()
+            || file_relay_set(&table)
+        {
             return Err(ConfigError::Invalid(
                 "relay settings without a server: give --relay-to (or relay_to)".into(),
             ));
@@ -568,11 +588,36 @@ fn relay(args: &mut RunArgs, file: &mut FileConfig) -> Result<Option<RelayConfig
         },
         port: args.relay_port.or(table.port).unwrap_or(SERVER_PORT),
         options,
+        iface_rate: rate(
+            "iface_rate",
+            args.relay_iface_rate.or(table.iface_rate),
+            DEFAULT_IFACE_RATE,
+        )?,
+        client_rate: rate(
+            "client_rate",
+            args.relay_client_rate.or(table.client_rate),
+            DEFAULT_CLIENT_RATE,
+        )?,
     }))
 }
 
+/// A relay rate limit, at most [`pd_common::RELAY_RATE_MAX`].
+fn rate(key: &str, v: Option<u32>, default: u32) -> Result<u32, ConfigError> {
+    match v.unwrap_or(default) {
+        n if n > pd_common::RELAY_RATE_MAX => Err(ConfigError::Invalid(format!(
+            "[relay] {key} {n}: at most {} (0: no limit)",
+            pd_common::RELAY_RATE_MAX
+        ))),
+        n => Ok(n),
+    }
+}
+
 fn file_relay_set(t: &FileRelay) -> bool {
-    !t.trust.is_empty() || t.port.is_some() || !t.interfaces.is_empty()
+    !t.trust.is_empty()
+        || t.port.is_some()
+        || t.iface_rate.is_some()
+        || t.client_rate.is_some()
+        || !t.interfaces.is_empty()
 }
 
 fn bad_option(iface: &str, key: &str, e: String) -> ConfigError {

@@ -180,6 +180,9 @@ pub struct LoadOptions {
     /// Log from the kernel why packets were passed on (aya-log). Off, the
     /// log calls are pruned at load and aya-log's ring buffer is one page.
     pub kernel_log: bool,
+    /// pd-agent relays: the relay's rate limits and MAC records are
+    /// loaded (off, the verifier prunes them).
+    pub relay: bool,
 }
 
 impl Default for LoadOptions {
@@ -192,6 +195,7 @@ impl Default for LoadOptions {
             client_entries: None,
             fwd_counters: None,
             kernel_log: false,
+            relay: true,
         }
     }
 }
@@ -289,6 +293,7 @@ impl Programs {
         let fast_path = opts.fast_path as u8;
         let sav = opts.sav as u8;
         let bare_links = opts.bare_links as u8;
+        let relay = opts.relay as u8;
         let log_level = if opts.kernel_log {
             pd_common::log::DEBUG
         } else {
@@ -303,6 +308,7 @@ impl Programs {
             .override_global(global::FAST_PATH, &fast_path, true)
             .override_global(global::SAV, &sav, true)
             .override_global(global::BARE_LINKS, &bare_links, true)
+            .override_global(global::RELAY, &relay, true)
             .override_global(global::LOG_LEVEL, &log_level, true);
         if !opts.kernel_log {
             loader.map_max_entries(pd_common::log::MAP, page_size());
@@ -606,7 +612,33 @@ impl Programs {
     ) -> Result<aya_log::EbpfLogger<T>, LoadError> {
         aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger).map_err(LoadError::KernelLog)
     }
+
+    /// Write the relay's rate limits (`pd_relay_limits_v1`).
+    pub fn set_relay_limits(&mut self, limits: pd_common::RelayLimits) -> Result<(), LoadError> {
+        let m = self
+            .ebpf
+            .map_mut(maps::RELAY_LIMITS)
+            .ok_or(LoadError::Map(maps::RELAY_LIMITS, "not in object".into()))?;
+        let mut a: aya::maps::Array<&mut MapData, pd_common::RelayLimits> =
+            aya::maps::Array::try_from(m)
+                .map_err(|e| LoadError::Map(maps::RELAY_LIMITS, e.to_string()))?;
+        a.set(0, limits, 0)
+            .map_err(|e| LoadError::Map(maps::RELAY_LIMITS, e.to_string()))
+    }
+
+    /// The clients' MACs the XDP program records for the relay
+    /// (`pd_relay_macs_v1`).
+    pub fn take_relay_macs(&mut self) -> Result<RelayMacs, LoadError> {
+        let m = self
+            .ebpf
+            .take_map(maps::RELAY_MACS)
+            .ok_or(LoadError::Map(maps::RELAY_MACS, "not in object".into()))?;
+        HashMap::try_from(m).map_err(|e| LoadError::Map(maps::RELAY_MACS, e.to_string()))
+    }
 }
+
+/// `pd_relay_macs_v1`: (ifindex, client address) -> MAC and 2 zero bytes.
+pub type RelayMacs = HashMap<MapData, pd_common::MacKey, [u8; 8]>;
 
 /// The system's page size (the smallest ring buffer).
 pub fn page_size() -> u32 {
@@ -797,7 +829,12 @@ mod tests {
         names.retain(|n| !n.starts_with('.'));
         names.sort_unstable();
         let mut want: Vec<&str> = maps::PINNED.to_vec();
-        want.push(maps::SCRATCH);
+        want.extend([
+            maps::SCRATCH,
+            maps::RELAY_LIMITS,
+            maps::RELAY_BUCKETS,
+            maps::RELAY_MACS,
+        ]);
         want.push(pd_common::log::MAP);
         want.sort_unstable();
         assert_eq!(names, want, "the object's maps");
@@ -816,6 +853,7 @@ mod tests {
             global::SAV,
             global::BARE_LINKS,
             global::LOG_LEVEL,
+            global::RELAY,
         ] {
             let sym = [g.as_bytes(), b"\0"].concat();
             assert!(

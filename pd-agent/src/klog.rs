@@ -32,6 +32,9 @@ fn what(c: Counter) -> &'static str {
         FwdRedirected => "the fast path forwarded a packet",
         FwdHopLimit | FwdNoNeigh | FwdFibOther | FwdNotHandled | FwdFirewall | FwdNoXmit
         | FwdLinkType | FwdNoAgent => "the fast path left a packet to the kernel",
+        RelayIfaceRate | RelayClientRate => {
+            "a client's DHCPv6 message was dropped over the relay's rate limit"
+        }
         RingbufFull => "a DHCPv6 message was not delivered to the agent (ring buffer full)",
         RecordsFull => {
             "a DHCPv6 message was delivered but not recorded for replay (records map full)"

@@ -136,6 +136,10 @@ pub mod global {
     pub const BARE_LINKS: &str = "BARE_LINKS";
     /// aya-log's level (0: no logging; the verifier prunes every log call).
     pub const LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+    /// pd-agent relays (`--relay-to`): client messages on interfaces with
+    /// [`super::ifflags::RELAY`] meet the rate limits, and their senders'
+    /// MACs are recorded for the Client Link-Layer Address option.
+    pub const RELAY: &str = "RELAY";
 }
 
 /// Kernel debug logging (`--kernel-debug`), over aya-log's own ring buffer.
@@ -183,6 +187,18 @@ pub mod maps {
     pub const ONLINK_ENTRIES: u32 = 4096;
     /// Per-CPU parser scratch: the programs' own, never pinned.
     pub const SCRATCH: &str = "PD_SCRATCH";
+    /// The relay's rate limits (one [`super::RelayLimits`]), written by the
+    /// agent at start; not pinned (they are the running agent's).
+    pub const RELAY_LIMITS: &str = "pd_relay_limits_v1";
+    /// Token buckets of the relay's rate limits, per interface and per
+    /// client MAC (LRU: [`super::BucketKey`] -> [`super::Bucket`]); not pinned.
+    pub const RELAY_BUCKETS: &str = "pd_relay_buckets_v1";
+    pub const RELAY_BUCKETS_ENTRIES: u32 = 16384;
+    /// The MAC each client address last sent a DHCPv6 message from, per
+    /// interface (LRU: [`super::MacKey`] -> 6-byte MAC and 2 zero bytes),
+    /// for the relay's Client Link-Layer Address option; not pinned.
+    pub const RELAY_MACS: &str = "pd_relay_macs_v1";
+    pub const RELAY_MACS_ENTRIES: u32 = 16384;
     /// Every map the agent pins.
     pub const PINNED: [&str; 9] = [
         EVENTS, COUNTERS, SEQ, CLIENTS, ROUTES, FWD_STATS, IFACES, FWD_LEASE, ONLINK,
@@ -397,9 +413,14 @@ pub enum Counter {
     /// still went into the ring buffer). The agent prunes records it has
     /// applied and stored; this counts records it had not reached yet.
     RecordsFull,
+    // ---- relay (dropped in XDP) ----
+    /// A client message over the per-interface rate limit.
+    RelayIfaceRate,
+    /// A client message over its MAC's rate limit.
+    RelayClientRate,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::RecordsFull as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::RelayClientRate as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -435,6 +456,8 @@ impl Counter {
         Counter::FwdLinkType,
         Counter::FwdNoAgent,
         Counter::RecordsFull,
+        Counter::RelayIfaceRate,
+        Counter::RelayClientRate,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -471,6 +494,8 @@ impl Counter {
             Counter::FwdLinkType => "fwd_link_type",
             Counter::FwdNoAgent => "fwd_no_agent",
             Counter::RecordsFull => "records_full",
+            Counter::RelayIfaceRate => "relay_iface_rate",
+            Counter::RelayClientRate => "relay_client_rate",
         }
     }
 }
@@ -579,6 +604,53 @@ pub mod ifflags {
     /// The fast path may redirect into this interface: it is Ethernet and
     /// its xdp-features say it takes redirected frames (`ndo_xdp_xmit`).
     pub const FWD_OUT: u32 = 1 << 5;
+    /// pd-agent relays for this (downstream) interface: client messages to
+    /// port 547 meet the rate limits and their MACs are recorded.
+    pub const RELAY: u32 = 1 << 6;
+}
+
+/// The relay's rate limits (`pd_relay_limits_v1`): messages per second and
+/// bucket depth, per downstream interface and per client MAC (0: none).
+/// A Relay-Forw from a lower relay stands for many clients and meets only
+/// the interface's limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayLimits {
+    pub iface_rate: u32,
+    pub iface_burst: u32,
+    pub client_rate: u32,
+    pub client_burst: u32,
+}
+
+/// Largest rate and burst the limits take (keeps the buckets' arithmetic
+/// in 64 bits).
+pub const RELAY_RATE_MAX: u32 = 1_000_000;
+
+/// A token bucket's key: an interface's own (MAC all zero) or one client
+/// MAC's on it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketKey {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
+}
+
+/// A token bucket: tokens in billionths (one message costs 10^9), and the
+/// time (`bpf_ktime_get_ns`) it was last filled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub tokens: u64,
+    pub at_ns: u64,
+}
+
+/// `pd_relay_macs_v1`'s key: a client's source address on an interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MacKey {
+    pub ifindex: u32,
+    pub addr: [u8; 16],
 }
 
 #[cfg(feature = "user")]
@@ -587,6 +659,8 @@ mod pod {
     unsafe impl aya::Pod for super::RouteValue {}
     unsafe impl aya::Pod for super::FwdStats {}
     unsafe impl aya::Pod for super::ClientKey {}
+    unsafe impl aya::Pod for super::RelayLimits {}
+    unsafe impl aya::Pod for super::MacKey {}
     unsafe impl aya::Pod for super::ClientRecord {}
 }
 

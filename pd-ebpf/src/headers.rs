@@ -22,6 +22,8 @@ pub(crate) struct Located {
     pub(crate) payload: usize,
     /// UDP payload length.
     pub(crate) len: usize,
+    /// UDP destination port (546 or 547).
+    pub(crate) dport: u16,
     /// The 802.1Q/802.1ad VLAN id, if `has_vlan` (a flag and a `u16`
     /// rather than an `Option`: the verifier took fewer steps so).
     pub(crate) vlan: u16,
@@ -170,6 +172,7 @@ pub(crate) fn locate(data: usize, end: usize, bare: bool) -> Result<Option<Locat
         l3,
         payload: cur.off,
         len: udp_len - UDP_HLEN,
+        dport,
         vlan: vlan.unwrap_or(0),
         has_vlan: vlan.is_some(),
     }))

@@ -29,6 +29,7 @@ mod fastpath;
 mod headers;
 mod maps;
 mod parse;
+mod relay;
 mod snoop;
 
 use core::ffi::c_void;
@@ -43,8 +44,8 @@ use pd_common::{hook, ifflags};
 
 use crate::{
     fastpath::fast_path,
-    maps::{iface_flags, on, BARE_LINKS, FAST_PATH, SAV},
-    snoop::snoop,
+    maps::{iface_flags, on, BARE_LINKS, FAST_PATH, RELAY, SAV},
+    snoop::{snoop, Snooped},
 };
 
 /// TC: let the next program / the default action decide (tcx `TCX_NEXT`).
@@ -56,19 +57,21 @@ pub fn pd_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     // One flag lookup serves the link type, source validation and the fast
     // path; with none of them loaded there is nothing to look up.
-    let ifl = if on(&BARE_LINKS) || on(&SAV) || on(&FAST_PATH) {
+    let ifl = if on(&BARE_LINKS) || on(&SAV) || on(&FAST_PATH) || on(&RELAY) {
         iface_flags(ifindex)
     } else {
         0
     };
     let bare = ifl & ifflags::L3 != 0;
-    let handled = snoop(ctx.data(), ctx.data_end(), ifindex, 0, hook::XDP_INGRESS, bare, |s, off, len| unsafe {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let guard = |loc: &headers::Located| on(&RELAY) && ifl & ifflags::RELAY != 0 && relay::guard(data, end, loc, ifindex);
+    match snoop(data, end, ifindex, 0, hook::XDP_INGRESS, bare, guard, |s, off, len| unsafe {
         bpf_xdp_load_bytes(md as *mut xdp_md, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
-    });
-    if handled {
-        return xdp_action::XDP_PASS;
+    }) {
+        Snooped::Pass => xdp_action::XDP_PASS,
+        Snooped::Drop => xdp_action::XDP_DROP,
+        Snooped::No => fast_path(&ctx, ifindex, ifl),
     }
-    fast_path(&ctx, ifindex, ifl)
 }
 
 /// An empty program: the baseline the benchmarks compare `pd_xdp` against.
@@ -92,7 +95,7 @@ pub fn pd_tc_egress(ctx: TcContext) -> i32 {
     // through this router is not one this host's server or relay sent.
     let in_ifindex = unsafe { (*skb).ingress_ifindex };
     let bare = on(&BARE_LINKS) && iface_flags(ifindex) & ifflags::L3 != 0;
-    let _ = snoop(ctx.data(), ctx.data_end(), ifindex, in_ifindex, hook::TC_EGRESS, bare, |s, off, len| unsafe {
+    let _ = snoop(ctx.data(), ctx.data_end(), ifindex, in_ifindex, hook::TC_EGRESS, bare, |_| false, |s, off, len| unsafe {
         bpf_skb_load_bytes(skb as *const c_void, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
     });
     TC_ACT_UNSPEC

@@ -14,9 +14,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use pd_common::{maps, ClientKey, ClientRecord, Counter, FwdStats, RouteValue, COUNTER_COUNT};
+use pd_common::{
+    maps, Bucket, BucketKey, ClientKey, ClientRecord, Counter, FwdStats, MacKey, RelayLimits, RouteValue,
+    COUNTER_COUNT,
+};
 
 use crate::parse::Scratch;
 
@@ -31,6 +34,11 @@ pub(crate) static SAV: u8 = 1;
 /// Without one, the TC program needs no flag lookup per packet.
 #[unsafe(no_mangle)]
 pub(crate) static BARE_LINKS: u8 = 1;
+
+/// Set by the loader when pd-agent relays (`--relay-to`): see
+/// [`crate::relay`].
+#[unsafe(no_mangle)]
+pub(crate) static RELAY: u8 = 1;
 
 /// Delegated-prefix events for the agent (the loader may resize it).
 #[map(name = "pd_events_v1")]
@@ -81,6 +89,20 @@ pub(crate) static PD_FWD_LEASE: Array<u64> = Array::pinned(1, 0);
 /// On-link prefixes of downstream interfaces -> ifindex (strict SAV).
 #[map(name = "pd_onlink_v1")]
 pub(crate) static PD_ONLINK: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(maps::ONLINK_ENTRIES, 0);
+
+/// The relay's rate limits (entry 0), written by the agent.
+#[map(name = "pd_relay_limits_v1")]
+pub(crate) static PD_RELAY_LIMITS: Array<RelayLimits> = Array::with_max_entries(1, 0);
+
+/// The relay's token buckets, per interface and per client MAC.
+#[map(name = "pd_relay_buckets_v1")]
+pub(crate) static PD_RELAY_BUCKETS: LruHashMap<BucketKey, Bucket> =
+    LruHashMap::with_max_entries(maps::RELAY_BUCKETS_ENTRIES, 0);
+
+/// Each client address's MAC, per interface, for the relay's Client
+/// Link-Layer Address option.
+#[map(name = "pd_relay_macs_v1")]
+pub(crate) static PD_RELAY_MACS: LruHashMap<MacKey, [u8; 8]> = LruHashMap::with_max_entries(maps::RELAY_MACS_ENTRIES, 0);
 
 /// Count one outcome.
 #[inline(always)]

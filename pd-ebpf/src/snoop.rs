@@ -15,10 +15,23 @@ use crate::{
     parse::{walk, Scratch, MASK},
 };
 
-/// If the packet is DHCPv6 (or a mangled candidate), snoop it and return
-/// true: it then passes untouched. `load` copies payload bytes into the
-/// scratch buffer.
+/// What became of a packet.
+#[derive(PartialEq, Eq)]
+pub(crate) enum Snooped {
+    /// Not DHCPv6: the fast path's.
+    No,
+    /// DHCPv6 (or a mangled candidate), snooped: it passes untouched.
+    Pass,
+    /// A client message the relay's rate limits dropped (`guard`).
+    Drop,
+}
+
+/// If the packet is DHCPv6 (or a mangled candidate), snoop it: it then
+/// passes untouched, unless `guard` (the relay's rate limits, XDP only)
+/// says to drop it, before it is parsed. `load` copies payload bytes into
+/// the scratch buffer.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn snoop(
     data: usize,
     end: usize,
@@ -26,18 +39,22 @@ pub(crate) fn snoop(
     in_ifindex: u32,
     hook_id: u8,
     bare: bool,
+    guard: impl FnOnce(&Located) -> bool,
     load: impl FnOnce(&mut Scratch, u32, u32) -> bool,
-) -> bool {
+) -> Snooped {
     let loc = match locate(data, end, bare) {
         Ok(Some(l)) => l,
-        Ok(None) => return false,
+        Ok(None) => return Snooped::No,
         Err(c) => {
             note(c, ifindex);
-            return true;
+            return Snooped::Pass;
         }
     };
+    if guard(&loc) {
+        return Snooped::Drop;
+    }
     dhcp(data, end, loc, ifindex, in_ifindex, hook_id, load);
-    true
+    Snooped::Pass
 }
 
 /// Parse one DHCPv6 message found by [`locate`] and emit its events.

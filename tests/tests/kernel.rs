@@ -477,7 +477,7 @@ fn kernel_debug_log_names_each_reject() {
     // Every combination of load-time switches verifies, with logging and
     // without (each prunes other code, and so leaves LLVM's code other
     // paths).
-    for bits in 0..16u8 {
+    for bits in 0..32u8 {
         let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique("klog"));
         let _cleanup = PinDir(pin.clone());
         let opts = LoadOptions {
@@ -485,6 +485,7 @@ fn kernel_debug_log_names_each_reject() {
             sav: bits & 2 != 0,
             bare_links: bits & 4 != 0,
             kernel_log: bits & 8 != 0,
+            relay: bits & 16 != 0,
             ..Default::default()
         };
         let mut progs = Programs::load_with(&pin, opts)
@@ -578,4 +579,90 @@ impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The relay's rate limits (`--relay-to`): on an interface flagged
+/// `RELAY`, a client's messages to port 547 past its MAC's burst are
+/// dropped in XDP and counted `relay_client_rate`, while another MAC's
+/// pass; a lower relay's Relay-Forw meets only the interface's limit;
+/// past the interface's burst every MAC is dropped (`relay_iface_rate`).
+/// What passes has its sender's MAC recorded for option 79. Without the
+/// flag, nothing is limited.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn relay_rate_limits_drop_floods_in_xdp() {
+    const XDP_DROP: u32 = 1;
+    let mut l = load();
+    let mut ifaces = l.progs.take_ifaces().unwrap();
+    let macs = l.progs.take_relay_macs().unwrap();
+    l.progs
+        .set_relay_limits(pd_common::RelayLimits {
+            iface_rate: 1,
+            iface_burst: 40,
+            client_rate: 1,
+            client_burst: 10,
+        })
+        .unwrap();
+    let solicit = corpus::msg_raw(1, 0x0a0b0c, &corpus::tlv(1, &corpus::duid(3)));
+    let frame = |mac: u8, payload: &[u8]| {
+        let mut f = corpus::Frame {
+            src: "fe80::c1".parse().unwrap(),
+            dst: "ff02::1:2".parse().unwrap(),
+            dport: 547,
+            ..Default::default()
+        }
+        .build(payload);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, mac]);
+        f
+    };
+    let run = |l: &mut Loaded, f: &[u8]| -> u32 {
+        let mut out = vec![0u8; f.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(f),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
+        l.progs.xdp().unwrap().test_run(opts).unwrap().return_value
+    };
+    let count = |l: &Loaded, c: Counter| snapshot(&l.counters)[c.name()];
+    // Not flagged: never limited.
+    for _ in 0..30 {
+        assert_eq!(run(&mut l, &frame(1, &solicit)), XDP_PASS);
+    }
+    assert_eq!(count(&l, Counter::RelayClientRate), 0);
+    // Test runs without a context see the loopback device (ifindex 1).
+    ifaces.insert(1u32, pd_common::ifflags::RELAY, 0).unwrap();
+    let verdicts: Vec<u32> = (0..15).map(|_| run(&mut l, &frame(1, &solicit))).collect();
+    assert_eq!(&verdicts[..10], &[XDP_PASS; 10], "the burst passes");
+    assert_eq!(&verdicts[10..], &[XDP_DROP; 5], "then MAC 1 is dropped");
+    assert_eq!(count(&l, Counter::RelayClientRate), 5);
+    // Another client on the link is served.
+    assert_eq!(run(&mut l, &frame(2, &solicit)), XDP_PASS);
+    // A lower relay's Relay-Forw from the flooding MAC: the interface's limit only.
+    let forw = corpus::relay(
+        12,
+        0,
+        corpus::a("2001:db8:1::1"),
+        corpus::a("fe80::c9"),
+        &[],
+        &solicit,
+    );
+    assert_eq!(run(&mut l, &frame(1, &forw)), XDP_PASS);
+    // The interface's burst (40) is spent by the 10 + 1 + 1 above and these.
+    let more: Vec<u32> = (0..40)
+        .map(|i| run(&mut l, &frame(10 + i, &solicit)))
+        .collect();
+    assert_eq!(
+        more.iter().filter(|v| **v == XDP_PASS).count(),
+        28,
+        "{more:?}"
+    );
+    assert_eq!(count(&l, Counter::RelayIfaceRate), 12);
+    // The MAC the last passing message came from, by its address.
+    let key = pd_common::MacKey {
+        ifindex: 1,
+        addr: "fe80::c1".parse::<Ipv6Addr>().unwrap().octets(),
+    };
+    let m = macs.get(&key, 0).expect("a MAC recorded for fe80::c1");
+    assert_eq!(&m[..6], &[2, 0, 0, 0, 0, 10 + 27]);
 }

@@ -11,7 +11,10 @@ use std::{net::Ipv6Addr, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use pd_agent::relay::codec::{self, option, Relay, RELAY_FORW};
-use pd_tests::*;
+use pd_tests::{
+    corpus::{duid, msg_raw, tlv},
+    *,
+};
 
 /// Where Kea listens for relays: the unicast address on its eth0.
 const KEA_LISTEN: &str = "eth0/2001:db8:feed::2";
@@ -204,10 +207,13 @@ fn kea_remote_two_links_relayed_by_pd_agent() -> Result<()> {
             !seen.is_empty(),
             "no Relay-Forw for {iface}'s client at the server"
         );
+        let lladdr = [&[0u8, 1][..], &client.mac("eth0")?].concat();
         for r in seen {
             assert_eq!(r.hop_count, 0);
             assert_eq!(r.link_address, link.parse::<Ipv6Addr>()?);
             assert_eq!(r.option(option::INTERFACE_ID), Some(iface.as_bytes()));
+            // The client's MAC, as the XDP program saw it (RFC 6939).
+            assert_eq!(r.option(option::CLIENT_LINKLAYER_ADDR), Some(&lladdr[..]));
         }
     }
 
@@ -325,7 +331,14 @@ fn chain_pd_agent_under_pd_agent_to_kea() -> Result<()> {
             "outer layer"
         );
         assert_eq!(outer.option(option::INTERFACE_ID), Some(&b"lan0"[..]));
+        // Only the relay next to the client names its MAC.
+        assert_eq!(outer.option(option::CLIENT_LINKLAYER_ADDR), None);
         let inner = Relay::parse(outer.message)?;
+        let lladdr = [&[0u8, 1][..], &client.mac("eth0")?].concat();
+        assert_eq!(
+            inner.option(option::CLIENT_LINKLAYER_ADDR),
+            Some(&lladdr[..])
+        );
         assert_eq!(
             (inner.hop_count, inner.link_address, inner.peer_address),
             (0, "2001:db8:1::1".parse()?, client_ll),
@@ -480,5 +493,242 @@ fn relay_port_taken_names_the_holder() -> Result<()> {
         e.contains("UDP port 547 is already taken by dhcrelay (pid"),
         "{e}"
     );
+    Ok(())
+}
+
+/// A switched LAN behind `router`'s `iface`: a bridge in a namespace of
+/// its own, with one port to the router and one to each of `n` hosts (as
+/// containers on a Linux bridge: plain veths, forwarding off, a default
+/// route via the router's link-local address).
+fn switched_lan(router: &Netns, iface: &str, n: usize) -> Result<(Netns, Vec<Netns>)> {
+    let sw = Netns::new("sw")?;
+    sw.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+    sw.exec(&["ip", "link", "set", "br0", "up"])?;
+    veth(router, iface, &sw, "p0")?;
+    sw.exec(&["ip", "link", "set", "p0", "master", "br0"])?;
+    let mut hosts = Vec::new();
+    for i in 1..=n {
+        let h = Netns::new(&format!("h{i}"))?;
+        let port = format!("p{i}");
+        veth(&sw, &port, &h, "eth0")?;
+        sw.exec(&["ip", "link", "set", &port, "master", "br0"])?;
+        h.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
+        h.default_via("eth0", router, iface)?;
+        hosts.push(h);
+    }
+    Ok((sw, hosts))
+}
+
+/// Send each of `payloads` as one UDP datagram from port 547 of `ns`'s
+/// eth0 to `to` (a link-local address on that link), port 547.
+fn send_from(ns: &Netns, to: Ipv6Addr, payloads: &[Vec<u8>]) -> Result<()> {
+    let ifindex: u32 = ns
+        .exec(&["cat", "/sys/class/net/eth0/ifindex"])?
+        .trim()
+        .parse()?;
+    let _in = InNetns::enter(ns)?;
+    let s = std::net::UdpSocket::bind("[::]:547")?;
+    let dst = std::net::SocketAddrV6::new(to, 547, 0, ifindex);
+    for p in payloads {
+        s.send_to(p, dst)?;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// Bad input on the wire from client links: a forged Relay-Reply, a
+/// Relay-Forw on a link not trusted for relays, a hop-count at the limit,
+/// truncated and inconsistent messages, a server's Reply, and the whole
+/// parser corpus. Each is dropped and counted by reason; nothing
+/// malformed reaches the server (every relay header captured there
+/// parses, down to a well-formed client message); and afterwards a new
+/// client is served.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn relay_drops_bad_input_and_keeps_serving() -> Result<()> {
+    let (up, router) = upstream_and_router()?;
+    let c0 = host_behind(&router, "lan0", "c0")?;
+    let c1 = host_behind(&router, "lan1", "c1")?;
+    router.add_addr("2001:db8:1::1/64", "lan0")?;
+    router.add_addr("2001:db8:2::1/64", "lan1")?;
+    let dir = TempDir::new("bad")?;
+    let _kea = kea_per_link(&up, &dir, &[1, 2])?;
+    let mut cap = Capture::start(&up, "eth0")?;
+    // The corpus comes faster than a client's rate limit allows: the limit
+    // is off here, so that every message meets the relay's checks (the
+    // flood test covers the limits).
+    let agent = Agent::start_opts(
+        &router,
+        &dir,
+        AgentOpts {
+            args: vec![
+                "--relay-to".into(),
+                SERVER.into(),
+                "--relay-trust".into(),
+                "lan1".into(),
+                "--relay-client-rate".into(),
+                "0".into(),
+            ],
+            ..AgentOpts::new(&["lan0", "lan1"], &["wan0"])
+        },
+    )?;
+    let (r0, r1) = (router.link_local("lan0")?, router.link_local("lan1")?);
+    let solicit = msg_raw(1, 0x010203, &tlv(1, &duid(7)));
+    let a = corpus::a;
+    let forw = |hop: u8, inner: &[u8]| corpus::relay(12, hop, a("::"), a("fe80::77"), &[], inner);
+    let forged_reply = corpus::relay(
+        13,
+        0,
+        a("::"),
+        a("fe80::c1"),
+        &tlv(18, b"lan0"),
+        &msg_raw(7, 1, &[]),
+    );
+    let mut overrun = forw(0, &solicit);
+    overrun[35] = 0xff; // the Relay Message's length, past the end
+    let drops = |name: &str| -> u64 {
+        agent
+            .stats()
+            .map(|s| count(&s["relay"]["drops"][name]))
+            .unwrap_or(0)
+    };
+    // On the untrusted client link.
+    send_from(
+        &c0,
+        r0,
+        &[
+            forged_reply.clone(),
+            forw(0, &solicit),
+            solicit[..3].to_vec(),
+            [&solicit[..], &[0, 1, 0, 9, 1]].concat(),
+            msg_raw(7, 9, &[]),
+        ],
+    )?;
+    // On the trusted one: the hop limit and broken relay headers.
+    send_from(
+        &c1,
+        r1,
+        &[
+            forw(8, &solicit),
+            forw(0, &solicit)[..20].to_vec(),
+            overrun,
+            forged_reply,
+        ],
+    )?;
+    let want = [
+        ("relay_reply_from_downstream", 2),
+        ("untrusted_relay_forw", 1),
+        ("hop_limit", 1),
+        ("malformed", 4),
+        ("server_message_from_downstream", 1),
+    ];
+    wait_for(Duration::from_secs(10), || {
+        want.iter().all(|(n, v)| drops(n) == *v).then_some(())
+    })
+    .with_context(|| format!("drops: {}", agent.stats().unwrap_or_default()["relay"]))?;
+    // The whole corpus, from the untrusted link: its UDP payloads to 547.
+    let payloads: Vec<Vec<u8>> = corpus::all()
+        .into_iter()
+        .filter_map(|c| {
+            let f = c.frame;
+            let plain = f.len() > 62 && f[12..14] == [0x86, 0xdd] && f[20] == 17;
+            plain.then(|| f[62..].to_vec())
+        })
+        .collect();
+    assert!(payloads.len() > 50, "{} corpus payloads", payloads.len());
+    send_from(&c0, r0, &payloads)?;
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Everything that reached the server is well-formed.
+    let forws = cap.relay_forws();
+    for f in &forws {
+        let mut r = Relay::parse(f).with_context(|| format!("{f:02x?}"))?;
+        while r.inner_type() == RELAY_FORW {
+            r = Relay::parse(r.message)?;
+        }
+        codec::check_client_message(r.message).with_context(|| format!("{f:02x?}"))?;
+        assert!(
+            ![2, 7, 10, 12, 13].contains(&r.inner_type()),
+            "a {} went up",
+            r.inner_type()
+        );
+    }
+    // A new client is served.
+    let cdir = TempDir::new("badc")?;
+    let dh = start_dhclient(&c0, &cdir, "eth0")?;
+    let prefix = wait_delegated(&agent, &cdir, &dh)?;
+    wait_route(&router, &prefix, &ll(&c0)?, "lan0", || agent.log())?;
+    assert!(!agent.log().contains("panicked"), "{}", agent.log());
+    cap.stop();
+    Ok(())
+}
+
+/// A Solicit flood from one client, perfdhcp at ten times the client rate
+/// limit (200 Solicits/s against 20/s), on a switched LAN: the kernel
+/// drops it in XDP and counts it (`relay_client_rate`), the relay passes
+/// on only the client's share, and another client on the same LAN is
+/// served meanwhile.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn solicit_flood_from_one_client_is_dropped_in_xdp() -> Result<()> {
+    let (up, router) = upstream_and_router()?;
+    let (_sw, hosts) = switched_lan(&router, "lan0", 2)?;
+    router.add_addr("2001:db8:1::1/64", "lan0")?;
+    let dir = TempDir::new("fld")?;
+    let _kea = kea_per_link(&up, &dir, &[1])?;
+    let agent = Agent::start_opts(
+        &router,
+        &dir,
+        AgentOpts {
+            args: vec!["--relay-to".into(), SERVER.into()],
+            ..AgentOpts::new(&["lan0"], &["wan0"])
+        },
+    )?;
+    let flood = hosts[0].spawn(
+        &[
+            "perfdhcp",
+            "-6",
+            "-l",
+            "eth0",
+            "-e",
+            "prefix-only",
+            "-r",
+            "200",
+            "-R",
+            "100000",
+            "-p",
+            "8",
+            "all",
+        ],
+        &dir.path("perfdhcp.log"),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let cdir = TempDir::new("fldc")?;
+    let dh = start_dhclient(&hosts[1], &cdir, "eth0")?;
+    let prefix = wait_delegated(&agent, &cdir, &dh)?;
+    wait_route(&router, &prefix, &ll(&hosts[1])?, "lan0", || agent.log())?;
+    let mid = agent.stats()?;
+    // The other client was served while the flood went on.
+    wait_for(Duration::from_secs(15), || {
+        (!std::path::Path::new(&format!("/proc/{}", flood.pid())).exists()
+            || flood.log_text().contains("Rate:"))
+        .then_some(())
+    })
+    .with_context(|| format!("perfdhcp did not finish: {}", flood.log_text()))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let st = agent.stats()?;
+    let dropped = count(&st["kernel"]["relay_client_rate"]);
+    let relayed = count(&st["relay"]["up"]["lan0"]["solicit"]);
+    eprintln!(
+        "perfdhcp: {}\nflood: {dropped} dropped in XDP, {relayed} Solicits relayed; mid-flood: {}",
+        flood.log_text(),
+        mid["kernel"]["relay_client_rate"]
+    );
+    // 8 s at 200/s is 1600 Solicits; the client's share is its burst (40)
+    // and 20/s, about 200, plus the other client's few.
+    assert!(count(&mid["kernel"]["relay_client_rate"]) > 0, "{mid}");
+    assert!(dropped >= 1000, "{dropped} dropped: {st}");
+    assert!(relayed <= 250, "{relayed} relayed: {st}");
+    assert_eq!(count(&st["kernel"]["relay_iface_rate"]), 0, "{st}");
     Ok(())
 }

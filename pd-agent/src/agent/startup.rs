@@ -464,8 +464,12 @@ fn load(cfg: &Config, bare_links: bool) -> Result<Programs, AgentError> {
         client_entries: cfg.client_records,
         fwd_counters: cfg.forwarding_counters,
         kernel_log: cfg.kernel_debug,
+        relay: cfg.relay.is_some(),
     };
     let mut progs = Programs::load_with(&cfg.pin_dir, opts)?;
+    if let Some(r) = &cfg.relay {
+        progs.set_relay_limits(r.limits())?;
+    }
     // Loading parsed the kernel's BTF (aya does, even unused): ~10 MiB
     // of heap, freed now; give it back rather than keep it for ever.
     #[cfg(target_env = "gnu")]
@@ -527,10 +531,15 @@ fn read_kernel_log(progs: &mut Programs) -> Result<(), AgentError> {
 /// downstream; upstream links are marked so that the kernel records
 /// Replies forwarded from them (the only forwarded ones trusted).
 fn own_flags(cfg: &Config, ifaces: &Ifaces) -> HashMap<String, u32> {
+    let relay = if cfg.relay.is_some() {
+        pd_common::ifflags::RELAY
+    } else {
+        0
+    };
     let down = ifaces
         .downstream
         .values()
-        .map(|n| (n.clone(), cfg.sav_of(n).flags()));
+        .map(|n| (n.clone(), cfg.sav_of(n).flags() | relay));
     let up = ifaces
         .upstream
         .values()

@@ -33,6 +33,10 @@ use serde::Serialize;
 
 pub use socket::{bind, port_owner, read_links, Bound, RelayError, Running};
 
+const ADVERTISE: u8 = 2;
+const REPLY: u8 = 7;
+const RECONFIGURE: u8 = 10;
+
 /// The DHCPv6 server port, on which relays listen and servers answer.
 pub const SERVER_PORT: u16 = 547;
 /// The client port.
@@ -102,6 +106,30 @@ pub struct RelayConfig {
     /// the Relay Source Port option, RFC 8357).
     pub port: u16,
     pub options: BTreeMap<String, IfaceOptions>,
+    /// Client messages per second each downstream interface takes (0: no
+    /// limit), enforced in XDP; bursts of twice as many pass.
+    pub iface_rate: u32,
+    /// Client messages per second one client MAC may send (0: no limit).
+    pub client_rate: u32,
+}
+
+/// Default [`RelayConfig::iface_rate`].
+pub const DEFAULT_IFACE_RATE: u32 = 1000;
+/// Default [`RelayConfig::client_rate`]: a client's exchange is a few
+/// messages, its retransmissions seconds apart.
+pub const DEFAULT_CLIENT_RATE: u32 = 20;
+
+impl RelayConfig {
+    /// The limits as the XDP program reads them (bursts twice the rates).
+    pub fn limits(&self) -> pd_common::RelayLimits {
+        let burst = |r: u32| r.saturating_mul(2).min(pd_common::RELAY_RATE_MAX);
+        pd_common::RelayLimits {
+            iface_rate: self.iface_rate,
+            iface_burst: burst(self.iface_rate),
+            client_rate: self.client_rate,
+            client_burst: burst(self.client_rate),
+        }
+    }
 }
 
 /// Why a packet was not relayed.
@@ -110,6 +138,9 @@ pub struct RelayConfig {
 pub enum Drop {
     /// A Relay-Reply arriving on a downstream interface.
     RelayReplyFromDownstream,
+    /// A server's message (Advertise, Reply, Reconfigure) arriving on a
+    /// downstream interface: servers discard them anyway (RFC 9915 §16).
+    ServerMessageFromDownstream,
     /// A Relay-Forw on a downstream interface not trusted for relays.
     UntrustedRelayForw,
     /// A Relay-Forw whose hop-count is at HOP_COUNT_LIMIT.
@@ -135,6 +166,7 @@ impl Drop {
     pub fn name(self) -> &'static str {
         match self {
             Drop::RelayReplyFromDownstream => "relay_reply_from_downstream",
+            Drop::ServerMessageFromDownstream => "server_message_from_downstream",
             Drop::UntrustedRelayForw => "untrusted_relay_forw",
             Drop::HopLimit => "hop_limit",
             Drop::Malformed => "malformed",
@@ -261,6 +293,8 @@ pub struct Received<'a> {
     pub src: SocketAddrV6,
     /// The interface it arrived on.
     pub ifindex: u32,
+    /// The sender's MAC, as the XDP program recorded it (client side).
+    pub mac: Option<[u8; 6]>,
 }
 
 impl Relay {
@@ -270,6 +304,9 @@ impl Relay {
         let t = *rx.payload.first().ok_or(Drop::Malformed)?;
         match (link.role, t) {
             (Role::Downstream, RELAY_REPL) => Err(Drop::RelayReplyFromDownstream),
+            (Role::Downstream, ADVERTISE | REPLY | RECONFIGURE) => {
+                Err(Drop::ServerMessageFromDownstream)
+            }
             (Role::Downstream, _) => self.up(rx, link),
             (Role::Upstream, RELAY_REPL) => self.down(rx),
             (Role::Upstream, _) => Err(Drop::NotRelayReplyUpstream),
@@ -308,6 +345,13 @@ impl Relay {
         };
         let port_opt;
         let mut opts: Vec<(u16, &[u8])> = vec![(option::INTERFACE_ID, link.name.as_bytes())];
+        // RFC 6939: the relay next to the client says its link-layer
+        // address (hardware type 1, Ethernet).
+        let lladdr;
+        if let (Some(mac), false) = (rx.mac, rx.payload[0] == RELAY_FORW) {
+            lladdr = [0, 1, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]];
+            opts.push((option::CLIENT_LINKLAYER_ADDR, &lladdr));
+        }
         if let Some(o) = self.cfg.options.get(&link.name) {
             if let Some(r) = &o.remote_id {
                 opts.push((option::REMOTE_ID, r));

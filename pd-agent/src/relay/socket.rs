@@ -14,8 +14,11 @@ use nix::sys::socket::{
     recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
     SockaddrIn6,
 };
+use pd_common::MacKey;
 use tokio::io::Interest;
 use tracing::{debug, info, warn};
+
+use crate::ebpf::RelayMacs;
 
 use super::{
     is_global, Link, Links, Out, Received, Relay, RelayConfig, Role, SharedStats,
@@ -81,15 +84,18 @@ pub fn bind(
         joined: Default::default(),
         read_at: Instant::now(),
         stats: SharedStats::default(),
+        macs: None,
     };
     task.join_groups();
     Ok(Bound { task })
 }
 
 impl Bound {
-    /// Start relaying.
-    pub fn spawn(self) -> Running {
+    /// Start relaying; `macs`: the clients' MACs the XDP program records
+    /// (for the Client Link-Layer Address option).
+    pub fn spawn(self, macs: Option<RelayMacs>) -> Running {
         let mut task = self.task;
+        task.macs = macs;
         info!(
             port = task.relay.cfg.port,
             servers = %task.relay.cfg.servers.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
@@ -238,6 +244,7 @@ struct Task {
     joined: std::collections::HashSet<u32>,
     read_at: Instant,
     stats: SharedStats,
+    macs: Option<RelayMacs>,
 }
 
 impl Task {
@@ -261,10 +268,12 @@ impl Task {
             if self.read_at.elapsed() >= REREAD || !self.relay.links.contains_key(&ifindex) {
                 self.reread();
             }
+            let mac = self.mac_of(ifindex, *src.ip());
             let rx = Received {
                 payload: &buf[..len],
                 src,
                 ifindex,
+                mac,
             };
             match self.relay.decide(rx) {
                 Ok(outs) => {
@@ -283,6 +292,16 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// The MAC the XDP program saw `addr` send from on `ifindex`.
+    fn mac_of(&self, ifindex: u32, addr: Ipv6Addr) -> Option<[u8; 6]> {
+        let key = MacKey {
+            ifindex,
+            addr: addr.octets(),
+        };
+        let m = self.macs.as_ref()?.get(&key, 0).ok()?;
+        Some([m[0], m[1], m[2], m[3], m[4], m[5]])
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, super::RelayStats> {

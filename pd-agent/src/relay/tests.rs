@@ -41,6 +41,8 @@ fn relay(trust: &[&str]) -> Relay {
             trust: trust.iter().map(|s| s.to_string()).collect(),
             port: SERVER_PORT,
             options: BTreeMap::new(),
+            iface_rate: DEFAULT_IFACE_RATE,
+            client_rate: DEFAULT_CLIENT_RATE,
         },
         links,
     }
@@ -56,6 +58,7 @@ fn from<'a>(ip: &str, port: u16, ifindex: u32, payload: &'a [u8]) -> Received<'a
         payload,
         src: SocketAddrV6::new(ip, port, 0, scope),
         ifindex,
+        mac: None,
     }
 }
 
@@ -254,6 +257,10 @@ fn bad_input_is_dropped_by_reason() {
         (from("fe80::1", 546, OTHER, SOLICIT), Drop::ForeignInterface),
         (from("fe80::c1", 546, LAN0, &SOLICIT[..7]), Drop::Malformed),
         (from("fe80::c1", 546, LAN0, &[]), Drop::Malformed),
+        (
+            from("fe80::c1", 547, LAN0, REPLY),
+            Drop::ServerMessageFromDownstream,
+        ),
         // A Relay-Reply holding a broken Relay-Reply.
         (
             from("2001:db8:feed::2", 547, WAN0, &broken_inner),
@@ -316,4 +323,40 @@ fn configured_options_and_a_source_port_are_added() {
     );
     assert_eq!(f.option(option::SUBSCRIBER_ID), Some(&b"cust-17"[..]));
     assert_eq!(f.option(option::RELAY_SOURCE_PORT), Some(&[0u8, 0][..]));
+}
+
+#[test]
+fn the_client_mac_the_kernel_saw_goes_up_as_option_79() {
+    let r = relay(&["lan0"]);
+    let mut rx = from("fe80::c1", 546, LAN0, SOLICIT);
+    rx.mac = Some([2, 0, 0, 0, 0, 0xc1]);
+    let out = r.decide(rx).unwrap();
+    let f = codec::Relay::parse(&out[0].payload).unwrap();
+    assert_eq!(
+        f.option(option::CLIENT_LINKLAYER_ADDR),
+        Some(&[0, 1, 2, 0, 0, 0, 0, 0xc1][..])
+    );
+    // Not for a lower relay's message: only the relay next to the client adds it.
+    let lower = codec::write(RELAY_FORW, 0, a("::"), a("fe80::c9"), &[], SOLICIT);
+    let mut rx = from("fe80::9", 547, LAN0, &lower);
+    rx.mac = Some([2, 0, 0, 0, 0, 9]);
+    let out = r.decide(rx).unwrap();
+    let f = codec::Relay::parse(&out[0].payload).unwrap();
+    assert_eq!(f.option(option::CLIENT_LINKLAYER_ADDR), None);
+}
+
+#[test]
+fn limits_are_written_with_bursts_twice_the_rates() {
+    let mut r = relay(&[]);
+    r.cfg.iface_rate = 700_000;
+    r.cfg.client_rate = 0;
+    assert_eq!(
+        r.cfg.limits(),
+        pd_common::RelayLimits {
+            iface_rate: 700_000,
+            iface_burst: pd_common::RELAY_RATE_MAX,
+            client_rate: 0,
+            client_burst: 0,
+        }
+    );
 }
