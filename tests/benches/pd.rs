@@ -181,6 +181,9 @@ fn load(fast_path: bool) -> Result<(Programs, Pin)> {
             sav: fast_path,
             // The rigs' links are Ethernet, as the agent would load for them.
             bare_links: false,
+            // An agent that snoops and does not relay (the relay's rate
+            // limits are pruned then).
+            relay: false,
             ..Default::default()
         },
     )?;
