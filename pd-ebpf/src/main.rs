@@ -64,7 +64,9 @@ pub fn pd_xdp(ctx: XdpContext) -> u32 {
     };
     let bare = ifl & ifflags::L3 != 0;
     let (data, end) = (ctx.data(), ctx.data_end());
-    let guard = |loc: &headers::Located| on(&RELAY) && ifl & ifflags::RELAY != 0 && relay::guard(data, end, loc, ifindex);
+    let guard = |dport, l3, payload| {
+        on(&RELAY) && ifl & ifflags::RELAY != 0 && relay::guard(data, end, dport, l3, payload, ifindex)
+    };
     match snoop(data, end, ifindex, 0, hook::XDP_INGRESS, bare, guard, |s, off, len| unsafe {
         bpf_xdp_load_bytes(md as *mut xdp_md, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
     }) {
@@ -95,7 +97,7 @@ pub fn pd_tc_egress(ctx: TcContext) -> i32 {
     // through this router is not one this host's server or relay sent.
     let in_ifindex = unsafe { (*skb).ingress_ifindex };
     let bare = on(&BARE_LINKS) && iface_flags(ifindex) & ifflags::L3 != 0;
-    let _ = snoop(ctx.data(), ctx.data_end(), ifindex, in_ifindex, hook::TC_EGRESS, bare, |_| false, |s, off, len| unsafe {
+    let _ = snoop(ctx.data(), ctx.data_end(), ifindex, in_ifindex, hook::TC_EGRESS, bare, |_, _, _| false, |s, off, len| unsafe {
         bpf_skb_load_bytes(skb as *const c_void, off, s.buf.as_mut_ptr() as *mut c_void, len) == 0
     });
     TC_ACT_UNSPEC

@@ -17,7 +17,6 @@ use pd_common::{
 };
 
 use crate::{
-    headers::Located,
     maps::{note, PD_RELAY_BUCKETS, PD_RELAY_LIMITS, PD_RELAY_MACS},
 };
 
@@ -26,18 +25,20 @@ const TOKEN: u64 = 1_000_000_000;
 /// Refill at most this long a gap (keeps `elapsed * rate` in 64 bits).
 const MAX_ELAPSED_NS: u64 = 100_000_000_000;
 
-/// True: drop the packet (over a rate limit).
+/// A DHCPv6 message to port `dport` whose IPv6 header is at `l3` and
+/// payload at `payload`: true to drop it (a client message over a rate
+/// limit).
 #[inline(always)]
-pub(crate) fn guard(data: usize, end: usize, loc: &Located, ifindex: u32) -> bool {
+pub(crate) fn guard(data: usize, end: usize, dport: u16, l3: usize, payload: usize, ifindex: u32) -> bool {
     // Client messages come to port 547, from a link with MACs.
-    if loc.dport != SERVER_PORT || loc.l3 != ETH_HLEN && loc.l3 != ETH_HLEN + 4 {
+    if dport != SERVER_PORT || l3 != ETH_HLEN && l3 != ETH_HLEN + 4 {
         return false;
     }
-    if loc.payload > MAX_UDP_OFFSET + UDP_HLEN + ETH_HLEN + 4 {
+    if payload > MAX_UDP_OFFSET + UDP_HLEN + ETH_HLEN + 4 {
         return false;
     }
-    let ip = data + loc.l3;
-    let p = data + loc.payload;
+    let ip = data + l3;
+    let p = data + payload;
     if ip + IPV6_HLEN > end || p + 2 > end || data + ETH_HLEN > end {
         return false;
     }

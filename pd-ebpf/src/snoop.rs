@@ -39,7 +39,7 @@ pub(crate) fn snoop(
     in_ifindex: u32,
     hook_id: u8,
     bare: bool,
-    guard: impl FnOnce(&Located) -> bool,
+    guard: impl FnOnce(u16, usize, usize) -> bool,
     load: impl FnOnce(&mut Scratch, u32, u32) -> bool,
 ) -> Snooped {
     let loc = match locate(data, end, bare) {
@@ -50,7 +50,9 @@ pub(crate) fn snoop(
             return Snooped::Pass;
         }
     };
-    if guard(&loc) {
+    // The guard gets the fields by value: a reference would keep `loc` in
+    // memory for LLVM even where the verifier prunes the guard.
+    if guard(loc.dport, loc.l3, loc.payload) {
         return Snooped::Drop;
     }
     dhcp(data, end, loc, ifindex, in_ifindex, hook_id, load);
