@@ -732,3 +732,36 @@ fn solicit_flood_from_one_client_is_dropped_in_xdp() -> Result<()> {
     assert_eq!(count(&st["kernel"]["relay_iface_rate"]), 0, "{st}");
     Ok(())
 }
+
+/// The client link is deleted and created again (a new ifindex) while
+/// pd-agent relays: the relay joins ff02::1:2 on the new interface by
+/// itself, and a client there is served and routed.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn relay_follows_a_recreated_client_link() -> Result<()> {
+    let (up, router) = upstream_and_router()?;
+    let c0 = host_behind(&router, "lan0", "c0")?;
+    router.add_addr("2001:db8:1::1/64", "lan0")?;
+    let dir = TempDir::new("rcr")?;
+    let _kea = kea_per_link(&up, &dir, &[1])?;
+    let agent = Agent::start_opts(
+        &router,
+        &dir,
+        AgentOpts {
+            args: vec!["--relay-to".into(), SERVER.into()],
+            ..AgentOpts::new(&["lan0"], &["wan0"])
+        },
+    )?;
+    router.exec(&["ip", "link", "del", "lan0"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    veth(&router, "lan0", &c0, "eth0")?;
+    router.add_addr("2001:db8:1::1/64", "lan0")?;
+    c0.default_via("eth0", &router, "lan0")?;
+    let cdir = TempDir::new("rcrc")?;
+    let dh = start_dhclient(&c0, &cdir, "eth0")?;
+    let prefix = wait_delegated(&agent, &cdir, &dh)?;
+    wait_route(&router, &prefix, &ll(&c0)?, "lan0", || agent.log())?;
+    let st = agent.stats()?;
+    assert!(count(&st["relay"]["down"]["lan0"]["reply"]) >= 1, "{st}");
+    Ok(())
+}

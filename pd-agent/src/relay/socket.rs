@@ -231,8 +231,8 @@ pub fn read_links(downstream: &[String], upstream: &[String]) -> std::io::Result
     Ok(links)
 }
 
-/// How often the interfaces' addresses are read again (at most; only when
-/// packets come).
+/// How often the interfaces and their addresses are read again (and at
+/// once when a packet comes from an interface not known yet).
 const REREAD: Duration = Duration::from_secs(1);
 
 struct Task {
@@ -250,12 +250,30 @@ struct Task {
 impl Task {
     async fn run(&mut self) -> Result<(), RelayError> {
         let mut buf = vec![0u8; 65_536];
+        // The interfaces are read again every second whether packets come
+        // or not: a recreated downstream interface must be joined to
+        // ff02::1:2 before its clients' Solicits can arrive at all.
+        let mut tick = tokio::time::interval(REREAD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        enum Ev {
+            Rx(std::io::Result<Option<(usize, SocketAddrV6, u32)>>),
+            Tick,
+        }
         loop {
             let fd = self.sock.as_raw_fd();
-            let got = self
-                .sock
-                .async_io(Interest::READABLE, || receive(fd, &mut buf))
-                .await;
+            let ev = tokio::select! {
+                r = self.sock.async_io(Interest::READABLE, || receive(fd, &mut buf)) => Ev::Rx(r),
+                _ = tick.tick() => Ev::Tick,
+            };
+            let got = match ev {
+                Ev::Rx(r) => r,
+                Ev::Tick => {
+                    if self.read_at.elapsed() >= REREAD {
+                        self.reread();
+                    }
+                    continue;
+                }
+            };
             let (len, src, ifindex) = match got {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
@@ -265,7 +283,7 @@ impl Task {
                     continue;
                 }
             };
-            if self.read_at.elapsed() >= REREAD || !self.relay.links.contains_key(&ifindex) {
+            if !self.relay.links.contains_key(&ifindex) {
                 self.reread();
             }
             let mac = self.mac_of(ifindex, *src.ip());
