@@ -70,6 +70,9 @@ const APT_PACKAGES: &[&str] = &[
     "isc-dhcp-client",
     "isc-dhcp-relay",
     "dhcpcd-base",
+    // dhcp6c, a third client behind the relay (its init script and
+    // ifupdown hook do nothing here: no systemd, no ifupdown).
+    "wide-dhcpv6-client",
     // The memory row's baseline (the binary only: no service, no resolv.conf hook).
     "dnsmasq-base",
     "radvd",
