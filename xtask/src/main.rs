@@ -313,6 +313,21 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
         bail!("missing Debian packages {missing:?}; run as root (e.g. sudo -E cargo xtask deps)");
     }
     eprintln!("xtask: installing {missing:?}");
+    // wide-dhcpv6-client's package would start dhcp6c on the host's eth0
+    // (its debconf default), with a script that rewrites resolv.conf,
+    // wherever an init system runs: the tests start their own, in
+    // namespaces only.
+    let mut preseed = Command::new("debconf-set-selections")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("running debconf-set-selections")?;
+    if let Some(mut stdin) = preseed.stdin.take() {
+        use std::io::Write;
+        stdin.write_all(b"wide-dhcpv6-client wide-dhcpv6-client/interfaces string \n")?;
+    }
+    if !preseed.wait()?.success() {
+        bail!("debconf-set-selections failed");
+    }
     status(Command::new("apt-get").args(["update", "-q"]))?;
     status(
         Command::new("apt-get")
