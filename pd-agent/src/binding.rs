@@ -180,6 +180,35 @@ impl Ifaces {
     }
 }
 
+/// The downstream link an upstream Relay-Reply goes down to: where its
+/// (innermost) link-address is on-link, or, through two relays or more
+/// (this host's layer then has link-address 0 when the lower relay's
+/// source was global, RFC 9915 §19.1.2, and the innermost names a link
+/// beyond the lower relay), first where the outer layer's peer, the lower
+/// relay, is on-link. The TC program's copy of the Reply leaving settles
+/// it too, unless that goes to a port it does not watch (RFC 8357).
+fn relay_reply_link(m: &Message, ifaces: &Ifaces) -> Option<u32> {
+    let by_peer = || {
+        (!m.outer_peer_addr.is_unspecified())
+            .then(|| {
+                ifaces
+                    .downstream_prefixes
+                    .iter()
+                    .find(|(_, p)| p.contains(&m.outer_peer_addr))
+                    .map(|(i, _)| *i)
+            })
+            .flatten()
+    };
+    if m.relay_depth > 1 {
+        if let Some(i) = by_peer() {
+            return Some(i);
+        }
+    }
+    ifaces
+        .downstream_for_link_addr(m.link_addr)
+        .or_else(by_peer)
+}
+
 /// Why a message changed nothing: counted, shown by `pd-agent stats`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
@@ -614,9 +643,8 @@ impl Table {
             (hook::XDP_INGRESS, Some(_), _) => {
                 // An interface index left from before the interface was
                 // recreated maps to no managed interface: not routed.
-                let link = ifaces
-                    .downstream_for_link_addr(m.link_addr)
-                    .and_then(|i| Some((i, ifaces.downstream.get(&i)?)));
+                let link =
+                    relay_reply_link(m, ifaces).and_then(|i| Some((i, ifaces.downstream.get(&i)?)));
                 let Some((ifindex, iface)) = link else {
                     self.stats.relay_reply_unmapped += 1;
                     return;
@@ -1196,6 +1224,29 @@ mod tests {
             .push((99, "2001:db8:eeee::/64".parse().unwrap()));
         assert!(t.act(&r, &stale, 1).is_empty());
         assert_eq!(t.stats.relay_reply_unmapped, 2);
+    }
+
+    /// Through two relays, this host's layer names the lower relay as its
+    /// peer and the innermost link-address a link beyond it: the route
+    /// goes via the lower relay on the link it is on.
+    #[test]
+    fn relay_reply_through_two_relays_routes_to_the_lower_relay() {
+        let mut t = Table::new();
+        let mut r = message(
+            hook::XDP_INGRESS,
+            UP,
+            msg::REPLY,
+            5,
+            vec![pfx("2001:db8:c000::", 56, 60)],
+        );
+        r.outer_msg_type = msg::RELAY_REPL;
+        r.relay_depth = 2;
+        r.link_addr = "2001:db8:77::1".parse().unwrap();
+        r.outer_peer_addr = "2001:db8:ffff::9".parse().unwrap();
+        assert_eq!(
+            installed(&t.act(&r, &ifaces(), 1)),
+            ["install 2001:db8:c000::/56 via 2001:db8:ffff::9 dev lan0"]
+        );
     }
 
     #[test]

@@ -344,8 +344,9 @@ pub struct RunArgs {
     /// are relayed, not dropped (repeatable).
     #[arg(long = "relay-trust", env = "PD_RELAY_TRUST", value_delimiter = ',')]
     pub relay_trust: Vec<String>,
-    /// UDP port the relay listens on and sends from [default: 547]; another port adds
-    /// the Relay Source Port option (RFC 8357).
+    /// UDP port the relay sends to the servers from and hears their replies on [default:
+    /// 547]; another port adds the Relay Source Port option (RFC 8357). Clients and lower
+    /// relays always reach it on 547.
     #[arg(long, env = "PD_RELAY_PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub relay_port: Option<u16>,
     /// Client messages per second each downstream interface relays; more are dropped in

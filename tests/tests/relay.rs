@@ -266,6 +266,21 @@ fn kea_remote_two_links_relayed_by_pd_agent() -> Result<()> {
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
 fn chain_pd_agent_under_pd_agent_to_kea() -> Result<()> {
+    chain_pd_agent(None)
+}
+
+/// [`chain_pd_agent_under_pd_agent_to_kea`] with the lower relay sending
+/// from port 10547 (`--relay-port`, RFC 8357): its layer carries the Relay
+/// Source Port option with 0, the upper relay's layer the lower one's port;
+/// Kea echoes the options, and the upper relay sends the lower one's
+/// Relay-Reply to 10547, where it is heard. Clients still find the relay on 547.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn chain_with_relay_source_port_rfc8357() -> Result<()> {
+    chain_pd_agent(Some(10547))
+}
+
+fn chain_pd_agent(lower_port: Option<u16>) -> Result<()> {
     let (up, upper) = upstream_and_router()?;
     let lower = Netns::new("lo")?;
     veth(&upper, "lan0", &lower, "up0")?;
@@ -299,11 +314,15 @@ fn chain_pd_agent_under_pd_agent_to_kea() -> Result<()> {
             ..AgentOpts::new(&["lan0"], &["wan0"])
         },
     )?;
+    let mut args = vec!["--relay-to".to_string(), "2001:db8:e::1%up0".into()];
+    if let Some(p) = lower_port {
+        args.extend(["--relay-port".into(), p.to_string()]);
+    }
     let low = Agent::start_opts(
         &lower,
         &ldir,
         AgentOpts {
-            args: vec!["--relay-to".into(), "2001:db8:e::1%up0".into()],
+            args,
             ..AgentOpts::new(&["cl0"], &["up0"])
         },
     )?;
@@ -346,6 +365,14 @@ fn chain_pd_agent_under_pd_agent_to_kea() -> Result<()> {
         );
         assert_eq!(inner.option(option::INTERFACE_ID), Some(&b"cl0"[..]));
         codec::check_client_message(inner.message)?;
+        let port = |r: &Relay| r.option(option::RELAY_SOURCE_PORT).map(<[u8]>::to_vec);
+        match lower_port {
+            Some(p) => {
+                assert_eq!(port(&outer), Some(p.to_be_bytes().to_vec()), "outer layer");
+                assert_eq!(port(&inner), Some(vec![0, 0]), "inner layer");
+            }
+            None => assert_eq!((port(&outer), port(&inner)), (None, None)),
+        }
     }
     let st = top.stats()?;
     assert!(count(&st["relay"]["up"]["lan0"]["relay_forw"]) >= 1, "{st}");

@@ -102,8 +102,9 @@ pub struct RelayConfig {
     pub servers: Vec<Server>,
     /// Downstream interfaces on which a lower relay's Relay-Forw is relayed.
     pub trust: Vec<String>,
-    /// UDP port the relay listens and sends from (547; another port adds
-    /// the Relay Source Port option, RFC 8357).
+    /// UDP port the relay sends to the servers from, and hears their
+    /// Relay-Replies on: 547, the one clients reach, or another, which adds
+    /// the Relay Source Port option (RFC 8357).
     pub port: u16,
     pub options: BTreeMap<String, IfaceOptions>,
     /// Client messages per second each downstream interface takes (0: no

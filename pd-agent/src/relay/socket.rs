@@ -1,7 +1,10 @@
-//! The relay's UDP socket and its task: one socket on port 547 (all
+//! The relay's UDP sockets and its task: one socket on port 547 (all
 //! addresses), joined to All_DHCP_Relay_Agents_and_Servers on every
 //! downstream interface, told each datagram's arrival interface
-//! (IPV6_PKTINFO) and choosing each reply's interface the same way.
+//! (IPV6_PKTINFO) and choosing each reply's interface the same way; and,
+//! with `--relay-port N`, a second one on port N that sends the
+//! Relay-Forw messages and receives the servers' Relay-Replies (RFC 8357).
+//! Clients always find the relay on 547.
 
 use std::{
     io::{IoSlice, IoSliceMut},
@@ -74,10 +77,15 @@ pub fn bind(
     upstream: &[String],
 ) -> Result<Bound, RelayError> {
     check(&cfg, downstream, upstream)?;
-    let sock = bind_port(cfg.port)?;
+    let sock = bind_port(super::SERVER_PORT)?;
+    let up = match cfg.port {
+        super::SERVER_PORT => None,
+        p => Some(tokio::net::UdpSocket::from_std(bind_port(p)?).map_err(io("registering"))?),
+    };
     let links = read_links(downstream, upstream).map_err(io("reading interface addresses"))?;
     let mut task = Task {
         sock: tokio::net::UdpSocket::from_std(sock).map_err(io("registering"))?,
+        up,
         relay: Relay { cfg, links },
         downstream: downstream.to_vec(),
         upstream: upstream.to_vec(),
@@ -236,7 +244,10 @@ pub fn read_links(downstream: &[String], upstream: &[String]) -> std::io::Result
 const REREAD: Duration = Duration::from_secs(1);
 
 struct Task {
+    /// Port 547: clients and lower relays; everything unless `up`.
     sock: tokio::net::UdpSocket,
+    /// `--relay-port`: towards the servers.
+    up: Option<tokio::net::UdpSocket>,
     relay: Relay,
     downstream: Vec<String>,
     upstream: Vec<String>,
@@ -250,23 +261,38 @@ struct Task {
 impl Task {
     async fn run(&mut self) -> Result<(), RelayError> {
         let mut buf = vec![0u8; 65_536];
+        let mut up_buf = vec![0u8; 65_536];
         // The interfaces are read again every second whether packets come
         // or not: a recreated downstream interface must be joined to
         // ff02::1:2 before its clients' Solicits can arrive at all.
         let mut tick = tokio::time::interval(REREAD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        type Got = std::io::Result<Option<(usize, SocketAddrV6, u32)>>;
         enum Ev {
-            Rx(std::io::Result<Option<(usize, SocketAddrV6, u32)>>),
+            Rx(Got),
+            Up(Got),
             Tick,
         }
         loop {
             let fd = self.sock.as_raw_fd();
+            let up = async {
+                match &self.up {
+                    Some(u) => {
+                        let fd = u.as_raw_fd();
+                        u.async_io(Interest::READABLE, || receive(fd, &mut up_buf))
+                            .await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let ev = tokio::select! {
                 r = self.sock.async_io(Interest::READABLE, || receive(fd, &mut buf)) => Ev::Rx(r),
+                r = up => Ev::Up(r),
                 _ = tick.tick() => Ev::Tick,
             };
-            let got = match ev {
-                Ev::Rx(r) => r,
+            let (got, buf) = match ev {
+                Ev::Rx(r) => (r, &buf),
+                Ev::Up(r) => (r, &up_buf),
                 Ev::Tick => {
                     if self.read_at.elapsed() >= REREAD {
                         self.reread();
@@ -327,11 +353,12 @@ impl Task {
     }
 
     async fn send(&self, o: &Out) {
-        let fd = self.sock.as_raw_fd();
-        let r = self
-            .sock
-            .async_io(Interest::WRITABLE, || transmit(fd, o))
-            .await;
+        let sock = match (&self.up, o.dir) {
+            (Some(up), super::Dir::Up) => up,
+            _ => &self.sock,
+        };
+        let fd = sock.as_raw_fd();
+        let r = sock.async_io(Interest::WRITABLE, || transmit(fd, o)).await;
         let mut st = self.lock();
         match r {
             Ok(()) => st.relayed(o.dir, &o.iface, o.msg_type),
