@@ -4,7 +4,9 @@
 //! Rows 1-2 run the real kernel programs with BPF_PROG_TEST_RUN; rows 3-7 run
 //! the real agent in network namespaces with real packets: DHCPv6 Replies
 //! sent from the router's own stack (so its TC egress program sees them, as
-//! it sees a local server's), and UDP traffic through the router.
+//! it sees a local server's), and UDP traffic through the router. Row 11
+//! drives Kea with perfdhcp through pd-agent's relay, through ISC dhcrelay,
+//! and directly.
 //!
 //! Prints a markdown table and writes `target/bench/results.json`.
 
@@ -84,7 +86,7 @@ fn main() -> Result<()> {
     };
     let started = Instant::now();
     type RowFn = fn(&mut Bench) -> Result<()>;
-    let runs: [(u32, RowFn); 10] = [
+    let runs: [(u32, RowFn); 11] = [
         (1, row1_snoop_cost),
         (2, row2_parse_cost),
         (3, row3_latency),
@@ -95,6 +97,7 @@ fn main() -> Result<()> {
         (8, row8_fast_path_cost),
         (9, row9_pass_decision_cost),
         (10, row10_memory),
+        (11, row11_relay_throughput),
     ];
     for (n, f) in runs {
         if only.is_some_and(|o| o != n) {
@@ -1405,6 +1408,593 @@ fn row10_memory(b: &mut Bench) -> Result<()> {
         met: Some(idle <= 16 << 20 && bound == n as u64),
         notes: "RSS excludes the agent's mapping of the ring buffer (kernel memory, counted with the maps); the agent's binary pages are in its RSS, as dnsmasq's are in its".into(),
         command: b.cmd(10),
+    });
+    Ok(())
+}
+
+// ---------------------------------------------------------------- row 11
+
+/// Where row 11's Kea listens for relays (and the relays send).
+const KEA_UNICAST: &str = "2001:db8:feed::2";
+
+/// The path perfdhcp's exchanges take to Kea.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// perfdhcp on Kea's own link, no relay: Kea's own limit.
+    Direct,
+    /// ISC dhcrelay -6 on the router.
+    Dhcrelay,
+    /// pd-agent --relay-to on the router.
+    PdAgent,
+}
+
+impl Via {
+    fn name(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Dhcrelay => "dhcrelay",
+            Via::PdAgent => "pd-agent",
+        }
+    }
+}
+
+/// One exchange type's figures from a perfdhcp run (delays in ms).
+#[derive(Default)]
+struct Exchange {
+    sent: u64,
+    received: u64,
+    drops: u64,
+    orphans: u64,
+    min: f64,
+    avg: f64,
+    max: f64,
+    /// Each completed exchange's delay (from `-x t`), sorted.
+    delays: Vec<f64>,
+}
+
+impl Exchange {
+    fn pct(&self, q: f64) -> f64 {
+        match self.delays.len() {
+            0 => f64::NAN,
+            n => self.delays[((n as f64 * q) as usize).min(n - 1)],
+        }
+    }
+
+    fn show(&self) -> String {
+        format!(
+            "min/avg/max {:.2}/{:.2}/{:.2} ms, p50 {:.2} p99 {:.2}",
+            self.min,
+            self.avg,
+            self.max,
+            self.pct(0.5),
+            self.pct(0.99)
+        )
+    }
+}
+
+/// One perfdhcp run: its Solicit-Advertise and Request-Reply exchanges.
+struct Perf {
+    sa: Exchange,
+    rr: Exchange,
+    secs: u32,
+    load: Load,
+}
+
+/// What the processes did during one perfdhcp run (its period and exit
+/// wait): CPU time as % of one core, and datagrams the kernel dropped
+/// because a UDP socket's receive buffer was full (Udp6RcvbufErrors), per
+/// namespace.
+#[derive(Default)]
+struct Load {
+    relay_cpu: Option<f64>,
+    kea_cpu: f64,
+    /// Client (perfdhcp), router (the relay; none direct), server (Kea).
+    overflows: [u64; 3],
+}
+
+/// utime + stime of `pid` (all its threads), in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// Udp6RcvbufErrors in `ns`.
+fn rcvbuf_errors(ns: &Netns) -> u64 {
+    ns.exec(&["cat", "/proc/net/snmp6"])
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Udp6RcvbufErrors")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+impl Perf {
+    /// Completed 4-way exchanges (Replies received) per second of the test
+    /// period. (perfdhcp's own "Rate" divides by the period plus the exit
+    /// wait.)
+    fn rate(&self) -> f64 {
+        self.rr.received as f64 / self.secs as f64
+    }
+
+    fn drops(&self) -> u64 {
+        self.sa.drops + self.rr.drops
+    }
+
+    fn show(&self) -> String {
+        format!(
+            "{:.0}/s, drops S-A {} R-R {}{}; S-A {}; R-R {}",
+            self.rate(),
+            self.sa.drops,
+            self.rr.drops,
+            match self.sa.orphans + self.rr.orphans {
+                0 => String::new(),
+                n => format!(" (orphans {n})"),
+            },
+            self.sa.show(),
+            self.rr.show()
+        ) + &self.load.show()
+    }
+
+    /// This run's delay less `direct`'s (same offered rate), in us.
+    fn added(&self, direct: &Perf) -> String {
+        let us = |a: f64, b: f64| format!("{:+.0}", (a - b) * 1e3);
+        format!(
+            "p50 {}/{} us, avg {}/{} us (S-A/R-R)",
+            us(self.sa.pct(0.5), direct.sa.pct(0.5)),
+            us(self.rr.pct(0.5), direct.rr.pct(0.5)),
+            us(self.sa.avg, direct.sa.avg),
+            us(self.rr.avg, direct.rr.avg),
+        )
+    }
+}
+
+impl Load {
+    fn show(&self) -> String {
+        let [c, r, k] = self.overflows;
+        format!(
+            "; CPU {}Kea {:.0}%{}",
+            self.relay_cpu
+                .map(|x| format!("relay {x:.0}%, "))
+                .unwrap_or_default(),
+            self.kea_cpu,
+            if c + r + k == 0 {
+                String::new()
+            } else {
+                format!("; full socket buffers: client {c}, router {r}, Kea {k}")
+            }
+        )
+    }
+}
+
+/// perfdhcp's statistics and, with `-x t`, its per-exchange timestamps.
+fn parse_perfdhcp(out: &str, secs: u32) -> Result<Perf> {
+    let mut ex = [Exchange::default(), Exchange::default()];
+    // (timestamps section?, 0 = Solicit-Advertise / 1 = Request-Reply)
+    let mut section: Option<(bool, usize)> = None;
+    for line in out.lines() {
+        if let Some(h) = line.strip_prefix("***") {
+            let i = if h.contains("SOLICIT-ADVERTISE") {
+                Some(0)
+            } else if h.contains("REQUEST-REPLY") {
+                Some(1)
+            } else {
+                None
+            };
+            section = i.map(|i| (h.starts_with("Timestamps"), i));
+            continue;
+        }
+        let Some((times, i)) = section else { continue };
+        let e = &mut ex[i];
+        if times {
+            if let Some((a, b)) = line
+                .strip_prefix("sent / received: ")
+                .and_then(|r| r.split_once(" / "))
+            {
+                e.delays
+                    .push((b.trim().parse::<f64>()? - a.trim().parse::<f64>()?) * 1e3);
+            }
+        } else if let Some((k, v)) = line.split_once(": ") {
+            let num = v
+                .split_whitespace()
+                .next()
+                .and_then(|x| x.parse::<f64>().ok())
+                .unwrap_or(f64::NAN);
+            match k {
+                "sent packets" => e.sent = num as u64,
+                "received packets" => e.received = num as u64,
+                "drops" => e.drops = num as u64,
+                "orphans" => e.orphans = num as u64,
+                "min delay" => e.min = num,
+                "avg delay" => e.avg = num,
+                "max delay" => e.max = num,
+                _ => {}
+            }
+        }
+    }
+    for e in &mut ex {
+        e.delays.sort_by(|a, b| a.total_cmp(b));
+    }
+    if ex[0].sent == 0 {
+        bail!(
+            "no Solicit-Advertise statistics in perfdhcp's output:\n{}",
+            out.chars().take(4000).collect::<String>()
+        );
+    }
+    let [sa, rr] = ex;
+    Ok(Perf {
+        sa,
+        rr,
+        secs,
+        load: Load::default(),
+    })
+}
+
+/// perfdhcp's arguments for one run: asking for prefixes (IA_PD) for up to
+/// a million simulated clients, 4-way, from eth0 to ff02::1:2, for `secs`,
+/// then waiting 1 s (the drop time) for answers still on their way;
+/// `rate` None: unthrottled.
+fn perfdhcp_args(rate: Option<u32>, secs: u32) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "perfdhcp",
+        "-6",
+        "-l",
+        "eth0",
+        "-e",
+        "prefix-only",
+        "-R",
+        "1000000",
+        "-p",
+        &secs.to_string(),
+        "-W",
+        "1000000",
+        "-x",
+        "t",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(r) = rate {
+        a.extend(["-r".into(), r.to_string()]);
+    }
+    a.push("all".into());
+    a
+}
+
+/// Run perfdhcp in `client` (bounded by `timeout`); exit status 3 means
+/// some exchanges did not complete, which the figures count.
+fn perfdhcp(client: &Netns, rate: Option<u32>, secs: u32) -> Result<Perf> {
+    let mut args = vec!["timeout".to_string(), (secs + 60).to_string()];
+    args.extend(perfdhcp_args(rate, secs));
+    let out = client
+        .cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .output()
+        .context("spawning perfdhcp")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !matches!(out.status.code(), Some(0) | Some(3)) {
+        bail!(
+            "{args:?}: {}\n{}",
+            out.status,
+            text.chars().take(4000).collect::<String>()
+        );
+    }
+    parse_perfdhcp(&text, secs)
+}
+
+/// A second of 4-way exchanges at 10/s through whatever is in the path,
+/// every one completed (exit status 0). (perfdhcp's `-n 1` does not make
+/// one exchange: unthrottled it floods, throttled it exits before the Reply.)
+fn exchanges_complete(client: &Netns) -> bool {
+    client
+        .cmd(&[
+            "timeout",
+            "10",
+            "perfdhcp",
+            "-6",
+            "-l",
+            "eth0",
+            "-e",
+            "prefix-only",
+            "-r",
+            "10",
+            "-p",
+            "1",
+            "-W",
+            "1000000",
+            "all",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn rate_label(rate: Option<u32>) -> String {
+    match rate {
+        Some(r) => format!("{r}/s offered"),
+        None => "unthrottled".into(),
+    }
+}
+
+/// The ladder's runs through one path, and what the relay showed after.
+struct Ladder {
+    runs: Vec<Perf>,
+    after: String,
+}
+
+/// Fresh namespaces with Kea (subnet 2001:db8:1::/64, /64s delegated out
+/// of 2001:db8:1000::/36), `via` in the path, perfdhcp in a client
+/// namespace; the ladder of `rates` for `secs` each.
+///
+/// ```text
+///  direct:   Kea eth0 ---- eth0 client (perfdhcp)
+///  relayed:  Kea eth0 ---- wan0 router (relay) lan0 ---- eth0 client (perfdhcp)
+///  2001:db8:feed::2/64       ::1          2001:db8:1::1/64
+/// ```
+fn relay_ladder(via: Via, rates: &[Option<u32>], secs: u32) -> Result<Ladder> {
+    let dir = TempDir::new("r11")?;
+    let direct = via == Via::Direct;
+    let (server, router, client) = if direct {
+        let server = Netns::new("ks")?;
+        let client = Netns::new("pc")?;
+        veth(&server, "eth0", &client, "eth0")?;
+        client.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])?;
+        (server, None, client)
+    } else {
+        let (up, router) = upstream_and_router()?;
+        let client = host_behind(&router, "lan0", "pc")?;
+        router.add_addr("2001:db8:1::1/64", "lan0")?;
+        (up, Some(router), client)
+    };
+    for ns in [&server, &client] {
+        wait_for(Duration::from_secs(10), || ns.link_local("eth0").ok())
+            .with_context(|| format!("no link-local address in {}", ns.name))?;
+    }
+    let listen = format!("eth0/{KEA_UNICAST}");
+    let conf = kea_config(
+        &dir,
+        &[KeaSubnet {
+            iface: if direct { "eth0" } else { &listen },
+            subnet: "2001:db8:1::/64",
+            pool: "2001:db8:1000::",
+            pool_len: 36,
+            plen: 64,
+            relayed: !direct,
+        }],
+        3600,
+    )?;
+    let mut kea = start_kea(&server, &dir, &conf)?;
+    let mut dhcrelay = None;
+    let mut agent = None;
+    if let Some(r) = &router {
+        if via == Via::Dhcrelay {
+            dhcrelay = Some(r.spawn(
+                &[
+                    "dhcrelay",
+                    "-6",
+                    "-d",
+                    "-pf",
+                    &dir.path("dhcrelay.pid").display().to_string(),
+                    "-l",
+                    "lan0",
+                    "-u",
+                    &format!("{KEA_UNICAST}%wan0"),
+                ],
+                &dir.path("dhcrelay.log"),
+            )?);
+            wait_for(Duration::from_secs(10), || {
+                r.exec(&["ss", "-lunH", "sport = :547"])
+                    .ok()
+                    .filter(|o| !o.trim().is_empty())
+            })
+            .context("dhcrelay did not bind port 547")?;
+        } else {
+            agent = Some(Agent::start_opts(
+                r,
+                &dir,
+                AgentOpts {
+                    args: vec!["--relay-to".into(), KEA_UNICAST.into()],
+                    ..AgentOpts::new(&["lan0"], &["wan0"])
+                },
+            )?);
+        }
+    }
+    // The logs' last lines (Kea logs every lease).
+    let tail = |t: String| {
+        let l: Vec<&str> = t.lines().collect();
+        l[l.len().saturating_sub(30)..].join("\n")
+    };
+    let logs = |dhcrelay: &Option<Daemon>, agent: &Option<Agent>| {
+        format!(
+            "kea:\n{}\ndhcrelay:\n{}\npd-agent:\n{}",
+            tail(std::fs::read_to_string(dir.path("kea.log")).unwrap_or_default()),
+            tail(dhcrelay.as_ref().map(|d| d.log_text()).unwrap_or_default()),
+            tail(agent.as_ref().map(|a| a.log()).unwrap_or_default())
+        )
+    };
+    wait_for(Duration::from_secs(20), || {
+        exchanges_complete(&client).then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "exchanges did not complete {}:\n{}",
+            via.name(),
+            logs(&dhcrelay, &agent)
+        )
+    })?;
+
+    let mut runs = Vec::new();
+    for &rate in rates {
+        let relay_pid = dhcrelay
+            .as_ref()
+            .map(|d| d.pid())
+            .or(agent.as_ref().map(|a| a.daemon.pid()));
+        let spaces = [Some(&client), router.as_ref(), Some(&server)];
+        let overflows = |ns: &[Option<&Netns>; 3]| ns.map(|n| n.map(rcvbuf_errors).unwrap_or(0));
+        let (o0, r0, k0, t) = (
+            overflows(&spaces),
+            relay_pid.map(cpu_secs),
+            cpu_secs(kea.pid()),
+            Instant::now(),
+        );
+        let mut p = perfdhcp(&client, rate, secs)
+            .with_context(|| format!("{} {}", via.name(), rate_label(rate)))?;
+        let wall = t.elapsed().as_secs_f64();
+        let o1 = overflows(&spaces);
+        p.load = Load {
+            relay_cpu: relay_pid.map(|pid| (cpu_secs(pid) - r0.unwrap_or(0.0)) / wall * 100.0),
+            kea_cpu: (cpu_secs(kea.pid()) - k0) / wall * 100.0,
+            overflows: [0, 1, 2].map(|i| o1[i] - o0[i]),
+        };
+        eprintln!("    {} {}: {}", via.name(), rate_label(rate), p.show());
+        runs.push(p);
+        thread::sleep(Duration::from_millis(300));
+    }
+    kea.check_alive()?;
+
+    let after = match (&router, dhcrelay.as_mut(), &agent) {
+        (Some(_), Some(d), _) => {
+            d.check_alive()?;
+            format!(
+                "dhcrelay: {} log lines (-d logs each relayed message)",
+                d.log_text().lines().count()
+            )
+        }
+        (Some(r), None, Some(agent)) => {
+            // Routes trail the Replies: wait until their count stops moving.
+            let count = || {
+                r.exec(&[
+                    "sh",
+                    "-c",
+                    &format!("ip -6 route show proto {PROTO} | wc -l"),
+                ])
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+            };
+            let t = Instant::now();
+            let mut routes = count();
+            while t.elapsed() < Duration::from_secs(30) {
+                thread::sleep(Duration::from_millis(500));
+                let c = count();
+                if c == routes {
+                    break;
+                }
+                routes = c;
+            }
+            let st = agent.stats()?;
+            let relay = &st["relay"];
+            let sum = |v: &serde_json::Value| -> u64 {
+                v.as_object()
+                    .map(|m| m.values().filter_map(|x| x.as_u64()).sum())
+                    .unwrap_or(0)
+            };
+            let log = agent.log();
+            let problems: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains("ERROR"))
+                .collect();
+            format!(
+                "pd-agent: routes (proto {PROTO}) {routes}; bindings {}; relayed up {} / down {} (lan0: {} / {}); \
+                 relay.drops {}; send_errors {}; kernel ringbuf_full {}; log: {} lines, {} WARN/ERROR{}",
+                st["bindings"],
+                sum(&relay["up"]["lan0"]),
+                sum(&relay["down"]["lan0"]),
+                relay["up"]["lan0"],
+                relay["down"]["lan0"],
+                relay["drops"],
+                relay["send_errors"],
+                st["kernel"]["ringbuf_full"],
+                log.lines().count(),
+                problems.len(),
+                problems
+                    .first()
+                    .map(|l| format!(" (first: {})", l.trim()))
+                    .unwrap_or_default()
+            )
+        }
+        _ => String::new(),
+    };
+    Ok(Ladder { runs, after })
+}
+
+/// Relay throughput and added latency: perfdhcp drives one Kea through
+/// pd-agent's relay, through ISC dhcrelay, and directly (Kea's own limit),
+/// at the same offered rates, each path in fresh namespaces.
+fn row11_relay_throughput(b: &mut Bench) -> Result<()> {
+    let secs: u32 = if b.quick { 3 } else { 10 };
+    let rates = [Some(100), Some(500), Some(1000), Some(2000), None];
+    let resolv = std::fs::read("/etc/resolv.conf").ok();
+    let direct = relay_ladder(Via::Direct, &rates, secs)?;
+    let dhcrelay = relay_ladder(Via::Dhcrelay, &rates, secs)?;
+    let agent = relay_ladder(Via::PdAgent, &rates, secs)?;
+    if std::fs::read("/etc/resolv.conf").ok() != resolv {
+        bail!("the host's /etc/resolv.conf changed during row 11");
+    }
+    for (k, &rate) in rates.iter().enumerate() {
+        let (d, r, a) = (&direct.runs[k], &dhcrelay.runs[k], &agent.runs[k]);
+        let ratio = a.rate() / r.rate().max(1e-9);
+        // Below Kea's own limit: the offered rate completed directly without a drop.
+        let below_kea = rate.is_some() && d.drops() == 0;
+        b.push(Row {
+            row: 11,
+            what: format!("relay throughput and added latency, {}", rate_label(rate)),
+            figure: format!("pd-agent {}; added vs direct: {}", a.show(), a.added(d)),
+            baseline: format!(
+                "dhcrelay {}; added vs direct: {}. Direct Kea {}",
+                r.show(),
+                r.added(d),
+                d.show()
+            ),
+            ratio: Some(ratio),
+            target: ">= 0.99 of dhcrelay; 0 drops where direct has none".into(),
+            met: Some(ratio >= 0.99 && (!below_kea || a.drops() == 0)),
+            notes: String::new(),
+            command: b.cmd(11),
+        });
+    }
+    b.push(Row {
+        row: 11,
+        what: "relays after the ladder".into(),
+        figure: agent.after,
+        baseline: dhcrelay.after,
+        ratio: None,
+        target: "report".into(),
+        met: None,
+        notes: format!(
+            "`{}` (-r RATE omitted for the unthrottled run; -x t prints each exchange's timestamps), in a client \
+             namespace behind the router's lan0 (direct: on Kea's own link, no relay); Kea 2.2 (memfile, not \
+             persisted), subnet 2001:db8:1::/64, pd-pool 2001:db8:1000::/36 delegating /64s, valid 3600 s, \
+             listening on eth0/{KEA_UNICAST} for the relays; fresh namespaces and Kea for each path, the same \
+             ladder in the same order. Rate = Replies received / test period (4-way exchanges completed). \
+             Drops are perfdhcp's: no answer within its 1 s drop time, including any still unanswered 1 s after \
+             the period. Delays min/avg/max as perfdhcp reports them; p50/p99 computed from its per-exchange \
+             timestamps. CPU: the relay's and Kea's user+system time over the run (period + 1 s wait), in % of \
+             one core; full socket buffers: Udp6RcvbufErrors during the run in the client's, the router's (the \
+             relay's socket) and Kea's namespace. 'Added vs direct' is the relayed delay less the direct one at the same offered rate: \
+             the relay's work both ways plus one more veth hop and the router's forwarding. pd-agent also snoops \
+             every Reply and installs a route per delegated prefix (dhcrelay installs none); routes counted after \
+             the ladder. The host's /etc/resolv.conf was unchanged. perfdhcp, Kea, the relay and the routes share \
+             this machine's {} cores.",
+            perfdhcp_args(Some(0), secs).join(" ").replace("-r 0", "-r RATE"),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+        ),
+        command: b.cmd(11),
     });
     Ok(())
 }

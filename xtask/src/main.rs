@@ -66,6 +66,8 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "util-linux",
     "kea-dhcp6-server",
+    // perfdhcp, the load generator of bench row 11 (relay throughput).
+    "kea-admin",
     "isc-dhcp-server",
     "isc-dhcp-client",
     "isc-dhcp-relay",
