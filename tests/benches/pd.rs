@@ -1806,7 +1806,17 @@ fn relay_ladder(via: Via, rates: &[Option<u32>], secs: u32) -> Result<Ladder> {
                 r,
                 &dir,
                 AgentOpts {
-                    args: vec!["--relay-to".into(), KEA_UNICAST.into()],
+                    // perfdhcp's clients all come from one MAC: the
+                    // relay's rate limits (20/s per MAC, 1000/s per
+                    // interface) would measure themselves.
+                    args: vec![
+                        "--relay-to".into(),
+                        KEA_UNICAST.into(),
+                        "--relay-client-rate".into(),
+                        "0".into(),
+                        "--relay-iface-rate".into(),
+                        "0".into(),
+                    ],
                     ..AgentOpts::new(&["lan0"], &["wan0"])
                 },
             )?);
@@ -1987,7 +1997,8 @@ fn row11_relay_throughput(b: &mut Bench) -> Result<()> {
              relay's socket) and Kea's namespace. 'Added vs direct' is the relayed delay less the direct one at the same offered rate: \
              the relay's work both ways plus one more veth hop and the router's forwarding. pd-agent also snoops \
              every Reply and installs a route per delegated prefix (dhcrelay installs none); routes counted after \
-             the ladder. The host's /etc/resolv.conf was unchanged. perfdhcp, Kea, the relay and the routes share \
+             the ladder. pd-agent runs with its rate limits off (--relay-client-rate 0 --relay-iface-rate 0): \
+             perfdhcp's simulated clients share one MAC. The host's /etc/resolv.conf was unchanged. perfdhcp, Kea, the relay and the routes share \
              this machine's {} cores.",
             perfdhcp_args(Some(0), secs).join(" ").replace("-r 0", "-r RATE"),
             std::thread::available_parallelism()

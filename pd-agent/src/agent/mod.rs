@@ -132,14 +132,14 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         None => None,
     };
     let (mut agent, ring, mut listeners) = Agent::start(&cfg).await?;
-    agent.relay = relay.map(|r| {
+    if let Some(r) = relay {
         let macs = agent
             .progs
             .take_relay_macs()
             .map_err(|e| warn!("relaying without client MACs (option 79): {e}"))
             .ok();
-        r.spawn(macs).stats
-    });
+        agent.relay = Some(r.spawn(macs)?.stats);
+    }
     let (call_tx, mut call_rx) = mpsc::channel::<Call>(16);
     if let Some(addr) = cfg.metrics {
         metrics::serve(addr, call_tx.clone())
