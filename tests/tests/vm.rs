@@ -429,3 +429,69 @@ fn vm_clock_step() -> Result<()> {
     );
     Ok(())
 }
+
+/// pd-agent as the relay on this kernel: Kea beyond the router delegates
+/// through it to dhclient (the route goes via the client), and a burst of
+/// 100 Solicits from the client's MAC past its rate limit is dropped in
+/// XDP and counted: the relay's kernel parts verify and work here too.
+///
+/// ```text
+///  upstream(Kea) eth0 --- wan0 router(pd-agent --relay-to) lan0 --- eth0 client
+/// ```
+#[test]
+#[ignore = "run with cargo xtask test vm"]
+fn vm_relay_and_its_rate_limits() -> Result<()> {
+    let lab = RouterLab::new()?;
+    let dir = TempDir::new("vrl")?;
+    let conf = kea_config(
+        &dir,
+        &[KeaSubnet {
+            iface: "eth0/2001:db8:feed::2",
+            subnet: "2001:db8:ffff::/64",
+            pool: "2001:db8:1300::",
+            pool_len: 48,
+            plen: 56,
+            relayed: true,
+        }],
+        600,
+    )?;
+    let _kea = start_kea(&lab.upstream, &dir, &conf)?;
+    let agent = Agent::start_opts(
+        &lab.router,
+        &dir,
+        AgentOpts {
+            args: vec!["--relay-to".into(), "2001:db8:feed::2".into()],
+            ..AgentOpts::new(&["lan0"], &["wan0"])
+        },
+    )?;
+    let cdir = TempDir::new("vrlc")?;
+    let dhclient = start_dhclient(&lab.client, &cdir, "eth0")?;
+    let prefix = wait_delegated(&agent, &cdir, &dhclient)?;
+    let (via, dev) = route_for(&lab.router, &agent, &prefix)?;
+    assert_eq!(
+        (via, dev.as_str()),
+        (lab.client.link_local("eth0")?.to_string(), "lan0")
+    );
+    // 100 Solicits at once from the client: past its burst (40).
+    let ifindex: u32 = lab
+        .client
+        .exec(&["cat", "/sys/class/net/eth0/ifindex"])?
+        .trim()
+        .parse()?;
+    {
+        let _in = InNetns::enter(&lab.client)?;
+        let s = std::net::UdpSocket::bind("[::]:0")?;
+        let to = std::net::SocketAddrV6::new("ff02::1:2".parse()?, 547, 0, ifindex);
+        let solicit = corpus::msg_raw(1, 0x0a0b0c, &corpus::tlv(1, &corpus::duid(9)));
+        for _ in 0..100 {
+            s.send_to(&solicit, to)?;
+        }
+    }
+    let dropped = wait_for(Duration::from_secs(10), || {
+        let n = agent.stats().ok()?["kernel"]["relay_client_rate"].as_u64()?;
+        (n >= 40).then_some(n)
+    })
+    .with_context(|| format!("no drops counted: {}", agent.stats().unwrap_or_default()))?;
+    eprintln!("relay_client_rate {dropped}");
+    Ok(())
+}
