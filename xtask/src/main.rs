@@ -4,8 +4,10 @@
 //!   when everything is there);
 //! - `build-ebpf`: builds `pd-ebpf` on nightly for bpfel-unknown-none;
 //! - `test`: unit tests, then the root tests (namespaces, real servers);
+//! - `deb`: the Debian package, checked with lintian;
 //! - `demo`: a live lab in network namespaces.
 
+mod deb;
 mod demo;
 
 use std::{
@@ -49,6 +51,13 @@ enum Cmd {
         #[arg(long)]
         row: Option<u32>,
     },
+    /// Build the Debian package into target/deb (release build, stripped)
+    /// and check it with lintian; fails on any lintian error.
+    Deb {
+        /// The Rust target to package (its Debian architecture follows).
+        #[arg(long, default_value = deb::DEFAULT_TARGET)]
+        target: String,
+    },
     /// Run the live demo in network namespaces (needs root).
     Demo {
         /// Leave the lab running and print how to look around.
@@ -83,6 +92,11 @@ const APT_PACKAGES: &[&str] = &[
     "bird2",
     "systemd",
     "tcpdump",
+    // `cargo xtask deb`: dpkg-deb and dpkg-shlibdeps, strip and readelf,
+    // and lintian to check the package.
+    "dpkg-dev",
+    "binutils",
+    "lintian",
 ];
 
 fn main() {
@@ -105,6 +119,11 @@ fn run() -> Result<()> {
             _ => test(unit, args.first().cloned()),
         },
         Cmd::Bench { quick, row } => bench(quick, row),
+        Cmd::Deb { target } => {
+            deps()?;
+            deb::build(&target)?;
+            Ok(())
+        }
         Cmd::Demo { keep } => {
             deps()?;
             let bin = build_agent()?;
