@@ -445,7 +445,10 @@ fn test_vm(kernels: &[String]) -> Result<()> {
 }
 
 /// Boot each kernel (default: [`VM_KERNELS`]) in a VM without KVM (nested
-/// KVM fails on these machines) and run the `vm_` tests there.
+/// KVM fails on these machines) and run the `vm_` tests there. The Debian
+/// package is built (and checked with lintian) first: `vm_deb_install`
+/// installs it in the guest (`PD_DEB`), whose /usr, /etc and /var are
+/// overlays, so the host is untouched.
 fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the VM tier needs root: run `sudo -E cargo xtask test vm`");
@@ -474,6 +477,7 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
+    let deb = deb::build(deb::DEFAULT_TARGET)?;
     let obj = root_dir().join("target/bpf/bpfel-unknown-none/release/pd-ebpf");
     let exe = test_executable("vm", &obj)?;
     let out = root_dir().join("target/vm");
@@ -492,13 +496,14 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
                 "#!/bin/sh
                  mkdir -p /run/netns
                  export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-                 export PD_AGENT_BIN={bin} PD_EBPF_OBJ={obj} RUST_BACKTRACE=1
+                 export PD_AGENT_BIN={bin} PD_EBPF_OBJ={obj} PD_DEB={deb} RUST_BACKTRACE=1
                  uname -r > {log}
                  {exe} --ignored --test-threads=1 --nocapture vm_ >> {log} 2>&1
                  echo $? > {rc}
 ",
                 bin = root_dir().join("target/debug/pd-agent").display(),
                 obj = obj.display(),
+                deb = deb.display(),
                 exe = exe.display(),
                 log = log.display(),
                 rc = rc.display(),
@@ -520,6 +525,11 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
                 "/etc",
                 "--overlay-rwdir",
                 "/var/lib",
+                // dpkg -i of the package (vm_deb_install).
+                "--overlay-rwdir",
+                "/usr",
+                "--overlay-rwdir",
+                "/var/log",
             ])
             .arg("--rwdir")
             .arg(&out)
