@@ -430,14 +430,44 @@ fn vm_clock_step() -> Result<()> {
     Ok(())
 }
 
+/// /usr made writable for one test: an overlay whose upper layer is a
+/// tmpfs of its own, unmounted on drop. (The VM's /etc and /var/lib are
+/// overlays already, and its /var/log and /var/cache tmpfs; the other
+/// tests keep the host's /usr as it is.)
+struct WritableUsr;
+
+impl WritableUsr {
+    const DIR: &'static str = "/run/pd-usr";
+
+    fn mount() -> Result<Self> {
+        std::fs::create_dir_all(Self::DIR)?;
+        sh(&["mount", "-t", "tmpfs", "pd-usr", Self::DIR])?;
+        for d in ["upper", "work"] {
+            std::fs::create_dir_all(format!("{}/{d}", Self::DIR))?;
+        }
+        let opts = format!(
+            "lowerdir=/usr,upperdir={0}/upper,workdir={0}/work",
+            Self::DIR
+        );
+        sh(&["mount", "-t", "overlay", "pd-usr", "-o", &opts, "/usr"])?;
+        Ok(WritableUsr)
+    }
+}
+
+impl Drop for WritableUsr {
+    fn drop(&mut self) {
+        let _ = sh(&["umount", "-l", "/usr"]);
+        let _ = sh(&["umount", "-l", Self::DIR]);
+    }
+}
+
 /// `dpkg-query -W -f FORMAT pd-agent`.
 fn dpkg_query(format: &str) -> Result<String> {
     sh(&["dpkg-query", "-W", "-f", format, "pd-agent"])
 }
 
 /// The Debian package (`cargo xtask deb`, its path in `PD_DEB`) installed
-/// with `dpkg -i` in the guest, whose /usr, /etc and /var are overlays
-/// (the host is untouched):
+/// with `dpkg -i` in the guest over overlays (the host is untouched):
 /// - installed: its files in place, both conffiles registered, the unit
 ///   `Type=notify` running /usr/sbin/pd-agent, neither enabled nor started
 ///   (no `*.wants` link), `pd-agent --version` answering;
@@ -457,6 +487,7 @@ fn vm_deb_install() -> Result<()> {
     // which takes minutes without KVM; the flag file lives in the guest's
     // overlay only.
     let _ = std::fs::remove_file("/var/lib/man-db/auto-update");
+    let _usr = WritableUsr::mount()?;
     let out = sh(&["dpkg", "-i", &deb])?;
     eprintln!("{out}");
     assert_eq!(

@@ -447,8 +447,8 @@ fn test_vm(kernels: &[String]) -> Result<()> {
 /// Boot each kernel (default: [`VM_KERNELS`]) in a VM without KVM (nested
 /// KVM fails on these machines) and run the `vm_` tests there. The Debian
 /// package is built (and checked with lintian) first: `vm_deb_install`
-/// installs it in the guest (`PD_DEB`), whose /usr, /etc and /var are
-/// overlays, so the host is untouched.
+/// installs it in the guest (`PD_DEB`) over overlays, so the host is
+/// untouched.
 fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the VM tier needs root: run `sudo -E cargo xtask test vm`");
@@ -525,11 +525,6 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
                 "/etc",
                 "--overlay-rwdir",
                 "/var/lib",
-                // dpkg -i of the package (vm_deb_install).
-                "--overlay-rwdir",
-                "/usr",
-                "--overlay-rwdir",
-                "/var/log",
             ])
             .arg("--rwdir")
             .arg(&out)
