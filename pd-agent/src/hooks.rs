@@ -114,6 +114,9 @@ impl Hooks {
 async fn run_one(path: &PathBuf, ev: &HookEvent, timeout: Duration, st: &HookStats) {
     st.runs.fetch_add(1, Ordering::Relaxed);
     let mut cmd = Command::new(path);
+    for var in crate::systemd::ENV_VARS {
+        cmd.env_remove(var);
+    }
     cmd.envs(ev.env())
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null());

@@ -26,6 +26,7 @@ pub mod resync;
 pub mod route;
 pub mod snoop;
 pub mod state;
+pub mod systemd;
 pub mod xdp_features;
 
 /// An error and its causes on one line (`a: b: c`), for log fields.

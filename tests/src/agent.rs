@@ -53,6 +53,8 @@ pub struct AgentOpts {
     pub args: Vec<String>,
     /// How long to wait for "ready" (default 20 s; a big state store takes longer).
     pub ready_timeout: Option<Duration>,
+    /// The binary to run (default: [`agent_bin`]).
+    pub bin: Option<PathBuf>,
 }
 
 impl AgentOpts {
@@ -106,7 +108,7 @@ impl Agent {
             .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf").join(unique("pin")));
         let state_dir = dir.path("state");
         let control = dir.path("control.sock");
-        let bin = agent_bin();
+        let bin = o.bin.clone().unwrap_or_else(agent_bin);
         let mut args: Vec<String> = vec![bin.display().to_string(), "run".into()];
         for d in &o.downstream {
             args.extend(["--downstream".into(), d.to_string()]);
@@ -278,6 +280,38 @@ impl Drop for Agent {
             let _ = fs::remove_dir_all(&self.pin_dir);
         }
     }
+}
+
+/// The prefix of the binding [`lan_with_stored_binding`] stores.
+pub const STORED_PREFIX: &str = "2001:db8:100::/56";
+
+/// A namespace with `lan0` (a veth whose peer stays beside it, both up,
+/// forwarding on) and, in `dir`'s state directory (the one
+/// [`Agent::start_opts`] gives the agent), a store holding one delegated
+/// binding, [`STORED_PREFIX`] via fe80::1 on lan0, whose route is not in
+/// the kernel: an agent's start-up reconcile installs it.
+pub fn lan_with_stored_binding(tag: &str, dir: &TempDir) -> Result<Netns> {
+    let ns = Netns::new(tag)?;
+    ns.exec(&[
+        "ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p",
+    ])?;
+    ns.exec(&["ip", "link", "set", "lan0", "up"])?;
+    ns.exec(&["ip", "link", "set", "lan0p", "up"])?;
+    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    let ifindex = ns
+        .exec(&["cat", "/sys/class/net/lan0/ifindex"])?
+        .trim()
+        .to_string();
+    fs::create_dir_all(dir.path("state"))?;
+    fs::write(
+        dir.path("state/bindings.json"),
+        format!(
+            r#"{{"version":1,"bindings":[{{"prefix":"{STORED_PREFIX}","kind":"delegated","iface":"lan0","ifindex":{ifindex},
+            "next_hop":"fe80::1","client_duid":"000100aa","iaid":1,"t1":1000,"t2":2000,"preferred_lifetime":3000,
+            "valid_lifetime":4000,"expires_at":4000000000,"updated_at":1}}]}}"#
+        ),
+    )?;
+    Ok(ns)
 }
 
 /// Routes with our protocol in `ns`: (prefix, via, dev).

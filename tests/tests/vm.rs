@@ -495,3 +495,148 @@ fn vm_relay_and_its_rate_limits() -> Result<()> {
     eprintln!("relay_client_rate {dropped}");
     Ok(())
 }
+
+/// /usr made writable for one test: an overlay whose upper layer is a
+/// tmpfs of its own, unmounted on drop. (The VM's /etc and /var/lib are
+/// overlays already, and its /var/log and /var/cache tmpfs; the other
+/// tests keep the host's /usr as it is.)
+struct WritableUsr;
+
+impl WritableUsr {
+    const DIR: &'static str = "/run/pd-usr";
+
+    fn mount() -> Result<Self> {
+        std::fs::create_dir_all(Self::DIR)?;
+        sh(&["mount", "-t", "tmpfs", "pd-usr", Self::DIR])?;
+        for d in ["upper", "work"] {
+            std::fs::create_dir_all(format!("{}/{d}", Self::DIR))?;
+        }
+        let opts = format!(
+            "lowerdir=/usr,upperdir={0}/upper,workdir={0}/work",
+            Self::DIR
+        );
+        sh(&["mount", "-t", "overlay", "pd-usr", "-o", &opts, "/usr"])?;
+        Ok(WritableUsr)
+    }
+}
+
+impl Drop for WritableUsr {
+    fn drop(&mut self) {
+        let _ = sh(&["umount", "-l", "/usr"]);
+        let _ = sh(&["umount", "-l", Self::DIR]);
+    }
+}
+
+/// `dpkg-query -W -f FORMAT pd-agent`.
+fn dpkg_query(format: &str) -> Result<String> {
+    sh(&["dpkg-query", "-W", "-f", format, "pd-agent"])
+}
+
+/// The Debian package (`cargo xtask deb`, its path in `PD_DEB`) installed
+/// with `dpkg -i` in the guest over overlays (the host is untouched):
+/// - installed: its files in place, both conffiles registered, the unit
+///   `Type=notify` running /usr/sbin/pd-agent, neither enabled nor started
+///   (no `*.wants` link), `pd-agent --version` answering;
+/// - /usr/sbin/pd-agent started in a namespace (`lan0` downstream, the
+///   default pin directory, a stored binding whose route is missing)
+///   reaches "ready" with the route back, which iproute2 shows as
+///   `proto pd-agent` (the package's rt_protos.d entry); the agent is then
+///   killed, its programs staying on lan0;
+/// - `dpkg -r`: the binary goes, the configuration stays;
+///   `dpkg --purge`: the configuration, the store and the pin directory
+///   go, and with it the XDP program on lan0.
+#[test]
+#[ignore = "installs a package: run with cargo xtask test vm"]
+fn vm_deb_install() -> Result<()> {
+    let deb = std::env::var("PD_DEB").context("PD_DEB: the package (cargo xtask test vm)")?;
+    // man-db's trigger would rebuild the index of every manual page,
+    // which takes minutes without KVM; the flag file lives in the guest's
+    // overlay only.
+    let _ = std::fs::remove_file("/var/lib/man-db/auto-update");
+    let _usr = WritableUsr::mount()?;
+    let out = sh(&["dpkg", "-i", &deb])?;
+    eprintln!("{out}");
+    assert_eq!(
+        dpkg_query("${Status} ${Version}")?,
+        format!("install ok installed {}-1", env!("CARGO_PKG_VERSION"))
+    );
+    for f in [
+        "/usr/sbin/pd-agent",
+        "/lib/systemd/system/pd-agent.service",
+        "/etc/pd-agent/pd-agent.toml",
+        "/etc/iproute2/rt_protos.d/pd-agent.conf",
+        "/usr/share/doc/pd-agent/copyright",
+        "/usr/share/doc/pd-agent/changelog.Debian.gz",
+        "/usr/share/doc/pd-agent/examples/hooks/nft-set.sh",
+        "/usr/share/man/man8/pd-agent.8.gz",
+    ] {
+        assert!(std::path::Path::new(f).exists(), "{f} not installed");
+    }
+    let conffiles = dpkg_query("${Conffiles}")?;
+    for f in [
+        "/etc/pd-agent/pd-agent.toml",
+        "/etc/iproute2/rt_protos.d/pd-agent.conf",
+    ] {
+        assert!(conffiles.contains(f), "{f} not a conffile: {conffiles}");
+    }
+    let unit = std::fs::read_to_string("/lib/systemd/system/pd-agent.service")?;
+    assert!(unit.contains("\nType=notify\n"), "{unit}");
+    assert!(
+        unit.contains("\nExecStart=/usr/sbin/pd-agent run --config /etc/pd-agent/pd-agent.toml\n"),
+        "{unit}"
+    );
+    let wants = sh(&["find", "/etc/systemd/system", "-name", "pd-agent*"])?;
+    assert_eq!(wants.trim(), "", "enabled on install: {wants}");
+    assert_eq!(
+        sh(&["/usr/sbin/pd-agent", "--version"])?.trim(),
+        format!("pd-agent {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let dir = TempDir::new("deb")?;
+    let ns = lan_with_stored_binding("deb", &dir)?;
+    let pin = std::path::PathBuf::from("/sys/fs/bpf/pd-agent");
+    let agent = Agent::start_opts(
+        &ns,
+        &dir,
+        AgentOpts {
+            bin: Some("/usr/sbin/pd-agent".into()),
+            pin_dir: Some(pin.clone()),
+            ..AgentOpts::new(&["lan0"], &[])
+        },
+    )?;
+    let named = ns.exec(&["ip", "-6", "route", "show", "proto", "pd-agent"])?;
+    assert!(
+        named.contains(&format!("{STORED_PREFIX} via fe80::1 dev lan0")),
+        "{named}\n{}",
+        agent.log()
+    );
+    let shown = ns.exec(&["ip", "-6", "route", "show", STORED_PREFIX])?;
+    assert!(shown.contains("proto pd-agent"), "{shown}");
+    // As after any stop, the programs stay on their pinned links.
+    assert_eq!(agent.kill9_keeping_pins(), pin);
+    assert!(ns.exec(&["ip", "link", "show", "lan0"])?.contains("xdp"));
+    // The store systemd's StateDirectory= would hold.
+    std::fs::create_dir_all("/var/lib/pd-agent")?;
+    std::fs::write("/var/lib/pd-agent/bindings.json", "{}")?;
+
+    sh(&["dpkg", "-r", "pd-agent"])?;
+    assert!(!std::path::Path::new("/usr/sbin/pd-agent").exists());
+    assert!(std::path::Path::new("/etc/pd-agent/pd-agent.toml").exists());
+    assert!(pin.exists(), "remove keeps the pins");
+    sh(&["dpkg", "--purge", "pd-agent"])?;
+    for gone in ["/etc/pd-agent", "/var/lib/pd-agent", "/sys/fs/bpf/pd-agent"] {
+        assert!(
+            !std::path::Path::new(gone).exists(),
+            "{gone} left after purge"
+        );
+    }
+    assert!(
+        !ns.exec(&["ip", "link", "show", "lan0"])?.contains("xdp"),
+        "the XDP program outlived the purge"
+    );
+    assert_eq!(
+        sh(&["find", "/etc/systemd/system", "-name", "pd-agent*"])?.trim(),
+        ""
+    );
+    Ok(())
+}

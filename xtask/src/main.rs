@@ -4,8 +4,10 @@
 //!   when everything is there);
 //! - `build-ebpf`: builds `pd-ebpf` on nightly for bpfel-unknown-none;
 //! - `test`: unit tests, then the root tests (namespaces, real servers);
+//! - `deb`: the Debian package, checked with lintian;
 //! - `demo`: a live lab in network namespaces.
 
+mod deb;
 mod demo;
 
 use std::{
@@ -49,6 +51,13 @@ enum Cmd {
         #[arg(long)]
         row: Option<u32>,
     },
+    /// Build the Debian package into target/deb (release build, stripped)
+    /// and check it with lintian; fails on any lintian error.
+    Deb {
+        /// The Rust target to package (its Debian architecture follows).
+        #[arg(long, default_value = deb::DEFAULT_TARGET)]
+        target: String,
+    },
     /// Run the live demo in network namespaces (needs root).
     Demo {
         /// Leave the lab running and print how to look around.
@@ -85,6 +94,11 @@ const APT_PACKAGES: &[&str] = &[
     "bird2",
     "systemd",
     "tcpdump",
+    // `cargo xtask deb`: dpkg-deb and dpkg-shlibdeps, strip and readelf,
+    // and lintian to check the package.
+    "dpkg-dev",
+    "binutils",
+    "lintian",
 ];
 
 fn main() {
@@ -107,6 +121,11 @@ fn run() -> Result<()> {
             _ => test(unit, args.first().cloned()),
         },
         Cmd::Bench { quick, row } => bench(quick, row),
+        Cmd::Deb { target } => {
+            deps()?;
+            deb::build(&target)?;
+            Ok(())
+        }
         Cmd::Demo { keep } => {
             deps()?;
             let bin = build_agent()?;
@@ -428,7 +447,10 @@ fn test_vm(kernels: &[String]) -> Result<()> {
 }
 
 /// Boot each kernel (default: [`VM_KERNELS`]) in a VM without KVM (nested
-/// KVM fails on these machines) and run the `vm_` tests there.
+/// KVM fails on these machines) and run the `vm_` tests there. The Debian
+/// package is built (and checked with lintian) first: `vm_deb_install`
+/// installs it in the guest (`PD_DEB`) over overlays, so the host is
+/// untouched.
 fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the VM tier needs root: run `sudo -E cargo xtask test vm`");
@@ -457,6 +479,7 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
+    let deb = deb::build(deb::DEFAULT_TARGET)?;
     let obj = root_dir().join("target/bpf/bpfel-unknown-none/release/pd-ebpf");
     let exe = test_executable("vm", &obj)?;
     let out = root_dir().join("target/vm");
@@ -475,13 +498,14 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
                 "#!/bin/sh
                  mkdir -p /run/netns
                  export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-                 export PD_AGENT_BIN={bin} PD_EBPF_OBJ={obj} RUST_BACKTRACE=1
+                 export PD_AGENT_BIN={bin} PD_EBPF_OBJ={obj} PD_DEB={deb} RUST_BACKTRACE=1
                  uname -r > {log}
                  {exe} --ignored --test-threads=1 --nocapture vm_ >> {log} 2>&1
                  echo $? > {rc}
 ",
                 bin = root_dir().join("target/debug/pd-agent").display(),
                 obj = obj.display(),
+                deb = deb.display(),
                 exe = exe.display(),
                 log = log.display(),
                 rc = rc.display(),

@@ -41,6 +41,7 @@ use crate::{
     route::Routes,
     snoop::Assembler,
     state::Store,
+    systemd::Notifier,
 };
 
 mod exec;
@@ -131,6 +132,8 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         )?),
         None => None,
     };
+    let mut notifier = Notifier::from_env();
+    notifier.status("starting: attaching the programs, reconciling the routes");
     let (mut agent, ring, mut listeners) = Agent::start(&cfg).await?;
     if let Some(r) = relay {
         let macs = agent
@@ -149,6 +152,16 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     }
     control::serve(&cfg.control, call_tx)?;
     info!(control = %cfg.control.display(), "ready");
+    // Units ordered after pd-agent find the programs attached and the
+    // routes reconciled.
+    notifier.ready(agent.table.len());
+    // The watchdog is pinged from an arm of the event loop below, so a
+    // loop that stops turning stops the pings and the manager restarts us.
+    let mut watchdog = notifier.watchdog_every().map(|every| {
+        let mut i = tokio::time::interval(every);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
 
     // SAFETY: the ring buffer owns its map fd, which stays open and the same
     // for as long as the RingBuf lives inside the AsyncFd.
@@ -183,6 +196,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     datapath_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        notifier.bindings(agent.table.len());
         if converge_at.is_none() && !agent.keeper.dirty.is_empty() {
             converge_at = Some(tokio::time::Instant::now() + Duration::from_millis(20));
         }
@@ -257,13 +271,25 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
                 agent.refresh_datapath();
             }
             _ = datapath_poll.tick(), if cfg.fast_path != FastPathMode::Off => agent.refresh_datapath(),
+            _ = every(&mut watchdog) => notifier.watchdog(),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    notifier.stopping(cfg.flush_on_exit);
     agent.stop(cfg.flush_on_exit).await;
     let _ = std::fs::remove_file(&cfg.control);
     Ok(())
+}
+
+/// The next tick of an optional timer (never, when there is none).
+async fn every(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The next tick of an optional listener; `None` once it has stopped
