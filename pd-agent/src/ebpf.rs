@@ -313,6 +313,12 @@ impl Programs {
         if !opts.kernel_log {
             loader.map_max_entries(pd_common::log::MAP, page_size());
         }
+        if !opts.relay {
+            // LRU maps are preallocated (about 1.3 MiB each at full size):
+            // an agent that does not relay keeps them token-sized.
+            loader.map_max_entries(maps::RELAY_BUCKETS, RELAY_MAPS_UNUSED);
+            loader.map_max_entries(maps::RELAY_MACS, RELAY_MAPS_UNUSED);
+        }
         loader.map_max_entries(maps::EVENTS, opts.ring_bytes.unwrap_or(maps::EVENTS_BYTES));
         loader.map_max_entries(
             maps::CLIENTS,
@@ -636,6 +642,9 @@ impl Programs {
         HashMap::try_from(m).map_err(|e| LoadError::Map(maps::RELAY_MACS, e.to_string()))
     }
 }
+
+/// Entries of the relay's LRU maps when the agent does not relay.
+const RELAY_MAPS_UNUSED: u32 = 16;
 
 /// `pd_relay_macs_v1`: (ifindex, client address) -> MAC and 2 zero bytes.
 pub type RelayMacs = HashMap<MapData, pd_common::MacKey, [u8; 8]>;
