@@ -345,3 +345,46 @@ pub fn scrape(ns: &Netns, addr: &str) -> Result<String> {
     s.read_to_string(&mut out)?;
     Ok(out)
 }
+
+/// The client's link-local address on its eth0.
+pub fn ll(ns: &Netns) -> Result<String> {
+    Ok(ns.link_local("eth0")?.to_string())
+}
+
+/// Wait for `prefix` routed via `via` on `dev` in `ns`.
+pub fn wait_route(
+    ns: &Netns,
+    prefix: &str,
+    via: &str,
+    dev: &str,
+    log: impl Fn() -> String,
+) -> Result<()> {
+    wait_for(Duration::from_secs(20), || {
+        our_routes(ns)
+            .ok()?
+            .iter()
+            .any(|(p, v, d)| p == prefix && v == via && d == dev)
+            .then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "no route {prefix} via {via} dev {dev} in {}: {:?}\n{}",
+            ns.name,
+            our_routes(ns),
+            log()
+        )
+    })
+}
+
+/// Wait until `ns` has no route of ours for `prefix`.
+pub fn wait_no_route(ns: &Netns, prefix: &str, log: impl Fn() -> String) -> Result<()> {
+    wait_for(Duration::from_secs(20), || {
+        (!our_routes(ns).ok()?.iter().any(|(p, _, _)| p == prefix)).then_some(())
+    })
+    .with_context(|| format!("{prefix} still routed in {}\n{}", ns.name, log()))
+}
+
+/// A counter from `pd-agent stats` (0 when absent).
+pub fn count(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}

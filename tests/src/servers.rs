@@ -147,3 +147,32 @@ pub fn start_dhcpd(ns: &Netns, dir: &TempDir, iface: &str, conf: &str) -> Result
     d.check_alive()?;
     Ok(d)
 }
+
+/// Where Kea beyond a relaying router listens: the unicast address on its
+/// eth0 ([`upstream_and_router`]'s upstream).
+pub const KEA_LISTEN: &str = "eth0/2001:db8:feed::2";
+/// That Kea's address, for `--relay-to`.
+pub const SERVER: &str = "2001:db8:feed::2";
+
+/// Kea beyond the router with one subnet per client link (2001:db8:N::/64
+/// delegating /56s out of 2001:db8:N00::/48), chosen by the link-address
+/// the relay puts in.
+pub fn kea_per_link(up: &Netns, dir: &TempDir, links: &[u8]) -> Result<Daemon> {
+    let names: Vec<(String, String)> = links
+        .iter()
+        .map(|n| (format!("2001:db8:{n}::/64"), format!("2001:db8:{n}00::")))
+        .collect();
+    let subnets: Vec<KeaSubnet> = names
+        .iter()
+        .map(|(subnet, pool)| KeaSubnet {
+            iface: KEA_LISTEN,
+            subnet,
+            pool,
+            pool_len: 48,
+            plen: 56,
+            relayed: true,
+        })
+        .collect();
+    let conf = kea_config(dir, &subnets, 600)?;
+    start_kea(up, dir, &conf)
+}

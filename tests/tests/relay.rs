@@ -16,33 +16,6 @@ use pd_tests::{
     *,
 };
 
-/// Where Kea listens for relays: the unicast address on its eth0.
-const KEA_LISTEN: &str = "eth0/2001:db8:feed::2";
-const SERVER: &str = "2001:db8:feed::2";
-
-/// Kea beyond the router with one subnet per client link (2001:db8:N::/64
-/// delegating /56s out of 2001:db8:N00::/48), chosen by the link-address
-/// the relay puts in.
-fn kea_per_link(up: &Netns, dir: &TempDir, links: &[u8]) -> Result<Daemon> {
-    let names: Vec<(String, String)> = links
-        .iter()
-        .map(|n| (format!("2001:db8:{n}::/64"), format!("2001:db8:{n}00::")))
-        .collect();
-    let subnets: Vec<KeaSubnet> = names
-        .iter()
-        .map(|(subnet, pool)| KeaSubnet {
-            iface: KEA_LISTEN,
-            subnet,
-            pool,
-            pool_len: 48,
-            plen: 56,
-            relayed: true,
-        })
-        .collect();
-    let conf = kea_config(dir, &subnets, 600)?;
-    start_kea(up, dir, &conf)
-}
-
 /// tcpdump writing the DHCPv6 relay traffic of `dev` in `ns` to a pcap.
 struct Capture {
     daemon: Daemon,
@@ -88,47 +61,6 @@ impl Capture {
     fn stop(&mut self) {
         self.daemon.stop();
     }
-}
-
-/// The client's link-local address on its eth0.
-fn ll(ns: &Netns) -> Result<String> {
-    Ok(ns.link_local("eth0")?.to_string())
-}
-
-/// Wait for `prefix` routed via `via` on `dev` in `ns`.
-fn wait_route(
-    ns: &Netns,
-    prefix: &str,
-    via: &str,
-    dev: &str,
-    log: impl Fn() -> String,
-) -> Result<()> {
-    wait_for(Duration::from_secs(20), || {
-        our_routes(ns)
-            .ok()?
-            .iter()
-            .any(|(p, v, d)| p == prefix && v == via && d == dev)
-            .then_some(())
-    })
-    .with_context(|| {
-        format!(
-            "no route {prefix} via {via} dev {dev} in {}: {:?}\n{}",
-            ns.name,
-            our_routes(ns),
-            log()
-        )
-    })
-}
-
-fn wait_no_route(ns: &Netns, prefix: &str, log: impl Fn() -> String) -> Result<()> {
-    wait_for(Duration::from_secs(20), || {
-        (!our_routes(ns).ok()?.iter().any(|(p, _, _)| p == prefix)).then_some(())
-    })
-    .with_context(|| format!("{prefix} still routed in {}\n{}", ns.name, log()))
-}
-
-fn count(v: &serde_json::Value) -> u64 {
-    v.as_u64().unwrap_or(0)
 }
 
 /// Kea beyond the router, pd-agent the only relay on it, two client links
@@ -280,7 +212,10 @@ fn chain_with_relay_source_port_rfc8357() -> Result<()> {
     chain_pd_agent(Some(10547))
 }
 
-fn chain_pd_agent(lower_port: Option<u16>) -> Result<()> {
+/// The chains' topology: the server's namespace, the upper router (lan0
+/// 2001:db8:e::1), the lower one (up0 2001:db8:e::2, cl0 2001:db8:1::1)
+/// and a client behind it.
+fn chain_lab() -> Result<(Netns, Netns, Netns, Netns)> {
     let (up, upper) = upstream_and_router()?;
     let lower = Netns::new("lo")?;
     veth(&upper, "lan0", &lower, "up0")?;
@@ -297,6 +232,11 @@ fn chain_pd_agent(lower_port: Option<u16>) -> Result<()> {
     ])?;
     let client = host_behind(&lower, "cl0", "cl")?;
     lower.add_addr("2001:db8:1::1/64", "cl0")?;
+    Ok((up, upper, lower, client))
+}
+
+fn chain_pd_agent(lower_port: Option<u16>) -> Result<()> {
+    let (up, upper, lower, client) = chain_lab()?;
     let dir = TempDir::new("chn")?;
     let ldir = TempDir::new("chl")?;
     let _kea = kea_per_link(&up, &dir, &[1])?;
@@ -399,22 +339,7 @@ fn chain_pd_agent(lower_port: Option<u16>) -> Result<()> {
 #[test]
 #[ignore = "needs root; run with cargo xtask test"]
 fn chain_dhcrelay_under_pd_agent_to_kea() -> Result<()> {
-    let (up, upper) = upstream_and_router()?;
-    let lower = Netns::new("lo")?;
-    veth(&upper, "lan0", &lower, "up0")?;
-    upper.add_addr("2001:db8:e::1/64", "lan0")?;
-    lower.add_addr("2001:db8:e::2/64", "up0")?;
-    lower.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "2001:db8:e::1",
-    ])?;
-    let client = host_behind(&lower, "cl0", "cl")?;
-    lower.add_addr("2001:db8:1::1/64", "cl0")?;
+    let (up, upper, lower, client) = chain_lab()?;
     let dir = TempDir::new("chd")?;
     let _kea = kea_per_link(&up, &dir, &[1])?;
     let mut cap = Capture::start(&up, "eth0")?;

@@ -9,10 +9,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use pd_tests::*;
 
-const SERVER: &str = "2001:db8:feed::2";
-/// Where Kea listens for relays: the unicast address on its eth0.
-const KEA_LISTEN: &str = "eth0/2001:db8:feed::2";
-
 /// The client link `n` is 2001:db8:n::/64 (the router is ::1 on it), and
 /// its clients get /56s out of 2001:db8:n00::/48.
 fn link_subnet(n: u8) -> String {
@@ -53,69 +49,6 @@ fn dhcpd_conf(links: &[u8]) -> String {
         );
     }
     c
-}
-
-/// Kea beyond the router with one subnet per client link, chosen by the
-/// link-address the relay puts in.
-fn kea_per_link(up: &Netns, dir: &TempDir, links: &[u8]) -> Result<Daemon> {
-    let names: Vec<(String, String)> = links
-        .iter()
-        .map(|n| (link_subnet(*n), format!("2001:db8:{n}00::")))
-        .collect();
-    let subnets: Vec<KeaSubnet> = names
-        .iter()
-        .map(|(subnet, pool)| KeaSubnet {
-            iface: KEA_LISTEN,
-            subnet,
-            pool,
-            pool_len: 48,
-            plen: 56,
-            relayed: true,
-        })
-        .collect();
-    let conf = kea_config(dir, &subnets, 600)?;
-    start_kea(up, dir, &conf)
-}
-
-/// The client's link-local address on its eth0.
-fn ll(ns: &Netns) -> Result<String> {
-    Ok(ns.link_local("eth0")?.to_string())
-}
-
-/// Wait for `prefix` routed via `via` on `dev` in `ns`.
-fn wait_route(
-    ns: &Netns,
-    prefix: &str,
-    via: &str,
-    dev: &str,
-    log: impl Fn() -> String,
-) -> Result<()> {
-    wait_for(Duration::from_secs(20), || {
-        our_routes(ns)
-            .ok()?
-            .iter()
-            .any(|(p, v, d)| p == prefix && v == via && d == dev)
-            .then_some(())
-    })
-    .with_context(|| {
-        format!(
-            "no route {prefix} via {via} dev {dev} in {}: {:?}\n{}",
-            ns.name,
-            our_routes(ns),
-            log()
-        )
-    })
-}
-
-fn wait_no_route(ns: &Netns, prefix: &str, log: impl Fn() -> String) -> Result<()> {
-    wait_for(Duration::from_secs(20), || {
-        (!our_routes(ns).ok()?.iter().any(|(p, _, _)| p == prefix)).then_some(())
-    })
-    .with_context(|| format!("{prefix} still routed in {}\n{}", ns.name, log()))
-}
-
-fn count(v: &serde_json::Value) -> u64 {
-    v.as_u64().unwrap_or(0)
 }
 
 /// Traffic from `up` reaches an address inside `prefix` on `client`:
