@@ -1781,26 +1781,12 @@ fn relay_ladder(via: Via, rates: &[Option<u32>], secs: u32) -> Result<Ladder> {
     let mut agent = None;
     if let Some(r) = &router {
         if via == Via::Dhcrelay {
-            dhcrelay = Some(r.spawn(
-                &[
-                    "dhcrelay",
-                    "-6",
-                    "-d",
-                    "-pf",
-                    &dir.path("dhcrelay.pid").display().to_string(),
-                    "-l",
-                    "lan0",
-                    "-u",
-                    &format!("{KEA_UNICAST}%wan0"),
-                ],
-                &dir.path("dhcrelay.log"),
+            dhcrelay = Some(start_dhcrelay(
+                r,
+                &dir,
+                "lan0",
+                &format!("{KEA_UNICAST}%wan0"),
             )?);
-            wait_for(Duration::from_secs(10), || {
-                r.exec(&["ss", "-lunH", "sport = :547"])
-                    .ok()
-                    .filter(|o| !o.trim().is_empty())
-            })
-            .context("dhcrelay did not bind port 547")?;
         } else {
             agent = Some(Agent::start_opts(
                 r,

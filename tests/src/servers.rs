@@ -176,3 +176,22 @@ pub fn kea_per_link(up: &Netns, dir: &TempDir, links: &[u8]) -> Result<Daemon> {
     let conf = kea_config(dir, &subnets, 600)?;
     start_kea(up, dir, &conf)
 }
+
+/// ISC dhcrelay -6 in `ns`, in the foreground, relaying from `lower` to
+/// `upper` (`ADDR%IFACE`); returns once it holds UDP port 547.
+pub fn start_dhcrelay(ns: &Netns, dir: &TempDir, lower: &str, upper: &str) -> Result<Daemon> {
+    let pid = dir.path("dhcrelay.pid").display().to_string();
+    let d = ns.spawn(
+        &[
+            "dhcrelay", "-6", "-d", "-pf", &pid, "-l", lower, "-u", upper,
+        ],
+        &dir.path("dhcrelay.log"),
+    )?;
+    wait_for(Duration::from_secs(10), || {
+        ns.exec(&["ss", "-lunH", "sport = :547"])
+            .ok()
+            .filter(|o| !o.trim().is_empty())
+    })
+    .with_context(|| format!("dhcrelay did not bind port 547: {}", d.log_text()))?;
+    Ok(d)
+}

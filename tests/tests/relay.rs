@@ -356,20 +356,7 @@ fn chain_dhcrelay_under_pd_agent_to_kea() -> Result<()> {
             ..AgentOpts::new(&["lan0"], &["wan0"])
         },
     )?;
-    let _dhcrelay = lower.spawn(
-        &[
-            "dhcrelay",
-            "-6",
-            "-d",
-            "-pf",
-            &dir.path("dhcrelay.pid").display().to_string(),
-            "-l",
-            "cl0",
-            "-u",
-            "2001:db8:e::1%up0",
-        ],
-        &dir.path("dhcrelay.log"),
-    )?;
+    let _dhcrelay = start_dhcrelay(&lower, &dir, "cl0", "2001:db8:e::1%up0")?;
     let cdir = TempDir::new("chc")?;
     let mut dh = start_dhclient(&client, &cdir, "eth0")?;
     let prefix = wait_for(Duration::from_secs(60), || dhclient_prefix(&cdir))
@@ -408,27 +395,7 @@ fn chain_dhcrelay_under_pd_agent_to_kea() -> Result<()> {
 fn relay_port_taken_names_the_holder() -> Result<()> {
     let lab = RouterLab::new()?;
     let dir = TempDir::new("p547")?;
-    let _dhcrelay = lab.router.spawn(
-        &[
-            "dhcrelay",
-            "-6",
-            "-d",
-            "-pf",
-            &dir.path("dhcrelay.pid").display().to_string(),
-            "-l",
-            "lan0",
-            "-u",
-            "2001:db8:feed::2%wan0",
-        ],
-        &dir.path("dhcrelay.log"),
-    )?;
-    wait_for(Duration::from_secs(10), || {
-        lab.router
-            .exec(&["ss", "-lunH", "sport = :547"])
-            .ok()
-            .filter(|o| !o.trim().is_empty())
-    })
-    .context("dhcrelay did not bind 547")?;
+    let _dhcrelay = start_dhcrelay(&lab.router, &dir, "lan0", "2001:db8:feed::2%wan0")?;
     let r = Agent::start_opts(
         &lab.router,
         &dir,

@@ -194,20 +194,7 @@ fn dhcpd_remote_via_dhcrelay_to_dhcpcd_then_release() -> Result<()> {
         subnet6 2001:db8:feed::/64 { }\n\
         subnet6 2001:db8:ffff::/64 { prefix6 2001:db8:200:: 2001:db8:2ff:: /56; }\n";
     let _dhcpd = start_dhcpd(&lab.upstream, &dir, "eth0", conf)?;
-    let _relay = lab.router.spawn(
-        &[
-            "dhcrelay",
-            "-6",
-            "-d",
-            "-pf",
-            &dir.path("dhcrelay.pid").display().to_string(),
-            "-l",
-            "lan0",
-            "-u",
-            "2001:db8:feed::2%wan0",
-        ],
-        &dir.path("dhcrelay.log"),
-    )?;
+    let _relay = start_dhcrelay(&lab.router, &dir, "lan0", "2001:db8:feed::2%wan0")?;
     let cdir = TempDir::new("dcd")?;
     let dhcpcd = start_dhcpcd(&lab.client, &cdir, "eth0")?;
     let prefix = wait_for(Duration::from_secs(40), || {
