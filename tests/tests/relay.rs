@@ -153,11 +153,6 @@ fn kea_remote_two_links_relayed_by_pd_agent() -> Result<()> {
     let relay = &st["relay"];
     for iface in ["lan0", "lan1"] {
         assert!(count(&relay["up"][iface]["solicit"]) >= 1, "{relay}");
-        assert!(
-            count(&relay["up"][iface]["request"]) + count(&relay["up"][iface]["solicit"]) >= 2
-                || count(&relay["down"][iface]["reply"]) >= 1,
-            "{relay}"
-        );
         assert!(count(&relay["down"][iface]["reply"]) >= 1, "{relay}");
     }
     assert!(

@@ -342,7 +342,16 @@ impl Task {
             if !self.relay.links.contains_key(&ifindex) {
                 self.reread();
             }
-            let mac = self.mac_of(ifindex, *src.ip());
+            // Only a client's message needs its MAC (option 79): no map
+            // lookup for what the servers send.
+            let downstream = self
+                .relay
+                .links
+                .get(&ifindex)
+                .is_some_and(|l| l.role == Role::Downstream);
+            let mac = downstream
+                .then(|| self.mac_of(ifindex, *src.ip()))
+                .flatten();
             let rx = Received {
                 payload: &buf[..len],
                 src,
