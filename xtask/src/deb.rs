@@ -180,7 +180,8 @@ pub fn build(target: &str) -> Result<PathBuf> {
 /// The release build of the agent for `target` (the kernel object built
 /// first). The host's target builds into target/release, shared with the
 /// benchmarks' build.
-fn build_release(target: &str) -> Result<PathBuf> {
+/// The release build of the agent for `target` (the host's: `target/release`).
+pub(crate) fn build_release(target: &str) -> Result<PathBuf> {
     let obj = crate::build_ebpf()?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root_dir())
@@ -196,7 +197,7 @@ fn build_release(target: &str) -> Result<PathBuf> {
     Ok(dir.join("pd-agent"))
 }
 
-fn host_target() -> Result<String> {
+pub(crate) fn host_target() -> Result<String> {
     let out = Command::new("rustc")
         .arg("-vV")
         .output()

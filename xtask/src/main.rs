@@ -236,17 +236,12 @@ fn bench(quick: bool, row: Option<u32>) -> Result<()> {
         bail!("the benchmarks need root (namespaces, BPF): run `sudo -E cargo xtask bench`");
     }
     let obj = build_ebpf()?;
-    // The agent under test is the release build.
-    status(
-        Command::new("cargo")
-            .current_dir(root_dir())
-            .args(["build", "--release", "-p", "pd-agent"])
-            .env("PD_EBPF_OBJ", &obj),
-    )?;
+    // The agent under test is the release build (the package's).
+    let agent = deb::build_release(&deb::host_target()?)?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root_dir())
         .args(["bench", "-p", "pd-tests", "--bench", "pd", "--"])
-        .env("PD_AGENT_BIN", root_dir().join("target/release/pd-agent"))
+        .env("PD_AGENT_BIN", agent)
         .env("PD_EBPF_OBJ", &obj);
     if quick {
         cmd.arg("--quick");
