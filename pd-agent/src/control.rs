@@ -233,6 +233,12 @@ impl Agent {
                         "overruns": self.keeper.stats.overruns,
                     },
                     "ipv6_forwarding": crate::route::ipv6_forwarding(),
+                    "programs": {
+                        "xdp": self.progs.xdp_name(),
+                        "tc": self.progs.tc_name(),
+                        "fallbacks": self.progs.fallbacks.describe(),
+                        "tcx": crate::ebpf::tcx_available(),
+                    },
                     "fast_path": self.fast_path_view(),
                     "relay": self.relay.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()),
                 })

@@ -183,6 +183,9 @@ pub struct LoadOptions {
     /// pd-agent relays: the relay's rate limits and MAC records are
     /// loaded (off, the verifier prunes them).
     pub relay: bool,
+    /// Load the compat programs ([`Fallbacks`]) even where the kernel has
+    /// what the others need (tests; `PD_AGENT_COMPAT=1` does the same).
+    pub force_compat: bool,
 }
 
 impl Default for LoadOptions {
@@ -196,6 +199,7 @@ impl Default for LoadOptions {
             fwd_counters: None,
             kernel_log: false,
             relay: true,
+            force_compat: false,
         }
     }
 }
@@ -215,10 +219,49 @@ pub enum Attached {
     Replaced,
 }
 
+/// What the kernel lacks that the programs would use, and so which
+/// fallbacks the agent chose: probed at load by loading two small programs
+/// that call the helper.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fallbacks {
+    /// No `bpf_loop` (before 5.17): the TLV walk is a bounded loop over a
+    /// global function (`pd_tlv_step`).
+    pub no_bpf_loop: bool,
+    /// No `bpf_xdp_load_bytes` (before 5.18): XDP copies the payload with
+    /// `bpf_probe_read_kernel` from its (linear) frame.
+    pub no_xdp_load_bytes: bool,
+}
+
+impl Fallbacks {
+    /// Whether the compat programs are loaded (either fallback).
+    pub fn compat(&self) -> bool {
+        self.no_bpf_loop || self.no_xdp_load_bytes
+    }
+
+    /// The fallbacks in words, for the start-up log and `status`; empty
+    /// when there are none.
+    pub fn describe(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.no_bpf_loop {
+            v.push("no bpf_loop (Linux 5.17): DHCPv6 options walked by a bounded loop over a global function");
+        }
+        if self.no_xdp_load_bytes {
+            v.push("no bpf_xdp_load_bytes (Linux 5.18): XDP copies the payload with bpf_probe_read_kernel");
+        }
+        v
+    }
+}
+
 /// The loaded object: both programs verified, maps created (the agent's
 /// maps pinned under the pin directory).
 pub struct Programs {
     ebpf: Ebpf,
+    /// `pd_xdp` or, with fallbacks, `pd_xdp_compat`.
+    xdp_prog: &'static str,
+    /// `pd_tc_egress` or `pd_tc_egress_compat`.
+    tc_prog: &'static str,
+    /// The kernel features missing, and so the programs loaded.
+    pub fallbacks: Fallbacks,
     client_records: u32,
     /// What loading changed that an operator should hear about (pinned
     /// maps of another layout replaced).
@@ -274,7 +317,7 @@ const TC_HANDLE: TcHandle = TcHandle::new(0, 0x7d0);
 
 /// tcx links (pinnable) exist from Linux 6.6; `PD_AGENT_TC_NETLINK=1`
 /// forces the older netlink path (tests).
-fn tcx_available() -> bool {
+pub fn tcx_available() -> bool {
     if std::env::var_os("PD_AGENT_TC_NETLINK").is_some_and(|v| v == "1") {
         return false;
     }
@@ -351,9 +394,23 @@ impl Programs {
         }
         let mut progs = Programs {
             ebpf: loader.load(OBJECT).map_err(LoadError::Object)?,
+            xdp_prog: prog::XDP,
+            tc_prog: prog::TC_EGRESS,
+            fallbacks: Fallbacks::default(),
             client_records: opts.client_entries.unwrap_or(maps::CLIENTS_ENTRIES),
             notes,
         };
+        // `PD_AGENT_COMPAT=1` takes the fallbacks on any kernel (tests).
+        let forced =
+            opts.force_compat || std::env::var_os("PD_AGENT_COMPAT").is_some_and(|v| v == "1");
+        progs.fallbacks = Fallbacks {
+            no_bpf_loop: forced || !progs.probe(prog::PROBE_LOOP),
+            no_xdp_load_bytes: forced || !progs.probe(prog::PROBE_XDP_LOAD_BYTES),
+        };
+        if progs.fallbacks.compat() {
+            progs.xdp_prog = prog::XDP_COMPAT;
+            progs.tc_prog = prog::TC_EGRESS_COMPAT;
+        }
         let failed = |program| {
             move |e: ProgramError| LoadError::Program {
                 program,
@@ -361,17 +418,43 @@ impl Programs {
                 reason: verifier_head(&e),
             }
         };
-        progs.xdp()?.load().map_err(failed(prog::XDP))?;
-        progs.tc()?.load().map_err(failed(prog::TC_EGRESS))?;
+        let (x, t) = (progs.xdp_prog, progs.tc_prog);
+        progs.xdp()?.load().map_err(failed(x))?;
+        progs.tc()?.load().map_err(failed(t))?;
         Ok(progs)
     }
 
+    /// Whether a probe program loads (the helper it calls exists); it is
+    /// unloaded again.
+    fn probe(&mut self, name: &'static str) -> bool {
+        let Some(p) = self.ebpf.program_mut(name) else {
+            return false;
+        };
+        let Ok(p): Result<&mut Xdp, _> = p.try_into() else {
+            return false;
+        };
+        let ok = p.load().is_ok();
+        let _ = p.unload();
+        ok
+    }
+
+    /// The XDP program loaded: `pd_xdp`, or `pd_xdp_compat` ([`Fallbacks`]).
+    pub fn xdp_name(&self) -> &'static str {
+        self.xdp_prog
+    }
+
+    /// The TC program loaded: `pd_tc_egress`, or `pd_tc_egress_compat`.
+    pub fn tc_name(&self) -> &'static str {
+        self.tc_prog
+    }
+
     pub fn xdp(&mut self) -> Result<&mut Xdp, LoadError> {
+        let name = self.xdp_prog;
         self.ebpf
-            .program_mut(prog::XDP)
-            .ok_or(LoadError::Map(prog::XDP, "not in object".into()))?
+            .program_mut(name)
+            .ok_or(LoadError::Map(name, "not in object".into()))?
             .try_into()
-            .map_err(|e: ProgramError| LoadError::Map(prog::XDP, e.to_string()))
+            .map_err(|e: ProgramError| LoadError::Map(name, e.to_string()))
     }
 
     /// The empty XDP program (benchmark baseline), loaded on first use.
@@ -402,17 +485,19 @@ impl Programs {
     }
 
     pub fn tc(&mut self) -> Result<&mut SchedClassifier, LoadError> {
+        let name = self.tc_prog;
         self.ebpf
-            .program_mut(prog::TC_EGRESS)
-            .ok_or(LoadError::Map(prog::TC_EGRESS, "not in object".into()))?
+            .program_mut(name)
+            .ok_or(LoadError::Map(name, "not in object".into()))?
             .try_into()
-            .map_err(|e: ProgramError| LoadError::Map(prog::TC_EGRESS, e.to_string()))
+            .map_err(|e: ProgramError| LoadError::Map(name, e.to_string()))
     }
 
     /// Attach the XDP program without pinning the link (tests, benchmarks):
     /// driver mode, falling back to generic (skb) mode.
     pub fn attach_xdp(&mut self, iface: &str) -> Result<XdpMode, LoadError> {
         if_index(iface)?;
+        let program = self.xdp_prog;
         let xdp = self.xdp()?;
         match xdp.attach(iface, XdpMode::Driver) {
             Ok(_) => Ok(XdpMode::Driver),
@@ -420,7 +505,7 @@ impl Programs {
                 .attach(iface, XdpMode::Skb)
                 .map(|_| XdpMode::Skb)
                 .map_err(|source| LoadError::Attach {
-                    program: prog::XDP,
+                    program,
                     iface: iface.into(),
                     source,
                 }),
@@ -443,6 +528,7 @@ impl Programs {
             let _ = std::fs::remove_file(&path);
         }
         let mut mode = XdpMode::Driver;
+        let program = self.xdp_prog;
         let xdp = self.xdp()?;
         let id = match xdp.attach(iface, mode) {
             Ok(id) => id,
@@ -450,14 +536,14 @@ impl Programs {
                 mode = XdpMode::Skb;
                 xdp.attach(iface, mode)
                     .map_err(|source| LoadError::Attach {
-                        program: prog::XDP,
+                        program,
                         iface: iface.into(),
                         source,
                     })?
             }
         };
         let link = xdp.take_link(id).map_err(|source| LoadError::Attach {
-            program: prog::XDP,
+            program,
             iface: iface.into(),
             source,
         })?;
@@ -483,16 +569,17 @@ impl Programs {
             let _ = std::fs::remove_file(&path);
         }
         let _ = tc::qdisc_add_clsact(iface);
+        let program = self.tc_prog;
         let tc = self.tc()?;
         let id = tc
             .attach(iface, TcAttachType::Egress)
             .map_err(|source| LoadError::Attach {
-                program: prog::TC_EGRESS,
+                program,
                 iface: iface.into(),
                 source,
             })?;
         let link = tc.take_link(id).map_err(|source| LoadError::Attach {
-            program: prog::TC_EGRESS,
+            program,
             iface: iface.into(),
             source,
         })?;
@@ -506,8 +593,9 @@ impl Programs {
     /// to a file descriptor), and the next agent replaces its program in
     /// place instead of adding a second filter.
     fn attach_tc_netlink(&mut self, iface: &str, links: &Path) -> Result<Attached, LoadError> {
+        let program = self.tc_prog;
         let err = |source| LoadError::Attach {
-            program: prog::TC_EGRESS,
+            program,
             iface: iface.into(),
             source,
         };
@@ -828,7 +916,16 @@ mod tests {
     #[test]
     fn object_matches_pd_common() {
         let obj = aya_obj::Object::parse(OBJECT).expect("parsing the kernel object");
-        for p in [prog::XDP, prog::TC_EGRESS, prog::XDP_PASS, prog::XDP_TX] {
+        for p in [
+            prog::XDP,
+            prog::TC_EGRESS,
+            prog::XDP_COMPAT,
+            prog::TC_EGRESS_COMPAT,
+            prog::PROBE_LOOP,
+            prog::PROBE_XDP_LOAD_BYTES,
+            prog::XDP_PASS,
+            prog::XDP_TX,
+        ] {
             assert!(
                 obj.programs.contains_key(p),
                 "program {p} not in the object"

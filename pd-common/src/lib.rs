@@ -123,6 +123,16 @@ pub mod prog {
     pub const XDP_PASS: &str = "pd_xdp_pass";
     /// XDP_TX on every frame: the benchmarks' traffic generator.
     pub const XDP_TX: &str = "pd_xdp_tx";
+    /// [`XDP`] for kernels without `bpf_loop` (5.17) or
+    /// `bpf_xdp_load_bytes` (5.18): the TLV walk is a bounded loop over a
+    /// global function, the copy `bpf_probe_read_kernel`.
+    pub const XDP_COMPAT: &str = "pd_xdp_compat";
+    /// [`TC_EGRESS`] for kernels without `bpf_loop`.
+    pub const TC_EGRESS_COMPAT: &str = "pd_tc_egress_compat";
+    /// Feature probe: loads only where the kernel has `bpf_loop`.
+    pub const PROBE_LOOP: &str = "pd_probe_loop";
+    /// Feature probe: loads only where the kernel has `bpf_xdp_load_bytes`.
+    pub const PROBE_XDP_LOAD_BYTES: &str = "pd_probe_xdp_load_bytes";
 }
 
 /// The programs' load-time switches (read-only `u8` globals the loader

@@ -409,14 +409,40 @@ unsafe extern "C" fn step_cb(_index: u64, _ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Walk the message [`Scratch::start`] set up. Returns the scratch when
-/// the message is to be reported (counted as parsed); otherwise it has
-/// been counted under its reason.
-#[inline(always)]
-pub(crate) fn walk() -> Option<&'static mut Scratch> {
-    unsafe { bpf_loop(MAX_TLV_STEPS, step_cb as *mut c_void, core::ptr::null_mut(), 0) };
+/// One step of the walk for kernels without `bpf_loop` (before 5.17): a
+/// global function (exported, so its BTF linkage is global), which the
+/// verifier checks once on its own and at each call only by its
+/// signature, as it does `bpf_loop`'s callback. Kernels before 5.12 take
+/// no pointers but the context in a global function's arguments, so it
+/// finds the scratch value itself.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pd_tlv_step() -> i64 {
+    match PD_SCRATCH.get_ptr_mut(0) {
+        Some(s) => unsafe { (*s).step() },
+        None => 1,
+    }
+}
 
-    // bpf_loop's callback looked the scratch value up again; re-borrow.
+/// Walk the message [`Scratch::start`] set up: with `bpf_loop`, or
+/// (`COMPAT`) with a bounded loop over [`pd_tlv_step`]. Returns the scratch
+/// when the message is to be reported (counted as parsed); otherwise it
+/// has been counted under its reason.
+#[inline(always)]
+pub(crate) fn walk<const COMPAT: bool>() -> Option<&'static mut Scratch> {
+    if COMPAT {
+        let mut i = 0;
+        while i < MAX_TLV_STEPS {
+            if pd_tlv_step() != 0 {
+                break;
+            }
+            i += 1;
+        }
+    } else {
+        unsafe { bpf_loop(MAX_TLV_STEPS, step_cb as *mut c_void, core::ptr::null_mut(), 0) };
+    }
+
+    // The step looked the scratch value up again; re-borrow.
     let s = match PD_SCRATCH.get_ptr_mut(0) {
         Some(s) => unsafe { &mut *s },
         None => {

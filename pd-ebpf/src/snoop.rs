@@ -32,7 +32,7 @@ pub(crate) enum Snooped {
 /// the scratch buffer.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn snoop(
+pub(crate) fn snoop<const COMPAT: bool>(
     data: usize,
     end: usize,
     ifindex: u32,
@@ -55,13 +55,13 @@ pub(crate) fn snoop(
     if guard(loc.dport, loc.l3, loc.payload) {
         return Snooped::Drop;
     }
-    dhcp(data, end, loc, ifindex, in_ifindex, hook_id, load);
+    dhcp::<COMPAT>(data, end, loc, ifindex, in_ifindex, hook_id, load);
     Snooped::Pass
 }
 
 /// Parse one DHCPv6 message found by [`locate`] and emit its events.
 #[inline(always)]
-fn dhcp(
+fn dhcp<const COMPAT: bool>(
     data: usize,
     end: usize,
     loc: Located,
@@ -97,7 +97,7 @@ fn dhcp(
     s.ev.in_ifindex = in_ifindex;
     s.ev.hook = hook_id;
     s.start(len);
-    if let Some(s) = walk() {
+    if let Some(s) = walk::<COMPAT>() {
         emit(s);
     }
 }

@@ -388,3 +388,57 @@ pub fn wait_no_route(ns: &Netns, prefix: &str, log: impl Fn() -> String) -> Resu
 pub fn count(v: &serde_json::Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
+
+/// The running kernel's (major, minor) version.
+pub fn kernel_version() -> (u32, u32) {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut p = r
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    (p.next().unwrap_or(0), p.next().unwrap_or(0))
+}
+
+/// The agent chose the programs and fallbacks this kernel calls for (or,
+/// `forced`, `PD_AGENT_COMPAT=1`'s), and said so at start and in `stats`:
+/// the compat programs without `bpf_loop` (5.17) or `bpf_xdp_load_bytes`
+/// (5.18), a clsact filter without tcx (6.6).
+pub fn assert_fallbacks(agent: &Agent, forced: bool) -> Result<()> {
+    let v = kernel_version();
+    let no_loop = forced || v < (5, 17);
+    let no_load_bytes = forced || v < (5, 18);
+    let no_tcx = v < (6, 6);
+    let st = agent.stats()?;
+    let p = &st["programs"];
+    let compat = no_loop || no_load_bytes;
+    let want = if compat {
+        (
+            pd_common::prog::XDP_COMPAT,
+            pd_common::prog::TC_EGRESS_COMPAT,
+        )
+    } else {
+        (pd_common::prog::XDP, pd_common::prog::TC_EGRESS)
+    };
+    assert_eq!(
+        (p["xdp"].as_str(), p["tc"].as_str()),
+        (Some(want.0), Some(want.1)),
+        "{st}"
+    );
+    assert_eq!(p["tcx"], !no_tcx, "{st}");
+    let log = agent.log();
+    let said = |what: &str| log.contains(&format!("kernel fallback: {what}"));
+    assert_eq!(
+        said("no bpf_loop"),
+        no_loop,
+        "kernel {v:?}, forced {forced}: {log}"
+    );
+    assert_eq!(said("no bpf_xdp_load_bytes"), no_load_bytes, "{log}");
+    assert_eq!(said("no tcx"), no_tcx, "{log}");
+    assert_eq!(
+        log.contains("kernel fallbacks: none"),
+        !(no_loop || no_load_bytes || no_tcx),
+        "{log}"
+    );
+    let fb = p["fallbacks"].as_array().map(|a| a.len()).unwrap_or(0);
+    assert_eq!(fb, no_loop as usize + no_load_bytes as usize, "{st}");
+    Ok(())
+}

@@ -145,6 +145,7 @@ fn kea_local_to_dhclient_then_release() -> Result<()> {
     let cdir = d.cdir;
     let prefix = d.prefix;
     assert!(prefix.ends_with("/56"), "{prefix}");
+    assert_fallbacks(&agent, false)?;
     assert_delegated(&lab, &agent, &prefix, "eth0")?;
 
     dhclient.stop();
@@ -155,6 +156,30 @@ fn kea_local_to_dhclient_then_release() -> Result<()> {
         "{}",
         agent.log()
     );
+    Ok(())
+}
+
+/// The compat programs, which kernels before 5.18 get (`PD_AGENT_COMPAT=1`
+/// takes them here): the agent says so, the Reply leaving lan0 is parsed
+/// by `pd_tc_egress_compat` and routed, traffic from upstream arrives, and
+/// the client's Release, parsed by `pd_xdp_compat`, removes the route.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn compat_programs_route_and_release() -> Result<()> {
+    let lab = lab()?;
+    let dir = TempDir::new("kcompat")?;
+    let mut opts = lan_opts();
+    opts.env.push(("PD_AGENT_COMPAT".into(), "1".into()));
+    let d = delegate(&lab, &dir, "2001:db8:500::", 600, opts)?;
+    let agent = d.agent;
+    let mut dhclient = d.dhclient;
+    assert_fallbacks(&agent, true)?;
+    assert_delegated(&lab, &agent, &d.prefix, "eth0")?;
+    dhclient.stop();
+    dhclient_release(&lab.client, &d.cdir, "eth0")?;
+    assert_no_route(&lab, &agent, &d.prefix, Duration::from_secs(15))?;
+    let st = agent.stats()?;
+    assert_eq!(st["agent"]["releases_matched"], 1, "{st}");
     Ok(())
 }
 

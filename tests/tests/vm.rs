@@ -61,6 +61,9 @@ fn vm_vlan_sub_interface() -> Result<()> {
         opts,
     )?;
     let (agent, host) = (&d.agent, &d.host);
+    // The programs and fallbacks this kernel calls for (the compat
+    // programs before 5.18, a clsact filter before 6.6).
+    assert_fallbacks(agent, false)?;
     let (via, dev) = route_for(&router, agent, &d.prefix)?;
     assert_eq!(via, client.link_local("eth0.10")?.to_string());
     assert_eq!(dev, "lan0.10");

@@ -183,18 +183,16 @@ pub fn build(target: &str) -> Result<PathBuf> {
 /// The release build of the agent for `target` (the host's: `target/release`).
 pub(crate) fn build_release(target: &str) -> Result<PathBuf> {
     let obj = crate::build_ebpf()?;
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(root_dir())
-        .args(["build", "--release", "-p", "pd-agent"])
-        .env("PD_EBPF_OBJ", &obj);
-    let dir = if target == host_target()? {
-        root_dir().join("target/release")
-    } else {
-        cmd.args(["--target", target]);
-        root_dir().join("target").join(target).join("release")
-    };
-    status(&mut cmd)?;
-    Ok(dir.join("pd-agent"))
+    if target != host_target()? {
+        return crate::cross::Cross::of(target)?.build_release(&obj);
+    }
+    status(
+        Command::new("cargo")
+            .current_dir(root_dir())
+            .args(["build", "--release", "-p", "pd-agent"])
+            .env("PD_EBPF_OBJ", &obj),
+    )?;
+    Ok(root_dir().join("target/release/pd-agent"))
 }
 
 pub(crate) fn host_target() -> Result<String> {

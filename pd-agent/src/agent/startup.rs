@@ -465,6 +465,7 @@ fn load(cfg: &Config, bare_links: bool) -> Result<Programs, AgentError> {
         fwd_counters: cfg.forwarding_counters,
         kernel_log: cfg.kernel_debug,
         relay: cfg.relay.is_some(),
+        force_compat: false,
     };
     let mut progs = Programs::load_with(&cfg.pin_dir, opts)?;
     if let Some(r) = &cfg.relay {
@@ -480,7 +481,25 @@ fn load(cfg: &Config, bare_links: bool) -> Result<Programs, AgentError> {
         warn!("{note}");
     }
     let (xi, ti) = progs.verified_instructions();
-    info!(xdp_insns = xi, tc_insns = ti, pin_dir = %cfg.pin_dir.display(), "kernel programs loaded");
+    info!(
+        xdp = progs.xdp_name(),
+        tc = progs.tc_name(),
+        xdp_insns = xi,
+        tc_insns = ti,
+        pin_dir = %cfg.pin_dir.display(),
+        "kernel programs loaded"
+    );
+    let mut fallbacks = progs.fallbacks.describe();
+    if !ebpf::tcx_available() {
+        fallbacks
+            .push("no tcx (Linux 6.6): TC egress attaches as a clsact filter at a fixed priority");
+    }
+    if fallbacks.is_empty() {
+        info!("kernel fallbacks: none");
+    }
+    for f in fallbacks {
+        info!("kernel fallback: {f}");
+    }
     if cfg.kernel_debug {
         read_kernel_log(&mut progs)?;
     }
