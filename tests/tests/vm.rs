@@ -503,30 +503,29 @@ fn vm_relay_and_its_rate_limits() -> Result<()> {
 /// tmpfs of its own, unmounted on drop. (The VM's /etc and /var/lib are
 /// overlays already, and its /var/log and /var/cache tmpfs; the other
 /// tests keep the host's /usr as it is.)
-struct WritableUsr;
+/// A directory made writable for the test's length: an overlay on a
+/// tmpfs of its own, so nothing reaches the host's file system (the VM's
+/// root is the host's, shared).
+struct Writable(&'static str, String);
 
-impl WritableUsr {
-    const DIR: &'static str = "/run/pd-usr";
-
-    fn mount() -> Result<Self> {
-        std::fs::create_dir_all(Self::DIR)?;
-        sh(&["mount", "-t", "tmpfs", "pd-usr", Self::DIR])?;
+impl Writable {
+    fn mount(dir: &'static str) -> Result<Self> {
+        let tmp = format!("/run/pd-ovl{}", dir.replace('/', "-"));
+        std::fs::create_dir_all(&tmp)?;
+        sh(&["mount", "-t", "tmpfs", "pd-ovl", &tmp])?;
         for d in ["upper", "work"] {
-            std::fs::create_dir_all(format!("{}/{d}", Self::DIR))?;
+            std::fs::create_dir_all(format!("{tmp}/{d}"))?;
         }
-        let opts = format!(
-            "lowerdir=/usr,upperdir={0}/upper,workdir={0}/work",
-            Self::DIR
-        );
-        sh(&["mount", "-t", "overlay", "pd-usr", "-o", &opts, "/usr"])?;
-        Ok(WritableUsr)
+        let opts = format!("lowerdir={dir},upperdir={tmp}/upper,workdir={tmp}/work");
+        sh(&["mount", "-t", "overlay", "pd-ovl", "-o", &opts, dir])?;
+        Ok(Writable(dir, tmp))
     }
 }
 
-impl Drop for WritableUsr {
+impl Drop for Writable {
     fn drop(&mut self) {
-        let _ = sh(&["umount", "-l", "/usr"]);
-        let _ = sh(&["umount", "-l", Self::DIR]);
+        let _ = sh(&["umount", "-l", self.0]);
+        let _ = sh(&["umount", "-l", &self.1]);
     }
 }
 
@@ -556,7 +555,7 @@ fn vm_deb_install() -> Result<()> {
     // which takes minutes without KVM; the flag file lives in the guest's
     // overlay only.
     let _ = std::fs::remove_file("/var/lib/man-db/auto-update");
-    let _usr = WritableUsr::mount()?;
+    let _usr = Writable::mount("/usr")?;
     let out = sh(&["dpkg", "-i", &deb])?;
     eprintln!("{out}");
     assert_eq!(
@@ -641,5 +640,119 @@ fn vm_deb_install() -> Result<()> {
         sh(&["find", "/etc/systemd/system", "-name", "pd-agent*"])?.trim(),
         ""
     );
+    Ok(())
+}
+
+/// `systemctl show -p PROPERTY --value UNIT`.
+fn unit_property(unit: &str, property: &str) -> Result<String> {
+    Ok(sh(&["systemctl", "show", "-p", property, "--value", unit])?
+        .trim()
+        .to_string())
+}
+
+/// Under a real systemd (the VM tier boots one kernel with systemd as
+/// init: `vng --systemd`), the packaged unit (`Type=notify`,
+/// `WatchdogSec=`, `Restart=on-failure`, its capability bounding set and
+/// sandbox), from the .deb installed over overlays:
+/// - a oneshot unit ordered `After=pd-agent.service` finds the route of a
+///   stored binding already in the kernel: READY=1 came after the
+///   reconcile;
+/// - with the watchdog at 4 s (a drop-in), the running agent is not
+///   restarted over 12 s: its event loop pings;
+/// - stopped with SIGSTOP, it is killed for the watchdog timeout and
+///   started again (a new main pid, one restart, the journal says
+///   "Watchdog timeout"), and the route is still there.
+#[test]
+#[ignore = "needs systemd as PID 1: run with cargo xtask test vm"]
+fn systemd_pid1_watchdog_restarts_a_stopped_agent() -> Result<()> {
+    let comm = std::fs::read_to_string("/proc/1/comm")?;
+    assert_eq!(comm.trim(), "systemd", "PID 1 is {comm}");
+    let deb = std::env::var("PD_DEB").context("PD_DEB: the package (cargo xtask test vm)")?;
+    let _ = std::fs::remove_file("/var/lib/man-db/auto-update");
+    // /etc and /var/lib are the VM's overlays already.
+    let _usr = Writable::mount("/usr")?;
+    sh(&["dpkg", "-i", &deb])?;
+    // systemd mounts bpffs at boot on a machine, not in a container (as
+    // it runs here): the unit, without CAP_SYS_ADMIN, cannot mount it.
+    if !sh(&["findmnt", "-t", "bpf", "/sys/fs/bpf"]).is_ok_and(|o| !o.trim().is_empty()) {
+        sh(&["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"])?;
+    }
+
+    // lan0 in the VM's own namespace, a stored binding whose route is not
+    // in the kernel yet.
+    sh(&[
+        "ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p",
+    ])?;
+    sh(&["ip", "link", "set", "lan0", "up"])?;
+    sh(&["ip", "link", "set", "lan0p", "up"])?;
+    let ifindex = std::fs::read_to_string("/sys/class/net/lan0/ifindex")?;
+    std::fs::create_dir_all("/var/lib/pd-agent")?;
+    std::fs::write(
+        "/var/lib/pd-agent/bindings.json",
+        format!(
+            r#"{{"version":1,"bindings":[{{"prefix":"{STORED_PREFIX}","kind":"delegated","iface":"lan0","ifindex":{},
+            "next_hop":"fe80::1","client_duid":"000100aa","iaid":1,"t1":1000,"t2":2000,"preferred_lifetime":3000,
+            "valid_lifetime":4000,"expires_at":4000000000,"updated_at":1}}]}}"#,
+            ifindex.trim()
+        ),
+    )?;
+    std::fs::write(
+        "/etc/pd-agent/pd-agent.toml",
+        "pin_dir = \"/sys/fs/bpf/pd-agent\"\nstate_dir = \"/var/lib/pd-agent\"\n\
+         control = \"/run/pd-agent/control.sock\"\n[[interface]]\nname = \"lan0\"\nrole = \"downstream\"\n",
+    )?;
+    std::fs::create_dir_all("/etc/systemd/system/pd-agent.service.d")?;
+    std::fs::write(
+        "/etc/systemd/system/pd-agent.service.d/watchdog.conf",
+        "[Service]\nWatchdogSec=4s\n",
+    )?;
+    // What a unit ordered after pd-agent finds.
+    std::fs::write(
+        "/etc/systemd/system/pd-after.service",
+        "[Unit]\nRequires=pd-agent.service\nAfter=pd-agent.service\n\
+         [Service]\nType=oneshot\nExecStart=/bin/sh -c 'ip -6 route show proto 57 > /run/pd-after.out'\n",
+    )?;
+    sh(&["systemctl", "daemon-reload"])?;
+    let journal = || sh(&["journalctl", "-u", "pd-agent", "--no-pager"]).unwrap_or_default();
+    sh(&["systemctl", "start", "pd-after.service"]).with_context(journal)?;
+    let after = std::fs::read_to_string("/run/pd-after.out")?;
+    assert!(
+        after.contains(&format!("{STORED_PREFIX} via fe80::1 dev lan0")),
+        "the unit after pd-agent found: {after:?}\n{}",
+        journal()
+    );
+    assert_eq!(unit_property("pd-agent", "ActiveState")?, "active");
+    assert_eq!(unit_property("pd-agent", "NRestarts")?, "0");
+    let pid = unit_property("pd-agent", "MainPID")?;
+    assert_ne!(pid, "0");
+
+    // Three watchdog periods: the pings keep it alive.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(
+        unit_property("pd-agent", "NRestarts")?,
+        "0",
+        "{}",
+        journal()
+    );
+    assert_eq!(unit_property("pd-agent", "MainPID")?, pid);
+
+    sh(&["kill", "-STOP", &pid])?;
+    let restarted = wait_for(Duration::from_secs(40), || {
+        let now = unit_property("pd-agent", "MainPID").ok()?;
+        (unit_property("pd-agent", "NRestarts").ok()? == "1"
+            && now != pid
+            && now != "0"
+            && unit_property("pd-agent", "ActiveState").ok()? == "active")
+            .then_some(now)
+    });
+    let log = journal();
+    assert!(restarted.is_some(), "not restarted after SIGSTOP:\n{log}");
+    assert!(log.contains("Watchdog timeout"), "{log}");
+    let routes = sh(&["ip", "-6", "route", "show", "proto", "57"])?;
+    assert!(routes.contains(STORED_PREFIX), "{routes}\n{log}");
+    eprintln!("{log}");
+
+    sh(&["systemctl", "stop", "pd-agent"])?;
+    sh(&["dpkg", "--purge", "pd-agent"])?;
     Ok(())
 }

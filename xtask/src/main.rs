@@ -302,7 +302,7 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
         .env("PD_AGENT_BIN", &bin)
         .env("PD_EBPF_OBJ", &obj);
     // The VM tier's tests run in the VM only.
-    cmd.args(["--skip", "vm_"]);
+    cmd.args(["--skip", "vm_", "--skip", "systemd_pid1"]);
     if let Some(f) = &filter {
         cmd.arg(f);
     }
@@ -546,7 +546,11 @@ fn test_vm(kernels: &[String]) -> Result<()> {
 /// Boot each kernel (default: [`VM_KERNELS`]) in a VM without KVM (nested
 /// KVM fails on these machines) and run there the kernel tests
 /// (`tests/kernel.rs`: program load under every switch, the TestRun
-/// corpus and mutants) and the `vm_` namespace tests. The Debian
+/// corpus and mutants), the `vm_` namespace tests, and `systemd_pid1_*`
+/// under a real systemd (the packaged unit's readiness and watchdog):
+/// virtme-ng's own `--systemd` boot is of no use here, as systemd sees
+/// the host's `/.dockerenv` through the shared root, takes itself for a
+/// container and ignores the kernel command line. The Debian
 /// package is built (and checked with lintian) first: `vm_deb_install`
 /// installs it in the guest (`PD_DEB`) over overlays, so the host is
 /// untouched.
@@ -584,45 +588,71 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
     let kernel_exe = test_executable("kernel", &obj)?;
     let out = root_dir().join("target/vm");
     std::fs::create_dir_all(&out)?;
-    for kernel in kernels {
+    let bin = root_dir().join("target/debug/pd-agent");
+    let env = format!(
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+         export PD_AGENT_BIN={} PD_EBPF_OBJ={} PD_DEB={} RUST_BACKTRACE=1",
+        bin.display(),
+        obj.display(),
+        deb.display()
+    );
+    for kernel in &kernels {
         let log = out.join("vm-test.log");
         let rc = out.join("rc");
-        let _ = std::fs::remove_file(&log);
-        let _ = std::fs::remove_file(&rc);
+        let sd_rc = out.join("systemd.rc");
+        for f in [&log, &rc, &sd_rc] {
+            let _ = std::fs::remove_file(f);
+        }
         let console = out.join("console.log");
         let console_err = out.join("console.err");
         let script = out.join("run.sh");
+        let (log_s, rc_s, sd_rc_s) = (log.display(), rc.display(), sd_rc.display());
+        // `systemd_pid1_*` runs under a real systemd: PID 1 of a PID and
+        // mount namespace of the guest's (as in a container), started on
+        // the unit that runs the test and exits with it.
+        let sd_script = out.join("systemd.sh");
         std::fs::write(
-            &script,
+            &sd_script,
             format!(
                 "#!/bin/sh
-                 mkdir -p /run/netns
-                 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-                 export PD_AGENT_BIN={bin} PD_EBPF_OBJ={obj} PD_DEB={deb} RUST_BACKTRACE=1
-                 uname -r > {log}
-                 {kernel_exe} --ignored --test-threads=1 >> {log} 2>&1
-                 k=$?
-                 {exe} --ignored --test-threads=1 --nocapture vm_ >> {log} 2>&1
-                 v=$?
-                 echo $((k + v)) > {rc}
+                 mount -t tmpfs pd-vartmp /var/tmp
+                 {env}
+                 {exe} --ignored --test-threads=1 --nocapture systemd_pid1 >> {log_s} 2>&1
+                 echo $? > {sd_rc_s}
 ",
-                bin = root_dir().join("target/debug/pd-agent").display(),
-                obj = obj.display(),
-                deb = deb.display(),
                 exe = exe.display(),
-                kernel_exe = kernel_exe.display(),
-                log = log.display(),
-                rc = rc.display(),
             ),
         )?;
+        status(Command::new("chmod").arg("+x").arg(&sd_script))?;
+        let body = format!(
+            "mkdir -p /run/netns
+             {env}
+             uname -r > {log_s}
+             {kernel_exe} --ignored --test-threads=1 --nocapture >> {log_s} 2>&1
+             k=$?
+             {exe} --ignored --test-threads=1 --nocapture vm_ >> {log_s} 2>&1
+             v=$?
+             mkdir -p /run/systemd/system
+             printf '[Unit]\\nSuccessAction=exit\\nFailureAction=exit\\n[Service]\\nType=oneshot\\nExecStart={sd}\\n' \\
+                 > /run/systemd/system/pd-test.service
+             unshare --pid --fork --mount --mount-proc env -i container=pd-vm \\
+                 /lib/systemd/systemd --unit=pd-test.service > {out}/systemd.log 2>&1
+             s=$(cat {sd_rc_s} 2>/dev/null || echo 1)
+             echo $((k + v + s)) > {rc_s}",
+            exe = exe.display(),
+            kernel_exe = kernel_exe.display(),
+            sd = sd_script.display(),
+            out = out.display(),
+        );
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n"))?;
         status(Command::new("chmod").arg("+x").arg(&script))?;
         eprintln!("xtask: VM tier on {} (no KVM: slow)", kernel.display());
         let t = std::time::Instant::now();
-        let st = Command::new("timeout")
-            .arg("1200")
+        let mut cmd = Command::new("timeout");
+        cmd.arg("1200")
             .arg(&vng)
             .arg("-r")
-            .arg(&kernel)
+            .arg(kernel)
             .args(["--disable-kvm", "--memory", "2G", "--cpus", "2"])
             .args([
                 "--overlay-rwdir",
@@ -635,7 +665,8 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
             .arg("--rwdir")
             .arg(&out)
             .arg("--exec")
-            .arg(&script)
+            .arg(&script);
+        let st = cmd
             .current_dir(root_dir())
             .stdin(std::process::Stdio::null())
             // The guest's console goes to a file: QEMU can reopen and
@@ -656,11 +687,12 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
         if code.trim() != "0" {
             tally.print();
             bail!(
-                "the VM tier on {} failed (vng {st}, tests exit {:?}); log: {}, console: {}",
+                "the VM tier on {} failed (vng {st}, tests exit {:?}); log: {}, console: {}, systemd: {}",
                 kernel.display(),
                 code.trim(),
                 log.display(),
-                console.display()
+                console.display(),
+                out.join("systemd.log").display()
             );
         }
     }
