@@ -609,7 +609,10 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
         let (log_s, rc_s, sd_rc_s) = (log.display(), rc.display(), sd_rc.display());
         // `systemd_pid1_*` runs under a real systemd: PID 1 of a PID and
         // mount namespace of the guest's (as in a container), started on
-        // the unit that runs the test and exits with it.
+        // the unit that runs the test and exits with it. Its boot-time
+        // tmpfiles would empty /tmp (`D /tmp`), where a clone under /tmp
+        // keeps the test binaries (the guest's overlay only: the host's
+        // /tmp is its read-only lower layer): masked.
         let sd_script = out.join("systemd.sh");
         std::fs::write(
             &sd_script,
@@ -633,6 +636,8 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
              {exe} --ignored --test-threads=1 --nocapture vm_ >> {log_s} 2>&1
              v=$?
              mkdir -p /run/systemd/system
+             ln -sf /dev/null /run/systemd/system/systemd-tmpfiles-setup.service
+             ln -sf /dev/null /run/systemd/system/systemd-tmpfiles-clean.timer
              printf '[Unit]\\nSuccessAction=exit\\nFailureAction=exit\\n[Service]\\nType=oneshot\\nExecStart={sd}\\n' \\
                  > /run/systemd/system/pd-test.service
              unshare --pid --fork --mount --mount-proc env -i container=pd-vm \\
