@@ -237,7 +237,7 @@ impl Agent {
                         "xdp": self.progs.xdp_name(),
                         "tc": self.progs.tc_name(),
                         "fallbacks": self.progs.fallbacks.describe(),
-                        "tcx": crate::ebpf::tcx_available(),
+                        "tcx": !self.progs.fallbacks.no_tcx,
                     },
                     "fast_path": self.fast_path_view(),
                     "relay": self.relay.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()),

@@ -220,8 +220,9 @@ pub enum Attached {
 }
 
 /// What the kernel lacks that the programs would use, and so which
-/// fallbacks the agent chose: probed at load by loading two small programs
-/// that call the helper.
+/// fallbacks the agent chose: the helpers probed at load by loading two
+/// small programs that call them, tcx by the kernel's version
+/// ([`tcx_available`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Fallbacks {
     /// No `bpf_loop` (before 5.17): the TLV walk is a bounded loop over a
@@ -230,25 +231,27 @@ pub struct Fallbacks {
     /// No `bpf_xdp_load_bytes` (before 5.18): XDP copies the payload with
     /// `bpf_probe_read_kernel` from its (linear) frame.
     pub no_xdp_load_bytes: bool,
+    /// No tcx (before 6.6): TC egress is a clsact filter.
+    pub no_tcx: bool,
 }
 
 impl Fallbacks {
-    /// Whether the compat programs are loaded (either fallback).
+    /// Whether the compat programs are loaded (either helper missing).
     pub fn compat(&self) -> bool {
         self.no_bpf_loop || self.no_xdp_load_bytes
     }
 
-    /// The fallbacks in words, for the start-up log and `status`; empty
+    /// The fallbacks in words, for the start-up log and `stats`; empty
     /// when there are none.
     pub fn describe(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.no_bpf_loop {
-            v.push("no bpf_loop (Linux 5.17): DHCPv6 options walked by a bounded loop over a global function");
-        }
-        if self.no_xdp_load_bytes {
-            v.push("no bpf_xdp_load_bytes (Linux 5.18): XDP copies the payload with bpf_probe_read_kernel");
-        }
-        v
+        [
+            (self.no_bpf_loop, "no bpf_loop (Linux 5.17): DHCPv6 options walked by a bounded loop over a global function"),
+            (self.no_xdp_load_bytes, "no bpf_xdp_load_bytes (Linux 5.18): XDP copies the payload with bpf_probe_read_kernel"),
+            (self.no_tcx, "no tcx (Linux 6.6): TC egress attaches as a clsact filter at a fixed priority"),
+        ]
+        .into_iter()
+        .filter_map(|(on, what)| on.then_some(what))
+        .collect()
     }
 }
 
@@ -256,10 +259,6 @@ impl Fallbacks {
 /// maps pinned under the pin directory).
 pub struct Programs {
     ebpf: Ebpf,
-    /// `pd_xdp` or, with fallbacks, `pd_xdp_compat`.
-    xdp_prog: &'static str,
-    /// `pd_tc_egress` or `pd_tc_egress_compat`.
-    tc_prog: &'static str,
     /// The kernel features missing, and so the programs loaded.
     pub fallbacks: Fallbacks,
     client_records: u32,
@@ -317,7 +316,7 @@ const TC_HANDLE: TcHandle = TcHandle::new(0, 0x7d0);
 
 /// tcx links (pinnable) exist from Linux 6.6; `PD_AGENT_TC_NETLINK=1`
 /// forces the older netlink path (tests).
-pub fn tcx_available() -> bool {
+fn tcx_available() -> bool {
     if std::env::var_os("PD_AGENT_TC_NETLINK").is_some_and(|v| v == "1") {
         return false;
     }
@@ -394,8 +393,6 @@ impl Programs {
         }
         let mut progs = Programs {
             ebpf: loader.load(OBJECT).map_err(LoadError::Object)?,
-            xdp_prog: prog::XDP,
-            tc_prog: prog::TC_EGRESS,
             fallbacks: Fallbacks::default(),
             client_records: opts.client_entries.unwrap_or(maps::CLIENTS_ENTRIES),
             notes,
@@ -406,11 +403,8 @@ impl Programs {
         progs.fallbacks = Fallbacks {
             no_bpf_loop: forced || !progs.probe(prog::PROBE_LOOP),
             no_xdp_load_bytes: forced || !progs.probe(prog::PROBE_XDP_LOAD_BYTES),
+            no_tcx: !tcx_available(),
         };
-        if progs.fallbacks.compat() {
-            progs.xdp_prog = prog::XDP_COMPAT;
-            progs.tc_prog = prog::TC_EGRESS_COMPAT;
-        }
         let failed = |program| {
             move |e: ProgramError| LoadError::Program {
                 program,
@@ -418,7 +412,7 @@ impl Programs {
                 reason: verifier_head(&e),
             }
         };
-        let (x, t) = (progs.xdp_prog, progs.tc_prog);
+        let (x, t) = (progs.xdp_name(), progs.tc_name());
         progs.xdp()?.load().map_err(failed(x))?;
         progs.tc()?.load().map_err(failed(t))?;
         Ok(progs)
@@ -440,16 +434,24 @@ impl Programs {
 
     /// The XDP program loaded: `pd_xdp`, or `pd_xdp_compat` ([`Fallbacks`]).
     pub fn xdp_name(&self) -> &'static str {
-        self.xdp_prog
+        if self.fallbacks.compat() {
+            prog::XDP_COMPAT
+        } else {
+            prog::XDP
+        }
     }
 
     /// The TC program loaded: `pd_tc_egress`, or `pd_tc_egress_compat`.
     pub fn tc_name(&self) -> &'static str {
-        self.tc_prog
+        if self.fallbacks.compat() {
+            prog::TC_EGRESS_COMPAT
+        } else {
+            prog::TC_EGRESS
+        }
     }
 
     pub fn xdp(&mut self) -> Result<&mut Xdp, LoadError> {
-        let name = self.xdp_prog;
+        let name = self.xdp_name();
         self.ebpf
             .program_mut(name)
             .ok_or(LoadError::Map(name, "not in object".into()))?
@@ -485,7 +487,7 @@ impl Programs {
     }
 
     pub fn tc(&mut self) -> Result<&mut SchedClassifier, LoadError> {
-        let name = self.tc_prog;
+        let name = self.tc_name();
         self.ebpf
             .program_mut(name)
             .ok_or(LoadError::Map(name, "not in object".into()))?
@@ -497,7 +499,7 @@ impl Programs {
     /// driver mode, falling back to generic (skb) mode.
     pub fn attach_xdp(&mut self, iface: &str) -> Result<XdpMode, LoadError> {
         if_index(iface)?;
-        let program = self.xdp_prog;
+        let program = self.xdp_name();
         let xdp = self.xdp()?;
         match xdp.attach(iface, XdpMode::Driver) {
             Ok(_) => Ok(XdpMode::Driver),
@@ -528,7 +530,7 @@ impl Programs {
             let _ = std::fs::remove_file(&path);
         }
         let mut mode = XdpMode::Driver;
-        let program = self.xdp_prog;
+        let program = self.xdp_name();
         let xdp = self.xdp()?;
         let id = match xdp.attach(iface, mode) {
             Ok(id) => id,
@@ -556,7 +558,7 @@ impl Programs {
     /// [`Programs::attach_xdp_pinned`] for `pd_tc_egress` (tcx links; on
     /// kernels without tcx the clsact filter is not pinned).
     pub fn attach_tc_pinned(&mut self, iface: &str, links: &Path) -> Result<Attached, LoadError> {
-        if !tcx_available() {
+        if self.fallbacks.no_tcx {
             return self.attach_tc_netlink(iface, links);
         }
         let path = link_path(links, "tc", iface)?;
@@ -569,7 +571,7 @@ impl Programs {
             let _ = std::fs::remove_file(&path);
         }
         let _ = tc::qdisc_add_clsact(iface);
-        let program = self.tc_prog;
+        let program = self.tc_name();
         let tc = self.tc()?;
         let id = tc
             .attach(iface, TcAttachType::Egress)
@@ -593,7 +595,7 @@ impl Programs {
     /// to a file descriptor), and the next agent replaces its program in
     /// place instead of adding a second filter.
     fn attach_tc_netlink(&mut self, iface: &str, links: &Path) -> Result<Attached, LoadError> {
-        let program = self.tc_prog;
+        let program = self.tc_name();
         let err = |source| LoadError::Attach {
             program,
             iface: iface.into(),

@@ -497,7 +497,7 @@ fn ceiling_of(xdp_name: &str, kernel_log: bool) -> u32 {
         (true, false) => COMPAT_INSN_CEILING,
         (true, true) => COMPAT_DEBUG_INSN_CEILING,
     };
-    if pd_tests::kernel_version() < (6, 12) {
+    if pd_tests::kernel_before(6, 12) {
         base * OLD_VERIFIER_FACTOR
     } else {
         base

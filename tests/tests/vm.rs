@@ -499,13 +499,11 @@ fn vm_relay_and_its_rate_limits() -> Result<()> {
     Ok(())
 }
 
-/// /usr made writable for one test: an overlay whose upper layer is a
-/// tmpfs of its own, unmounted on drop. (The VM's /etc and /var/lib are
-/// overlays already, and its /var/log and /var/cache tmpfs; the other
-/// tests keep the host's /usr as it is.)
-/// A directory made writable for the test's length: an overlay on a
-/// tmpfs of its own, so nothing reaches the host's file system (the VM's
-/// root is the host's, shared).
+/// A directory (/usr) made writable for one test: an overlay whose upper
+/// layer is a tmpfs of its own, unmounted on drop, so nothing reaches the
+/// host's file system (the VM's root is the host's, shared). The VM's
+/// /etc and /var/lib are overlays already, and its /var/log and
+/// /var/cache tmpfs.
 struct Writable(&'static str, String);
 
 impl Writable {
@@ -650,8 +648,9 @@ fn unit_property(unit: &str, property: &str) -> Result<String> {
         .to_string())
 }
 
-/// Under a real systemd (the VM tier boots one kernel with systemd as
-/// init: `vng --systemd`), the packaged unit (`Type=notify`,
+/// Under a real systemd (the VM tier starts it as PID 1 of a PID and
+/// mount namespace in each VM, on a unit that runs this test), the
+/// packaged unit (`Type=notify`,
 /// `WatchdogSec=`, `Restart=on-failure`, its capability bounding set and
 /// sandbox), from the .deb installed over overlays:
 /// - a oneshot unit ordered `After=pd-agent.service` finds the route of a
@@ -686,16 +685,7 @@ fn systemd_pid1_watchdog_restarts_a_stopped_agent() -> Result<()> {
     sh(&["ip", "link", "set", "lan0", "up"])?;
     sh(&["ip", "link", "set", "lan0p", "up"])?;
     let ifindex = std::fs::read_to_string("/sys/class/net/lan0/ifindex")?;
-    std::fs::create_dir_all("/var/lib/pd-agent")?;
-    std::fs::write(
-        "/var/lib/pd-agent/bindings.json",
-        format!(
-            r#"{{"version":1,"bindings":[{{"prefix":"{STORED_PREFIX}","kind":"delegated","iface":"lan0","ifindex":{},
-            "next_hop":"fe80::1","client_duid":"000100aa","iaid":1,"t1":1000,"t2":2000,"preferred_lifetime":3000,
-            "valid_lifetime":4000,"expires_at":4000000000,"updated_at":1}}]}}"#,
-            ifindex.trim()
-        ),
-    )?;
+    write_stored_binding("/var/lib/pd-agent".as_ref(), ifindex.trim())?;
     std::fs::write(
         "/etc/pd-agent/pd-agent.toml",
         "pin_dir = \"/sys/fs/bpf/pd-agent\"\nstate_dir = \"/var/lib/pd-agent\"\n\

@@ -179,8 +179,7 @@ pub fn build(target: &str) -> Result<PathBuf> {
 
 /// The release build of the agent for `target` (the kernel object built
 /// first). The host's target builds into target/release, shared with the
-/// benchmarks' build.
-/// The release build of the agent for `target` (the host's: `target/release`).
+/// benchmarks' build; another is cross-built ([`crate::cross`]).
 pub(crate) fn build_release(target: &str) -> Result<PathBuf> {
     let obj = crate::build_ebpf()?;
     if target != host_target()? {

@@ -122,7 +122,6 @@ fn run() -> Result<()> {
             Some((first, kernels)) if first == "vm" => test_vm(kernels),
             Some((first, _)) if first == "cross" => {
                 deps()?;
-                build_agent()?;
                 let mut tally = Tally::default();
                 cross_tier(&mut tally)?;
                 tally.print();
@@ -653,8 +652,8 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
         status(Command::new("chmod").arg("+x").arg(&script))?;
         eprintln!("xtask: VM tier on {} (no KVM: slow)", kernel.display());
         let t = std::time::Instant::now();
-        let mut cmd = Command::new("timeout");
-        cmd.arg("1200")
+        let st = Command::new("timeout")
+            .arg("1200")
             .arg(&vng)
             .arg("-r")
             .arg(kernel)
@@ -670,8 +669,7 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
             .arg("--rwdir")
             .arg(&out)
             .arg("--exec")
-            .arg(&script);
-        let st = cmd
+            .arg(&script)
             .current_dir(root_dir())
             .stdin(std::process::Stdio::null())
             // The guest's console goes to a file: QEMU can reopen and

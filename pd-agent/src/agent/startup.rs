@@ -489,11 +489,7 @@ fn load(cfg: &Config, bare_links: bool) -> Result<Programs, AgentError> {
         pin_dir = %cfg.pin_dir.display(),
         "kernel programs loaded"
     );
-    let mut fallbacks = progs.fallbacks.describe();
-    if !ebpf::tcx_available() {
-        fallbacks
-            .push("no tcx (Linux 6.6): TC egress attaches as a clsact filter at a fixed priority");
-    }
+    let fallbacks = progs.fallbacks.describe();
     if fallbacks.is_empty() {
         info!("kernel fallbacks: none");
     }
