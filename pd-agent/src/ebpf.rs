@@ -89,10 +89,42 @@ fn chain_hint(e: &dyn std::error::Error) -> &'static str {
 
 fn text_hint(s: &str) -> &'static str {
     if s.contains("Operation not permitted") || s.contains("os error 1)") {
-        " (loading BPF programs needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+        eperm_hint(maps_charged_to_memlock(), memlock_finite())
     } else {
         ""
     }
+}
+
+/// What to say of an EPERM from the bpf syscall. Before Linux 5.11 maps
+/// and programs are charged to RLIMIT_MEMLOCK; aya raises it to infinity
+/// first, which fails without CAP_SYS_RESOURCE (a systemd unit's bounding
+/// set, a container): the kernel's EPERM then means "over the limit",
+/// not "not root".
+fn eperm_hint(charged_to_memlock: bool, memlock_finite: bool) -> &'static str {
+    if charged_to_memlock && memlock_finite {
+        " (kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, which is finite here \
+         and cannot be raised without CAP_SYS_RESOURCE: set LimitMEMLOCK=infinity in \
+         the unit, or run pd-agent after `ulimit -l unlimited`)"
+    } else {
+        " (loading BPF programs needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+    }
+}
+
+/// Whether this kernel charges BPF memory to RLIMIT_MEMLOCK (before 5.11,
+/// when memory cgroup accounting took over).
+fn maps_charged_to_memlock() -> bool {
+    KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 11, 0))
+}
+
+/// Whether RLIMIT_MEMLOCK is below infinity for this process now.
+fn memlock_finite() -> bool {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    r == 0 && lim.rlim_cur != libc::RLIM_INFINITY
 }
 
 /// First lines of a verifier log, for an error message an operator can read.
@@ -910,6 +942,19 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// EPERM names the memlock limit only where it can be the cause.
+    #[test]
+    fn eperm_hint_names_memlock_only_before_5_11_with_a_finite_limit() {
+        let memlock = eperm_hint(true, true);
+        assert!(memlock.contains("RLIMIT_MEMLOCK"), "{memlock}");
+        assert!(memlock.contains("LimitMEMLOCK=infinity"), "{memlock}");
+        for (charged, finite) in [(false, true), (true, false), (false, false)] {
+            let root = eperm_hint(charged, finite);
+            assert!(root.contains("needs root"), "{charged} {finite}: {root}");
+        }
+        assert_eq!(text_hint("map created"), "");
+    }
 
     /// The kernel side spells map names in `#[map(name = "...")]`, which
     /// takes only a string literal (aya-ebpf 0.2.1's macro parses a

@@ -55,6 +55,8 @@ pub struct AgentOpts {
     pub ready_timeout: Option<Duration>,
     /// The binary to run (default: [`agent_bin`]).
     pub bin: Option<PathBuf>,
+    /// A command that runs the agent (`prlimit ...`, `setpriv ...`).
+    pub wrap: Vec<String>,
 }
 
 impl AgentOpts {
@@ -109,7 +111,8 @@ impl Agent {
         let state_dir = dir.path("state");
         let control = dir.path("control.sock");
         let bin = o.bin.clone().unwrap_or_else(agent_bin);
-        let mut args: Vec<String> = vec![bin.display().to_string(), "run".into()];
+        let mut args: Vec<String> = o.wrap.clone();
+        args.extend([bin.display().to_string(), "run".into()]);
         for d in &o.downstream {
             args.extend(["--downstream".into(), d.to_string()]);
         }

@@ -527,6 +527,43 @@ impl Drop for Writable {
     }
 }
 
+/// The agent under a small RLIMIT_MEMLOCK (64 KiB) and without
+/// CAP_SYS_RESOURCE, as a unit without `LimitMEMLOCK=` or a container
+/// runs it:
+/// - from 5.11 on, where BPF memory is charged to the memory cgroup, it
+///   becomes ready and puts the stored binding's route back;
+/// - before 5.11 its maps do not fit: it exits, and the error names
+///   RLIMIT_MEMLOCK and the fix, not a missing root.
+#[test]
+#[ignore = "run with cargo xtask test vm"]
+fn vm_small_memlock_limit() -> Result<()> {
+    let dir = TempDir::new("memlock")?;
+    let ns = lan_with_stored_binding("mlk", &dir)?;
+    let wrap = "prlimit --memlock=65536:65536 setpriv --bounding-set=-sys_resource --";
+    let started = Agent::start_opts(
+        &ns,
+        &dir,
+        AgentOpts {
+            wrap: wrap.split(' ').map(String::from).collect(),
+            ..AgentOpts::new(&["lan0"], &[])
+        },
+    );
+    if kernel_before(5, 11) {
+        let e = format!("{:#}", started.err().context("started before 5.11")?);
+        assert!(
+            e.contains("charge BPF maps to RLIMIT_MEMLOCK") && e.contains("LimitMEMLOCK=infinity"),
+            "{e}"
+        );
+        assert!(!e.contains("needs root"), "{e}");
+        eprintln!("before 5.11, as it should: {e}");
+    } else {
+        let agent = started?;
+        let (via, dev) = route_for(&ns, &agent, STORED_PREFIX)?;
+        assert_eq!((via.as_str(), dev.as_str()), ("fe80::1", "lan0"));
+    }
+    Ok(())
+}
+
 /// `dpkg-query -W -f FORMAT pd-agent`.
 fn dpkg_query(format: &str) -> Result<String> {
     sh(&["dpkg-query", "-W", "-f", format, "pd-agent"])
