@@ -7,6 +7,7 @@
 //! - `deb`: the Debian package, checked with lintian;
 //! - `demo`: a live lab in network namespaces.
 
+mod arm64_vm;
 mod cross;
 mod deb;
 mod demo;
@@ -36,7 +37,8 @@ enum Cmd {
     /// `cargo xtask test vm [KERNEL...]` only the VM tier, on the given
     /// kernels (a /boot/vmlinuz-* path or its version; default: Debian
     /// 12's 6.1 and 6.12, and Debian 11's 5.10); `cargo xtask test
-    /// cross` only the arm64 unit tests (under qemu-user) and .deb.
+    /// cross` only the arm64 tier: unit tests under qemu-user, the .deb,
+    /// and the root tests on Debian 12's arm64 kernel (emulated).
     Test {
         /// Only the unit tests (no root needed).
         #[arg(long)]
@@ -314,14 +316,16 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
     Ok(())
 }
 
-/// The arm64 agent: its unit tests under qemu-user, then its Debian
-/// package (built and checked with lintian as the host's is).
+/// The arm64 agent: its unit tests under qemu-user, its Debian package
+/// (built and checked with lintian as the host's is), then its programs
+/// and traffic on an arm64 kernel ([`arm64_vm`]).
 fn cross_tier(tally: &mut Tally) -> Result<()> {
     let obj = build_ebpf()?;
     let arm64 = cross::Cross::of(cross::ARM64)?;
     let text = arm64.unit_tests(&obj)?;
     tally.scan(&text);
     deb::build(cross::ARM64)?;
+    arm64_vm::tier(tally, arm64, &obj)?;
     Ok(())
 }
 

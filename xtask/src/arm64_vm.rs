@@ -1,0 +1,340 @@
+//! The arm64 VM tier: the cross-built agent and tests on Debian 12's own
+//! arm64 kernel, under qemu-system-aarch64 without KVM (full emulation).
+//!
+//! qemu-user runs the unit tests but loads no BPF: only a kernel of the
+//! target architecture verifies and JITs the programs. virtme-ng boots
+//! the kernel over a root file system of the project's own, made from
+//! Debian's arm64 packages by extraction alone (`dpkg-deb -x`: no arm64
+//! code runs on the host, no maintainer script runs), fetched through a
+//! private apt configuration (target/vm/arm64/apt): the host's sources and
+//! architectures stay as they are. The repository is mounted read-only at
+//! its own path, so the tests find their fixtures as on the host.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{apt_install, cross::Cross, root_dir, status, vng, Tally};
+
+/// The guest's packages: the shell and tools virtme-ng's init and the
+/// tests call, and the servers and client the traffic tests start.
+const ROOT_PACKAGES: &[&str] = &[
+    "base-passwd",
+    "bash",
+    "bpftool",
+    "busybox-static",
+    "conntrack",
+    "coreutils",
+    "dash",
+    "findutils",
+    "grep",
+    "iproute2",
+    "iputils-ping",
+    "isc-dhcp-client",
+    "kea-dhcp6-server",
+    "kmod",
+    "libc6",
+    "libgcc-s1",
+    "mount",
+    "nftables",
+    "procps",
+    "python3",
+    "sed",
+    "udev",
+    "util-linux",
+];
+
+const SOURCES: &str = "\
+deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
+deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-updates main
+deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
+";
+
+/// The kernels booted, by the metapackage that names the newest of each
+/// series: Debian 12's own 6.1 (no tcx, no xdp-features: the kernel
+/// forwards what the fast path would redirect) and the 6.12 Debian 12
+/// also ships (both: redirects in XDP on arm64's JIT).
+const KERNELS: &[&str] = &["linux-image-arm64", "linux-image-6.12-arm64"];
+
+/// What runs in the guest, with libtest's arguments: the kernel tests
+/// (load under every switch, the TestRun corpus and mutants through both
+/// program sets: the arm64 JIT; the 64 loads of the debug-log test only
+/// exercise the verifier, the same on every architecture, and would take
+/// ten minutes emulated), the agent under a small memlock limit (attach,
+/// reconcile), ring-buffer replay and the trust checks with a made-up
+/// server, and real Kea and dhclient across the fast path's matrix of
+/// links and firewalls, counted at the far end.
+const GUEST_TESTS: &[(&str, &[&str])] = &[
+    ("kernel", &["--skip", "kernel_debug_log_names_each_reject"]),
+    ("vm", &["--exact", "vm_small_memlock_limit"]),
+    (
+        "durability",
+        &[
+            "--exact",
+            "lost_ring_events_are_replayed_from_client_records",
+            "forged_replies_from_a_client_link_install_nothing",
+        ],
+    ),
+    ("datapath", &["--exact", "fast_path_matrix"]),
+];
+
+/// apt-get or apt-cache through the private configuration.
+fn apt(dir: &Path, tool: &str) -> Command {
+    let mut c = Command::new(tool);
+    c.env("APT_CONFIG", dir.join("apt.conf"));
+    c
+}
+
+/// The root file system under target/vm/arm64/root, built unless the one
+/// there was built from the same packages; returns it and the versions
+/// of the [`KERNELS`] in it.
+fn root_fs() -> Result<(PathBuf, Vec<String>)> {
+    let base = root_dir().join("target/vm/arm64");
+    let apt_dir = base.join("apt");
+    let root = base.join("root");
+    for d in ["state/lists/partial", "cache/archives/partial", "empty"] {
+        std::fs::create_dir_all(apt_dir.join(d))?;
+    }
+    std::fs::write(apt_dir.join("state/status"), "")?;
+    std::fs::write(apt_dir.join("sources.list"), SOURCES)?;
+    let a = apt_dir.display();
+    std::fs::write(
+        apt_dir.join("apt.conf"),
+        format!(
+            "APT::Architecture \"arm64\";\n\
+             APT::Architectures {{ \"arm64\"; }};\n\
+             Dir::State \"{a}/state\";\n\
+             Dir::State::status \"{a}/state/status\";\n\
+             Dir::Cache \"{a}/cache\";\n\
+             Dir::Etc::SourceList \"{a}/sources.list\";\n\
+             Dir::Etc::SourceParts \"{a}/empty\";\n\
+             Dir::Etc::PreferencesParts \"{a}/empty\";\n"
+        ),
+    )?;
+    status(apt(&apt_dir, "apt-get").args(["update", "-q"]))?;
+    // The kernel each metapackage names today (the ABI number moves with
+    // security updates).
+    let kernel_pkgs: Vec<String> = KERNELS
+        .iter()
+        .map(|meta| {
+            let out = apt(&apt_dir, "apt-cache")
+                .args(["depends", meta])
+                .output()
+                .with_context(|| format!("apt-cache depends {meta}"))?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix("Depends: ")
+                        .filter(|p| p.starts_with("linux-image-"))
+                        .map(String::from)
+                })
+                .with_context(|| format!("{meta} names no kernel"))
+        })
+        .collect::<Result<_>>()?;
+    let kvers: Vec<String> = kernel_pkgs
+        .iter()
+        .map(|p| p.trim_start_matches("linux-image-").to_string())
+        .collect();
+    let stamp = format!("{} {}\n", kernel_pkgs.join(" "), ROOT_PACKAGES.join(" "));
+    let stamp_file = base.join("root.stamp");
+    if kvers
+        .iter()
+        .all(|v| root.join(format!("boot/vmlinuz-{v}")).exists())
+        && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
+    {
+        return Ok((root, kvers));
+    }
+    eprintln!(
+        "xtask: building the arm64 guest's root file system ({})",
+        kernel_pkgs.join(", ")
+    );
+    let archives = apt_dir.join("cache/archives");
+    status(
+        apt(&apt_dir, "apt-get")
+            .args(["install", "-y", "-q", "-d", "--no-install-recommends"])
+            .args(ROOT_PACKAGES),
+    )?;
+    status(
+        apt(&apt_dir, "apt-get")
+            .current_dir(&archives)
+            .args(["download", "-q"])
+            .args(&kernel_pkgs),
+    )?;
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    std::fs::create_dir_all(&root)?;
+    let mut debs: Vec<PathBuf> = std::fs::read_dir(&archives)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    debs.sort();
+    for deb in &debs {
+        status(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))?;
+    }
+    // What the maintainer scripts would have done, as far as the guest
+    // needs it.
+    for (master, file) in [("passwd", "passwd"), ("group", "group")] {
+        std::fs::copy(
+            root.join(format!("usr/share/base-passwd/{master}.master")),
+            root.join("etc").join(file),
+        )?;
+    }
+    std::fs::write(root.join("etc/fstab"), "")?;
+    // iproute2 keeps named namespaces in /var/run/netns, the tests in
+    // /run/netns: one directory, as on any Debian system.
+    let var_run = root.join("var/run");
+    if var_run.is_dir() && !var_run.is_symlink() {
+        std::fs::remove_dir_all(&var_run)?;
+    }
+    std::os::unix::fs::symlink("/run", &var_run)?;
+    let _ = std::fs::remove_file(root.join("bin/poweroff"));
+    std::os::unix::fs::symlink("busybox", root.join("bin/poweroff"))?;
+    for v in &kvers {
+        status(Command::new("depmod").arg("-b").arg(&root).arg(v))?;
+    }
+    std::fs::write(&stamp_file, stamp)?;
+    Ok((root, kvers))
+}
+
+/// The cross-built test executables, by test target.
+fn test_executables(cross: &Cross, obj: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut cmd = cross.cargo("test");
+    cmd.args(["-p", "pd-tests", "--no-run", "--message-format=json"]);
+    for (t, _) in GUEST_TESTS {
+        cmd.args(["--test", t]);
+    }
+    let out = cmd
+        .env("PD_EBPF_OBJ", obj)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the arm64 tests")?;
+    if !out.status.success() {
+        bail!("building the arm64 tests failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    GUEST_TESTS
+        .iter()
+        .map(|(t, _)| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["target"]["name"] == *t)
+                .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+                .map(|p| (t.to_string(), p))
+                .with_context(|| format!("no arm64 executable for test target {t}"))
+        })
+        .collect()
+}
+
+/// Boot each of Debian's arm64 [`KERNELS`] and run [`GUEST_TESTS`] there.
+pub fn tier(tally: &mut Tally, cross: &Cross, obj: &Path) -> Result<()> {
+    apt_install(&["qemu-system-arm"])?;
+    let vng = vng()?;
+    let (root, kvers) = root_fs()?;
+    let exes = test_executables(cross, obj)?;
+    status(
+        cross
+            .cargo("build")
+            .args(["-p", "pd-agent"])
+            .env("PD_EBPF_OBJ", obj),
+    )?;
+    let agent = root_dir()
+        .join("target")
+        .join(cross.target)
+        .join("debug/pd-agent");
+    // Mount points in the (read-only) root: the repository at its own
+    // path, and the directory the guest writes its log to.
+    let repo = root_dir();
+    std::fs::create_dir_all(root.join(repo.strip_prefix("/")?))?;
+    std::fs::create_dir_all(root.join("out"))?;
+    let out = root_dir().join("target/vm/arm64/out");
+    std::fs::create_dir_all(&out)?;
+    let mut runs = String::new();
+    for ((_, exe), (_, args)) in exes.iter().zip(GUEST_TESTS) {
+        runs.push_str(&format!(
+            "{} --ignored --test-threads=1 --nocapture {} >> /out/log 2>&1 || rc=1\n",
+            exe.display(),
+            args.join(" ")
+        ));
+    }
+    // No RUST_BACKTRACE: symbolizing a failing test's backtrace from the
+    // debug binary takes many minutes emulated; the errors carry their
+    // context.
+    let script = format!(
+        "#!/bin/sh
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+mkdir -p /run/netns /run/pd-tmp
+export TMPDIR=/run/pd-tmp PD_AGENT_BIN={agent}
+uname -rm > /out/log
+rc=0
+{runs}echo $rc > /out/rc
+",
+        agent = agent.display(),
+    );
+    std::fs::write(out.join("run.sh"), script)?;
+    status(Command::new("chmod").arg("+x").arg(out.join("run.sh")))?;
+    for kver in &kvers {
+        boot(tally, &vng, &root, kver, &repo, &out)?;
+    }
+    Ok(())
+}
+
+/// One VM on `kver`, running out/run.sh.
+fn boot(
+    tally: &mut Tally,
+    vng: &Path,
+    root: &Path,
+    kver: &str,
+    repo: &Path,
+    out: &Path,
+) -> Result<()> {
+    for f in ["log", "rc"] {
+        let _ = std::fs::remove_file(out.join(f));
+    }
+    eprintln!("xtask: arm64 VM tier on {kver} (emulated: slow)");
+    let t = std::time::Instant::now();
+    let st = Command::new("timeout")
+        .arg("1800")
+        .arg(vng)
+        .arg("-r")
+        .arg(root.join(format!("boot/vmlinuz-{kver}")))
+        .args(["--arch", "arm64", "--root"])
+        .arg(root)
+        .args(["--disable-kvm", "--memory", "2G", "--cpus", "2"])
+        .args(["--overlay-rwdir", "/etc", "--overlay-rwdir", "/var/lib"])
+        .arg("--rodir")
+        .arg(format!("{}={}", repo.display(), repo.display()))
+        .arg("--rwdir")
+        .arg(format!("/out={}", out.display()))
+        .args(["--exec", "/out/run.sh"])
+        .current_dir(out)
+        .stdin(std::process::Stdio::null())
+        // The guest's console goes to a file, as in the amd64 tier.
+        .stdout(std::fs::File::create(out.join("console.log"))?)
+        .stderr(std::fs::File::create(out.join("console.err"))?)
+        .status()
+        .context("running vng")?;
+    let text = std::fs::read_to_string(out.join("log")).unwrap_or_default();
+    tally.scan(&text);
+    println!("{text}");
+    eprintln!(
+        "xtask: arm64 VM tier on {kver} took {:.0}s",
+        t.elapsed().as_secs_f64()
+    );
+    let code = std::fs::read_to_string(out.join("rc")).unwrap_or_default();
+    if code.trim() != "0" {
+        tally.print();
+        bail!(
+            "the arm64 VM tier on {kver} failed (vng {st}, tests exit {:?}); log: {}, console: {}",
+            code.trim(),
+            out.join("log").display(),
+            out.join("console.log").display()
+        );
+    }
+    Ok(())
+}
