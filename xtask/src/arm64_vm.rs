@@ -1,9 +1,10 @@
-//! The arm64 VM tier: the cross-built agent and tests on Debian 12's own
-//! arm64 kernel, under qemu-system-aarch64 without KVM (full emulation).
+//! The arm64 VM tier: the cross-built agent and tests on Debian 12's
+//! arm64 kernels (6.1 and 6.12), under qemu-system-aarch64 without KVM
+//! (full emulation).
 //!
 //! qemu-user runs the unit tests but loads no BPF: only a kernel of the
 //! target architecture verifies and JITs the programs. virtme-ng boots
-//! the kernel over a root file system of the project's own, made from
+//! each kernel over a root file system of the project's own, made from
 //! Debian's arm64 packages by extraction alone (`dpkg-deb -x`: no arm64
 //! code runs on the host, no maintainer script runs), fetched through a
 //! private apt configuration (target/vm/arm64/apt): the host's sources and

@@ -38,7 +38,8 @@ enum Cmd {
     /// kernels (a /boot/vmlinuz-* path or its version; default: Debian
     /// 12's 6.1 and 6.12, and Debian 11's 5.10); `cargo xtask test
     /// cross` only the arm64 tier: unit tests under qemu-user, the .deb,
-    /// and the root tests on Debian 12's arm64 kernel (emulated).
+    /// and root tests on Debian 12's arm64 kernels, 6.1 and 6.12
+    /// (emulated).
     Test {
         /// Only the unit tests (no root needed).
         #[arg(long)]
