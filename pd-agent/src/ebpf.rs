@@ -89,25 +89,41 @@ fn chain_hint(e: &dyn std::error::Error) -> &'static str {
 
 fn text_hint(s: &str) -> &'static str {
     if s.contains("Operation not permitted") || s.contains("os error 1)") {
-        eperm_hint(maps_charged_to_memlock(), memlock_finite())
+        eperm_hint(maps_charged_to_memlock(), memlock_finite(), may_load_bpf())
     } else {
         ""
     }
 }
 
 /// What to say of an EPERM from the bpf syscall. Before Linux 5.11 maps
-/// and programs are charged to RLIMIT_MEMLOCK; aya raises it to infinity
-/// first, which fails without CAP_SYS_RESOURCE (a systemd unit's bounding
-/// set, a container): the kernel's EPERM then means "over the limit",
-/// not "not root".
-fn eperm_hint(charged_to_memlock: bool, memlock_finite: bool) -> &'static str {
-    if charged_to_memlock && memlock_finite {
+/// and programs are charged to RLIMIT_MEMLOCK; after the first EPERM aya
+/// tries to raise it to infinity, which fails without CAP_SYS_RESOURCE (a
+/// systemd unit's bounding set, a container). For a process that may
+/// load BPF at all, the kernel's EPERM then means "over the limit"; for
+/// one that may not (no CAP_SYS_ADMIN or CAP_BPF), still "not root".
+fn eperm_hint(charged_to_memlock: bool, memlock_finite: bool, may_load: bool) -> &'static str {
+    if charged_to_memlock && memlock_finite && may_load {
         " (kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, which is finite here \
          and cannot be raised without CAP_SYS_RESOURCE: set LimitMEMLOCK=infinity in \
          the unit, or run pd-agent after `ulimit -l unlimited`)"
     } else {
         " (loading BPF programs needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
     }
+}
+
+/// Whether this process holds CAP_SYS_ADMIN (21) or CAP_BPF (39) in its
+/// effective set (`CapEff` in /proc/self/status).
+fn may_load_bpf() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| status_may_load_bpf(&s))
+}
+
+/// [`may_load_bpf`] of a /proc/PID/status text.
+fn status_may_load_bpf(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 21 | 1 << 39) != 0)
 }
 
 /// Whether this kernel charges BPF memory to RLIMIT_MEMLOCK (before 5.11,
@@ -943,17 +959,47 @@ impl Counters {
 mod tests {
     use super::*;
 
-    /// EPERM names the memlock limit only where it can be the cause.
+    /// EPERM names the memlock limit only where it can be the cause: an
+    /// old kernel, a finite limit, and a process that may load BPF.
     #[test]
     fn eperm_hint_names_memlock_only_before_5_11_with_a_finite_limit() {
-        let memlock = eperm_hint(true, true);
+        let memlock = eperm_hint(true, true, true);
         assert!(memlock.contains("RLIMIT_MEMLOCK"), "{memlock}");
         assert!(memlock.contains("LimitMEMLOCK=infinity"), "{memlock}");
-        for (charged, finite) in [(false, true), (true, false), (false, false)] {
-            let root = eperm_hint(charged, finite);
-            assert!(root.contains("needs root"), "{charged} {finite}: {root}");
+        for charged in [false, true] {
+            for finite in [false, true] {
+                for may_load in [false, true] {
+                    if charged && finite && may_load {
+                        continue;
+                    }
+                    let root = eperm_hint(charged, finite, may_load);
+                    assert!(
+                        root.contains("needs root"),
+                        "{charged} {finite} {may_load}: {root}"
+                    );
+                }
+            }
         }
         assert_eq!(text_hint("map created"), "");
+        for (caps, may) in [
+            ("000001ffffffffff", true),  // root
+            ("0000000000200000", true),  // CAP_SYS_ADMIN alone
+            ("0000008000000000", true),  // CAP_BPF alone
+            ("0000000000001000", false), // CAP_NET_ADMIN alone
+            ("0000000000000000", false), // a user
+        ] {
+            let status = format!(
+                "Name:	pd-agent
+CapInh:	0
+CapEff:	{caps}
+"
+            );
+            assert_eq!(status_may_load_bpf(&status), may, "{caps}");
+        }
+        assert!(!status_may_load_bpf(
+            "Name:	pd-agent
+"
+        ));
     }
 
     /// The kernel side spells map names in `#[map(name = "...")]`, which
