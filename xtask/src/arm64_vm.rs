@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{apt_install, cross::Cross, root_dir, status, vng, Tally};
+use crate::{apt_install, cross::Cross, root_dir, status, test_executables, vng, Tally};
 
 /// The guest's packages: the shell and tools virtme-ng's init and the
 /// tests call, and the servers and client the traffic tests start.
@@ -154,6 +154,13 @@ fn root_fs() -> Result<(PathBuf, Vec<String>)> {
         kernel_pkgs.join(", ")
     );
     let archives = apt_dir.join("cache/archives");
+    // Only this build's packages: every .deb there is unpacked, and an
+    // older version left from a build before would be unpacked too.
+    for e in std::fs::read_dir(&archives)?.flatten() {
+        if e.path().extension().is_some_and(|x| x == "deb") {
+            std::fs::remove_file(e.path())?;
+        }
+    }
     status(
         apt(&apt_dir, "apt-get")
             .args(["install", "-y", "-q", "-d", "--no-install-recommends"])
@@ -203,51 +210,15 @@ fn root_fs() -> Result<(PathBuf, Vec<String>)> {
     Ok((root, kvers))
 }
 
-/// The cross-built test executables, by test target.
-fn test_executables(cross: &Cross, obj: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut cmd = cross.cargo("test");
-    cmd.args(["-p", "pd-tests", "--no-run", "--message-format=json"]);
-    for (t, _) in GUEST_TESTS {
-        cmd.args(["--test", t]);
-    }
-    let out = cmd
-        .env("PD_EBPF_OBJ", obj)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("building the arm64 tests")?;
-    if !out.status.success() {
-        bail!("building the arm64 tests failed");
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    GUEST_TESTS
-        .iter()
-        .map(|(t, _)| {
-            text.lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v["target"]["name"] == *t)
-                .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-                .map(|p| (t.to_string(), p))
-                .with_context(|| format!("no arm64 executable for test target {t}"))
-        })
-        .collect()
-}
-
 /// Boot each of Debian's arm64 [`KERNELS`] and run [`GUEST_TESTS`] there.
 pub fn tier(tally: &mut Tally, cross: &Cross, obj: &Path) -> Result<()> {
     apt_install(&["qemu-system-arm"])?;
     let vng = vng()?;
     let (root, kvers) = root_fs()?;
-    let exes = test_executables(cross, obj)?;
-    status(
-        cross
-            .cargo("build")
-            .args(["-p", "pd-agent"])
-            .env("PD_EBPF_OBJ", obj),
-    )?;
-    let agent = root_dir()
-        .join("target")
-        .join(cross.target)
-        .join("debug/pd-agent");
+    let targets: Vec<&str> = GUEST_TESTS.iter().map(|(t, _)| *t).collect();
+    let exes = test_executables(cross.cargo("test"), &targets, obj)?;
+    // The release build the .deb packs (built by then: no second build).
+    let agent = cross.build_release(obj)?;
     // Mount points in the (read-only) root: the repository at its own
     // path, and the directory the guest writes its log to.
     let repo = root_dir();
@@ -256,7 +227,7 @@ pub fn tier(tally: &mut Tally, cross: &Cross, obj: &Path) -> Result<()> {
     let out = root_dir().join("target/vm/arm64/out");
     std::fs::create_dir_all(&out)?;
     let mut runs = String::new();
-    for ((_, exe), (_, args)) in exes.iter().zip(GUEST_TESTS) {
+    for (exe, (_, args)) in exes.iter().zip(GUEST_TESTS) {
         runs.push_str(&format!(
             "{} --ignored --test-threads=1 --nocapture {} >> /out/log 2>&1 || rc=1\n",
             exe.display(),
@@ -328,14 +299,74 @@ fn boot(
         t.elapsed().as_secs_f64()
     );
     let code = std::fs::read_to_string(out.join("rc")).unwrap_or_default();
-    if code.trim() != "0" {
+    let missing = missing_results(&text);
+    if code.trim() != "0" || !missing.is_empty() {
         tally.print();
         bail!(
-            "the arm64 VM tier on {kver} failed (vng {st}, tests exit {:?}); log: {}, console: {}",
+            "the arm64 VM tier on {kver} failed (vng {st}, tests exit {:?}{}); log: {}, console: {}",
             code.trim(),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(", did not pass: {}", missing.join(", "))
+            },
             out.join("log").display(),
             out.join("console.log").display()
         );
     }
     Ok(())
+}
+
+/// What in [`GUEST_TESTS`] the guest's log does not show as run (whether
+/// it passed the exit status says): each test named after `--exact`, and
+/// at least one test for each target (a filter that matches nothing
+/// passes with 0 tests).
+fn missing_results(log: &str) -> Vec<String> {
+    let mut missing: Vec<String> = GUEST_TESTS
+        .iter()
+        .flat_map(|(_, args)| args.iter().skip_while(|a| **a != "--exact").skip(1))
+        .filter(|name| !log.contains(&format!("test {name} ... ")))
+        .map(|name| name.to_string())
+        .collect();
+    let runs = log
+        .lines()
+        .filter(|l| {
+            l.starts_with("test result: ok. ") && !l.starts_with("test result: ok. 0 passed")
+        })
+        .count();
+    if runs < GUEST_TESTS.len() {
+        missing.push(format!("{runs} of {} test runs", GUEST_TESTS.len()));
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest log as the tier writes it (`--nocapture`: a test's output
+    /// sits between its name and its verdict).
+    fn log(kernel_runs: &str) -> String {
+        let mut l = format!("6.12.117+deb12-arm64 aarch64\n{kernel_runs}");
+        for (_, args) in &GUEST_TESTS[1..] {
+            for name in args.iter().skip(1) {
+                l.push_str(&format!("test {name} ... some output\nok\n"));
+            }
+            l.push_str(&format!(
+                "test result: ok. {} passed; 0 failed\n",
+                args.len() - 1
+            ));
+        }
+        l
+    }
+
+    #[test]
+    fn a_run_that_matched_no_test_is_caught() {
+        let ran = "test corpus ... ok\ntest result: ok. 6 passed; 0 failed\n";
+        assert_eq!(missing_results(&log(ran)), Vec::<String>::new());
+        let none = "test result: ok. 0 passed; 0 failed; 0 ignored\n";
+        assert_eq!(missing_results(&log(none)), ["3 of 4 test runs"]);
+        let renamed = log(ran).replace("test fast_path_matrix ... ", "");
+        assert_eq!(missing_results(&renamed), ["fast_path_matrix"]);
+    }
 }

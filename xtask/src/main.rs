@@ -588,8 +588,11 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
     };
     let deb = deb::build(deb::DEFAULT_TARGET)?;
     let obj = root_dir().join("target/bpf/bpfel-unknown-none/release/pd-ebpf");
-    let exe = test_executable("vm", &obj)?;
-    let kernel_exe = test_executable("kernel", &obj)?;
+    let mut host_cargo = Command::new("cargo");
+    host_cargo.current_dir(root_dir()).arg("test");
+    let [exe, kernel_exe]: [PathBuf; 2] = test_executables(host_cargo, &["vm", "kernel"], &obj)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two test executables expected"))?;
     let out = root_dir().join("target/vm");
     std::fs::create_dir_all(&out)?;
     let bin = root_dir().join("target/debug/pd-agent");
@@ -707,32 +710,32 @@ fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The path of a pd-tests test target's executable (built if needed).
-fn test_executable(target: &str, obj: &Path) -> Result<PathBuf> {
-    let out = Command::new("cargo")
-        .current_dir(root_dir())
-        .args([
-            "test",
-            "-p",
-            "pd-tests",
-            "--test",
-            target,
-            "--no-run",
-            "--message-format=json",
-        ])
+/// The executables of pd-tests' test targets `targets`, in that order,
+/// built by `cargo` (`cargo test`, for the host or a cross target) if needed.
+fn test_executables(mut cargo: Command, targets: &[&str], obj: &Path) -> Result<Vec<PathBuf>> {
+    cargo.args(["-p", "pd-tests", "--no-run", "--message-format=json"]);
+    for t in targets {
+        cargo.args(["--test", t]);
+    }
+    let out = cargo
         .env("PD_EBPF_OBJ", obj)
         .stderr(std::process::Stdio::inherit())
         .output()
-        .context("building the VM tests")?;
+        .with_context(|| format!("building the tests {targets:?}"))?;
     if !out.status.success() {
-        bail!("building the VM tests failed");
+        bail!("building the tests {targets:?} failed");
     }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"]["name"] == target)
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .with_context(|| format!("no executable for test target {target}"))
+    let text = String::from_utf8_lossy(&out.stdout);
+    targets
+        .iter()
+        .map(|t| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["target"]["name"] == *t)
+                .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+                .with_context(|| format!("no executable for test target {t}"))
+        })
+        .collect()
 }
 
 /// Adds up cargo test's "test result:" lines so the run ends with one
