@@ -35,3 +35,16 @@ pub mod corpus;
 pub mod lab;
 pub mod matrix;
 pub mod wire;
+
+/// How many of `n` repetitions a correctness loop runs here: all on real
+/// hardware, a quarter inside an emulated VM (`PD_TEST_EMULATED`, set by
+/// the VM tiers), where each BPF_PROG_TEST_RUN costs tens of times more.
+/// The VM checks that the programs behave on its kernel; the host runs
+/// every repetition, and the benchmarks measure speed.
+pub fn repetitions(n: usize) -> usize {
+    if std::env::var_os("PD_TEST_EMULATED").is_some() {
+        n / 4
+    } else {
+        n
+    }
+}

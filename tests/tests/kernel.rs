@@ -14,7 +14,7 @@ use pd_agent::{
     ebpf::{Counters, LoadOptions, Programs},
 };
 use pd_common::{hook, Counter, PdEvent};
-use pd_tests::{corpus, unique};
+use pd_tests::{corpus, repetitions, unique};
 
 /// Verifier cost ceilings: each program's verified instruction count must
 /// stay below this (measured 20,747 on kernel 6.18 when it was set).
@@ -340,7 +340,8 @@ fn kernel_matches_reference_parser_on_bare_ip_links() {
         run(&mut l, &c.name, &c.frame);
     }
     let mut rng = Rng(0x05ee_d0f9_db4e);
-    for i in 0..1000 {
+    let n = repetitions(1000);
+    for i in 0..n {
         let c = &cases[rng.below(cases.len())];
         let m = mutate(&mut rng, &c.frame);
         if untagged(&m) {
@@ -356,8 +357,8 @@ fn kernel_matches_reference_parser_on_bare_ip_links() {
         checked[0], checked[1]
     );
     assert!(
-        with_events > 100,
-        "bare frames reach the event path: {with_events}"
+        with_events > n / 10,
+        "bare frames reach the event path: {with_events} of {n}"
     );
     // The TC program is tested on bare packets too, not only skipped.
     assert!(checked[1] > 100, "TC runs on bare packets: {}", checked[1]);
@@ -452,7 +453,8 @@ fn mutants_agree(mut l: Loaded) {
     let mut rng = Rng(0x5eed_0f9d_2026);
     let mut checked = 0;
     let mut with_events = 0;
-    for i in 0..4000 {
+    let n = repetitions(4000);
+    for i in 0..n {
         let c = &cases[rng.below(cases.len())];
         let m = mutate(&mut rng, &c.frame);
         let before = snapshot(&l.counters)[Counter::Events.name()];
@@ -463,8 +465,8 @@ fn mutants_agree(mut l: Loaded) {
     }
     eprintln!("{checked} mutant runs agree ({with_events} mutants still produced events)");
     assert!(
-        with_events > 400,
-        "mutants should still reach the event path: {with_events}"
+        with_events > n / 10,
+        "mutants should still reach the event path: {with_events} of {n}"
     );
 }
 
@@ -553,7 +555,13 @@ fn kernel_debug_log_names_each_reject() {
     // Every combination of load-time switches verifies, with logging and
     // without (each prunes other code, and so leaves LLVM's code other
     // paths).
+    // A kernel that needs the compat programs loads them whatever
+    // `force_compat` says: the second half would repeat the first.
+    let mut compat_anyway = false;
     for bits in 0..64u8 {
+        if bits & 32 != 0 && compat_anyway {
+            break;
+        }
         let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique("klog"));
         let _cleanup = PinDir(pin.clone());
         let opts = LoadOptions {
@@ -568,6 +576,10 @@ fn kernel_debug_log_names_each_reject() {
         let mut progs = Programs::load_with(&pin, opts)
             .unwrap_or_else(|e| panic!("loading with logging and {opts:?}: {e:#}"));
         let (xn, tn) = (progs.xdp_name(), progs.tc_name());
+        if bits == 0 && xn == pd_common::prog::XDP_COMPAT {
+            eprintln!("this kernel needs the compat programs: 32 combinations");
+            compat_anyway = true;
+        }
         let (Some(x), Some(t)) = progs.verified_instructions() else {
             eprintln!("{opts:?}: {xn}, {tn} loaded (no instruction counts before 5.16)");
             continue;

@@ -18,7 +18,15 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{apt_install, cross::Cross, root_dir, status, test_executables, vng, Tally};
+use crate::{
+    apt_install,
+    cross::Cross,
+    root_dir, status,
+    tally::guest_runner,
+    test_executables,
+    vm::{run_vm, vng},
+    Tally,
+};
 
 /// The guest's packages: the shell and tools virtme-ng's init and the
 /// tests call, and the servers and client the traffic tests start.
@@ -227,26 +235,27 @@ pub fn tier(tally: &mut Tally, cross: &Cross, obj: &Path) -> Result<()> {
     let out = root_dir().join("target/vm/arm64/out");
     std::fs::create_dir_all(&out)?;
     let mut runs = String::new();
-    for (exe, (_, args)) in exes.iter().zip(GUEST_TESTS) {
+    for (exe, (target, args)) in exes.iter().zip(GUEST_TESTS) {
         runs.push_str(&format!(
-            "{} --ignored --test-threads=1 --nocapture {} >> /out/log 2>&1 || rc=1\n",
+            "run {target}.rs {} {}\n",
             exe.display(),
             args.join(" ")
         ));
     }
     // No RUST_BACKTRACE: symbolizing a failing test's backtrace from the
     // debug binary takes many minutes emulated; the errors carry their
-    // context.
+    // context. PD_TEST_EMULATED: fewer TestRun repetitions.
     let script = format!(
         "#!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mkdir -p /run/netns /run/pd-tmp
-export TMPDIR=/run/pd-tmp PD_AGENT_BIN={agent}
+export TMPDIR=/run/pd-tmp PD_AGENT_BIN={agent} PD_TEST_EMULATED=1
 uname -rm > /out/log
-rc=0
+{runner}rc=0
 {runs}echo $rc > /out/rc
 ",
         agent = agent.display(),
+        runner = guest_runner("/out/log"),
     );
     std::fs::write(out.join("run.sh"), script)?;
     status(Command::new("chmod").arg("+x").arg(out.join("run.sh")))?;
@@ -268,12 +277,10 @@ fn boot(
     for f in ["log", "rc"] {
         let _ = std::fs::remove_file(out.join(f));
     }
-    eprintln!("xtask: arm64 VM tier on {kver} (emulated: slow)");
-    let t = std::time::Instant::now();
-    let st = Command::new("timeout")
-        .arg("1800")
-        .arg(vng)
-        .arg("-r")
+    let name = format!("arm64 vm {}", kver.split('-').next().unwrap_or(kver));
+    eprintln!("xtask: {name}: {kver} (emulated: slow)");
+    let mut vng = Command::new(vng);
+    vng.arg("-r")
         .arg(root.join(format!("boot/vmlinuz-{kver}")))
         .args(["--arch", "arm64", "--root"])
         .arg(root)
@@ -285,25 +292,20 @@ fn boot(
         .arg(format!("/out={}", out.display()))
         .args(["--exec", "/out/run.sh"])
         .current_dir(out)
-        .stdin(std::process::Stdio::null())
         // The guest's console goes to a file, as in the amd64 tier.
         .stdout(std::fs::File::create(out.join("console.log"))?)
-        .stderr(std::fs::File::create(out.join("console.err"))?)
-        .status()
-        .context("running vng")?;
+        .stderr(std::fs::File::create(out.join("console.err"))?);
+    let run = run_vm(&mut vng, &out.join("log"), BOOT, BUDGET)?;
     let text = std::fs::read_to_string(out.join("log")).unwrap_or_default();
-    tally.scan(&text);
     println!("{text}");
-    eprintln!(
-        "xtask: arm64 VM tier on {kver} took {:.0}s",
-        t.elapsed().as_secs_f64()
-    );
+    tally.scan_guest(&name, &text, run.secs);
+    eprintln!("xtask: {name}: {}", run.summary());
     let code = std::fs::read_to_string(out.join("rc")).unwrap_or_default();
     let missing = missing_results(&text);
-    if code.trim() != "0" || !missing.is_empty() {
-        tally.print();
+    if code.trim() != "0" || run.timed_out || !missing.is_empty() {
         bail!(
-            "the arm64 VM tier on {kver} failed (vng {st}, tests exit {:?}{}); log: {}, console: {}",
+            "{name} failed ({}; tests exit {:?}{}); log: {}, console: {}",
+            run.summary(),
             code.trim(),
             if missing.is_empty() {
                 String::new()
@@ -317,10 +319,16 @@ fn boot(
     Ok(())
 }
 
+/// How long an arm64 guest takes here to reach its script: the unit of
+/// the machine's measured speed ([`run_vm`]).
+const BOOT: std::time::Duration = std::time::Duration::from_secs(60);
+/// What [`GUEST_TESTS`] took here (seconds, boot excluded).
+const BUDGET: u64 = 400;
+
 /// What in [`GUEST_TESTS`] the guest's log does not show as run (whether
 /// it passed the exit status says): each test named after `--exact`, and
-/// at least one test for each target (a filter that matches nothing
-/// passes with 0 tests).
+/// each target whose filters matched no test (the runner's `xtask-none`
+/// line: a filter that matches nothing would pass with 0 tests).
 fn missing_results(log: &str) -> Vec<String> {
     let mut missing: Vec<String> = GUEST_TESTS
         .iter()
@@ -328,15 +336,11 @@ fn missing_results(log: &str) -> Vec<String> {
         .filter(|name| !log.contains(&format!("test {name} ... ")))
         .map(|name| name.to_string())
         .collect();
-    let runs = log
-        .lines()
-        .filter(|l| {
-            l.starts_with("test result: ok. ") && !l.starts_with("test result: ok. 0 passed")
-        })
-        .count();
-    if runs < GUEST_TESTS.len() {
-        missing.push(format!("{runs} of {} test runs", GUEST_TESTS.len()));
-    }
+    missing.extend(
+        log.lines()
+            .filter_map(|l| l.strip_prefix("xtask-none "))
+            .map(|part| format!("{part} (no test matched)")),
+    );
     missing
 }
 
@@ -344,28 +348,27 @@ fn missing_results(log: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    /// A guest log as the tier writes it (`--nocapture`: a test's output
-    /// sits between its name and its verdict).
+    /// A guest log as the runner writes it (`--nocapture`: a test's
+    /// output sits between its name and its verdict).
     fn log(kernel_runs: &str) -> String {
         let mut l = format!("6.12.117+deb12-arm64 aarch64\n{kernel_runs}");
-        for (_, args) in &GUEST_TESTS[1..] {
+        for (target, args) in &GUEST_TESTS[1..] {
             for name in args.iter().skip(1) {
-                l.push_str(&format!("test {name} ... some output\nok\n"));
+                l.push_str(&format!(
+                    "test {name} ... some output\nok\n\
+                     test result: ok. 1 passed; 0 failed\nxtask-time {target}.rs {name} 1000\n"
+                ));
             }
-            l.push_str(&format!(
-                "test result: ok. {} passed; 0 failed\n",
-                args.len() - 1
-            ));
         }
         l
     }
 
     #[test]
     fn a_run_that_matched_no_test_is_caught() {
-        let ran = "test corpus ... ok\ntest result: ok. 6 passed; 0 failed\n";
+        let ran = "test corpus ... ok\ntest result: ok. 1 passed; 0 failed\n";
         assert_eq!(missing_results(&log(ran)), Vec::<String>::new());
-        let none = "test result: ok. 0 passed; 0 failed; 0 ignored\n";
-        assert_eq!(missing_results(&log(none)), ["3 of 4 test runs"]);
+        let none = "xtask-none kernel.rs\n";
+        assert_eq!(missing_results(&log(none)), ["kernel.rs (no test matched)"]);
         let renamed = log(ran).replace("test fast_path_matrix ... ", "");
         assert_eq!(missing_results(&renamed), ["fast_path_matrix"]);
     }

@@ -3,7 +3,10 @@
 //! - `deps`: installs what a fresh Debian machine lacks (idempotent, fast
 //!   when everything is there);
 //! - `build-ebpf`: builds `pd-ebpf` on nightly for bpfel-unknown-none;
-//! - `test`: unit tests, then the root tests (namespaces, real servers);
+//! - `test`: unit tests, the root tests (namespaces, real servers), the
+//!   VM tier on Debian 12's 6.1; `test matrix`: every other tier (amd64
+//!   6.12 and 5.10, arm64 under qemu-user and on 6.1 and 6.12); both end
+//!   with a timing table ([`tally`]);
 //! - `deb`: the Debian package, checked with lintian;
 //! - `demo`: a live lab in network namespaces.
 
@@ -11,6 +14,10 @@ mod arm64_vm;
 mod cross;
 mod deb;
 mod demo;
+mod tally;
+mod vm;
+
+use tally::Tally;
 
 use std::{
     path::{Path, PathBuf},
@@ -32,19 +39,24 @@ enum Cmd {
     Deps,
     /// Build the kernel programs; prints the object's path.
     BuildEbpf,
-    /// Unit tests, root integration tests, then the VM tier (needs root).
-    /// `cargo xtask test FILTER` runs the root tests matching FILTER;
-    /// `cargo xtask test vm [KERNEL...]` only the VM tier, on the given
-    /// kernels (a /boot/vmlinuz-* path or its version; default: Debian
-    /// 12's 6.1 and 6.12, and Debian 11's 5.10); `cargo xtask test
-    /// cross` only the arm64 tier: unit tests under qemu-user, the .deb,
-    /// and root tests on Debian 12's arm64 kernels, 6.1 and 6.12
-    /// (emulated).
+    /// Unit tests, the host's root tests, then the VM tier on Debian 12's
+    /// 6.1 (needs root). `cargo xtask test FILTER` runs the root tests
+    /// matching FILTER (no VM); `cargo xtask test matrix` every other
+    /// tier: Debian 12's 6.12 and Debian 11's 5.10 (amd64), the arm64
+    /// unit tests under qemu-user, the arm64 .deb and Debian 12's arm64
+    /// kernels, 6.1 and 6.12 (emulated); `cargo xtask test vm
+    /// [KERNEL...]` the amd64 VM tier alone, on the given kernels (a
+    /// /boot/vmlinuz-* path or its version) or on all three; `cargo
+    /// xtask test cross` the arm64 tier alone.
     Test {
         /// Only the unit tests (no root needed).
         #[arg(long)]
         unit: bool,
-        /// A filter for the root tests, or `vm` and kernels.
+        /// Only this root test file (`routes` for tests/tests/routes.rs);
+        /// with FILTER, only its tests matching FILTER.
+        #[arg(long)]
+        file: Option<String>,
+        /// A filter for the root tests, or `matrix`, `vm` and kernels, or `cross`.
         args: Vec<String>,
     },
     /// The performance table (needs root); writes target/bench/results.json.
@@ -121,16 +133,16 @@ fn run() -> Result<()> {
             println!("{}", obj.display());
             Ok(())
         }
-        Cmd::Test { unit, args } => match args.split_first() {
-            Some((first, kernels)) if first == "vm" => test_vm(kernels),
+        Cmd::Test { unit, file, args } => match args.split_first() {
+            Some((first, kernels)) if first == "vm" => vm::test_vm(kernels),
             Some((first, _)) if first == "cross" => {
                 deps()?;
-                let mut tally = Tally::default();
-                cross_tier(&mut tally)?;
-                tally.print();
-                Ok(())
+                let mut tally = Tally::new("cross");
+                let r = cross_tier(&mut tally);
+                finish(tally, r)
             }
-            _ => test(unit, args.first().cloned()),
+            Some((first, _)) if first == "matrix" => matrix(),
+            _ => test(unit, file, args.first().cloned()),
         },
         Cmd::Bench { quick, row } => bench(quick, row),
         Cmd::Deb { target } => {
@@ -264,57 +276,139 @@ fn bench(quick: bool, row: Option<u32>) -> Result<()> {
     status(&mut cmd)
 }
 
-fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
+fn test(unit_only: bool, file: Option<String>, filter: Option<String>) -> Result<()> {
     if !unit_only {
         deps()?;
     }
-    let bin = build_agent()?;
+    let mut tally = Tally::new("test");
+    let r = test_tiers(&mut tally, unit_only, file, filter);
+    finish(tally, r)
+}
+
+/// The timing table and closing line, whatever happened, then the error.
+fn finish(tally: Tally, r: Result<()>) -> Result<()> {
+    tally.print();
+    r?;
+    if tally.failed() > 0 {
+        bail!("{} test(s) failed", tally.failed());
+    }
+    Ok(())
+}
+
+fn test_tiers(
+    tally: &mut Tally,
+    unit_only: bool,
+    file: Option<String>,
+    filter: Option<String>,
+) -> Result<()> {
     let obj = root_dir().join("target/bpf/bpfel-unknown-none/release/pd-ebpf");
-    let mut tally = Tally::default();
+    let (bin, exes) = tally.step("build", || {
+        let bin = build_agent()?;
+        // The benchmarks are not run here, but they must keep compiling.
+        status(
+            Command::new("cargo")
+                .current_dir(root_dir())
+                .args(["check", "-q", "-p", "pd-tests", "--benches"])
+                .env("PD_EBPF_OBJ", &obj),
+        )?;
+        let mut cargo = Command::new("cargo");
+        cargo.current_dir(root_dir()).arg("test");
+        Ok((bin, root_test_files(cargo, &obj)?))
+    })?;
     tally.run(
+        "unit",
         Command::new("cargo")
             .current_dir(root_dir())
             .args(["test", "--workspace"])
             .env("PD_EBPF_OBJ", &obj),
     )?;
-    // The benchmarks are not run here, but they must keep compiling.
-    status(
-        Command::new("cargo")
-            .current_dir(root_dir())
-            .args(["check", "-q", "-p", "pd-tests", "--benches"])
-            .env("PD_EBPF_OBJ", &obj),
-    )?;
     if unit_only {
-        tally.print();
         return Ok(());
     }
     if !is_root() {
         bail!("the root tests need root (namespaces, BPF): run `sudo -E cargo xtask test`, or `cargo xtask test --unit`");
     }
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(root_dir())
-        .args([
-            "test",
-            "-p",
-            "pd-tests",
-            "--",
-            "--ignored",
-            "--test-threads=1",
-        ])
-        .env("PD_AGENT_BIN", &bin)
-        .env("PD_EBPF_OBJ", &obj);
-    // The VM tier's tests run in the VM only.
-    cmd.args(["--skip", "vm_", "--skip", "systemd_pid1"]);
-    if let Some(f) = &filter {
-        cmd.arg(f);
+    let mut failed = Vec::new();
+    let mut matched = false;
+    for (name, exe) in &exes {
+        if file.as_ref().is_some_and(|f| f.trim_end_matches(".rs") != name) {
+            continue;
+        }
+        matched = true;
+        let mut cmd = Command::new(exe);
+        // As cargo runs a test: from the package's directory.
+        cmd.current_dir(root_dir().join("tests"))
+            .args(["--ignored", "--test-threads=1"])
+            // The VM tier's tests run in the VM only.
+            .args(["--skip", "vm_", "--skip", "systemd_pid1"])
+            .env("PD_AGENT_BIN", &bin)
+            .env("PD_EBPF_OBJ", &obj);
+        if let Some(f) = &filter {
+            cmd.arg(f);
+        }
+        eprintln!("xtask: root tests of tests/tests/{name}.rs");
+        if let Err(e) = tally.run(&format!("host: {name}.rs"), &mut cmd) {
+            eprintln!("xtask: {e:#}");
+            failed.push(name.clone());
+        }
     }
-    tally.run(&mut cmd)?;
-    if filter.is_none() {
-        cross_tier(&mut tally)?;
-        vm_tier(&mut tally, &[])?;
+    if let Some(f) = &file {
+        if !matched {
+            bail!(
+                "no root test file {f} (there are: {})",
+                exes.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
     }
-    tally.print();
+    if !failed.is_empty() {
+        bail!("root tests failed in {}", failed.join(", "));
+    }
+    if filter.is_none() && file.is_none() {
+        vm::tier(tally, vm::kernels(true))?;
+    }
     Ok(())
+}
+
+/// `cargo xtask test matrix`: every tier `cargo xtask test` leaves out.
+fn matrix() -> Result<()> {
+    deps()?;
+    let mut tally = Tally::new("matrix");
+    let r = (|| {
+        tally.step("build", || build_agent().map(|_| ()))?;
+        // Each tier on its own: one that fails does not hide the others.
+        let amd64 = vm::tier(&mut tally, vm::kernels(false));
+        let arm64 = cross_tier(&mut tally);
+        amd64.and(arm64)
+    })();
+    finish(tally, r)
+}
+
+/// The root test files (pd-tests' test targets) and their executables,
+/// built by `cargo` if need be, by name.
+fn root_test_files(mut cargo: Command, obj: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let out = cargo
+        .args(["-p", "pd-tests", "--tests", "--no-run", "--message-format=json"])
+        .env("PD_EBPF_OBJ", obj)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the root tests")?;
+    if !out.status.success() {
+        bail!("building the root tests failed");
+    }
+    let mut files: Vec<(String, PathBuf)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["kind"][0] == "test")
+        .filter_map(|v| {
+            Some((
+                v["target"]["name"].as_str()?.to_string(),
+                PathBuf::from(v["executable"].as_str()?),
+            ))
+        })
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
 }
 
 /// The arm64 agent: its unit tests under qemu-user, its Debian package
@@ -323,19 +417,13 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
 fn cross_tier(tally: &mut Tally) -> Result<()> {
     let obj = build_ebpf()?;
     let arm64 = cross::Cross::of(cross::ARM64)?;
+    let t = std::time::Instant::now();
     let text = arm64.unit_tests(&obj)?;
-    tally.scan(&text);
-    deb::build(cross::ARM64)?;
+    tally.scan("arm64 unit (qemu-user)", &text, t.elapsed().as_secs_f64());
+    tally.step("arm64 package (.deb, lintian)", || deb::build(cross::ARM64))?;
     arm64_vm::tier(tally, arm64, &obj)?;
     Ok(())
 }
-
-/// Debian packages the VM tier needs on the host (the guest shares its
-/// root file system): QEMU, the initramfs' busybox, and what its tests use
-/// that the host tests do not.
-const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "ppp", "pppoe"];
-/// virtme-ng (PyPI) boots a kernel over the host's root file system.
-const VIRTME_NG: &str = "virtme-ng==1.42";
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {
     let missing: Vec<&str> = pkgs
@@ -379,337 +467,6 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
     )
 }
 
-/// A kernel series the VM tier boots by default (generic flavour: the
-/// cloud one lacks 9p).
-struct VmKernel {
-    /// Package name prefix and suffix around the ABI number.
-    prefix: &'static str,
-    suffix: &'static str,
-    /// apt-cache pattern of its packages.
-    pattern: &'static str,
-    /// An archive the host's apt sources lack (one-line `deb` entries),
-    /// read through an apt configuration of the project's own under
-    /// target/vm/apt: the host's sources stay as they are.
-    sources: Option<&'static str>,
-}
-
-/// Debian 12's own 6.1 (no tcx, no xdp-features, no netfilter hook
-/// list), the 6.12 Debian 12 also ships (all three), and Debian 11's
-/// 5.10, the oldest LTS kernel Debian's archive still serves (archive.debian.org,
-/// where buster's 4.19 lives, is out of reach here), which has neither
-/// `bpf_loop` nor `bpf_xdp_load_bytes`: the compat programs.
-const VM_KERNELS: [VmKernel; 3] = [
-    VmKernel {
-        prefix: "6.1.0-",
-        suffix: "-amd64",
-        pattern: r"^linux-image-6\.1\.0-[0-9]+-amd64$",
-        sources: None,
-    },
-    VmKernel {
-        prefix: "6.12.",
-        suffix: "+deb12-amd64",
-        pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$",
-        sources: None,
-    },
-    VmKernel {
-        prefix: "5.10.0-",
-        suffix: "-amd64",
-        pattern: r"^linux-image-5\.10\.0-[0-9]+-amd64$",
-        sources: Some(
-            "deb http://deb.debian.org/debian bullseye main\n\
-             deb http://deb.debian.org/debian-security bullseye-security main\n",
-        ),
-    },
-];
-
-/// The newest kernel of one [`VM_KERNELS`] series: from /boot if one is
-/// installed, else the newest in the package archive, installed.
-fn debian_kernel(k: &VmKernel) -> Result<PathBuf> {
-    let newest = |names: Vec<String>| {
-        names
-            .into_iter()
-            .filter_map(|n| {
-                let abi = n.strip_prefix(k.prefix)?.strip_suffix(k.suffix)?;
-                Some((abi.parse::<u32>().ok()?, n))
-            })
-            .max()
-            .map(|(_, n)| n)
-    };
-    let in_boot: Vec<String> = std::fs::read_dir("/boot")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_prefix("vmlinuz-")
-                        .map(String::from)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(v) = newest(in_boot) {
-        return Ok(PathBuf::from(format!("/boot/vmlinuz-{v}")));
-    }
-    // Options that point apt at the private sources, lists and cache.
-    let private: Vec<String> = match k.sources {
-        None => vec![],
-        Some(list) => {
-            let dir = root_dir().join("target/vm/apt");
-            for d in ["lists/partial", "cache/archives/partial"] {
-                std::fs::create_dir_all(dir.join(d))?;
-            }
-            std::fs::write(dir.join("sources.list"), list)?;
-            let opts = vec![
-                format!(
-                    "-oDir::Etc::SourceList={}",
-                    dir.join("sources.list").display()
-                ),
-                "-oDir::Etc::SourceParts=-".to_string(),
-                format!("-oDir::State::Lists={}", dir.join("lists").display()),
-                format!("-oDir::Cache={}", dir.join("cache").display()),
-            ];
-            status(Command::new("apt-get").args(&opts).args(["update", "-q"]))?;
-            opts
-        }
-    };
-    let out = Command::new("apt-cache")
-        .args(&private)
-        .args(["search", "--names-only", k.pattern])
-        .output()
-        .with_context(|| format!("apt-cache search {}", k.pattern))?;
-    let names = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            l.split_whitespace()
-                .next()?
-                .strip_prefix("linux-image-")
-                .map(String::from)
-        })
-        .collect();
-    let v = newest(names).with_context(|| format!("no kernel package matching {}", k.pattern))?;
-    if private.is_empty() {
-        apt_install(&[&format!("linux-image-{v}")])?;
-    } else {
-        // Downloaded through the private configuration, installed from
-        // the file (its dependencies are the host's own packages).
-        let dir = root_dir().join("target/vm/apt");
-        status(
-            Command::new("apt-get")
-                .current_dir(&dir)
-                .args(&private)
-                .args(["download", &format!("linux-image-{v}")]),
-        )?;
-        let deb = std::fs::read_dir(&dir)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with(&format!("linux-image-{v}_")) && n.ends_with(".deb")
-                })
-            })
-            .with_context(|| format!("apt-get download linux-image-{v} left no package"))?;
-        status(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .arg(&deb)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
-    Ok(PathBuf::from(format!("/boot/vmlinuz-{v}")))
-}
-
-/// The `vng` script of the Python that runs `python3`, installed if needed.
-fn vng() -> Result<PathBuf> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .context("python3 (virtme-ng runs on it)")?;
-    let vng = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("vng");
-    if !vng.exists() {
-        eprintln!("xtask: installing {VIRTME_NG}");
-        status(Command::new("python3").args(["-m", "pip", "install", "-q", VIRTME_NG]))?;
-    }
-    Ok(vng)
-}
-
-fn test_vm(kernels: &[String]) -> Result<()> {
-    deps()?;
-    build_agent()?;
-    let mut tally = Tally::default();
-    vm_tier(&mut tally, kernels)?;
-    tally.print();
-    if tally.failed > 0 {
-        bail!("{} VM test(s) failed", tally.failed);
-    }
-    Ok(())
-}
-
-/// Boot each kernel (default: [`VM_KERNELS`]) in a VM without KVM (nested
-/// KVM fails on these machines) and run there the kernel tests
-/// (`tests/kernel.rs`: program load under every switch, the TestRun
-/// corpus and mutants), the `vm_` namespace tests, and `systemd_pid1_*`
-/// under a real systemd (the packaged unit's readiness and watchdog):
-/// virtme-ng's own `--systemd` boot is of no use here, as systemd sees
-/// the host's `/.dockerenv` through the shared root, takes itself for a
-/// container and ignores the kernel command line. The Debian
-/// package is built (and checked with lintian) first: `vm_deb_install`
-/// installs it in the guest (`PD_DEB`) over overlays, so the host is
-/// untouched.
-fn vm_tier(tally: &mut Tally, kernels: &[String]) -> Result<()> {
-    if !is_root() {
-        bail!("the VM tier needs root: run `sudo -E cargo xtask test vm`");
-    }
-    apt_install(VM_PACKAGES)?;
-    let vng = vng()?;
-    let kernels: Vec<PathBuf> = if kernels.is_empty() {
-        VM_KERNELS
-            .iter()
-            .map(debian_kernel)
-            .collect::<Result<_>>()?
-    } else {
-        kernels
-            .iter()
-            .map(|k| {
-                let p = if k.starts_with('/') {
-                    PathBuf::from(k)
-                } else {
-                    PathBuf::from(format!("/boot/vmlinuz-{k}"))
-                };
-                if p.exists() {
-                    Ok(p)
-                } else {
-                    bail!("kernel {k}: {} does not exist", p.display())
-                }
-            })
-            .collect::<Result<_>>()?
-    };
-    let deb = deb::build(deb::DEFAULT_TARGET)?;
-    let obj = root_dir().join("target/bpf/bpfel-unknown-none/release/pd-ebpf");
-    let mut host_cargo = Command::new("cargo");
-    host_cargo.current_dir(root_dir()).arg("test");
-    let [exe, kernel_exe]: [PathBuf; 2] = test_executables(host_cargo, &["vm", "kernel"], &obj)?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("two test executables expected"))?;
-    let out = root_dir().join("target/vm");
-    std::fs::create_dir_all(&out)?;
-    let bin = root_dir().join("target/debug/pd-agent");
-    let env = format!(
-        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-         export PD_AGENT_BIN={} PD_EBPF_OBJ={} PD_DEB={} RUST_BACKTRACE=1",
-        bin.display(),
-        obj.display(),
-        deb.display()
-    );
-    for kernel in &kernels {
-        let log = out.join("vm-test.log");
-        let rc = out.join("rc");
-        let sd_rc = out.join("systemd.rc");
-        for f in [&log, &rc, &sd_rc] {
-            let _ = std::fs::remove_file(f);
-        }
-        let console = out.join("console.log");
-        let console_err = out.join("console.err");
-        let script = out.join("run.sh");
-        let (log_s, rc_s, sd_rc_s) = (log.display(), rc.display(), sd_rc.display());
-        // `systemd_pid1_*` runs under a real systemd: PID 1 of a PID and
-        // mount namespace of the guest's (as in a container), started on
-        // the unit that runs the test and exits with it. Its boot-time
-        // tmpfiles would empty /tmp (`D /tmp`), where a clone under /tmp
-        // keeps the test binaries (the guest's overlay only: the host's
-        // /tmp is its read-only lower layer): masked.
-        let sd_script = out.join("systemd.sh");
-        std::fs::write(
-            &sd_script,
-            format!(
-                "#!/bin/sh
-                 mount -t tmpfs pd-vartmp /var/tmp
-                 {env}
-                 {exe} --ignored --test-threads=1 --nocapture systemd_pid1 >> {log_s} 2>&1
-                 echo $? > {sd_rc_s}
-",
-                exe = exe.display(),
-            ),
-        )?;
-        status(Command::new("chmod").arg("+x").arg(&sd_script))?;
-        let body = format!(
-            "mkdir -p /run/netns
-             {env}
-             uname -r > {log_s}
-             {kernel_exe} --ignored --test-threads=1 --nocapture >> {log_s} 2>&1
-             k=$?
-             {exe} --ignored --test-threads=1 --nocapture vm_ >> {log_s} 2>&1
-             v=$?
-             mkdir -p /run/systemd/system
-             ln -sf /dev/null /run/systemd/system/systemd-tmpfiles-setup.service
-             ln -sf /dev/null /run/systemd/system/systemd-tmpfiles-clean.timer
-             printf '[Unit]\\nSuccessAction=exit\\nFailureAction=exit\\n[Service]\\nType=oneshot\\nExecStart={sd}\\n' \\
-                 > /run/systemd/system/pd-test.service
-             unshare --pid --fork --mount --mount-proc env -i container=pd-vm \\
-                 /lib/systemd/systemd --unit=pd-test.service > {out}/systemd.log 2>&1
-             s=$(cat {sd_rc_s} 2>/dev/null || echo 1)
-             echo $((k + v + s)) > {rc_s}",
-            exe = exe.display(),
-            kernel_exe = kernel_exe.display(),
-            sd = sd_script.display(),
-            out = out.display(),
-        );
-        std::fs::write(&script, format!("#!/bin/sh\n{body}\n"))?;
-        status(Command::new("chmod").arg("+x").arg(&script))?;
-        eprintln!("xtask: VM tier on {} (no KVM: slow)", kernel.display());
-        let t = std::time::Instant::now();
-        let st = Command::new("timeout")
-            .arg("1200")
-            .arg(&vng)
-            .arg("-r")
-            .arg(kernel)
-            .args(["--disable-kvm", "--memory", "2G", "--cpus", "2"])
-            .args([
-                "--overlay-rwdir",
-                "/tmp",
-                "--overlay-rwdir",
-                "/etc",
-                "--overlay-rwdir",
-                "/var/lib",
-            ])
-            .arg("--rwdir")
-            .arg(&out)
-            .arg("--exec")
-            .arg(&script)
-            .current_dir(root_dir())
-            .stdin(std::process::Stdio::null())
-            // The guest's console goes to a file: QEMU can reopen and
-            // truncate an inherited stdout, taking the host tests' log.
-            .stdout(std::fs::File::create(&console)?)
-            .stderr(std::fs::File::create(&console_err)?)
-            .status()
-            .context("running vng")?;
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        tally.scan(&text);
-        println!("{text}");
-        let code = std::fs::read_to_string(&rc).unwrap_or_default();
-        eprintln!(
-            "xtask: VM tier on {} took {:.0}s",
-            kernel.display(),
-            t.elapsed().as_secs_f64()
-        );
-        if code.trim() != "0" {
-            tally.print();
-            bail!(
-                "the VM tier on {} failed (vng {st}, tests exit {:?}); log: {}, console: {}, systemd: {}",
-                kernel.display(),
-                code.trim(),
-                log.display(),
-                console.display(),
-                out.join("systemd.log").display()
-            );
-        }
-    }
-    Ok(())
-}
-
 /// The executables of pd-tests' test targets `targets`, in that order,
 /// built by `cargo` (`cargo test`, for the host or a cross target) if needed.
 fn test_executables(mut cargo: Command, targets: &[&str], obj: &Path) -> Result<Vec<PathBuf>> {
@@ -738,62 +495,3 @@ fn test_executables(mut cargo: Command, targets: &[&str], obj: &Path) -> Result<
         .collect()
 }
 
-/// Adds up cargo test's "test result:" lines so the run ends with one
-/// overall line.
-#[derive(Default)]
-struct Tally {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
-}
-
-impl Tally {
-    /// Add the "test result:" lines of a finished run's output.
-    fn scan(&mut self, text: &str) {
-        for line in text.lines() {
-            self.line(line);
-        }
-    }
-
-    fn line(&mut self, line: &str) {
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let num = |word: &str| {
-                rest.split(';')
-                    .find_map(|p| {
-                        p.trim()
-                            .trim_start_matches("ok. ")
-                            .trim_start_matches("FAILED. ")
-                            .strip_suffix(word)
-                    })
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            self.passed += num(" passed");
-            self.failed += num(" failed");
-            self.ignored += num(" ignored");
-        }
-    }
-
-    fn run(&mut self, cmd: &mut Command) -> Result<()> {
-        use std::io::{BufRead, BufReader};
-        let mut child = cmd
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running {cmd:?}"))?;
-        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-            let line = line?;
-            println!("{line}");
-            self.line(&line);
-        }
-        let st = child.wait()?;
-        if !st.success() {
-            self.print();
-            bail!("{cmd:?} failed: {st}");
-        }
-        Ok(())
-    }
-
-    fn print(&self) {
-        println!("\nxtask: {} passed, {} failed", self.passed, self.failed);
-    }
-}
