@@ -100,6 +100,19 @@ impl Cross {
         cmd
     }
 
+    /// The packages whose unit tests run under qemu-user.
+    const UNIT_PACKAGES: [&'static str; 6] = ["-p", "pd-common", "-p", "pd-agent", "-p", "pd-tests"];
+
+    /// Build (not run) the unit tests and the root tests for the target.
+    pub fn build_tests(&self, obj: &std::path::Path) -> Result<()> {
+        status(
+            self.cargo("test")
+                .args(Self::UNIT_PACKAGES)
+                .arg("--no-run")
+                .env("PD_EBPF_OBJ", obj),
+        )
+    }
+
     /// The unit tests (no root) of the agent, its shared types and the
     /// reference parser's corpus, built for the target and run under
     /// qemu-user.
@@ -107,7 +120,7 @@ impl Cross {
         let t = std::time::Instant::now();
         let out = self
             .cargo("test")
-            .args(["-p", "pd-common", "-p", "pd-agent", "-p", "pd-tests"])
+            .args(Self::UNIT_PACKAGES)
             .env("PD_EBPF_OBJ", obj)
             .stderr(std::process::Stdio::inherit())
             .output()

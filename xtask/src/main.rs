@@ -138,7 +138,7 @@ fn run() -> Result<()> {
             Some((first, _)) if first == "cross" => {
                 deps()?;
                 let mut tally = Tally::new("cross");
-                let r = cross_tier(&mut tally);
+                let r = cross_jobs(&mut tally).and_then(|jobs| vm::run_jobs(&mut tally, jobs));
                 finish(tally, r)
             }
             Some((first, _)) if first == "matrix" => matrix(),
@@ -165,7 +165,7 @@ pub fn root_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
@@ -184,7 +184,7 @@ fn succeeds(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn deps() -> Result<()> {
+pub(crate) fn deps() -> Result<()> {
     apt_install(APT_PACKAGES)?;
     let installed = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
@@ -243,7 +243,7 @@ fn build_ebpf() -> Result<PathBuf> {
 }
 
 /// Build the agent (its build.rs embeds the kernel object) and return its path.
-fn build_agent() -> Result<PathBuf> {
+pub(crate) fn build_agent() -> Result<PathBuf> {
     let obj = build_ebpf()?;
     status(
         Command::new("cargo")
@@ -286,7 +286,7 @@ fn test(unit_only: bool, file: Option<String>, filter: Option<String>) -> Result
 }
 
 /// The timing table and closing line, whatever happened, then the error.
-fn finish(tally: Tally, r: Result<()>) -> Result<()> {
+pub(crate) fn finish(tally: Tally, r: Result<()>) -> Result<()> {
     tally.print();
     r?;
     if tally.failed() > 0 {
@@ -328,10 +328,39 @@ fn test_tiers(
     if !is_root() {
         bail!("the root tests need root (namespaces, BPF): run `sudo -E cargo xtask test`, or `cargo xtask test --unit`");
     }
+    let everything = filter.is_none() && file.is_none();
+    // The VM on 6.1 boots while the host's root tests run: they wait on
+    // servers and timers most of the time, the guest mostly computes
+    // (niced, its limits scaled by its measured speed).
+    let vm_jobs = if everything {
+        vm::jobs(tally, vm::kernels(true))?
+    } else {
+        Vec::new()
+    };
+    let (host, vms) = std::thread::scope(|s| {
+        let vms = s.spawn(|| vm::boot_all(vm_jobs));
+        let host = host_tests(tally, &exes, &bin, &obj, file.as_deref(), filter.as_deref());
+        (host, vms.join().expect("the VM thread"))
+    });
+    let vms = vm::record(tally, vms);
+    host?;
+    vms
+}
+
+/// The host's root tests, file by file (one row each); every file runs
+/// even when one fails.
+fn host_tests(
+    tally: &mut Tally,
+    exes: &[(String, PathBuf)],
+    bin: &Path,
+    obj: &Path,
+    file: Option<&str>,
+    filter: Option<&str>,
+) -> Result<()> {
     let mut failed = Vec::new();
     let mut matched = false;
-    for (name, exe) in &exes {
-        if file.as_ref().is_some_and(|f| f.trim_end_matches(".rs") != name) {
+    for (name, exe) in exes {
+        if file.is_some_and(|f| f.trim_end_matches(".rs") != name) {
             continue;
         }
         matched = true;
@@ -341,9 +370,9 @@ fn test_tiers(
             .args(["--ignored", "--test-threads=1"])
             // The VM tier's tests run in the VM only.
             .args(["--skip", "vm_", "--skip", "systemd_pid1"])
-            .env("PD_AGENT_BIN", &bin)
-            .env("PD_EBPF_OBJ", &obj);
-        if let Some(f) = &filter {
+            .env("PD_AGENT_BIN", bin)
+            .env("PD_EBPF_OBJ", obj);
+        if let Some(f) = filter {
             cmd.arg(f);
         }
         eprintln!("xtask: root tests of tests/tests/{name}.rs");
@@ -352,7 +381,7 @@ fn test_tiers(
             failed.push(name.clone());
         }
     }
-    if let Some(f) = &file {
+    if let Some(f) = file {
         if !matched {
             bail!(
                 "no root test file {f} (there are: {})",
@@ -363,9 +392,6 @@ fn test_tiers(
     if !failed.is_empty() {
         bail!("root tests failed in {}", failed.join(", "));
     }
-    if filter.is_none() && file.is_none() {
-        vm::tier(tally, vm::kernels(true))?;
-    }
     Ok(())
 }
 
@@ -375,10 +401,11 @@ fn matrix() -> Result<()> {
     let mut tally = Tally::new("matrix");
     let r = (|| {
         tally.step("build", || build_agent().map(|_| ()))?;
-        // Each tier on its own: one that fails does not hide the others.
-        let amd64 = vm::tier(&mut tally, vm::kernels(false));
-        let arm64 = cross_tier(&mut tally);
-        amd64.and(arm64)
+        // The builds first, then the VMs, two at a time: the amd64 and the
+        // arm64 ones in one queue.
+        let mut jobs = cross_jobs(&mut tally)?;
+        jobs.extend(vm::jobs(&mut tally, vm::kernels(false))?);
+        vm::run_jobs(&mut tally, jobs)
     })();
     finish(tally, r)
 }
@@ -413,16 +440,17 @@ fn root_test_files(mut cargo: Command, obj: &Path) -> Result<Vec<(String, PathBu
 
 /// The arm64 agent: its unit tests under qemu-user, its Debian package
 /// (built and checked with lintian as the host's is), then its programs
-/// and traffic on an arm64 kernel ([`arm64_vm`]).
-fn cross_tier(tally: &mut Tally) -> Result<()> {
+/// and traffic on arm64 kernels ([`arm64_vm`]): the VMs are returned, to
+/// be booted with the others.
+fn cross_jobs(tally: &mut Tally) -> Result<Vec<vm::Job>> {
     let obj = build_ebpf()?;
     let arm64 = cross::Cross::of(cross::ARM64)?;
+    tally.step("arm64 build (tests)", || arm64.build_tests(&obj))?;
     let t = std::time::Instant::now();
     let text = arm64.unit_tests(&obj)?;
     tally.scan("arm64 unit (qemu-user)", &text, t.elapsed().as_secs_f64());
     tally.step("arm64 package (.deb, lintian)", || deb::build(cross::ARM64))?;
-    arm64_vm::tier(tally, arm64, &obj)?;
-    Ok(())
+    arm64_vm::jobs(tally, arm64, &obj)
 }
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {
