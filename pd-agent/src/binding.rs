@@ -16,7 +16,8 @@
 //!   effect when the server's Reply with Success answers it (§18.3.7);
 //!   a Decline removes the prefixes it names at once;
 //! - a plain Reply arriving upstream addressed to one of this host's own
-//!   addresses delegates to this host: an `acquired` binding (no route);
+//!   addresses delegates to this host: an `acquired` binding (routed
+//!   `unreachable`, RFC 7084 WPD-5, unless turned off);
 //!   this host's own Release/Decline are seen leaving upstream.
 
 use std::{
@@ -39,8 +40,9 @@ pub enum Kind {
     /// Delegated by a server to a client on one of our downstream links:
     /// routed via the client.
     Delegated,
-    /// Delegated to this host by a server on an upstream link: recorded
-    /// (and passed to hooks), never routed.
+    /// Delegated to this host by a server on an upstream link: recorded,
+    /// passed to hooks, and routed `unreachable` (RFC 7084 WPD-5): what
+    /// no more specific route claims is refused, not sent back upstream.
     Acquired,
 }
 
@@ -99,9 +101,13 @@ pub struct BindingView {
     pub rx_packets: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_bytes: Option<u64>,
-    /// Route state of a delegated binding: "installed", or why not yet.
+    /// Route state of a routed binding: "installed", or why not yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// The route's type where it is not via the next hop: "unreachable"
+    /// for an acquired prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 impl Binding {
@@ -450,12 +456,21 @@ impl Table {
     /// The delegated binding of `prefix`, if any (read in place: the route
     /// checks ask this for every route in the table).
     pub fn delegated(&self, prefix: Ipv6Net) -> Option<&Binding> {
+        self.of_kind(prefix, Kind::Delegated)
+    }
+
+    /// The acquired binding of `prefix`, if any.
+    pub fn acquired(&self, prefix: Ipv6Net) -> Option<&Binding> {
+        self.of_kind(prefix, Kind::Acquired)
+    }
+
+    fn of_kind(&self, prefix: Ipv6Net, kind: Kind) -> Option<&Binding> {
         self.bindings
             .by_prefix
             .get(&prefix)?
             .iter()
             .filter_map(|k| self.bindings.get(k))
-            .find(|b| b.kind == Kind::Delegated)
+            .find(|b| b.kind == kind)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -18,6 +18,7 @@
 //! log_json = false
 //! allow = ["2001:db8::/32"]  # delegations outside are ignored and logged
 //! max_bindings_per_iface = 4096
+//! unreachable_route = true   # acquired prefixes routed unreachable (RFC 7084 WPD-5)
 //!
 //! [[interface]]
 //! name = "lan0"
@@ -76,6 +77,8 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     /// A Reply must answer a client message seen with its xid and Client-ID.
     pub require_client_message: bool,
+    /// Route each acquired prefix `unreachable` (RFC 7084 WPD-5).
+    pub unreachable_route: bool,
     /// Ring buffer bytes (None: the object's default).
     pub ring_bytes: Option<u32>,
     /// Entries of the kernel's per-client records (None: the default).
@@ -189,6 +192,7 @@ pub struct FileConfig {
     pub flush_on_exit: Option<bool>,
     pub metrics: Option<std::net::SocketAddr>,
     pub require_client_message: Option<bool>,
+    pub unreachable_route: Option<bool>,
     pub ring_buffer_bytes: Option<u32>,
     pub client_records: Option<u32>,
     pub forwarding_counters: Option<u32>,
@@ -315,6 +319,14 @@ pub struct RunArgs {
     /// Rapid Commit) seen with the same transaction id and Client-ID within 60 s [default: on].
     #[arg(long, env = "PD_REQUIRE_CLIENT_MESSAGE", value_parser = on_off)]
     pub require_client_message: Option<bool>,
+    /// Route each prefix this router acquires upstream `unreachable` at our
+    /// protocol and metric (RFC 7084 WPD-5): a destination inside it that
+    /// no more specific route (the LAN's /64, what this router delegates)
+    /// claims gets ICMPv6 Destination Unreachable instead of going back
+    /// upstream, where it would loop until its hop limit ran out. Off for
+    /// an operator who installs their own [default: on].
+    #[arg(long, env = "PD_UNREACHABLE_ROUTE", value_parser = on_off)]
+    pub unreachable_route: Option<bool>,
     /// Log from the kernel programs why a DHCPv6 packet produced no event and
     /// why the fast path passed a packet to the kernel (for debugging; costs
     /// nothing when off) [default: off].
@@ -456,6 +468,10 @@ pub fn resolve(args: RunArgs, file: Option<FileConfig>) -> Result<Resolved, Conf
             require_client_message: args
                 .require_client_message
                 .or(file.require_client_message)
+                .unwrap_or(true),
+            unreachable_route: args
+                .unreachable_route
+                .or(file.unreachable_route)
                 .unwrap_or(true),
             ring_bytes: match args.ring_buffer_bytes.or(file.ring_buffer_bytes) {
                 Some(n) => Some(ring_bytes(&n.to_string()).map_err(ConfigError::Invalid)?),
@@ -740,6 +756,23 @@ mod tests {
             (r.proto, r.fast_path, r.downstream.clone()),
             (120, FastPathMode::BypassFirewall, vec!["lan0".to_string()])
         );
+    }
+
+    #[test]
+    fn unreachable_route_is_on_unless_turned_off() {
+        let lan = "[[interface]]\nname = \"lan0\"\nrole = \"downstream\"\n";
+        let on = |file: &str, flag: Option<bool>| {
+            let args = RunArgs {
+                unreachable_route: flag,
+                ..Default::default()
+            };
+            let f = FileConfig::parse(&format!("{file}{lan}")).unwrap();
+            resolve(args, Some(f)).unwrap().config.unreachable_route
+        };
+        assert!(on("", None));
+        assert!(!on("unreachable_route = false\n", None));
+        assert!(on("unreachable_route = false\n", Some(true)));
+        assert!(!on("", Some(false)));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::{
     agent::Agent,
     binding::{Action, BindingView, Kind},
     datapath::{self, FastPathMode},
+    route::Target,
 };
 
 pub const DEFAULT_PATH: &str = "/run/pd-agent/control.sock";
@@ -144,20 +145,20 @@ impl Agent {
                     .flatten();
                 // What the kernel really holds: failed, conflict, missing,
                 // else installed.
-                let status =
-                    (b.kind == Kind::Delegated).then(|| match self.retries.get(&b.prefix) {
-                        Some(r) => format!(
-                            "failed: {}, attempt {}, next in {}s",
-                            r.error,
-                            r.attempts,
-                            r.at.saturating_duration_since(std::time::Instant::now())
-                                .as_secs()
-                        ),
-                        None => self
-                            .keeper
-                            .status(b.prefix)
-                            .unwrap_or_else(|| "installed".to_string()),
-                    });
+                let target = self.target_of(b);
+                let status = target.map(|_| match self.retries.get(&b.prefix) {
+                    Some(r) => format!(
+                        "failed: {}, attempt {}, next in {}s",
+                        r.error,
+                        r.attempts,
+                        r.at.saturating_duration_since(std::time::Instant::now())
+                            .as_secs()
+                    ),
+                    None => self
+                        .keeper
+                        .status(b.prefix)
+                        .unwrap_or_else(|| "installed".to_string()),
+                });
                 let mut binding = b.clone();
                 binding.expires_at = b.expires_at.map(|t| here.to_unix(t));
                 binding.updated_at = here.to_unix(b.updated_at);
@@ -167,6 +168,7 @@ impl Agent {
                     rx_packets: c.map(|c| c.0),
                     rx_bytes: c.map(|c| c.1),
                     status,
+                    route: (target == Some(Target::Unreachable)).then(|| "unreachable".to_string()),
                 }
             })
             .collect()

@@ -1,4 +1,5 @@
-//! Keeping the kernel's routing table true for the delegated bindings:
+//! Keeping the kernel's routing table true for the bindings (a delegated
+//! prefix's route via its client, an acquired prefix's unreachable route):
 //! which prefixes another protocol's route holds, which of our routes
 //! vanished and are being put back, and what to look at again. Pure state;
 //! the agent does the netlink work and feeds it what the kernel says.
@@ -11,13 +12,16 @@
 //!   as such, but both stay: the kernel prefers the lower metric;
 //! - a route of ours that vanishes (deleted, flushed, replaced) while its
 //!   binding lives is put back, unless another protocol now holds its slot;
-//! - a route of another protocol is never changed or removed.
+//! - a route of another protocol is never changed or removed;
+//! - for an acquired prefix's unreachable route, a route of another
+//!   protocol at another metric is no conflict: the LAN's on-link route
+//!   for the same /64 is meant to win.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv6Net;
 
-use crate::route::KernelRoute;
+use crate::route::{KernelRoute, Target};
 
 /// Another protocol's route for a binding's prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,19 +64,22 @@ impl Keeper {
     }
 
     /// A route change the kernel announced (or a start-up dump showed) for
-    /// `route.prefix`, whose binding wants `wanted` (next hop, ifindex);
-    /// `None`: no binding, nothing to keep.
+    /// `route.prefix`, whose binding wants `wanted`; `None`: no binding,
+    /// nothing to keep.
     pub fn on_route(
         &mut self,
         route: &KernelRoute,
         ours: bool,
         deleted: bool,
-        wanted: Option<(std::net::Ipv6Addr, u32)>,
+        wanted: Option<Target>,
     ) {
         let p = route.prefix;
-        let Some((nh, ifindex)) = wanted else {
+        let Some(want) = wanted else {
             return;
         };
+        if !ours && want == Target::Unreachable && route.metric != self.metric {
+            return;
+        }
         match (ours, deleted) {
             (true, true) => {
                 if !self.withheld(p) {
@@ -81,7 +88,7 @@ impl Keeper {
                 }
             }
             (true, false) => {
-                if route.next_hop == Some(nh) && route.ifindex == Some(ifindex) {
+                if route.target() == Some(want) {
                     self.missing.remove(&p);
                 } else {
                     self.dirty.insert(p);
@@ -234,6 +241,7 @@ mod tests {
     fn route(proto: u8, metric: u32, nh: &str) -> KernelRoute {
         KernelRoute {
             prefix: p(),
+            kind: crate::route::RouteKind::Unicast,
             next_hop: Some(nh.parse().unwrap()),
             ifindex: Some(3),
             proto,
@@ -242,8 +250,47 @@ mod tests {
         }
     }
 
-    fn wanted() -> Option<(std::net::Ipv6Addr, u32)> {
-        Some(("fe80::c".parse().unwrap(), 3))
+    fn wanted() -> Option<Target> {
+        Some(Target::Via("fe80::c".parse().unwrap(), 3))
+    }
+
+    fn unreachable(proto: u8, metric: u32) -> KernelRoute {
+        KernelRoute {
+            prefix: p(),
+            kind: crate::route::RouteKind::Unreachable,
+            next_hop: None,
+            ifindex: Some(1),
+            proto,
+            metric,
+            multipath: vec![],
+        }
+    }
+
+    #[test]
+    fn an_acquired_prefix_keeps_its_unreachable_route() {
+        let mut k = Keeper::new(1024);
+        let want = Some(Target::Unreachable);
+        // Ours, announced back: in place.
+        k.on_route(&unreachable(OURS, 1024), true, false, want);
+        assert!(k.dirty.is_empty());
+        // Deleted by someone: put back.
+        k.on_route(&unreachable(OURS, 1024), true, true, want);
+        assert!(k.dirty.contains(&p()));
+        assert!(k.installed(p(), true));
+        // The LAN's on-link route for the same prefix, at the kernel's
+        // metric: meant to win, no conflict.
+        k.dirty.clear();
+        let mut lan = route(2, 256, "fe80::1");
+        lan.next_hop = None;
+        k.on_route(&lan, false, false, want);
+        assert_eq!((k.conflicts(), k.status(p())), (0, None));
+        // Another's unreachable route in our slot: ours is withheld.
+        k.on_route(&unreachable(16, 1024), false, false, want);
+        assert!(k.withheld(p()));
+        // Ours with a next hop is not what an acquired prefix wants.
+        let mut k = Keeper::new(1024);
+        k.on_route(&route(OURS, 1024, "fe80::c"), true, false, want);
+        assert!(k.dirty.contains(&p()));
     }
 
     #[test]

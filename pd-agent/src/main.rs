@@ -113,6 +113,7 @@ async fn real_main() -> Result<()> {
                             rx_packets: None,
                             rx_bytes: None,
                             status: None,
+                            route: None,
                         })
                         .collect()
                 }
@@ -149,8 +150,8 @@ fn reply(v: serde_json::Value) -> Result<()> {
 
 fn print_table(list: &[BindingView]) {
     println!(
-        "{:<28} {:<9} {:<10} {:<28} {:>10} {:>8} {:>10} {:>12}",
-        "PREFIX", "KIND", "IFACE", "NEXT HOP", "IAID", "EXPIRES", "RX PKTS", "RX BYTES"
+        "{:<28} {:<9} {:<10} {:<28} {:>10} {:>8} {:>10} {:>12} {:<11}",
+        "PREFIX", "KIND", "IFACE", "NEXT HOP", "IAID", "EXPIRES", "RX PKTS", "RX BYTES", "ROUTE"
     );
     for v in list {
         let b = &v.binding;
@@ -163,8 +164,15 @@ fn print_table(list: &[BindingView]) {
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
         let n = |x: Option<u64>| x.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+        // "via" the next hop, "unreachable", or none (turned off, or
+        // the state store's view).
+        let route = v
+            .route
+            .as_deref()
+            .or(v.status.as_ref().map(|_| "via"))
+            .unwrap_or("-");
         println!(
-            "{:<28} {:<9} {:<10} {:<28} {:>10} {:>8} {:>10} {:>12}",
+            "{:<28} {:<9} {:<10} {:<28} {:>10} {:>8} {:>10} {:>12} {:<11}",
             b.prefix.to_string(),
             kind,
             b.iface,
@@ -172,7 +180,8 @@ fn print_table(list: &[BindingView]) {
             b.iaid,
             exp,
             n(v.rx_packets),
-            n(v.rx_bytes)
+            n(v.rx_bytes),
+            route
         );
     }
 }

@@ -1,5 +1,6 @@
 //! Kernel routes over rtnetlink: `prefix via next-hop dev iface proto N
-//! metric M`, always tagged with our protocol number and metric, so that we
+//! metric M` for a delegated prefix, `unreachable prefix proto N metric
+//! M` for an acquired one (RFC 7084 WPD-5), always tagged with our protocol number and metric, so that we
 //! find, and only ever touch, our own routes. A route is added exclusively
 //! (the kernel refuses it if any route already holds that prefix, table
 //! and metric), replaced only where ours is, and deleted by protocol and
@@ -16,7 +17,7 @@ use rtnetlink::{
     packet_core::{Emitable, NLM_F_DUMP},
     packet_route::{
         address::AddressAttribute,
-        route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol},
+        route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType},
         AddressFamily,
     },
     Handle, RouteMessageBuilder,
@@ -54,15 +55,62 @@ pub enum RouteError {
     NoLink(u32),
 }
 
+/// Where a route of ours sends its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A delegated prefix: via the requesting router's address, on the
+    /// link it was delegated on.
+    Via(Ipv6Addr, u32),
+    /// An acquired prefix (RFC 7084 WPD-5): what no more specific route
+    /// claims is answered with ICMPv6 Destination Unreachable, instead of
+    /// following the default route back upstream, where the upstream
+    /// router's route for the prefix sends it here again.
+    Unreachable,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Via(nh, i) => write!(f, "via {nh} dev ifindex {i}"),
+            Target::Unreachable => write!(f, "unreachable"),
+        }
+    }
+}
+
+/// A route's type, of those we tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RouteKind {
+    #[default]
+    Unicast,
+    Unreachable,
+    Blackhole,
+    Prohibit,
+    Throw,
+    Other,
+}
+
+impl From<RouteType> for RouteKind {
+    fn from(t: RouteType) -> Self {
+        match t {
+            RouteType::Unicast | RouteType::Unspec => RouteKind::Unicast,
+            RouteType::Unreachable => RouteKind::Unreachable,
+            RouteType::BlackHole => RouteKind::Blackhole,
+            RouteType::Prohibit => RouteKind::Prohibit,
+            RouteType::Throw => RouteKind::Throw,
+            _ => RouteKind::Other,
+        }
+    }
+}
+
 /// One route change for [`Routes::batch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteChange {
     /// Add our route; the kernel refuses it (EEXIST) while any route holds
     /// the same prefix, table and metric.
-    Add(Ipv6Net, Ipv6Addr, u32),
+    Add(Ipv6Net, Target),
     /// Replace the route at our prefix, table and metric: only where the
     /// route there is known to be ours.
-    Replace(Ipv6Net, Ipv6Addr, u32),
+    Replace(Ipv6Net, Target),
     /// Delete our route for the prefix at that metric (through that next
     /// hop and interface when given); one already gone is not an error. The
     /// protocol and metric are part of the request, so another's route
@@ -91,8 +139,8 @@ impl fmt::Display for RouteFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let err = std::io::Error::from_raw_os_error(self.errno);
         match self.change {
-            RouteChange::Add(p, nh, i) | RouteChange::Replace(p, nh, i) => {
-                write!(f, "adding route {p} via {nh} dev ifindex {i}: {err}")
+            RouteChange::Add(p, t) | RouteChange::Replace(p, t) => {
+                write!(f, "adding route {p} {t}: {err}")
             }
             RouteChange::Delete(p, ..) => write!(f, "deleting route {p}: {err}"),
         }
@@ -195,6 +243,9 @@ impl BatchSocket {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelRoute {
     pub prefix: Ipv6Net,
+    /// Its type: a reject route (unreachable, blackhole, prohibit) has no
+    /// next hop, and the kernel shows it on `lo`.
+    pub kind: RouteKind,
     pub next_hop: Option<Ipv6Addr>,
     pub ifindex: Option<u32>,
     /// Protocol of the route, or of a multipath group's first next hop.
@@ -207,6 +258,19 @@ pub struct KernelRoute {
 }
 
 impl KernelRoute {
+    /// Where it sends its prefix, if it is a route of a kind we make: a
+    /// single next hop, or unreachable.
+    pub fn target(&self) -> Option<Target> {
+        if !self.multipath.is_empty() {
+            return None;
+        }
+        match (self.kind, self.next_hop, self.ifindex) {
+            (RouteKind::Unreachable, None, _) => Some(Target::Unreachable),
+            (RouteKind::Unicast, Some(nh), Some(i)) => Some(Target::Via(nh, i)),
+            _ => None,
+        }
+    }
+
     /// Deletes that remove this route if it is ours, and never another's:
     /// a multipath group is deleted one next hop at a time, each with its
     /// gateway, so the kernel checks each one's protocol (a delete without
@@ -236,6 +300,14 @@ impl fmt::Display for KernelRoute {
             Some(n) => write!(f, " dev {n}"),
             None => write!(f, " dev ifindex {i}"),
         };
+        match self.kind {
+            RouteKind::Unicast => {}
+            RouteKind::Unreachable => write!(f, "unreachable ")?,
+            RouteKind::Blackhole => write!(f, "blackhole ")?,
+            RouteKind::Prohibit => write!(f, "prohibit ")?,
+            RouteKind::Throw => write!(f, "throw ")?,
+            RouteKind::Other => write!(f, "(type other) ")?,
+        }
         write!(f, "{}", self.prefix)?;
         if let Some(nh) = self.next_hop {
             write!(f, " via {nh}")?;
@@ -329,6 +401,7 @@ pub fn kernel_route(m: &RouteMessage) -> Option<KernelRoute> {
     }
     Some(KernelRoute {
         prefix: Ipv6Net::new(dst, m.header.destination_prefix_length).ok()?,
+        kind: m.header.kind.into(),
         next_hop,
         ifindex,
         proto: u8::from(m.header.protocol),
@@ -390,14 +463,10 @@ impl Routes {
         let msgs: Vec<(RouteMessage, u16)> = changes
             .iter()
             .map(|c| match *c {
-                RouteChange::Add(p, nh, i) => (
-                    self.message(p).gateway(nh).output_interface(i).build(),
-                    NLM_F_CREATE | NLM_F_EXCL,
-                ),
-                RouteChange::Replace(p, nh, i) => (
-                    self.message(p).gateway(nh).output_interface(i).build(),
-                    NLM_F_CREATE | NLM_F_REPLACE,
-                ),
+                RouteChange::Add(p, t) => (self.target_message(p, t), NLM_F_CREATE | NLM_F_EXCL),
+                RouteChange::Replace(p, t) => {
+                    (self.target_message(p, t), NLM_F_CREATE | NLM_F_REPLACE)
+                }
                 RouteChange::Delete(p, nh, i, metric) => {
                     let mut b = self.message_at(p, metric);
                     if let Some(nh) = nh {
@@ -437,6 +506,16 @@ impl Routes {
                 })
                 .map(|(change, errno)| RouteFailure { change, errno })
                 .collect(),
+        }
+    }
+
+    /// Our route for `prefix` to `t`. An unreachable route takes neither
+    /// gateway nor interface (the kernel puts it on `lo`); a delete needs
+    /// neither to find it ([`RouteChange::Delete`] without them).
+    fn target_message(&self, prefix: Ipv6Net, t: Target) -> RouteMessage {
+        match t {
+            Target::Via(nh, i) => self.message(prefix).gateway(nh).output_interface(i).build(),
+            Target::Unreachable => self.message(prefix).kind(RouteType::Unreachable).build(),
         }
     }
 

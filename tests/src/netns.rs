@@ -203,6 +203,31 @@ impl Netns {
         .map(drop)
     }
 
+    /// A counter of `/proc/net/snmp6` (`Ip6OutForwDatagrams`: how often
+    /// this namespace forwarded, which a capture would miss for frames an
+    /// XDP program redirects).
+    pub fn snmp6(&self, key: &str) -> Result<u64> {
+        self.exec(&["cat", "/proc/net/snmp6"])?
+            .lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next()? == key).then(|| w.next()?.parse().ok())?
+            })
+            .with_context(|| format!("{key} in {}'s /proc/net/snmp6", self.name))
+    }
+
+    /// One echo request to `to`, and what ping printed ("Destination
+    /// unreachable", "Time exceeded", ...); a looping request is given
+    /// time to run out of hops.
+    pub fn ping_once(&self, to: &str) -> Result<String> {
+        let out = self
+            .cmd(&["ping", "-6", "-c", "1", "-W", "2", to])
+            .output()
+            .context("ping")?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `ping -6` until it answers or `tries` run out.
     pub fn ping(&self, addr: &str, tries: u32) -> bool {
         for _ in 0..tries {

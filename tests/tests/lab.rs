@@ -170,6 +170,38 @@ fn seed_scenario_four_levels() -> Result<()> {
         assert!(back, "internet -> container {addr}");
     }
 
+    // No level loops (RFC 7084 WPD-5): an address of an acquired prefix
+    // that nothing claims (no LAN, nothing delegated) gets Destination
+    // Unreachable from the router that acquired it, and no router
+    // forwards more than the request and the error once each (without the
+    // unreachable route the request went back upstream and crossed the
+    // link 31 times each way).
+    let cpe_net: Ipv6Net = lab.cpe_route()?.context("cpe route")?.0.parse()?;
+    for (level, acquired, taken) in [
+        ("border", &isp_p, vec![lans[0], border_net]),
+        ("laptop", &border_p, vec![lans[1], laptop_net, cpe_net]),
+    ] {
+        let acq: Ipv6Net = acquired.parse()?;
+        let free = acq
+            .subnets(64)?
+            .find(|n| !taken.iter().any(|t| t.contains(n) || n.contains(t)))
+            .context("an unassigned /64")?;
+        let target = std::net::Ipv6Addr::from(u128::from(free.network()) + 1).to_string();
+        let fwd = |lab: &SeedLab| -> Result<Vec<u64>> {
+            lab.levels()
+                .iter()
+                .map(|(_, l)| l.ns.snmp6("Ip6OutForwDatagrams"))
+                .collect()
+        };
+        let before = fwd(&lab)?;
+        let out = lab.internet.ping_once(&target)?;
+        let after = fwd(&lab)?;
+        let forwarded: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        eprintln!("internet -> {target} (in {level}'s {acquired}): forwarded {forwarded:?} (isp, border, laptop, vm); {out}");
+        assert!(out.contains("Destination unreachable"), "{level}: {out}");
+        assert!(forwarded.iter().all(|n| *n <= 2), "{level}: {forwarded:?}");
+    }
+
     // The customer router next to the vm runs no pd-agent: its plain veth
     // and the laptop's bridge take no XDP redirects, so the laptop leaves
     // that traffic to the kernel, and every packet arrives.

@@ -516,3 +516,200 @@ fn former_protocol_routes_are_taken_over() -> Result<()> {
     );
     Ok(())
 }
+
+/// Whether `ns` holds our unreachable route for `prefix`.
+fn unreachable_route(ns: &Netns, prefix: &str) -> bool {
+    ns.exec(&["ip", "-6", "route", "show", prefix, "proto", PROTO])
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with(&format!("unreachable {prefix}")))
+}
+
+/// One echo request from `from` to `to`: what ping printed, and how many
+/// times `router` forwarded meanwhile.
+fn ping_through(from: &Netns, router: &Netns, to: &str) -> Result<(String, u64)> {
+    let before = router.snmp6("Ip6OutForwDatagrams")?;
+    let out = from.ping_once(to)?;
+    Ok((out, router.snmp6("Ip6OutForwDatagrams")? - before))
+}
+
+/// RFC 7084 WPD-5: the router acquires a /56 upstream (Kea upstream,
+/// dhclient on the router's wan0, pd-agent with `--upstream wan0`) and
+/// has its default route upstream, whose default route points back at it,
+/// as a customer router and its ISP do. An echo request from upstream to
+/// an address of the /56 that nothing on the router claims then gets
+/// ICMPv6 Destination Unreachable and is forwarded at most once, instead
+/// of crossing the link until its hop limit runs out. The unreachable
+/// route is kept through renewals, put back when deleted, kept over a
+/// restart, put back by the restart's reconcile when deleted meanwhile,
+/// and removed on release, after which the loop is back (the test can
+/// fail); with `--unreachable-route off` there is none.
+#[test]
+#[ignore = "needs root; run with cargo xtask test"]
+fn acquired_prefix_is_routed_unreachable() -> Result<()> {
+    let lab = RouterLab::new()?;
+    // Upstream routes as an ISP does: the customer's /56 (here its
+    // default route) points at the router, whose default points back.
+    lab.upstream
+        .exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    lab.router.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:feed::2",
+        "dev",
+        "wan0",
+    ])?;
+    let (kdir, dir, cdir) = (
+        TempDir::new("isp")?,
+        TempDir::new("wpd5")?,
+        TempDir::new("dh")?,
+    );
+    // Valid 12 s: dhclient renews every few seconds.
+    let _kea = start_kea_subnet(
+        &lab.upstream,
+        &kdir,
+        KeaSubnet {
+            iface: "eth0",
+            subnet: "2001:db8:feed::/64",
+            pool: "2001:db8:a700::",
+            pool_len: 56,
+            plen: 56,
+            relayed: false,
+        },
+        12,
+    )?;
+    let opts = || AgentOpts::new(&["lan0"], &["wan0"]);
+    let mut agent = Agent::start_opts(&lab.router, &dir, opts())?;
+    let mut dh = start_dhclient(&lab.router, &cdir, "wan0")?;
+    let p = "2001:db8:a700::/56";
+    wait_for(Duration::from_secs(60), || {
+        agent
+            .bindings()
+            .ok()?
+            .iter()
+            .any(|b| b["kind"] == "acquired" && b["prefix"] == p)
+            .then_some(())
+    })
+    .with_context(|| format!("no acquired binding: {}", agent.log()))?;
+    wait_for(Duration::from_secs(5), || {
+        unreachable_route(&lab.router, p).then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "no unreachable route: {}",
+            show(&lab.router, p).unwrap_or_default()
+        )
+    })?;
+    let b = agent.bindings()?;
+    let b = b.iter().find(|b| b["prefix"] == p).unwrap();
+    assert_eq!(
+        (b["route"].as_str(), b["status"].as_str()),
+        (Some("unreachable"), Some("installed")),
+        "{b}"
+    );
+    // Unassigned: not the LAN (2001:db8:ffff::/64), not delegated.
+    let target = "2001:db8:a700:42::1";
+    let (out, fwd) = ping_through(&lab.upstream, &lab.router, target)?;
+    eprintln!("with the unreachable route: forwarded {fwd}; ping: {out}");
+    assert!(out.contains("Destination unreachable"), "{out}");
+    assert!(fwd <= 1, "forwarded {fwd} times");
+
+    // Kept through renewals (dhclient renews at T1, a few seconds).
+    let renewals = |a: &Agent| {
+        a.log()
+            .lines()
+            .filter(|l| l.contains("renewed") && l.contains("acquired"))
+            .count()
+    };
+    wait_for(Duration::from_secs(20), || {
+        (renewals(&agent) >= 2).then_some(())
+    })
+    .with_context(|| agent.log())?;
+    assert!(
+        unreachable_route(&lab.router, p),
+        "{}",
+        show(&lab.router, p)?
+    );
+
+    // Deleted by hand: put back, as a delegated prefix's route is.
+    lab.router
+        .exec(&["ip", "-6", "route", "del", "unreachable", p, "proto", PROTO])?;
+    wait_for(Duration::from_secs(5), || {
+        unreachable_route(&lab.router, p).then_some(())
+    })
+    .with_context(|| format!("not put back: {}", agent.log()))?;
+
+    // A restart keeps it (not stale); one that finds it gone puts it back.
+    for gone in [false, true] {
+        let pin_dir = agent.kill9_keeping_pins();
+        assert!(unreachable_route(&lab.router, p));
+        if gone {
+            lab.router
+                .exec(&["ip", "-6", "route", "del", "unreachable", p, "proto", PROTO])?;
+        }
+        agent = Agent::start_opts(
+            &lab.router,
+            &dir,
+            AgentOpts {
+                pin_dir: Some(pin_dir),
+                ..opts()
+            },
+        )?;
+        let log = agent.log();
+        assert!(log.contains("stale_routes_removed=0"), "{log}");
+        wait_for(Duration::from_secs(5), || {
+            unreachable_route(&lab.router, p).then_some(())
+        })
+        .with_context(|| format!("gone after a restart: {log}"))?;
+        let (out, fwd) = ping_through(&lab.upstream, &lab.router, target)?;
+        assert!(
+            out.contains("Destination unreachable") && fwd <= 1,
+            "{fwd}: {out}"
+        );
+    }
+
+    // Released: the route goes with the binding, and the loop is back.
+    dh.stop();
+    dhclient_release(&lab.router, &cdir, "wan0")?;
+    wait_for(Duration::from_secs(10), || {
+        (!unreachable_route(&lab.router, p)
+            && !agent.bindings().ok()?.iter().any(|b| b["prefix"] == p))
+        .then_some(())
+    })
+    .with_context(|| format!("still there after release: {}", agent.log()))?;
+    assert_eq!(show(&lab.router, p)?, "");
+    let (out, fwd) = ping_through(&lab.upstream, &lab.router, target)?;
+    eprintln!("without it: forwarded {fwd}; ping: {out}");
+    assert!(fwd > 10, "the loop this prevents: forwarded {fwd} times");
+    drop(agent);
+
+    // Turned off: acquired, but no route of ours, nor a "route" to show.
+    let dir2 = TempDir::new("wpd5off")?;
+    let agent = Agent::start_opts(
+        &lab.router,
+        &dir2,
+        AgentOpts {
+            args: vec!["--unreachable-route".into(), "off".into()],
+            ..opts()
+        },
+    )?;
+    let cdir2 = TempDir::new("dh2")?;
+    let _dh = start_dhclient(&lab.router, &cdir2, "wan0")?;
+    let b = wait_for(Duration::from_secs(60), || {
+        agent
+            .bindings()
+            .ok()?
+            .into_iter()
+            .find(|b| b["kind"] == "acquired")
+    })
+    .with_context(|| agent.log())?;
+    std::thread::sleep(Duration::from_secs(1));
+    let prefix = b["prefix"].as_str().unwrap_or_default();
+    assert!(!unreachable_route(&lab.router, prefix));
+    assert!(b.get("route").is_none() && b.get("status").is_none(), "{b}");
+    Ok(())
+}

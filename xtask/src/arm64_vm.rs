@@ -393,7 +393,10 @@ mod tests {
         let ran = "test corpus ... ok\ntest result: ok. 1 passed; 0 failed\n";
         assert_eq!(missing_results(&log(ran), true), Vec::<String>::new());
         let none = "xtask-none kernel.rs\n";
-        assert_eq!(missing_results(&log(none), true), ["kernel.rs (no test matched)"]);
+        assert_eq!(
+            missing_results(&log(none), true),
+            ["kernel.rs (no test matched)"]
+        );
         let renamed = log(ran).replace("test fast_path_matrix ... ", "");
         assert_eq!(missing_results(&renamed, true), ["fast_path_matrix"]);
         let second = log(ran).replace("test vm_small_memlock_limit ... ", "");

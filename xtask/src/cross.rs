@@ -101,7 +101,8 @@ impl Cross {
     }
 
     /// The packages whose unit tests run under qemu-user.
-    const UNIT_PACKAGES: [&'static str; 6] = ["-p", "pd-common", "-p", "pd-agent", "-p", "pd-tests"];
+    const UNIT_PACKAGES: [&'static str; 6] =
+        ["-p", "pd-common", "-p", "pd-agent", "-p", "pd-tests"];
 
     /// Build (not run) the unit tests and the root tests for the target.
     pub fn build_tests(&self, obj: &std::path::Path) -> Result<()> {

@@ -385,7 +385,10 @@ fn host_tests(
         if !matched {
             bail!(
                 "no root test file {f} (there are: {})",
-                exes.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                exes.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
@@ -414,7 +417,13 @@ fn matrix() -> Result<()> {
 /// built by `cargo` if need be, by name.
 fn root_test_files(mut cargo: Command, obj: &Path) -> Result<Vec<(String, PathBuf)>> {
     let out = cargo
-        .args(["-p", "pd-tests", "--tests", "--no-run", "--message-format=json"])
+        .args([
+            "-p",
+            "pd-tests",
+            "--tests",
+            "--no-run",
+            "--message-format=json",
+        ])
         .env("PD_EBPF_OBJ", obj)
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -522,4 +531,3 @@ fn test_executables(mut cargo: Command, targets: &[&str], obj: &Path) -> Result<
         })
         .collect()
 }
-

@@ -307,7 +307,10 @@ mod tests {
         assert_eq!(t.failed(), 1);
         let table = t.table();
         assert!(table.contains("| vm 6.1: vm.rs"), "{table}");
-        assert!(table.lines().last().unwrap().starts_with("| total"), "{table}");
+        assert!(
+            table.lines().last().unwrap().starts_with("| total"),
+            "{table}"
+        );
     }
 
     #[test]

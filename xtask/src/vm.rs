@@ -16,9 +16,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{
-    apt_install, deb, root_dir, status, tally::guest_runner, test_executables, Tally,
-};
+use crate::{apt_install, deb, root_dir, status, tally::guest_runner, test_executables, Tally};
 
 /// Debian packages the VM tier needs on the host (the guest shares its
 /// root file system): QEMU, the initramfs' busybox, and what its tests use
@@ -26,7 +24,6 @@ use crate::{
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "ppp", "pppoe"];
 /// virtme-ng (PyPI) boots a kernel over the host's root file system.
 const VIRTME_NG: &str = "virtme-ng==1.42";
-
 
 /// A kernel series the VM tier boots by default (generic flavour: the
 /// cloud one lacks 9p).
@@ -56,19 +53,11 @@ pub struct VmKernel {
     boot: Duration,
 }
 
-/// Debian 12's own 6.1 (no tcx, no xdp-features, no netfilter hook
-/// list), the 6.12 Debian 12 also ships (all three), and Debian 11's
-/// 5.10, the oldest LTS kernel Debian's archive still serves (archive.debian.org,
-/// where buster's 4.19 lives, is out of reach here), which has neither
-
 /// What a VM runs: (part, test target, libtest filters).
 type Guest = &'static [(&'static str, &'static str, &'static [&'static str])];
 
 /// Everything: the kernel tests and every `vm_` test.
-const ALL: Guest = &[
-    ("kernel.rs", "kernel", &[]),
-    ("vm.rs", "vm", &["vm_"]),
-];
+const ALL: Guest = &[("kernel.rs", "kernel", &[]), ("vm.rs", "vm", &["vm_"])];
 
 /// Debian 12's own 6.1 (no tcx, no xdp-features, no netfilter hook
 /// list) runs everything; the 6.12 Debian 12 also ships (all three, as
@@ -213,7 +202,9 @@ fn prepare(tally: &mut Tally) -> Result<Prepared> {
     }
     apt_install(VM_PACKAGES)?;
     let vng = vng()?;
-    let deb = tally.step("package (.deb, lintian)", || deb::build(deb::DEFAULT_TARGET))?;
+    let deb = tally.step("package (.deb, lintian)", || {
+        deb::build(deb::DEFAULT_TARGET)
+    })?;
     let obj = root_dir().join("target/bpf/bpfel-unknown-none/release/pd-ebpf");
     let mut host_cargo = Command::new("cargo");
     host_cargo.current_dir(root_dir()).arg("test");
@@ -233,7 +224,10 @@ fn prepare(tally: &mut Tally) -> Result<Prepared> {
 /// (`PD_DEB`) over overlays, so the host is untouched.
 pub fn jobs(tally: &mut Tally, kernels: Vec<&'static VmKernel>) -> Result<Vec<Job>> {
     let paths: Vec<PathBuf> = tally.step("vm kernels (install)", || {
-        kernels.iter().map(|k| debian_kernel(k)).collect::<Result<_>>()
+        kernels
+            .iter()
+            .map(|k| debian_kernel(k))
+            .collect::<Result<_>>()
     })?;
     let pre = std::sync::Arc::new(prepare(tally)?);
     Ok(kernels
@@ -561,7 +555,7 @@ pub fn run_vm(cmd: &mut Command, log: &Path, boot_here: Duration, budget: u64) -
             })
     }
     .spawn()
-        .with_context(|| format!("running {cmd:?}"))?;
+    .with_context(|| format!("running {cmd:?}"))?;
     let mut run = VmRun {
         secs: 0.0,
         boot: None,
@@ -712,4 +706,3 @@ pub fn vng() -> Result<PathBuf> {
     }
     Ok(vng)
 }
-

@@ -9,10 +9,10 @@ use tracing::{info, warn};
 
 use super::Agent;
 use crate::{
-    binding::{Action, Kind},
+    binding::{Action, Binding, Kind},
     hooks::HookEvent,
     metrics::Metrics,
-    route::{KernelRoute, RouteChange, RouteEvent, RouteFailure, Routes},
+    route::{KernelRoute, RouteChange, RouteEvent, RouteFailure, Routes, Target},
 };
 
 /// A route that could not be installed, and when to try again.
@@ -51,6 +51,28 @@ impl Agent {
             if b.kind == Kind::Acquired {
                 info!(event = ev.event, kind = "acquired", prefix = %b.prefix, from = %b.next_hop, iface = %b.iface,
                     valid = b.valid_lifetime, preferred = b.preferred_lifetime, "binding");
+                // RFC 7084 WPD-5: the acquired prefix is routed
+                // unreachable while it lives; kept through renewals.
+                if self.unreachable_route {
+                    match &a {
+                        Action::Install(b) => {
+                            ops.push(RouteChange::Add(b.prefix, Target::Unreachable))
+                        }
+                        Action::Refresh(_) => {}
+                        Action::Remove(b, _) => {
+                            // By protocol and metric alone: the binding's
+                            // next hop (the server) is not the route's.
+                            ops.push(RouteChange::Delete(
+                                b.prefix,
+                                None,
+                                None,
+                                self.routes.metric(),
+                            ));
+                            self.keeper.forget(b.prefix);
+                            self.retries.remove(&b.prefix);
+                        }
+                    }
+                }
                 self.hooks.send(ev);
                 continue;
             }
@@ -59,7 +81,10 @@ impl Agent {
                     info!(event = "delegated", prefix = %b.prefix, next_hop = %b.next_hop, iface = %b.iface,
                         valid = b.valid_lifetime, preferred = b.preferred_lifetime, iaid = b.iaid,
                         client_duid = %hex::encode(&b.client_duid), "binding");
-                    ops.push(RouteChange::Add(b.prefix, b.next_hop, b.ifindex));
+                    ops.push(RouteChange::Add(
+                        b.prefix,
+                        Target::Via(b.next_hop, b.ifindex),
+                    ));
                     inserts.push(b.clone());
                 }
                 Action::Refresh(b) => {
@@ -98,9 +123,21 @@ impl Agent {
         }
     }
 
-    /// The next hop and interface a delegated binding of `p` wants.
-    pub(super) fn wanted(&self, p: Ipv6Net) -> Option<(std::net::Ipv6Addr, u32)> {
-        self.table.delegated(p).map(|b| (b.next_hop, b.ifindex))
+    /// The route binding `b` wants: via its client for a delegated
+    /// prefix, unreachable for an acquired one (unless turned off).
+    pub(crate) fn target_of(&self, b: &Binding) -> Option<Target> {
+        match b.kind {
+            Kind::Delegated => Some(Target::Via(b.next_hop, b.ifindex)),
+            Kind::Acquired => self.unreachable_route.then_some(Target::Unreachable),
+        }
+    }
+
+    /// The route the binding of `p` wants, if one does.
+    pub(super) fn wanted(&self, p: Ipv6Net) -> Option<Target> {
+        if let Some(b) = self.table.delegated(p) {
+            return Some(Target::Via(b.next_hop, b.ifindex));
+        }
+        (self.unreachable_route && self.table.acquired(p).is_some()).then_some(Target::Unreachable)
     }
 
     /// Count failed route operations; failed installs are retried with backoff.
@@ -141,7 +178,7 @@ impl Agent {
                 Some(_) if self.keeper.withheld(p) && !recheck => {
                     self.retries.remove(&p);
                 }
-                Some((nh, i)) => ops.push(RouteChange::Add(p, nh, i)),
+                Some(t) => ops.push(RouteChange::Add(p, t)),
                 None => {
                     self.keeper.forget(p);
                     self.retries.remove(&p);
@@ -216,7 +253,7 @@ impl Agent {
         let mut replace = Vec::new();
         let mut foreign = Vec::new();
         for p in taken {
-            let Some((nh, i)) = self.wanted(p) else {
+            let Some(want) = self.wanted(p) else {
                 continue;
             };
             match ours.get(&p) {
@@ -225,10 +262,8 @@ impl Agent {
                     // replace would take the whole group.
                     self.withhold(p, r.clone());
                 }
-                Some(r) if r.next_hop == Some(nh) && r.ifindex == Some(i) => {
-                    self.route_in(p, false)
-                }
-                Some(_) => replace.push(RouteChange::Replace(p, nh, i)),
+                Some(r) if r.target() == Some(want) => self.route_in(p, false),
+                Some(_) => replace.push(RouteChange::Replace(p, want)),
                 None => foreign.push(p),
             }
         }
@@ -326,7 +361,7 @@ impl Agent {
                 if !ours && wanted.is_some() && self.keeper.status(route.prefix) != had {
                     match self.keeper.status(route.prefix) {
                         Some(st) => {
-                            warn!(prefix = %route.prefix, status = %st, "another protocol's route for a delegated prefix")
+                            warn!(prefix = %route.prefix, status = %st, "another protocol's route for a binding's prefix")
                         }
                         None => info!(prefix = %route.prefix, "the other protocol's route is gone"),
                     }
@@ -369,14 +404,13 @@ impl Agent {
                 _ => stale.extend(r.deletes()),
             }
         }
-        let bindings: Vec<(Ipv6Net, std::net::Ipv6Addr, u32)> = self
+        let bindings: Vec<(Ipv6Net, Target)> = self
             .table
             .iter()
-            .filter(|b| b.kind == Kind::Delegated)
-            .map(|b| (b.prefix, b.next_hop, b.ifindex))
+            .filter_map(|b| Some((b.prefix, self.target_of(b)?)))
             .collect();
         let mut recheck = Vec::new();
-        for (p, nh, i) in bindings {
+        for (p, t) in bindings {
             if self.retries.contains_key(&p) {
                 continue;
             }
@@ -385,7 +419,7 @@ impl Agent {
                 continue;
             }
             match have.get(&p) {
-                Some(r) if r.next_hop == Some(nh) && r.ifindex == Some(i) => {}
+                Some(r) if r.target() == Some(t) => {}
                 _ => self.keeper.lost(p),
             }
         }

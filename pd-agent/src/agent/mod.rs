@@ -109,6 +109,8 @@ pub(crate) struct Agent {
     pub(crate) retries: std::collections::BTreeMap<Ipv6Net, Retry>,
     /// The routing table as the bindings want it, against what is there.
     pub(crate) keeper: Keeper,
+    /// Acquired prefixes are routed `unreachable` (RFC 7084 WPD-5).
+    pub(crate) unreachable_route: bool,
     /// `net.ipv6.conf.all.forwarding`, as last read.
     pub(crate) ipv6_forwarding: Option<bool>,
     pub(crate) route_errors: u64,

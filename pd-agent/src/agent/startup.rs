@@ -21,7 +21,7 @@ use crate::{
     maps::{RouteMap, SavMaps},
     metrics::Metrics,
     resync::{self, SeqTracker},
-    route::{KernelRoute, RouteChange, Routes, FORMER_PROTO},
+    route::{KernelRoute, RouteChange, Routes, Target, FORMER_PROTO},
     snoop::Assembler,
     state::{Change, Store},
 };
@@ -152,6 +152,7 @@ impl Agent {
             metrics: Metrics::new(),
             retries: Default::default(),
             keeper: Keeper::new(cfg.route_metric),
+            unreachable_route: cfg.unreachable_route,
             ipv6_forwarding: None,
             route_errors: 0,
             decode_errors: 0,
@@ -323,19 +324,19 @@ impl Agent {
         // Routes of ours the kernel already has, exactly as a binding wants
         // them, are left alone (a restart without a reboot touches nothing);
         // other protocols' routes for a binding's prefix are conflicts.
-        let mut present: HashSet<(Ipv6Net, std::net::Ipv6Addr, u32)> = HashSet::new();
+        let mut present: HashSet<(Ipv6Net, Target)> = HashSet::new();
         let mut ops = Vec::new();
         let (mut stale, mut taken_over) = (0, 0);
         let ours = (self.routes.proto(), self.routes.metric());
         for r in self.routes.dump_all().await? {
             let wanted = self.wanted(r.prefix);
             match judge(&r, ours, wanted) {
-                Found::Present(p, nh, i) => {
-                    present.insert((p, nh, i));
+                Found::Present(p, t) => {
+                    present.insert((p, t));
                 }
-                Found::TakeOver(p, nh, i) => {
-                    ops.push(RouteChange::Replace(p, nh, i));
-                    present.insert((p, nh, i));
+                Found::TakeOver(p, t) => {
+                    ops.push(RouteChange::Replace(p, t));
+                    present.insert((p, t));
                     taken_over += 1;
                 }
                 Found::Group | Found::Unrelated => {}
@@ -352,8 +353,9 @@ impl Agent {
         if self.ipv6_forwarding == Some(false) {
             warn!("IPv6 forwarding is off in this namespace (net.ipv6.conf.all.forwarding=0): the delegated prefixes' routes cannot carry traffic; pd-agent does not change it");
         }
+        // The map holds delegated prefixes only.
         for (p, _, _) in self.map.entries() {
-            if self.wanted(p).is_none() {
+            if self.table.delegated(p).is_none() {
                 self.map.remove(p)?;
             }
         }
@@ -363,10 +365,12 @@ impl Agent {
             .filter(|b| b.kind == Kind::Delegated)
             .cloned()
             .collect();
-        let missing: Vec<Ipv6Net> = all
+        let missing: Vec<Ipv6Net> = self
+            .table
             .iter()
-            .filter(|b| !present.contains(&(b.prefix, b.next_hop, b.ifindex)))
-            .map(|b| b.prefix)
+            .filter_map(|b| Some((b.prefix, self.target_of(b)?)))
+            .filter(|pt| !present.contains(pt))
+            .map(|(p, _)| p)
             .collect();
         let readded = missing.len();
         self.converge(missing, false).await;
@@ -566,10 +570,10 @@ fn own_flags(cfg: &Config, ifaces: &Ifaces) -> HashMap<String, u32> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Found {
     /// Ours, exactly as a binding wants it: left alone.
-    Present(Ipv6Net, std::net::Ipv6Addr, u32),
+    Present(Ipv6Net, Target),
     /// An older pd-agent's, under its former protocol number, exactly as a
     /// binding wants it: replaced in place by ours (NLM_F_REPLACE, no gap).
-    TakeOver(Ipv6Net, std::net::Ipv6Addr, u32),
+    TakeOver(Ipv6Net, Target),
     /// A multipath group of ours with another's next hop beside it: the
     /// binding's converge looks into it; nothing is deleted.
     Group,
@@ -581,22 +585,16 @@ enum Found {
     Stale,
 }
 
-/// Judge route `r` against our (protocol, metric) and the next hop and
-/// interface the binding of its prefix wants (None: no binding).
-fn judge(
-    r: &KernelRoute,
-    (proto, metric): (u8, u32),
-    wanted: Option<(std::net::Ipv6Addr, u32)>,
-) -> Found {
-    let exact = match (r.next_hop, r.ifindex) {
-        (Some(nh), Some(i)) => Some((nh, i)),
-        _ => None,
-    };
+/// Judge route `r` against our (protocol, metric) and the route the
+/// binding of its prefix wants (None: no binding).
+fn judge(r: &KernelRoute, (proto, metric): (u8, u32), wanted: Option<Target>) -> Found {
+    let exact = r.target();
     // Any route of the former number other than one a binding wants
     // exactly is another's (the kernel and iproute2 give it to Open/R).
+    // Agents of that number made no unreachable routes.
     if r.proto == FORMER_PROTO && proto != FORMER_PROTO && r.metric == metric {
-        if let (Some((nh, i)), true) = (exact, exact == wanted && wanted.is_some()) {
-            return Found::TakeOver(r.prefix, nh, i);
+        if let Some(t) = exact.filter(|t| matches!(t, Target::Via(..)) && Some(*t) == wanted) {
+            return Found::TakeOver(r.prefix, t);
         }
     }
     if r.proto != proto {
@@ -607,8 +605,8 @@ fn judge(
         };
     }
     match (r.metric == metric, exact, wanted) {
-        (true, Some((nh, i)), Some(_)) => Found::Present(r.prefix, nh, i),
-        (true, None, Some(_)) if r.next_hop.is_none() && r.ifindex.is_none() => Found::Group,
+        (true, Some(t), Some(_)) => Found::Present(r.prefix, t),
+        (true, None, Some(_)) if !r.multipath.is_empty() => Found::Group,
         _ => Found::Stale,
     }
 }
@@ -620,6 +618,7 @@ mod tests {
     fn route(proto: u8, metric: u32, nh: Option<&str>, ifindex: Option<u32>) -> KernelRoute {
         KernelRoute {
             prefix: "2001:db8:100::/56".parse().unwrap(),
+            kind: crate::route::RouteKind::Unicast,
             next_hop: nh.map(|a| a.parse().unwrap()),
             ifindex,
             proto,
@@ -633,24 +632,47 @@ mod tests {
         let ours = (57, 1024);
         let nh: std::net::Ipv6Addr = "fe80::1".parse().unwrap();
         let p: Ipv6Net = "2001:db8:100::/56".parse().unwrap();
-        let want = Some((nh, 5));
+        let want = Some(Target::Via(nh, 5));
+        let via = |i| Target::Via(nh, i);
         let r = |proto, metric, ifindex| route(proto, metric, Some("fe80::1"), Some(ifindex));
         // Ours as wanted; ours through another next hop; ours for nothing.
-        assert_eq!(judge(&r(57, 1024, 5), ours, want), Found::Present(p, nh, 5));
+        assert_eq!(
+            judge(&r(57, 1024, 5), ours, want),
+            Found::Present(p, via(5))
+        );
         assert_eq!(judge(&r(57, 1024, 5), ours, None), Found::Stale);
         // Our protocol at another metric (an earlier setting): stale.
         assert_eq!(judge(&r(57, 100, 5), ours, want), Found::Stale);
         // Ours through another next hop: kept for converge to replace.
-        assert_eq!(judge(&r(57, 1024, 6), ours, want), Found::Present(p, nh, 6));
-        // A multipath group of ours.
         assert_eq!(
-            judge(&route(57, 1024, None, None), ours, want),
-            Found::Group
+            judge(&r(57, 1024, 6), ours, want),
+            Found::Present(p, via(6))
         );
+        // A multipath group of ours.
+        let mut group = route(57, 1024, None, None);
+        group.multipath = vec![(Some(nh), 5), ("fe80::2".parse().ok(), 5)];
+        assert_eq!(judge(&group, ours, want), Found::Group);
+        // An acquired prefix's unreachable route (on lo): ours when a
+        // binding wants it, stale when none does; never taken over from
+        // the former number.
+        let mut unreach = route(57, 1024, None, Some(1));
+        unreach.kind = crate::route::RouteKind::Unreachable;
+        let u = Some(Target::Unreachable);
+        assert_eq!(
+            judge(&unreach, ours, u),
+            Found::Present(p, Target::Unreachable)
+        );
+        assert_eq!(judge(&unreach, ours, None), Found::Stale);
+        assert_eq!(
+            judge(&unreach, ours, want),
+            Found::Present(p, Target::Unreachable)
+        );
+        unreach.proto = 99;
+        assert_eq!(judge(&unreach, ours, u), Found::Foreign);
         // The former number: taken over only when exactly as wanted.
         assert_eq!(
             judge(&r(99, 1024, 5), ours, want),
-            Found::TakeOver(p, nh, 5)
+            Found::TakeOver(p, via(5))
         );
         assert_eq!(judge(&r(99, 1024, 6), ours, want), Found::Foreign);
         assert_eq!(judge(&r(99, 1024, 5), ours, None), Found::Unrelated);
