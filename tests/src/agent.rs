@@ -142,10 +142,13 @@ impl Agent {
             &format!("pd-agent({})", ns.name),
             &log,
         )?;
-        let ready = wait_for(o.ready_timeout.unwrap_or(Duration::from_secs(20)), || {
-            let _ = daemon.check_alive();
-            daemon.log_text().contains("ready").then_some(())
-        });
+        let ready = wait_for(
+            crate::patience(o.ready_timeout.unwrap_or(Duration::from_secs(20))),
+            || {
+                let _ = daemon.check_alive();
+                daemon.log_text().contains("ready").then_some(())
+            },
+        );
         let failed = match daemon.check_alive() {
             Err(e) => Some(e),
             Ok(()) if ready.is_none() => Some(anyhow::anyhow!(

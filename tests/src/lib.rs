@@ -51,3 +51,15 @@ pub fn repetitions(n: usize) -> usize {
         .max(1);
     n / d
 }
+
+/// A wait for something the machine's speed decides (an agent verifying
+/// its programs and becoming ready): `d` on real hardware, three times
+/// that inside an emulated VM (`PD_TEST_EMULATED`), where the guest may
+/// also share the host's cores with another.
+pub fn patience(d: std::time::Duration) -> std::time::Duration {
+    if std::env::var_os("PD_TEST_EMULATED").is_some() {
+        d * 3
+    } else {
+        d
+    }
+}

@@ -62,9 +62,10 @@ const ALL: Guest = &[("kernel.rs", "kernel", &[]), ("vm.rs", "vm", &["vm_"])];
 /// Debian 12's own 6.1 (no tcx, no xdp-features, no netfilter hook
 /// list) runs everything; the 6.12 Debian 12 also ships (all three, as
 /// the development kernel) runs what differs from 6.1 there: the
-/// verifier and JIT (the kernel tests), and the links the development
-/// kernel cannot build, with tcx and redirects in XDP (VLAN, PPPoE, the
-/// fast-path matrix). Debian 11's 5.10, the oldest LTS kernel Debian's
+/// verifier and JIT (the kernel tests, but the 64 loads of the debug-log
+/// one, 110 s here, which 6.1's older verifier and the host's newer one
+/// both pass), and the links the development kernel cannot build, with
+/// tcx and redirects in XDP (VLAN, PPPoE, the fast-path matrix). Debian 11's 5.10, the oldest LTS kernel Debian's
 /// archive still serves (archive.debian.org, where buster's 4.19 lives,
 /// is out of reach here), has neither `bpf_loop` nor
 /// `bpf_xdp_load_bytes` (the compat programs) and charges maps to
@@ -97,7 +98,11 @@ const VM_KERNELS: [VmKernel; 3] = [
         name: "vm 6.12 amd64",
         default: false,
         guest: &[
-            ("kernel.rs", "kernel", &[]),
+            (
+                "kernel.rs",
+                "kernel",
+                &["--skip", "kernel_debug_log_names_each_reject"],
+            ),
             (
                 "vm.rs",
                 "vm",
@@ -110,7 +115,7 @@ const VM_KERNELS: [VmKernel; 3] = [
             ),
         ],
         systemd: false,
-        budget: 320,
+        budget: 250,
         boot: Duration::from_secs(21),
     },
     VmKernel {
@@ -263,6 +268,12 @@ pub struct Outcome {
     pub failure: Option<String>,
 }
 
+/// How many VMs boot at once. Two at a time on two cores made the matrix
+/// no faster (1,399 s against about 1,420 s one at a time: emulation keeps
+/// both cores busy) and slowed each guest enough that an agent in 5.10's
+/// took over 20 s to become ready: one.
+const AT_ONCE: usize = 1;
+
 /// Boot `jobs` ([`boot_all`]) and record them in the table ([`record`]).
 pub fn run_jobs(tally: &mut Tally, jobs: Vec<Job>) -> Result<()> {
     let done = boot_all(jobs);
@@ -272,16 +283,11 @@ pub fn run_jobs(tally: &mut Tally, jobs: Vec<Job>) -> Result<()> {
 /// A finished job: its name, and what it left.
 pub type Done = (String, Result<Outcome>);
 
-/// Boot `jobs`, as many at once as the machine has cores (each guest
-/// runs its tests one at a time, and waits for DHCP servers and timers
-/// much of the time), the longest first; the results in the order given.
-/// Every VM runs even when one fails.
+/// Boot `jobs`, [`AT_ONCE`] at a time, the longest first; the results in
+/// the order given. Every VM runs even when one fails.
 pub fn boot_all(jobs: Vec<Job>) -> Vec<Done> {
     use std::sync::Mutex;
-    let at_once = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 2);
+    let at_once = AT_ONCE;
     let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
     let mut queue: Vec<(usize, Job)> = jobs.into_iter().enumerate().collect();
     queue.sort_by_key(|(_, j)| j.budget);
