@@ -346,8 +346,11 @@ fn boot(
 /// How long an arm64 guest takes here to reach its script: the unit of
 /// the machine's measured speed ([`run_vm`]).
 const BOOT: std::time::Duration = std::time::Duration::from_secs(31);
-/// What [`GUEST_TESTS`] took here (seconds, boot excluded).
-const BUDGET: u64 = 320;
+/// What [`GUEST_TESTS`] took here (seconds, boot excluded): 450 to 540
+/// on either kernel. One test sometimes stalls for minutes in the arm64
+/// guest (the corpus took 357 s in one run, 8 s in another), hence the
+/// upper end.
+const BUDGET: u64 = 550;
 
 /// What in [`GUEST_TESTS`] the guest's log does not show as run (whether
 /// it passed the exit status says): each test named after `--exact`, and

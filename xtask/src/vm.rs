@@ -87,7 +87,7 @@ const VM_KERNELS: [VmKernel; 3] = [
         default: true,
         guest: ALL,
         systemd: true,
-        budget: 560,
+        budget: 600,
         boot: Duration::from_secs(22),
     },
     VmKernel {
