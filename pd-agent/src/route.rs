@@ -119,6 +119,21 @@ pub enum RouteChange {
 }
 
 impl RouteChange {
+    /// The delete of our route for `prefix` to `t`: through its next hop
+    /// and interface where known; an unreachable route by protocol and
+    /// metric alone (the kernel keeps it on `lo`).
+    pub fn delete(prefix: Ipv6Net, t: Target, metric: u32) -> RouteChange {
+        match t {
+            Target::Via(nh, i) => RouteChange::Delete(
+                prefix,
+                (!nh.is_unspecified()).then_some(nh),
+                (i != 0).then_some(i),
+                metric,
+            ),
+            Target::Unreachable => RouteChange::Delete(prefix, None, None, metric),
+        }
+    }
+
     pub fn prefix(&self) -> Ipv6Net {
         match self {
             RouteChange::Add(p, ..) | RouteChange::Replace(p, ..) | RouteChange::Delete(p, ..) => {

@@ -552,17 +552,7 @@ fn acquired_prefix_is_routed_unreachable() -> Result<()> {
     // default route) points at the router, whose default points back.
     lab.upstream
         .exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
-    lab.router.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "2001:db8:feed::2",
-        "dev",
-        "wan0",
-    ])?;
+    lab.router.default_via("wan0", &lab.upstream, "eth0")?;
     let (kdir, dir, cdir) = (
         TempDir::new("isp")?,
         TempDir::new("wpd5")?,

@@ -22,7 +22,7 @@ use crate::{
     apt_install,
     cross::Cross,
     root_dir, status,
-    tally::guest_runner,
+    tally::{guest_runner, not_run},
     test_executables,
     vm::{run_vm, vng, Job, Outcome},
     Tally,
@@ -281,7 +281,6 @@ uname -rm > /out/log
         let (vng, root, repo) = (vng.clone(), root.clone(), repo.clone());
         jobs.push(Job {
             name: name.clone(),
-            budget: BUDGET,
             run: Box::new(move || boot(&name, &vng, &root, &kver, &repo, &out, first)),
         });
     }
@@ -320,27 +319,14 @@ fn boot(
         .stderr(std::fs::File::create(out.join("console.err"))?);
     let run = run_vm(&mut vng, &out.join("log"), BOOT, BUDGET)?;
     let text = std::fs::read_to_string(out.join("log")).unwrap_or_default();
-    let code = std::fs::read_to_string(out.join("rc")).unwrap_or_default();
     let missing = missing_results(&text, first);
-    let failure = (code.trim() != "0" || run.timed_out || !missing.is_empty()).then(|| {
-        format!(
-            "{}; tests exit {:?}{}; log: {}, console: {}",
-            run.summary(),
-            code.trim(),
-            if missing.is_empty() {
-                String::new()
-            } else {
-                format!(", did not pass: {}", missing.join(", "))
-            },
-            out.join("log").display(),
-            out.join("console.log").display()
-        )
-    });
-    Ok(Outcome {
-        log: text,
+    Ok(Outcome::judge(
+        text,
         run,
-        failure,
-    })
+        &out.join("rc"),
+        missing,
+        &[&out.join("log"), &out.join("console.log")],
+    ))
 }
 
 /// How long an arm64 guest takes here to reach its script: the unit of
@@ -357,19 +343,13 @@ const BUDGET: u64 = 550;
 /// each target whose filters matched no test (the runner's `xtask-none`
 /// line: a filter that matches nothing would pass with 0 tests).
 fn missing_results(log: &str, first: bool) -> Vec<String> {
-    let mut missing: Vec<String> = GUEST_TESTS
-        .iter()
-        .filter(|(target, _)| first || !FIRST_ONLY.contains(target))
-        .flat_map(|(_, args)| args.iter().skip_while(|a| **a != "--exact").skip(1))
-        .filter(|name| !log.contains(&format!("test {name} ... ")))
-        .map(|name| name.to_string())
-        .collect();
-    missing.extend(
-        log.lines()
-            .filter_map(|l| l.strip_prefix("xtask-none "))
-            .map(|part| format!("{part} (no test matched)")),
-    );
-    missing
+    not_run(
+        log,
+        GUEST_TESTS
+            .iter()
+            .filter(|(target, _)| first || !FIRST_ONLY.contains(target))
+            .map(|(_, args)| *args),
+    )
 }
 
 #[cfg(test)]

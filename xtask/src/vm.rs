@@ -16,7 +16,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{apt_install, deb, root_dir, status, tally::guest_runner, test_executables, Tally};
+use crate::{
+    apt_install, deb, root_dir, status,
+    tally::{guest_runner, not_run},
+    test_executables, Tally,
+};
 
 /// Debian packages the VM tier needs on the host (the guest shares its
 /// root file system): QEMU, the initramfs' busybox, and what its tests use
@@ -255,8 +259,6 @@ pub fn jobs(tally: &mut Tally, kernels: Vec<&'static VmKernel>) -> Result<Vec<Jo
 /// One VM to boot, and what it runs.
 pub struct Job {
     pub name: String,
-    /// Seconds its tests take here: the longest boot first.
-    pub budget: u64,
     pub run: Box<dyn FnOnce() -> Result<Outcome> + Send>,
 }
 
@@ -268,11 +270,39 @@ pub struct Outcome {
     pub failure: Option<String>,
 }
 
-/// How many VMs boot at once. Two at a time on two cores made the matrix
-/// no faster (1,399 s against about 1,420 s one at a time: emulation keeps
-/// both cores busy) and slowed each guest enough that an agent in 5.10's
-/// took over 20 s to become ready: one.
-const AT_ONCE: usize = 1;
+impl Outcome {
+    /// A guest's log judged with the exit status its script wrote to `rc`:
+    /// failed when a test failed, the VM timed out, or tests it should
+    /// have run did not (`missing`, [`not_run`]); `files` say where to
+    /// look.
+    pub fn judge(
+        log: String,
+        run: VmRun,
+        rc: &Path,
+        missing: Vec<String>,
+        files: &[&Path],
+    ) -> Outcome {
+        let code = std::fs::read_to_string(rc).unwrap_or_default();
+        let code = code.trim();
+        let failure = (code != "0" || run.timed_out || !missing.is_empty()).then(|| {
+            format!(
+                "{}; tests exit {code:?}{}; see {}",
+                run.summary(),
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!("; did not run: {}", missing.join(", "))
+                },
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
+        Outcome { log, run, failure }
+    }
+}
 
 /// Boot `jobs` ([`boot_all`]) and record them in the table ([`record`]).
 pub fn run_jobs(tally: &mut Tally, jobs: Vec<Job>) -> Result<()> {
@@ -283,37 +313,24 @@ pub fn run_jobs(tally: &mut Tally, jobs: Vec<Job>) -> Result<()> {
 /// A finished job: its name, and what it left.
 pub type Done = (String, Result<Outcome>);
 
-/// Boot `jobs`, [`AT_ONCE`] at a time, the longest first; the results in
-/// the order given. Every VM runs even when one fails.
+/// Boot `jobs` one after the other; every VM runs even when one fails.
+/// Two at a time on two cores made the matrix 1,399 s against 1,660 s
+/// one at a time, within what the arm64 guests' stalls alone move it
+/// (arm64 6.12's kernel tests took 148 s and 474 s in those two runs), and slowed each
+/// guest enough that an agent on 5.10 missed its 20 s wait to become
+/// ready: one at a time.
 pub fn boot_all(jobs: Vec<Job>) -> Vec<Done> {
-    use std::sync::Mutex;
-    let at_once = AT_ONCE;
-    let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
-    let mut queue: Vec<(usize, Job)> = jobs.into_iter().enumerate().collect();
-    queue.sort_by_key(|(_, j)| j.budget);
-    let queue = Mutex::new(queue);
-    let done: Mutex<Vec<(usize, Result<Outcome>)>> = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..at_once {
-            s.spawn(|| loop {
-                let Some((i, job)) = queue.lock().unwrap().pop() else {
-                    break;
-                };
-                let t = Instant::now();
-                let out = (job.run)();
-                eprintln!(
-                    "xtask: {} done after {:.0}s",
-                    job.name,
-                    t.elapsed().as_secs_f64()
-                );
-                done.lock().unwrap().push((i, out));
-            });
-        }
-    });
-    let mut done = done.into_inner().unwrap();
-    done.sort_by_key(|(i, _)| *i);
-    done.into_iter()
-        .map(|(i, out)| (names[i].clone(), out))
+    jobs.into_iter()
+        .map(|job| {
+            let t = Instant::now();
+            let out = (job.run)();
+            eprintln!(
+                "xtask: {} done after {:.0}s",
+                job.name,
+                t.elapsed().as_secs_f64()
+            );
+            (job.name, out)
+        })
         .collect()
 }
 
@@ -363,7 +380,6 @@ fn job(
     let pre = pre.clone();
     Job {
         name: name.clone(),
-        budget,
         run: Box::new(move || boot(&pre, &kernel, &name, guest, systemd, budget, boot_here)),
     }
 }
@@ -479,31 +495,14 @@ uname -r > {log_s}
         .stderr(std::fs::File::create(out.join("console.err"))?);
     let run = run_vm(&mut vng, &log, boot_here, budget)?;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let code = std::fs::read_to_string(&rc).unwrap_or_default();
-    let none: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("xtask-none "))
-        .collect();
-    let failure = (code.trim() != "0" || run.timed_out).then(|| {
-        format!(
-            "{}; tests exit {:?}{}; log: {}, console: {}, systemd: {}",
-            run.summary(),
-            code.trim(),
-            if none.is_empty() {
-                String::new()
-            } else {
-                format!(", no test matched in {}", none.join(", "))
-            },
-            log.display(),
-            console.display(),
-            out.join("systemd.log").display()
-        )
-    });
-    Ok(Outcome {
-        log: text,
+    let missing = not_run(&text, guest.iter().map(|(_, _, args)| *args));
+    Ok(Outcome::judge(
+        text,
         run,
-        failure,
-    })
+        &rc,
+        missing,
+        &[&log, &console, &out.join("systemd.log")],
+    ))
 }
 
 /// How long an amd64 guest of a kernel not in [`VM_KERNELS`] is taken

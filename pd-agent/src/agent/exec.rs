@@ -48,66 +48,56 @@ impl Agent {
                 .get_or_create(&Metrics::label("event", ev.event))
                 .inc();
             let b = &ev.binding;
-            if b.kind == Kind::Acquired {
-                info!(event = ev.event, kind = "acquired", prefix = %b.prefix, from = %b.next_hop, iface = %b.iface,
-                    valid = b.valid_lifetime, preferred = b.preferred_lifetime, "binding");
-                // RFC 7084 WPD-5: the acquired prefix is routed
-                // unreachable while it lives; kept through renewals.
-                if self.unreachable_route {
-                    match &a {
-                        Action::Install(b) => {
-                            ops.push(RouteChange::Add(b.prefix, Target::Unreachable))
-                        }
-                        Action::Refresh(_) => {}
-                        Action::Remove(b, _) => {
-                            // By protocol and metric alone: the binding's
-                            // next hop (the server) is not the route's.
-                            ops.push(RouteChange::Delete(
-                                b.prefix,
-                                None,
-                                None,
-                                self.routes.metric(),
-                            ));
-                            self.keeper.forget(b.prefix);
-                            self.retries.remove(&b.prefix);
-                        }
-                    }
-                }
-                self.hooks.send(ev);
-                continue;
-            }
+            let delegated = b.kind == Kind::Delegated;
             match &a {
+                _ if !delegated => {
+                    info!(event = ev.event, kind = "acquired", prefix = %b.prefix, from = %b.next_hop, iface = %b.iface,
+                        valid = b.valid_lifetime, preferred = b.preferred_lifetime, "binding");
+                }
                 Action::Install(b) => {
                     info!(event = "delegated", prefix = %b.prefix, next_hop = %b.next_hop, iface = %b.iface,
                         valid = b.valid_lifetime, preferred = b.preferred_lifetime, iaid = b.iaid,
                         client_duid = %hex::encode(&b.client_duid), "binding");
-                    ops.push(RouteChange::Add(
-                        b.prefix,
-                        Target::Via(b.next_hop, b.ifindex),
-                    ));
-                    inserts.push(b.clone());
                 }
                 Action::Refresh(b) => {
                     info!(event = "renewed", prefix = %b.prefix, next_hop = %b.next_hop, iface = %b.iface,
                         valid = b.valid_lifetime, preferred = b.preferred_lifetime, "binding");
-                    inserts.push(b.clone());
                 }
                 Action::Remove(b, why) => {
                     info!(event = why.as_str(), prefix = %b.prefix, next_hop = %b.next_hop, iface = %b.iface, "binding");
-                    if let Err(e) = self.map.remove(b.prefix) {
-                        warn!(error = %crate::chain(&e), "map");
+                }
+            }
+            // The route follows the binding (via its client; unreachable
+            // for an acquired prefix, RFC 7084 WPD-5) and is kept through
+            // renewals; the map holds delegated prefixes only.
+            let target = self.target_of(b);
+            match &a {
+                Action::Install(b) => {
+                    if let Some(t) = target {
+                        ops.push(RouteChange::Add(b.prefix, t));
                     }
-                    inserts.retain(|i| i.prefix != b.prefix);
-                    // Ours only: another protocol's route for the prefix stays.
-                    let (nh, i) = (b.next_hop, b.ifindex);
-                    ops.push(RouteChange::Delete(
-                        b.prefix,
-                        (!nh.is_unspecified()).then_some(nh),
-                        (i != 0).then_some(i),
-                        self.routes.metric(),
-                    ));
-                    self.keeper.forget(b.prefix);
-                    self.retries.remove(&b.prefix);
+                    if delegated {
+                        inserts.push(b.clone());
+                    }
+                }
+                Action::Refresh(b) => {
+                    if delegated {
+                        inserts.push(b.clone());
+                    }
+                }
+                Action::Remove(b, _) => {
+                    if delegated {
+                        if let Err(e) = self.map.remove(b.prefix) {
+                            warn!(error = %crate::chain(&e), "map");
+                        }
+                        inserts.retain(|i| i.prefix != b.prefix);
+                    }
+                    if let Some(t) = target {
+                        // Ours only: another protocol's route for the prefix stays.
+                        ops.push(RouteChange::delete(b.prefix, t, self.routes.metric()));
+                        self.keeper.forget(b.prefix);
+                        self.retries.remove(&b.prefix);
+                    }
                 }
             }
             self.hooks.send(ev);
@@ -132,12 +122,13 @@ impl Agent {
         }
     }
 
-    /// The route the binding of `p` wants, if one does.
+    /// The route the binding of `p` wants, if one does (a delegated
+    /// binding's before an acquired one's).
     pub(super) fn wanted(&self, p: Ipv6Net) -> Option<Target> {
-        if let Some(b) = self.table.delegated(p) {
-            return Some(Target::Via(b.next_hop, b.ifindex));
-        }
-        (self.unreachable_route && self.table.acquired(p).is_some()).then_some(Target::Unreachable)
+        self.table
+            .delegated(p)
+            .or_else(|| self.table.acquired(p))
+            .and_then(|b| self.target_of(b))
     }
 
     /// Count failed route operations; failed installs are retried with backoff.
